@@ -1,0 +1,148 @@
+"""An export-friendly LLaMA: no optimisation logic, no data-dependent Python control flow.
+
+Module names follow Meta's checkpoint keys (tok_embeddings, layers.N.attention.wq, ...), so the
+Meta loader is a plain load_state_dict and the HF loader is a rename table.
+
+Attention is written out (softmax(QK^T/sqrt(d) + mask) V) and RMSNorm / RoPE / SwiGLU are written
+in plain torch ops on purpose: they are what the graph passes find and rewrite.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from graphopt.model.args import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in float32 (as Meta's reference does), scale in the input dtype
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin tables [max_seq_len, head_dim // 2] in float32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) as Meta's LLaMA does.
+
+    x: [B, T, H, D]; cos, sin: [B, T, D/2] (float32). Computed in float32, returned in x's dtype.
+    """
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)  # [B, T, H, D/2, 2]
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, T, 1, D/2]
+    out = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        n_rep = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)  # [B, H, T, T]
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        probs = F.softmax(scores.float(), dim=-1).type_as(q)
+        out = torch.matmul(probs, v)  # [B, H, T, D]
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)  # down
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # up
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, input_ids: Tensor, positions: Tensor | None = None, mask: Tensor | None = None,
+                return_hidden: bool = False) -> Tensor:
+        """input_ids [B, T]; positions [B, T] (default 0..T-1); mask bool [B, T, T], True = may
+        attend (default causal). Returns logits [B, T, V], or final-norm hidden states [B, T, dim]
+        when return_hidden=True (so the LM head can be applied only where scores are needed)."""
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril().unsqueeze(0).expand(B, T, T)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, T, D/2]
+        x = self.tok_embeddings(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        x = self.norm(x)
+        return x if return_hidden else self.output(x)
+
+
+def init_random_weights(model: Transformer, seed: int = 0) -> Transformer:
+    """Deterministic random init with LLaMA-like scales (std 0.02, norms 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name == "output.weight":
+                # logits with std ~2 so a random model still has clear preferences between endings
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / math.sqrt(p.shape[1])))
+            elif p.dim() == 1:
+                p.normal_(0.0, 0.02, generator=gen)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model

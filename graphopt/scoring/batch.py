@@ -1,0 +1,63 @@
+"""The unit of scoring work: a batch of token rows and the positions in them whose next-token
+log-probabilities are wanted. Every scoring strategy (per-pair, padded, shared-prefix packed) builds
+`ScoreBatch`es; every executor (eager, captured graph, compiled) runs `ScoreModule` on them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Request:
+    """One (context, ending) pair to score, as lm-evaluation-harness's loglikelihood request."""
+    question: int  # index of the row in the dataset
+    choice: int  # index of the ending
+    context_ids: tuple[int, ...]
+    continuation_ids: tuple[int, ...]
+    continuation_chars: int  # len(" " + ending), for acc_norm
+
+
+@dataclass
+class ScoreBatch:
+    input_ids: Tensor  # [B, T] int64
+    positions: Tensor  # [B, T] int64 (RoPE positions; restart after a shared context)
+    mask: Tensor  # [B, T, T] bool, True = may attend
+    score_idx: Tensor  # [N] int64, flat indices into B*T of the positions whose next token is scored
+    targets: Tensor  # [N] int64, the token that follows each scored position
+    owners: Tensor  # [N] int64, the request (index into the request list) each score belongs to
+
+    def model_inputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self.input_ids, self.positions, self.mask, self.score_idx, self.targets
+
+    def to(self, device) -> "ScoreBatch":
+        return ScoreBatch(*(t.to(device) for t in (self.input_ids, self.positions, self.mask, self.score_idx,
+                                                     self.targets, self.owners)))
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+class ScoreModule(nn.Module):
+    """What gets captured: model + LM head + log-softmax + gather at the scored positions.
+
+    forward(input_ids [B,T], positions [B,T], mask [B,T,T], score_idx [N], targets [N]) -> [N] float32
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, positions: Tensor, mask: Tensor, score_idx: Tensor, targets: Tensor) -> Tensor:
+        logits = self.model(input_ids, positions, mask)  # [B, T, V]
+        flat = logits.reshape(-1, logits.shape[-1])[score_idx]  # [N, V]
+        logprobs = torch.log_softmax(flat.float(), dim=-1)  # [N, V], float32
+        return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
+
+
+def sum_by_owner(token_logprobs: Tensor, owners: Tensor, n_requests: int) -> Tensor:
+    """Sum per-token log-probs into per-request log-likelihoods [n_requests] (float64)."""
+    out = torch.zeros(n_requests, dtype=torch.float64)
+    return out.index_add_(0, owners.cpu(), token_logprobs.detach().double().cpu())
