@@ -1,0 +1,54 @@
+"""`graphopt` command line. Each subcommand lives in graphopt/commands/<name>.py and provides
+`add_arguments(parser)` and `main(args) -> int`; modules are imported only when their command runs."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "run": "run an experiment YAML: every pass combination, measured against the eager reference",
+    "eval": "score HellaSwag with one model (eager, no passes) and print acc / acc_norm / time",
+    "passes": "list every registered graph pass with its description and options",
+    "inspect": "op counts of a model's captured graph before and after each pass",
+    "report": "print the results table of an experiment directory and write its plots",
+}
+
+
+class UserError(Exception):
+    """An error the user can fix (bad path, bad key, bad value): printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphopt",
+        description="Graph-optimisation pipeline for LLaMA-family models scoring multiple-choice "
+                    "benchmarks (HellaSwag). With no model or data given, the embedded default "
+                    "(tiny random LLaMA + synthetic HellaSwag-format data) is used.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _command_module(name).add_arguments(p)
+    return parser
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"graphopt.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_command_module(args.command).main(args) or 0)
+    except (UserError, FileNotFoundError, KeyError, ValueError) as e:
+        if isinstance(e, KeyError) and e.args:
+            e = e.args[0]
+        print(f"graphopt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"graphopt {args.command}: interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
