@@ -23,10 +23,10 @@ class Request:
 class ScoreBatch:
     input_ids: Tensor  # [B, T] int64
     positions: Tensor  # [B, T] int64 (RoPE positions; restart after a shared context)
-    mask: Tensor  # [B, T, T] bool, True = may attend
+    mask: Tensor  # [B, T, T] bool, True = may attend; padding queries attend to themselves only (no NaN rows)
     score_idx: Tensor  # [N] int64, flat indices into B*T of the positions whose next token is scored
     targets: Tensor  # [N] int64, the token that follows each scored position
-    owners: Tensor  # [N] int64, the request (index into the request list) each score belongs to
+    owners: Tensor  # [N] int64, the request (index into the request list) each score belongs to; -1 = padding
 
     def model_inputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return self.input_ids, self.positions, self.mask, self.score_idx, self.targets
@@ -58,6 +58,9 @@ class ScoreModule(nn.Module):
 
 
 def sum_by_owner(token_logprobs: Tensor, owners: Tensor, n_requests: int) -> Tensor:
-    """Sum per-token log-probs into per-request log-likelihoods [n_requests] (float64)."""
+    """Sum per-token log-probs into per-request log-likelihoods [n_requests] (float64); owners < 0
+    mark padding entries (added to keep shapes static) and are dropped."""
+    owners, values = owners.cpu(), token_logprobs.detach().double().cpu()
+    keep = owners >= 0
     out = torch.zeros(n_requests, dtype=torch.float64)
-    return out.index_add_(0, owners.cpu(), token_logprobs.detach().double().cpu())
+    return out.index_add_(0, owners[keep], values[keep])
