@@ -1,0 +1,42 @@
+"""`graphopt run CONFIG [--set key=value ...] [--output DIR]`: run an experiment YAML (reference
+first, each run in its own process, results stored as they finish, finished runs skipped on re-run),
+then print its report."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML (see experiments/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key, dotted, value parsed as YAML (e.g. --set data.limit=20 "
+                             "--set runs.0.dtype=bfloat16); repeatable")
+    parser.add_argument("--output", default=None, help="results directory (default: the YAML's output_dir, "
+                                                       "else results/<name>)")
+    parser.add_argument("--retry-errors", action="store_true", help="run again the runs stored with status=error")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per run (default: none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars / worker output")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
+
+
+def main(args) -> int:
+    from graphopt.cli import UserError
+    from graphopt.runner.execute import run_experiment
+    from graphopt.runner.report import report
+    from graphopt.runner.schema import ConfigError, load_config
+    from graphopt.runner.sweep import expand
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.output:
+            cfg.output_dir = args.output
+        if args.dry_run:
+            for run in expand(cfg):
+                print(f"{run.key}  {run.name:24s} capture={run.capture} compiler={run.compiler} "
+                      f"dtype={run.dtype} scoring={run.scoring.strategy} passes={run.passes_label()}")
+            return 0
+        run_experiment(cfg, retry_errors=args.retry_errors, progress=not args.no_progress, timeout_s=args.timeout)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    print(report(cfg.out_dir))
+    return 0

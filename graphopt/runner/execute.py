@@ -1,0 +1,153 @@
+"""Run an experiment: the reference first, then every run in its own subprocess
+(`python -m graphopt.runner.worker`), so a crash, an OOM kill or a compile failure becomes a row with
+status="error" and the sweep goes on. Rows are stored as they finish; runs already in the store (by
+run key) are skipped, so an interrupted sweep resumes where it stopped."""
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from graphopt.cli import UserError
+from graphopt.runner.schema import ConfigError, ExperimentConfig, to_dict
+from graphopt.runner.store import COLUMNS, ResultStore
+from graphopt.runner.sweep import ResolvedRun, expand
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def check_world_size(cfg: ExperimentConfig) -> None:
+    if cfg.world_size > 1 and importlib.util.find_spec("graphopt.distributed.launch") is None:
+        raise ConfigError(f"{cfg.source}: world_size {cfg.world_size} > 1 needs graphopt.distributed "
+                          f"(graphopt.distributed.launch is not available in this install)")
+
+
+def _run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
+    """Run one spec in a fresh interpreter; -> the worker's result dict, or an error dict if it died."""
+    spec_path, result_path = workdir / "spec.json", workdir / "result.json"
+    spec_path.write_text(json.dumps(spec))
+    if result_path.exists():
+        result_path.unlink()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "graphopt.runner.worker", str(spec_path), str(result_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    tail = collections.deque(maxlen=64)  # last chunks of output, for the error text of a hard crash
+    start = time.monotonic()
+    try:
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            if spec.get("progress", True):
+                sys.stderr.write(chunk.decode(errors="replace"))
+                sys.stderr.flush()
+            tail.append(chunk)
+            if timeout_s and time.monotonic() - start > timeout_s:
+                proc.kill()
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    out = b"".join(tail).decode(errors="replace").strip()[-3000:]
+    if timeout_s and time.monotonic() - start > timeout_s:
+        why = f"run exceeded its time limit of {timeout_s:g} s and was killed"
+    elif rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        why = f"worker process died with signal {name}" + (" (killed: out of memory?)" if -rc == 9 else "")
+    else:
+        why = f"worker process exited with code {rc} without a result"
+    return {"status": "error", "error": why + (f"\n--- last output ---\n{out}" if out else "")}
+
+
+def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, ref_row: dict | None,
+             started_at: str, wall_s: float) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update({
+        "order": order, "run": run.name, "run_key": run.key, "is_reference": run.is_reference,
+        "capture": run.capture, "passes": run.passes_label(), "compiler": run.compiler,
+        "scoring": run.scoring.strategy + (json.dumps(run.scoring.options, sort_keys=True) if run.scoring.options else ""),
+        "dtype": run.dtype, "device": cfg.device, "world_size": cfg.world_size,
+        "started_at": started_at, "finished_at": _now(), "wall_s": wall_s,
+        "config": json.dumps(run.config, sort_keys=True, default=str),
+    })
+    row.update(result)
+    ok = row["status"] == "ok"
+    if ok and ref_row is not None and ref_row.get("status") == "ok":
+        d_acc_points = abs(row["acc"] - ref_row["acc"]) * 100.0
+        row["within_tolerance"] = bool(d_acc_points <= cfg.tolerance.acc_points + 1e-9
+                                       and row["max_abs_dloglik"] <= cfg.tolerance.max_abs_dloglik)
+        row["speedup"] = float(ref_row["latency_s"] / row["latency_s"]) if row["latency_s"] > 0 else None
+    elif ok and run.is_reference:
+        row["within_tolerance"], row["speedup"] = True, 1.0
+    else:
+        row["within_tolerance"] = False
+    row["error"] = row.get("error") or ""
+    return row
+
+
+def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: bool = True,
+                   timeout_s: float | None = None, log=print) -> pd.DataFrame:
+    """Run every run of `cfg` not yet in its output dir; -> the full results table."""
+    check_world_size(cfg)
+    runs = expand(cfg)
+    store = ResultStore(cfg.out_dir)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.out_dir / "experiment.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+    ref = runs[0]
+    assert ref.is_reference
+    ref_row = store.get(ref.key)
+    if ref_row is not None and store.load_loglik(ref.key) is None:
+        ref_row = None  # its log-likelihoods were lost: measure it again
+    if ref_row is not None and ref_row["status"] != "ok" and retry_errors:
+        ref_row = None
+    done = store.done_keys(include_errors=not retry_errors)
+    todo = [r for r in runs if r.key not in done or (r.is_reference and ref_row is None)]
+    if len(todo) < len(runs):
+        log(f"{cfg.out_dir}: {len(runs) - len(todo)} of {len(runs)} runs already done, running {len(todo)}")
+    exp = to_dict(cfg)
+    with tempfile.TemporaryDirectory(prefix="graphopt-run-") as tmp:
+        bar = tqdm(total=len(todo), desc=cfg.name, unit="run", disable=not progress, file=sys.stderr)
+        for run in todo:
+            order = runs.index(run)
+            bar.set_postfix_str(run.name)
+            if not run.is_reference and (ref_row is None or ref_row["status"] != "ok"):
+                raise UserError(f"the reference run failed, nothing to compare with:\n{ref_row and ref_row['error']}")
+            spec = {"experiment": exp, "run": {"name": run.name, "capture": run.capture, "passes": run.passes,
+                                               "compiler": run.compiler, "dtype": run.dtype,
+                                               "scoring": to_dict(run.scoring)},
+                    "reference_loglik": None if run.is_reference else str(store.loglik_path(ref.key)),
+                    "loglik_out": str(Path(tmp) / "loglik.npy"), "progress": progress}
+            started, t0 = _now(), time.perf_counter()
+            result = _run_worker(spec, Path(tmp), timeout_s)
+            if result["status"] == "ok":
+                import numpy as np
+                store.save_loglik(run.key, np.load(spec["loglik_out"]))
+            row = make_row(cfg, run, order, result, None if run.is_reference else ref_row, started,
+                           time.perf_counter() - t0)
+            store.write_row(row)
+            if run.is_reference:
+                ref_row = row
+            if row["status"] != "ok":
+                first = row["error"].strip().splitlines()[0] if row["error"].strip() else "?"
+                tqdm.write(f"run {run.name!r} failed: {first}", file=sys.stderr)
+            bar.update(1)
+        bar.close()
+    if ref_row is None or ref_row["status"] != "ok":
+        raise UserError(f"the reference run failed:\n{ref_row and ref_row['error']}")
+    return store.load()

@@ -1,0 +1,343 @@
+"""Experiment YAML schema: plain dataclasses and one validator.
+
+`load_config(path, overrides=["runs.0.dtype=bfloat16", ...]) -> ExperimentConfig`. Every unknown key or
+value of the wrong type raises `ConfigError` naming the key, the file, the line and the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CAPTURES = ("none", "export", "dynamo")  # none = eager module
+COMPILERS = ("none", "inductor", "eager-fx")
+SWEEP_MODES = ("listed", "ablation", "cumulative", "powerset")
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda")
+# field name -> allowed values; checked wherever a field of that name appears
+CHOICES = {"capture": CAPTURES, "compiler": COMPILERS, "mode": SWEEP_MODES, "dtype": DTYPES, "device": DEVICES}
+
+
+class ConfigError(ValueError):
+    """A user error in an experiment YAML or a --set override."""
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # None = synthetic HellaSwag-format data
+    split: str = "validation"
+    limit: int | None = None  # first N questions
+
+
+@dataclass
+class ScoringConfig:
+    strategy: str = "per_pair"  # per_pair | padded | shared_prefix | packed | bucketed
+    options: dict = field(default_factory=dict)  # passed to build_batches(requests, strategy, **options)
+
+
+@dataclass
+class ReferenceConfig:
+    """The run every other run is compared with (default: eager fp32, each pair scored alone)."""
+    name: str = "reference"
+    capture: str = "none"
+    passes: list = field(default_factory=list)
+    compiler: str = "none"
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    dtype: str = "float32"
+
+
+@dataclass
+class RunConfig:
+    name: str = ""
+    capture: str = "export"
+    passes: list = field(default_factory=list)  # names or {name: ..., option: value}
+    compiler: str = "none"
+    scoring: ScoringConfig | None = None  # None = the experiment's scoring
+    dtype: str | None = None  # None = the experiment's dtype
+
+
+@dataclass
+class SweepConfig:
+    """listed: the `runs` only. ablation: all of `base`, then all minus one. cumulative: base[:k] for
+    k = 0..len(base). powerset: `base` plus every subset of `over`. Generated runs use the template
+    fields below; `runs` are added after them in every mode."""
+    mode: str = "listed"
+    base: list = field(default_factory=list)
+    over: list = field(default_factory=list)
+    capture: str = "export"
+    compiler: str = "none"
+    scoring: ScoringConfig | None = None
+    dtype: str | None = None
+
+
+@dataclass
+class ToleranceConfig:
+    acc_points: float = 0.5  # |acc - reference acc| in percentage points
+    max_abs_dloglik: float = 0.05  # max over requests of |loglik - reference loglik|
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    model: str = "default"  # preset name or checkpoint path
+    dtype: str = "float32"
+    device: str = "cpu"
+    world_size: int = 1
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    runs: list[RunConfig] = field(default_factory=list)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    warmup: int = 1
+    repeats: int = 3
+    output_dir: str | None = None  # None = results/<name>
+    tolerance: ToleranceConfig = field(default_factory=ToleranceConfig)
+    source: str = field(default="<dict>", metadata={"internal": True})  # the file it came from
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or f"results/{self.name}")
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+
+
+def _marks(node, path: tuple, lines: dict) -> None:
+    """Record the 1-based line of every key / list item under `node`, keyed by its path."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            p = path + (str(key_node.value),)
+            lines[p] = key_node.start_mark.line + 1
+            _marks(value_node, p, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _marks(item, path + (i,), lines)
+
+
+def load_yaml(path: str | Path) -> tuple[Any, dict]:
+    """-> (data, {key path: line})."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    lines: dict = {}
+    if node is not None:
+        _marks(node, (), lines)
+    return data if data is not None else {}, lines
+
+
+# ------------------------------------------------------------------------------------------ validator
+
+
+class _Where:
+    """Formats 'key runs.1.passes in FILE line N' for messages."""
+
+    def __init__(self, source: str, lines: dict, overridden: set):
+        self.source, self.lines, self.overridden = source, lines, overridden
+
+    def __call__(self, path: tuple) -> str:
+        key = ".".join(str(p) for p in path) or "<top level>"
+        if path in self.overridden:
+            return f"key {key!r} (from --set)"
+        for n in range(len(path), 0, -1):  # nearest enclosing key that has a line
+            if path[:n] in self.lines:
+                return f"key {key!r} in {self.source} line {self.lines[path[:n]]}"
+        return f"key {key!r} in {self.source}"
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _convert(value, tp, path: tuple, where: _Where):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        assert len(inner) == 1, tp
+        return _convert(value, inner[0], path, where)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, where)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where(path)}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item_tp, path + (i,), where) for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(path)}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where(path)}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, raw, path: tuple, where: _Where):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where(path)}: expected a mapping of {cls.__name__} keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    kwargs = {}
+    for key, value in raw.items():
+        key_path = path + (str(key),)
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown {where(key_path)}{hint} (valid keys here: {', '.join(valid)})")
+        value = _convert(value, hints[key], key_path, where)
+        if key in CHOICES and value is not None and value not in CHOICES[key]:
+            close = difflib.get_close_matches(str(value), CHOICES[key], n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where(key_path)}: {value!r} is not one of {', '.join(CHOICES[key])}{hint}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_passes(passes: list, path: tuple, where: _Where) -> None:
+    for i, spec in enumerate(passes):
+        ok = isinstance(spec, str) or (isinstance(spec, dict) and isinstance(spec.get("name"), str))
+        if not ok:
+            raise ConfigError(f"{where(path + (i,))}: a pass is a name or a mapping {{name: ..., option: value}}, "
+                              f"got {spec!r}")
+
+
+def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
+    from graphopt.model.args import PRESETS
+
+    if cfg.model.lower() not in PRESETS and not Path(cfg.model).exists():
+        raise ConfigError(f"{where(('model',))}: {cfg.model!r} is neither a model preset "
+                          f"({', '.join(PRESETS)}) nor an existing checkpoint path")
+    if cfg.data.path is not None and not Path(cfg.data.path).exists():
+        raise ConfigError(f"{where(('data', 'path'))}: data path {cfg.data.path!r} does not exist "
+                          f"(use null for synthetic data)")
+    for key in ("world_size", "repeats"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{where((key,))}: must be >= 1, got {getattr(cfg, key)}")
+    if cfg.warmup < 0:
+        raise ConfigError(f"{where(('warmup',))}: must be >= 0, got {cfg.warmup}")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        raise ConfigError(f"{where(('data', 'limit'))}: must be >= 1 or null, got {cfg.data.limit}")
+    if cfg.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where(('device',))}: 'cuda' asked for but torch sees no CUDA device")
+    _check_passes(cfg.reference.passes, ("reference", "passes"), where)
+    for i, run in enumerate(cfg.runs):
+        if not run.name:
+            raise ConfigError(f"{where(('runs', i))}: every run needs a 'name'")
+        _check_passes(run.passes, ("runs", i, "passes"), where)
+        if run.capture == "none" and run.passes:
+            raise ConfigError(f"{where(('runs', i, 'passes'))}: passes need a captured graph "
+                              f"(capture: export or dynamo), run {run.name!r} has capture: none")
+    names = [r.name for r in cfg.runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{where(('runs',))}: run names must be unique, repeated: {', '.join(dup)}")
+    for key in ("base", "over"):
+        _check_passes(getattr(cfg.sweep, key), ("sweep", key), where)
+    if cfg.sweep.mode in ("ablation", "cumulative") and not cfg.sweep.base:
+        raise ConfigError(f"{where(('sweep', 'mode'))}: mode {cfg.sweep.mode!r} needs a non-empty sweep.base")
+    if cfg.sweep.mode == "powerset" and not cfg.sweep.over:
+        raise ConfigError(f"{where(('sweep', 'mode'))}: mode 'powerset' needs a non-empty sweep.over")
+    if cfg.sweep.mode == "powerset" and len(cfg.sweep.over) > 8:
+        raise ConfigError(f"{where(('sweep', 'over'))}: powerset of {len(cfg.sweep.over)} passes is "
+                          f"{2 ** len(cfg.sweep.over)} runs; keep it to 8 or fewer")
+    if cfg.sweep.mode != "powerset" and cfg.sweep.over:
+        raise ConfigError(f"{where(('sweep', 'over'))}: only used with mode: powerset")
+    if cfg.sweep.mode == "listed" and cfg.sweep.base:
+        raise ConfigError(f"{where(('sweep', 'base'))}: not used with mode: listed (list the runs under 'runs')")
+    if cfg.sweep.mode == "listed" and not cfg.runs:
+        raise ConfigError(f"{where(('runs',))}: mode 'listed' needs at least one run under 'runs'")
+
+
+# ----------------------------------------------------------------------------------------- overrides
+
+
+def apply_override(raw: dict, item: str) -> tuple:
+    """'a.b.0.c=value' -> sets raw['a']['b'][0]['c'] = yaml.safe_load(value); returns the key path."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value (e.g. data.limit=20)")
+    key, text = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    node, path = raw, []
+    for part in parts[:-1]:
+        path.append(part)
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path)} is not an index into a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {item!r}: {'.'.join(path)} is a {type(node).__name__}, not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {item!r}: {last!r} is not an index into a list of {len(node)}")
+        node[int(last)] = value
+        return tuple(parts[:-1]) + (int(last),)
+    node[last] = value
+    return tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in parts)
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def config_from_dict(raw: dict, source: str = "<dict>", lines: dict | None = None,
+                     overrides: list[str] = ()) -> ExperimentConfig:
+    import copy
+    raw = copy.deepcopy(raw)
+    overridden = set()
+    for item in overrides:
+        overridden.add(apply_override(raw, item))
+    where = _Where(source, lines or {}, overridden)
+    cfg = _build(ExperimentConfig, raw, (), where)
+    cfg.source = source
+    _check_semantics(cfg, where)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    raw, lines = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an experiment file is a mapping of keys (name, model, runs, ...)")
+    return config_from_dict(raw, str(path), lines, list(overrides))
+
+
+def to_dict(obj) -> Any:
+    """Dataclass config -> plain dict (for hashing and the results table)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("internal")}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,201 @@
+"""One run, in its own process: `python -m graphopt.runner.worker SPEC.json RESULT.json`.
+
+Loads the model and data, builds the run's batches, captures + runs passes + compiles, measures
+compile time (first call on each distinct batch shape), then `warmup` and `repeats` timed passes
+over all batches. Writes RESULT.json: the metrics, or {"status": "error", "error": traceback}.
+Per-request log-likelihoods go to the spec's `loglik_out` (.npy) for comparison with the reference.
+"""
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+
+def _die_with_parent() -> None:
+    """If the sweep process is killed (even with SIGKILL), take this run down with it (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+
+
+def build_callable(module, example_inputs, run: dict, model_args, world_size: int, rank: int = 0):
+    """-> (fn(*batch.model_inputs()) -> [N] logprobs, pass records as dicts)."""
+    import torch
+
+    capture, compiler, passes = run["capture"], run["compiler"], run["passes"]
+    if capture == "none":
+        assert not passes, "passes need capture: export or dynamo"
+        if compiler == "inductor":
+            return torch.compile(module, backend="inductor"), []
+        if compiler == "eager-fx":
+            return torch.compile(module, backend="eager"), []
+        return module, []
+    if capture == "dynamo":
+        from graphopt.backend import backend
+        then = "inductor" if compiler == "inductor" else "eager"
+        return torch.compile(module, backend=backend(passes=passes, then=then)), []
+    from graphopt.capture import capture as capture_graph
+    from graphopt.pipeline import PassContext, run_passes
+
+    gm = capture_graph(module, example_inputs, method="export")
+    gm, records = run_passes(gm, passes, PassContext(example_inputs, model_args, rank, world_size))
+    record_dicts = [{"name": r.name, "matches": r.matches, "nodes_before": r.nodes_before,
+                     "nodes_after": r.nodes_after, "seconds": r.seconds} for r in records]
+    if compiler == "inductor":
+        return torch.compile(gm, backend="inductor"), record_dicts
+    return gm, record_dicts
+
+
+def count_params(*modules) -> int:
+    """Parameters of the first module that has any (the optimised graph after pruning, else the model)."""
+    for m in modules:
+        if m is None or not hasattr(m, "parameters"):
+            continue
+        seen, total = set(), 0
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        if total:
+            return total
+    return 0
+
+
+def chosen_answers(requests, loglik: np.ndarray) -> np.ndarray:
+    """Index of the highest-loglik choice per question, questions in order of first appearance."""
+    order: dict[int, int] = {}
+    best: list[tuple[float, int]] = []
+    for r, ll in zip(requests, loglik):
+        q = order.setdefault(r.question, len(order))
+        if q == len(best):
+            best.append((-np.inf, -1))
+        if ll > best[q][0]:
+            best[q] = (float(ll), r.choice)
+    return np.array([c for _, c in best], dtype=np.int64)
+
+
+def score_all(fn, batches, n_requests: int, progress=None):
+    import torch
+    from graphopt.scoring.batch import sum_by_owner
+
+    total = torch.zeros(n_requests, dtype=torch.float64)
+    with torch.no_grad():
+        for b in batches:
+            out = fn(*b.model_inputs())  # [N]
+            total += sum_by_owner(out, b.owners, n_requests)
+            if progress is not None:
+                progress.update(1)
+    return total.numpy()
+
+
+def measure(spec: dict) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from graphopt.checkpoints import load_model
+    from graphopt.data import load_hellaswag
+    from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
+    from graphopt.scoring.batch import ScoreModule
+    from graphopt.scoring.metrics import choice_metrics
+    from graphopt.scoring.requests import build_requests
+    from graphopt.scoring.strategies import build_batches
+
+    exp, run = spec["experiment"], spec["run"]
+    device, show = exp["device"], spec.get("progress", True)
+    torch.manual_seed(exp["seed"])
+    reset_peak_memory(device)
+    t_load = time.perf_counter()
+    model, tokenizer = load_model(exp["model"], dtype=run["dtype"], device=device)
+    model.eval()
+    load_s = time.perf_counter() - t_load
+    data = exp["data"]
+    rows = load_hellaswag(data["path"], split=data["split"], limit=data["limit"])
+    requests = build_requests(rows, tokenizer)
+    batches = build_batches(requests, run["scoring"]["strategy"], **run["scoring"]["options"])
+    batches = [b.to(device) for b in batches]
+    assert batches, "no batches to score"
+    n_req = len(requests)
+    n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
+
+    module = ScoreModule(model).eval()
+    example = batches[0].model_inputs()
+    (fn, records), setup_s = timed(lambda: build_callable(module, example, run, getattr(model, "args", None),
+                                                          exp["world_size"]), device)
+    # compile / warm-up: the first call on each distinct input shape
+    first_call_s, seen = 0.0, set()
+    with torch.no_grad():
+        for b in batches:
+            shape = tuple(tuple(t.shape) for t in b.model_inputs())
+            if shape not in seen:
+                seen.add(shape)
+                _, t = timed(lambda: fn(*b.model_inputs()), device)
+                first_call_s += t
+    for _ in range(exp["warmup"]):
+        score_all(fn, batches, n_req)
+    times, loglik = [], None
+    for i in range(exp["repeats"]):
+        bar = tqdm(total=len(batches), desc=f"  {run['name']} [{i + 1}/{exp['repeats']}]", unit="batch",
+                   leave=False, disable=not show, file=sys.stderr)
+        loglik, t = timed(lambda: score_all(fn, batches, n_req, bar), device)
+        bar.close()
+        times.append(t)
+    sync(device)
+    assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
+
+    metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
+    chosen = chosen_answers(requests, loglik)
+    ref = np.load(spec["reference_loglik"]) if spec.get("reference_loglik") else None
+    if ref is not None:
+        assert ref.shape == loglik.shape, f"reference has {ref.shape[0]} requests, this run {loglik.shape[0]}"
+        agree = float((chosen_answers(requests, ref) == chosen).mean())
+        max_d = float(np.abs(ref - loglik).max())
+    else:  # this is the reference
+        agree, max_d = 1.0, 0.0
+    np.save(spec["loglik_out"], loglik)
+    latency = median(times)
+    return {
+        "status": "ok", "error": "",
+        "n_items": len(rows), "n_requests": n_req, "n_tokens": n_tokens, "n_batches": len(batches),
+        "n_shapes": len(seen),
+        "acc": float(metrics["acc"]), "acc_norm": float(metrics["acc_norm"]),
+        "agree": agree, "max_abs_dloglik": max_d,
+        "latency_s": latency, "latency_min_s": float(min(times)),
+        "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
+        "compile_s": setup_s + first_call_s, "load_s": load_s,
+        "peak_mem_mb": peak_memory_mb(device), "n_params": count_params(fn if hasattr(fn, "graph") else None, model),
+        "pass_records": json.dumps(records),
+    }
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = argv
+    _die_with_parent()
+    faulthandler.enable()
+    with open(spec_path) as f:
+        spec = json.load(f)
+    try:
+        if os.environ.get("GRAPHOPT_RUNNER_KILL") == spec["run"]["name"]:  # test hook: die as the OOM killer does
+            os.kill(os.getpid(), 9)
+        result = measure(spec)
+    except BaseException as e:  # noqa: BLE001 - every failure becomes a result row
+        tb = traceback.format_exc(limit=8)
+        result = {"status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"}
+    tmp = result_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
