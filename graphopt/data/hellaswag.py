@@ -1,0 +1,207 @@
+"""HellaSwag rows, read from local files and formatted exactly as lm-evaluation-harness's `hellaswag`
+task does (lm_eval/tasks/hellaswag/utils.py, process_docs):
+
+    ctx     = ctx_a + " " + ctx_b.capitalize()
+    query   = preprocess(activity_label + ": " + ctx)
+    endings = [preprocess(e) for e in endings]
+    label   = int(label)
+
+The model is then asked for log p(" " + ending | query) (target delimiter " ").
+
+Sources (no network, ever):
+  - a `datasets` directory written by `save_to_disk` (a Dataset, or a DatasetDict holding the split),
+  - a directory with the parquet files of `Rowan/hellaswag` (any *.parquet whose path names the split,
+    e.g. data/validation-00000-of-00001.parquet or validation/0000.parquet),
+  - a single parquet file,
+  - the original jsonl (hellaswag_val.jsonl: ind, activity_label, ctx_a, ctx_b, ctx, endings, label, ...),
+    or a directory holding hellaswag_{train,val,test}.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+N_ENDINGS = 4
+REQUIRED_FIELDS = ("activity_label", "ctx_a", "ctx_b", "endings")
+SPLITS = ("train", "validation", "test")
+_SPLIT_FILE_NAMES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class HellaSwagRow:
+    index: int  # position of the row in its split
+    query: str  # preprocessed "activity_label: ctx_a Ctx_b"
+    endings: list[str]  # preprocessed; the continuation scored is " " + ending
+    label: int  # index of the right ending; -1 only when loaded with allow_unlabelled=True
+    activity_label: str
+    source_id: str | None = None
+
+
+def preprocess(text: str) -> str:
+    """lm-evaluation-harness's hellaswag preprocess: strip, drop WikiHow bracket artefacts."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    text = text.replace("  ", " ")
+    return text
+
+
+def format_row(doc: dict, index: int, where: str = "<rows>", allow_unlabelled: bool = False) -> HellaSwagRow:
+    """One raw HellaSwag record -> HellaSwagRow. `where` names the file in error messages."""
+    def bad(field: str, expected: str, got) -> ValueError:
+        return ValueError(f"{where}: row {index}: field {field!r}: expected {expected}, got {_short(got)}")
+
+    if not isinstance(doc, dict):
+        raise bad("<row>", "a JSON object / record", doc)
+    for field in REQUIRED_FIELDS:
+        if field not in doc or doc[field] is None:
+            raise ValueError(f"{where}: row {index}: field {field!r} is missing "
+                             f"(a HellaSwag row needs {', '.join(REQUIRED_FIELDS)}, label)")
+    for field in ("activity_label", "ctx_a", "ctx_b"):
+        if not isinstance(doc[field], str):
+            raise bad(field, "a string", doc[field])
+    endings = doc["endings"]
+    if hasattr(endings, "tolist"):  # numpy array from parquet / pandas
+        endings = endings.tolist()
+    if not isinstance(endings, (list, tuple)) or len(endings) != N_ENDINGS or not all(isinstance(e, str) for e in endings):
+        raise bad("endings", f"a list of {N_ENDINGS} strings", endings)
+    label = _parse_label(doc.get("label"), index, where, allow_unlabelled)
+
+    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+    source_id = doc.get("source_id")
+    return HellaSwagRow(
+        index=index,
+        query=preprocess(doc["activity_label"] + ": " + ctx),
+        endings=[preprocess(e) for e in endings],
+        label=label,
+        activity_label=doc["activity_label"],
+        source_id=None if source_id is None else str(source_id),
+    )
+
+
+def _parse_label(raw, index: int, where: str, allow_unlabelled: bool) -> int:
+    # HF stores the label as a string ("0".."3"); the original jsonl as an int; the test split has ""
+    # (HF) or no key (jsonl).
+    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+        if allow_unlabelled:
+            return -1
+        raise ValueError(f"{where}: row {index}: field 'label' is empty: this split has no answers (the "
+                         f"HellaSwag test split is unlabelled; use split='validation', or pass "
+                         f"allow_unlabelled=True to load it with label -1)")
+    if isinstance(raw, bool) or isinstance(raw, float) and not raw.is_integer():
+        raise ValueError(f"{where}: row {index}: field 'label': expected an integer 0..{N_ENDINGS - 1}, got {_short(raw)}")
+    try:
+        label = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: row {index}: field 'label': expected an integer 0..{N_ENDINGS - 1}, "
+                         f"got {_short(raw)}") from None
+    if not 0 <= label < N_ENDINGS:
+        raise ValueError(f"{where}: row {index}: field 'label': expected an integer 0..{N_ENDINGS - 1}, got {label}")
+    return label
+
+
+def _short(value, n: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# ---- readers: each yields raw records (dicts) in file order ----
+
+def _read_jsonl(path: Path, limit: int | None) -> list[dict]:
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if limit is not None and len(docs) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                docs.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: row {len(docs)} (line {line_no}): not valid JSON: {e}") from None
+    return docs
+
+
+def _read_parquet(paths: list[Path], limit: int | None) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    docs: list[dict] = []
+    for path in paths:
+        if limit is not None and len(docs) >= limit:
+            break
+        docs.extend(pq.read_table(path).to_pylist())
+    return docs if limit is None else docs[:limit]
+
+
+def _read_saved_dataset(path: Path, split: str, limit: int | None) -> list[dict]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise KeyError(f"{path}: the saved DatasetDict has no split {split!r} (splits: {', '.join(ds)})")
+        ds = ds[split]
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds.to_list()
+
+
+def _split_files(directory: Path, split: str, suffix: str) -> list[Path]:
+    """Files under `directory` ending in `suffix` whose path relative to it names `split`."""
+    names = _SPLIT_FILE_NAMES.get(split, (split,))
+    found = []
+    for p in sorted(directory.rglob(f"*{suffix}")):
+        parts = re.split(r"[/\\_.\-]+", str(p.relative_to(directory)).lower())
+        if any(n in parts for n in names):
+            found.append(p)
+    return found
+
+
+def _read_source(path: Path, split: str, limit: int | None) -> tuple[list[dict], str]:
+    """Raw records of `split` from `path`, and the name used for it in error messages."""
+    if not path.exists():
+        raise FileNotFoundError(f"HellaSwag data not found: {path} (expected a jsonl or parquet file, a "
+                                f"directory of Rowan/hellaswag parquet files, or a datasets.save_to_disk directory)")
+    if path.is_file():
+        if path.suffix in (".jsonl", ".json"):
+            return _read_jsonl(path, limit), str(path)
+        if path.suffix == ".parquet":
+            return _read_parquet([path], limit), str(path)
+        raise ValueError(f"{path}: unknown HellaSwag file type {path.suffix!r} (expected .jsonl or .parquet)")
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return _read_saved_dataset(path, split, limit), f"{path} [{split}]"
+    parquet = _split_files(path, split, ".parquet")
+    if parquet:
+        return _read_parquet(parquet, limit), ", ".join(map(str, parquet))
+    jsonl = _split_files(path, split, ".jsonl")
+    if len(jsonl) == 1:
+        return _read_jsonl(jsonl[0], limit), str(jsonl[0])
+    if len(jsonl) > 1:
+        raise ValueError(f"{path}: several jsonl files match split {split!r}: {', '.join(map(str, jsonl))}; "
+                         f"pass one file")
+    raise FileNotFoundError(f"{path}: no HellaSwag {split!r} data in this directory (looked for a "
+                            f"datasets.save_to_disk layout, *.parquet or *.jsonl files named after the split)")
+
+
+def load_hellaswag(path: str | Path | None = None, split: str = "validation", limit: int | None = None,
+                   *, allow_unlabelled: bool = False) -> list[HellaSwagRow]:
+    """HellaSwag rows of `split` from `path`, formatted as lm-evaluation-harness does.
+
+    path None -> the embedded synthetic set (graphopt.data.synthetic, 200 rows; no files, no network).
+    limit -> the first `limit` rows. A split without answers (the test split: label "") raises
+    ValueError unless allow_unlabelled=True, which gives label -1. A malformed row raises ValueError
+    naming the file, the row index and the field.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if path is None:
+        from graphopt.data.synthetic import DEFAULT_N, synthetic_hellaswag
+
+        return synthetic_hellaswag(n=DEFAULT_N if limit is None else limit)
+    path = Path(path).expanduser()
+    docs, where = _read_source(path, split, limit)
+    if limit is not None:
+        docs = docs[:limit]
+    return [format_row(doc, i, where, allow_unlabelled) for i, doc in enumerate(docs)]

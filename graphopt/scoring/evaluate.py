@@ -1,0 +1,91 @@
+"""Run a scoring function over batches, and evaluate a model on HellaSwag rows end to end."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from graphopt.scoring.batch import ScoreBatch, ScoreModule, sum_by_owner
+from graphopt.scoring.metrics import choice_metrics
+from graphopt.scoring.requests import build_requests
+from graphopt.scoring.strategies import build_batches, strategy_options as strategy_options_of
+
+
+def _sync(device) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def score_requests(fn: Callable[..., Tensor], batches: Sequence[ScoreBatch], n_requests: int,
+                   progress: bool = True, device="cpu") -> Tensor:
+    """Log-likelihood of every request, float64 [n_requests].
+
+    fn(input_ids, positions, mask, score_idx, targets) -> [N] token log-probs (a ScoreModule, its
+    captured graph, or a compiled one); each batch is moved to `device` first. Per-token scores are
+    summed per request by `owners` (entries with owner -1 are padding). Every request must be scored.
+    """
+    total = torch.zeros(n_requests, dtype=torch.float64)
+    seen = torch.zeros(n_requests, dtype=torch.bool)
+    with torch.inference_mode(), tqdm(total=n_requests, unit="req", desc="scoring", disable=not progress,
+                                      leave=False) as bar:
+        for batch in batches:
+            token_logprobs = fn(*batch.to(device).model_inputs())  # [N]
+            assert token_logprobs.shape == batch.targets.shape, \
+                f"scoring fn returned {tuple(token_logprobs.shape)}, expected {tuple(batch.targets.shape)}"
+            total += sum_by_owner(token_logprobs, batch.owners, n_requests)
+            owners = batch.owners[batch.owners >= 0].unique()
+            bar.update(int((~seen[owners]).sum()))
+            seen[owners] = True
+    missing = (~seen).nonzero().flatten()
+    if len(missing):
+        raise AssertionError(f"{len(missing)} requests were never scored (first: {missing[:5].tolist()}); "
+                             f"the batch builder dropped them")
+    return total
+
+
+def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, strategy: str | None = None,
+             device="cpu", progress: bool = True, add_bos: bool = False, **strategy_options) -> dict:
+    """Score HellaSwag `rows` with `model` (eager, already on `device`) as lm-evaluation-harness does.
+
+    strategy: None -> "per_pair" when batch_size == 1, else "padded" (with this batch_size).
+    Returns acc, acc_norm, loglik (per row, 4 floats), choices (argmax per row), choices_norm,
+    n_items, n_requests, tokens_scored (continuation tokens), tokens_processed (input tokens incl.
+    padding), seconds (scoring only, device-synchronised), strategy.
+    """
+    if any(getattr(r, "label", 0) < 0 for r in rows):
+        raise ValueError("rows without labels (label -1, e.g. the HellaSwag test split) cannot be scored for "
+                         "accuracy; use the validation split")
+    if strategy is None:
+        strategy = "per_pair" if batch_size == 1 else "padded"
+    if "batch_size" in strategy_options_of(strategy):
+        strategy_options.setdefault("batch_size", batch_size)
+    elif batch_size != 1:
+        raise ValueError(f"scoring strategy {strategy!r} takes no batch_size (got {batch_size})")
+    param, dev = next(model.parameters(), None), torch.device(device)
+    if param is not None and (param.device.type != dev.type or dev.index not in (None, param.device.index)):
+        raise ValueError(f"the model is on {param.device} but evaluate() was asked for device {device!r}; "
+                         f"move it first (model.to({str(device)!r}))")
+    max_length = getattr(getattr(model, "args", None), "max_seq_len", None)
+    requests = build_requests(rows, tokenizer, add_bos=add_bos, max_length=max_length)
+    batches = build_batches(requests, strategy, **strategy_options)
+    scorer = ScoreModule(model).eval()
+
+    _sync(device)
+    start = time.perf_counter()
+    loglik = score_requests(scorer, batches, len(requests), progress=progress, device=device)
+    _sync(device)
+    seconds = time.perf_counter() - start
+
+    result = choice_metrics(rows, requests, loglik)
+    result.update(
+        n_requests=len(requests),
+        tokens_scored=sum(len(r.continuation_ids) for r in requests),
+        tokens_processed=sum(b.n_tokens for b in batches),
+        seconds=seconds,
+        strategy=strategy,
+    )
+    return result
