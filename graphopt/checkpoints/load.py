@@ -1,0 +1,56 @@
+"""load_model: one entry point for presets (random weights), Meta and HF checkpoint directories."""
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+
+import torch
+
+from graphopt.checkpoints.assemble import finish_rope, parse_dtype
+from graphopt.checkpoints.errors import CheckpointError
+from graphopt.checkpoints.hf import load_hf_checkpoint
+from graphopt.checkpoints.meta import load_meta_checkpoint
+from graphopt.checkpoints.tokenizers import find_tokenizer_file, load_tokenizer
+from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
+from graphopt.model import PRESETS, ModelArgs, Transformer, init_random_weights
+
+
+def _tokenizer_for(ckpt_dir: Path, vocab_size: int):
+    # Meta's releases keep tokenizer.model next to the size directories (llama/tokenizer.model, llama/30B/)
+    for d in (ckpt_dir, ckpt_dir.parent):
+        found = find_tokenizer_file(d)
+        if found is not None:
+            return load_tokenizer(found)
+    warnings.warn(f"{ckpt_dir}: no tokenizer.json/tokenizer.model here or in the parent directory; "
+                  f"using WordHashTokenizer({vocab_size})", stacklevel=3)
+    return WordHashTokenizer(vocab_size)
+
+
+def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32", device="cpu", seed: int = 0,
+               max_seq_len: int | None = None):
+    """(model in eval mode, tokenizer) for a preset name (random weights, WordHashTokenizer), a Meta
+    directory (params.json) or an HF directory (config.json)."""
+    torch_dtype = parse_dtype(dtype)
+    p = Path(path_or_preset)
+    if not p.exists() and str(path_or_preset).lower() in PRESETS:
+        args = ModelArgs.from_name(str(path_or_preset))
+        if max_seq_len is not None:
+            args.max_seq_len = max_seq_len
+        model = init_random_weights(Transformer(args), seed=seed).to(dtype=torch_dtype)
+        finish_rope(model, "cpu")  # keep the RoPE tables float32 after .to(dtype)
+        return model.to(device).eval(), WordHashTokenizer(args.vocab_size)
+    if p.is_dir():
+        if (p / "params.json").is_file():
+            model = load_meta_checkpoint(p, torch_dtype, device, max_seq_len=max_seq_len)
+        elif (p / "config.json").is_file():
+            model = load_hf_checkpoint(p, torch_dtype, device, max_seq_len=max_seq_len)
+        else:
+            raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
+        return model, _tokenizer_for(p, model.args.vocab_size)
+    if p.exists():
+        raise CheckpointError(f"{p}: expected a checkpoint directory (params.json or config.json), got a file")
+    close = difflib.get_close_matches(str(path_or_preset).lower(), PRESETS, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise CheckpointError(f"{path_or_preset!r} is neither a model preset nor an existing directory{hint} "
+                          f"(presets: {', '.join(PRESETS)})")
