@@ -1,0 +1,55 @@
+"""Process groups: torchrun-style env -> init_process_group (nccl on CUDA, gloo on CPU), with a
+collective timeout so a dead peer turns into an error instead of a hang."""
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for MASTER_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "gloo"
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> tuple[int, int]:
+    """Join the group described by torchrun's env (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+    Returns (rank, world_size). Idempotent."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"init_from_env: environment lacks {', '.join(missing)} (run under torchrun or "
+                           "graphopt.distributed.launch)")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    backend = backend or default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+    return rank, world
+
+
+def device_for_rank(rank: int) -> torch.device:
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def world_group_name() -> str:
+    """The name functional collectives use to find the default group."""
+    assert dist.is_initialized(), "torch.distributed is not initialised (use graphopt.distributed.launch)"
+    return dist.group.WORLD.group_name
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

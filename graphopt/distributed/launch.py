@@ -1,0 +1,114 @@
+"""launch(fn, world_size): run fn(*args) on world_size spawned processes joined in one process group.
+
+Each process gets torchrun's env (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT on a free
+port), so code written for torchrun runs unchanged; the group is nccl on CUDA, gloo on CPU, with a
+collective timeout. The parent collects every rank's return value (list in rank order; rank 0's is
+`results[0]`). A rank that raises writes its traceback and exits 1; the parent then stops every
+other rank (SIGTERM, then SIGKILL) and raises LaunchError with that rank's traceback — never a hang.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from graphopt.distributed.groups import default_backend, free_port, init_from_env
+
+
+class LaunchError(RuntimeError):
+    """A rank failed or the world timed out; the message holds the failing rank's traceback."""
+
+    def __init__(self, message: str, rank: int | None = None, exitcodes: dict | None = None):
+        super().__init__(message)
+        self.rank, self.exitcodes = rank, exitcodes or {}
+
+
+def _worker(fn, rank: int, world_size: int, port: int, backend: str, timeout_s: float, args: tuple,
+            outdir: str, threads: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    out = Path(outdir)
+    try:
+        init_from_env(backend, timeout_s=timeout_s)
+        result = fn(*args)
+        buf = io.BytesIO()
+        torch.save(result, buf)
+        (out / f"rank{rank}.tmp").write_bytes(buf.getvalue())
+        os.replace(out / f"rank{rank}.tmp", out / f"rank{rank}.pt")
+    except BaseException:
+        (out / f"rank{rank}.err").write_text(traceback.format_exc())
+        os._exit(1)  # skip process-group teardown: peers may be stuck in a collective with us
+    try:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    except Exception:
+        pass
+
+
+def _stop(procs, grace_s: float = 3.0) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+
+
+def launch(fn, world_size: int, args: tuple = (), backend: str | None = None, timeout_s: float = 120.0,
+           collective_timeout_s: float = 30.0, threads_per_rank: int | None = None) -> list:
+    """Run fn(*args) on world_size processes; return their results in rank order.
+
+    fn must be importable (a module-level function). timeout_s bounds the whole run;
+    collective_timeout_s bounds each collective (init_process_group(timeout=...))."""
+    assert world_size >= 1, world_size
+    backend = backend or default_backend()
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="graphopt-launch-") as outdir:
+        procs = [ctx.Process(target=_worker, args=(fn, r, world_size, port, backend, collective_timeout_s, args,
+                                                   outdir, threads), daemon=False) for r in range(world_size)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout_s
+        failed = None
+        while True:
+            codes = [p.exitcode for p in procs]
+            bad = [r for r, c in enumerate(codes) if c not in (None, 0)]
+            if bad:
+                # the first rank that wrote an error is the cause; the others may have died of it
+                with_err = [r for r in bad if (Path(outdir) / f"rank{r}.err").exists()]
+                failed = (with_err or bad)[0]
+                break
+            if all(c == 0 for c in codes):
+                break
+            if time.monotonic() > deadline:
+                _stop(procs)
+                running = [r for r, c in enumerate(codes) if c is None]
+                raise LaunchError(f"launch: world of {world_size} timed out after {timeout_s:.0f}s; "
+                                  f"ranks still running: {running}", exitcodes=dict(enumerate(codes)))
+            time.sleep(0.05)
+        if failed is not None:
+            time.sleep(0.2)  # let near-simultaneous errors land
+            _stop(procs)
+            err = Path(outdir) / f"rank{failed}.err"
+            text = err.read_text() if err.exists() else f"(rank {failed} exited with code {procs[failed].exitcode} " \
+                                                          "without a traceback: killed or crashed)"
+            raise LaunchError(f"launch: rank {failed} of {world_size} failed:\n{text}", rank=failed,
+                              exitcodes={r: p.exitcode for r, p in enumerate(procs)})
+        results = []
+        for r in range(world_size):
+            data = (Path(outdir) / f"rank{r}.pt").read_bytes()
+            results.append(torch.load(io.BytesIO(data), weights_only=True))
+        return results
