@@ -1,0 +1,130 @@
+"""cast_dtype: run the matmuls in bfloat16/float16 (exact=False) as a graph rewrite.
+
+- Weights (and biases) of every linear / embedding / graphopt.linear_logprob are cast to `dtype`
+  (tied weights stay one tensor). Other parameters (norm weights) and buffers (RoPE tables) stay
+  float32.
+- Activations: an activation entering a linear (or a matmul whose other side is in `dtype`) in
+  float32 gets a cast to `dtype` inserted before it, so linears and attention matmuls compute in
+  `dtype`.
+- What the model computes in float32 stays float32: RMSNorm (`x.float()`), RoPE, the attention
+  softmax (`scores.float()`) and the log-softmax / log-prob accumulation; the final log-probs are
+  float32. In export IR, `x.float()` of an fp32 tensor is recorded as the value of x itself, so the
+  residual stream (x + attention(...)) stays float32 as well; `type_as(y, x.float())` is read
+  back as `type_as(y, x)` so values return to the activation's dtype as the source code intends.
+stats: param_bytes_before / param_bytes_after (all parameters the graph reads), tensors_cast,
+casts_inserted.
+"""
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule, Node
+
+from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
+from passes._graphutil import (ASSERT_META, EMBEDDING, LINEAR, attr, param_bytes, propagate_vals, record_pass, set_attr,
+                               set_val, val, aten)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_MATMUL = {aten.matmul.default, aten.bmm.default, aten.mm.default, torch.matmul, torch.bmm}
+
+
+def _weight_nodes(gm: GraphModule) -> list[Node]:
+    """get_attr nodes read as weight/bias by a linear, embedding or linear_logprob."""
+    out = []
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        if n.target in LINEAR:
+            cands = list(n.args[1:3]) + [n.kwargs.get("bias")]
+        elif n.target in EMBEDDING:
+            cands = [n.args[0]]
+        elif n.target is torch.ops.graphopt.linear_logprob.default:
+            cands = [n.args[1]]
+        else:
+            continue
+        out += [a for a in cands if isinstance(a, Node) and a.op == "get_attr" and a not in out]
+    return out
+
+
+def _undo_noop_float_alias(gm: GraphModule) -> None:
+    """type_as(y, to(x, float32)) where x already was float32 -> type_as(y, x)."""
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target is not aten.type_as.default:
+            continue
+        ref = n.args[1]
+        if (isinstance(ref, Node) and ref.op == "call_function" and ref.target is aten.to.dtype
+                and val(ref.args[0]) is not None and val(ref.args[0]).dtype == val(ref).dtype):
+            n.args = (n.args[0], ref.args[0])
+
+
+def _cast(gm: GraphModule, node: Node, arg: Node, dtype: torch.dtype, cache: dict) -> bool:
+    """Make `node` read `arg` cast to dtype; one cast node per (arg, dtype). True when one was made."""
+    made = (arg, dtype) not in cache
+    if made:
+        with gm.graph.inserting_after(arg):
+            cache[(arg, dtype)] = gm.graph.call_function(aten.to.dtype, (arg, dtype))
+        set_val(gm, cache[(arg, dtype)])
+    node.replace_input_with(arg, cache[(arg, dtype)])
+    return made
+
+
+@register_pass("cast_dtype", "run linears/embeddings/attention matmuls in bfloat16 or float16 (weights cast, "
+               "activations cast at their inputs); norms, softmax and log-probs stay float32",
+               options={"dtype": PassOption(str, "bfloat16", "low-precision dtype: bfloat16 or float16")},
+               exact=False)
+def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
+    name = ctx.options.get("dtype", "bfloat16")
+    if name not in _DTYPES:
+        raise PassError(f"cast_dtype option 'dtype' must be one of {sorted(_DTYPES)}, got {name!r}")
+    dtype = _DTYPES[name]
+    bytes_before = param_bytes(gm)
+    outputs = [a for a in torch.utils._pytree.tree_leaves(next(n for n in gm.graph.nodes if n.op == "output").args)
+               if isinstance(a, Node)]
+    out_dtypes = {a: val(a).dtype for a in outputs if val(a) is not None}
+
+    cast_done: dict[int, torch.Tensor] = {}
+    tensors_cast = 0
+    for w in _weight_nodes(gm):
+        t = attr(gm, w.target)
+        if not t.is_floating_point() or t.dtype == dtype:
+            continue
+        if id(t) not in cast_done:  # tied weights: one cast tensor for all targets
+            cast_done[id(t)] = t.detach().to(dtype)
+            tensors_cast += 1
+        set_attr(gm, w.target, cast_done[id(t)])
+    if not tensors_cast:
+        record_pass(gm, "cast_dtype")
+        return PassResult(gm, False, {"matches": 0, "param_bytes_before": bytes_before, "param_bytes_after": bytes_before})
+    _undo_noop_float_alias(gm)
+
+    inserted, cache = 0, {}
+    for n in list(gm.graph.nodes):
+        if n.op == "get_attr":
+            set_val(gm, n)
+            continue
+        if n.op != "call_function":
+            continue
+        if n.target in LINEAR or n.target is torch.ops.graphopt.linear_logprob.default:
+            x, w = n.args[0], n.args[1]
+            if val(x) is not None and val(w) is not None and val(x).dtype != val(w).dtype and val(x).is_floating_point():
+                inserted += _cast(gm, n, x, val(w).dtype, cache)
+        elif n.target in _MATMUL:
+            a, b = n.args[0], n.args[1]
+            if val(a) is not None and val(b) is not None and val(a).dtype != val(b).dtype:
+                hi = a if val(a).dtype == torch.float32 else b
+                inserted += _cast(gm, n, hi, dtype, cache)
+        elif n.target in ASSERT_META and val(n.args[0]) is not None:
+            n.kwargs = {**n.kwargs, "dtype": val(n.args[0]).dtype}
+            continue
+        set_val(gm, n)
+
+    for a, dt in out_dtypes.items():  # outputs keep their dtype (log-probs float32)
+        if val(a) is not None and val(a).dtype != dt:
+            out = next(n for n in gm.graph.nodes if n.op == "output")
+            with gm.graph.inserting_before(out):
+                c = gm.graph.call_function(aten.to.dtype, (a, dt))
+            set_val(gm, c)
+            out.replace_input_with(a, c)
+            inserted += 1
+    record_pass(gm, "cast_dtype")
+    return PassResult(gm, True, {"matches": tensors_cast, "tensors_cast": tensors_cast, "casts_inserted": inserted,
+                                 "param_bytes_before": bytes_before, "param_bytes_after": param_bytes(gm)})
