@@ -1,9 +1,98 @@
 """graphopt::linear_logprob — log-prob of target ids from hidden states and the LM head weight,
-without materialising [N, V] logits (chunked over the vocabulary with an online log-sum-exp)."""
+without materialising [N, V] logits (chunked over the vocabulary with an online log-sum-exp).
+
+Each program owns BLOCK_N rows and one slice of the vocabulary (split-V, so that few scored rows
+still fill the GPU); it computes logits tiles [BLOCK_N, BLOCK_V] with tl.dot (float32 accumulation),
+keeps a running max / sum per row, and picks the target's logit out of the tile that holds it.
+A tiny torch epilogue merges the per-slice log-sum-exps."""
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from graphopt.kernels._triton import dot_precision, for_device, upcast_dot
+
+
+@triton.jit
+def _linear_logprob_kernel(h_ptr, w_ptr, target_ptr, lse_ptr, tlogit_ptr, N, V, D, sh_n, sw_v, cols_per_split,
+                           BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                           UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    target = tl.load(target_ptr + rows, mask=row_mask, other=-1)
+    d_offs = tl.arange(0, BLOCK_D)
+    v_offs = tl.arange(0, BLOCK_V)
+    v_begin = split * cols_per_split
+    v_end = tl.minimum(v_begin + cols_per_split, V)
+    m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    t_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    h_rows = h_ptr + rows.to(tl.int64)[:, None] * sh_n  # [BLOCK_N, 1]
+    for v0 in range(v_begin, v_end, BLOCK_V):
+        cols = v0 + v_offs
+        col_mask = cols < v_end
+        w_cols = w_ptr + cols.to(tl.int64)[None, :] * sw_v  # [1, BLOCK_V]
+        acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + d_offs
+            h = tl.load(h_rows + d[None, :], mask=row_mask[:, None] & (d[None, :] < D), other=0.0)  # [BLOCK_N, BLOCK_D]
+            w = tl.load(w_cols + d[:, None], mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # [BLOCK_D, BLOCK_V]
+            if UPCAST_DOT:
+                h = h.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(h, w, acc, input_precision=DOT_PRECISION)  # accumulate in float32
+        logits = tl.where(col_mask[None, :], acc, float("-inf"))
+        t_i += tl.sum(tl.where(cols[None, :] == target[:, None], acc, 0.0), axis=1)
+        # every tile has a valid column (v0 < v_end), so m_new is finite after the first tile
+        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
+        m_i = m_new
+    tl.store(lse_ptr + split * N + rows, m_i + tl.log(l_i), mask=row_mask)
+    tl.store(tlogit_ptr + split * N + rows, t_i, mask=row_mask)
+
+
+def _n_splits(device: torch.device, n_row_blocks: int, n_col_blocks: int) -> int:
+    """Vocabulary slices so that about 4 programs run per SM (1 slice off-GPU)."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(n_col_blocks, triton.cdiv(4 * sms, n_row_blocks)))
+
+
+def linear_logprob_triton(hidden: Tensor, weight: Tensor, target: Tensor, block_n: int = 64, block_v: int = 128,
+                          block_d: int = 64, n_splits: int | None = None) -> Tensor:
+    """hidden [N, D], weight [V, D], target [N] -> [N] float32 log-prob of target under
+    log_softmax(hidden @ weight.T). Runs the Triton kernel on CUDA and under the Triton interpreter on
+    CPU. Targets must lie in [0, V) (not checked: that would sync the device)."""
+    N, D = hidden.shape
+    V = weight.shape[0]
+    assert weight.shape == (V, D), f"linear_logprob: weight {tuple(weight.shape)} does not match hidden [{N}, {D}]"
+    assert target.shape == (N,), f"linear_logprob: target {tuple(target.shape)} does not match hidden [{N}, {D}]"
+    assert hidden.dtype == weight.dtype, f"linear_logprob: hidden {hidden.dtype} and weight {weight.dtype} differ"
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    if N == 0:
+        return torch.empty(0, dtype=torch.float32, device=hidden.device)
+    n_row_blocks, n_col_blocks = triton.cdiv(N, block_n), triton.cdiv(V, block_v)
+    n_splits = min(n_splits or _n_splits(hidden.device, n_row_blocks, n_col_blocks), n_col_blocks)
+    cols_per_split = triton.cdiv(n_col_blocks, n_splits) * block_v
+    n_splits = triton.cdiv(V, cols_per_split)  # no empty slice
+    lse = torch.empty((n_splits, N), dtype=torch.float32, device=hidden.device)  # per-slice log-sum-exp
+    tlogit = torch.empty((n_splits, N), dtype=torch.float32, device=hidden.device)  # target logit or 0
+    kernel = for_device(_linear_logprob_kernel, hidden.device)
+    wrap_triton(kernel)[(n_row_blocks, n_splits)](
+        hidden, weight, target.contiguous(), lse, tlogit, N, V, D, hidden.stride(0), weight.stride(0),
+        cols_per_split, BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d,
+        UPCAST_DOT=upcast_dot(hidden.device, hidden.dtype), DOT_PRECISION=dot_precision(hidden.dtype),
+        num_warps=4 if block_n * block_v <= 64 * 128 else 8, num_stages=3)
+    return tlogit.sum(0) - torch.logsumexp(lse, dim=0)
 
 
 def linear_logprob_reference(hidden: Tensor, weight: Tensor, target: Tensor, chunk: int = 8192) -> Tensor:
@@ -17,11 +106,10 @@ def linear_logprob_reference(hidden: Tensor, weight: Tensor, target: Tensor, chu
     return target_logit - lse
 
 
-@torch.library.custom_op("graphopt::linear_logprob", mutates_args=())
+# triton_op: one node for export and compile; the body is also the fake impl, so it may only branch on
+# the device: the Triton kernel for CUDA tensors, the reference elsewhere.
+@triton_op("graphopt::linear_logprob", mutates_args=())
 def linear_logprob(hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
+    if hidden.is_cuda and hidden.dtype == weight.dtype:
+        return linear_logprob_triton(hidden, weight, target)
     return linear_logprob_reference(hidden, weight, target)
-
-
-@linear_logprob.register_fake
-def _(hidden, weight, target):
-    return hidden.new_empty(hidden.shape[:-1], dtype=torch.float32)

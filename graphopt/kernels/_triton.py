@@ -1,0 +1,87 @@
+"""Launch helpers shared by the kernel files: pick the compiled kernel for CUDA tensors and the Triton
+interpreter for CPU tensors, whatever TRITON_INTERPRET said when triton was imported."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
+
+def interpreter_imported() -> bool:
+    """True when triton was imported under TRITON_INTERPRET=1 (then every @triton.jit, including
+    triton.language's own tl.sum / tl.max, is already an InterpretedFunction)."""
+    return isinstance(triton.language.standard.sum, InterpretedFunction)
+
+
+_callees: dict[int, InterpretedFunction] = {}  # id(JITFunction) -> its interpreted twin
+
+
+def _interpreted_callee(jit_fn: JITFunction) -> InterpretedFunction:
+    # keyed by id: hashing a JITFunction computes its cache key, which fails while the interpreter
+    # has patched triton.language
+    if id(jit_fn) not in _callees:
+        _callees[id(jit_fn)] = InterpretedFunction(jit_fn.fn)
+    return _callees[id(jit_fn)]
+
+
+@contextlib.contextmanager
+def _jit_calls_interpreted():
+    # triton reads TRITON_INTERPRET once, when @triton.jit runs (at import): if it was unset then,
+    # tl.sum, tl.max, tl.sigmoid ... are compiled-only JITFunctions that refuse to be called outside a
+    # kernel. While our interpreted kernel runs, route such calls through the interpreter.
+    if interpreter_imported():
+        yield
+        return
+    original = JITFunction.__call__
+    JITFunction.__call__ = lambda self, *args, **kwargs: _interpreted_callee(self)(*args, **kwargs)
+    try:
+        yield
+    finally:
+        JITFunction.__call__ = original
+
+
+class _InterpretedKernel(InterpretedFunction):
+    """An interpreted copy of a @triton.jit kernel that also works when TRITON_INTERPRET was unset at
+    import (it stays an InterpretedFunction, so torch.library.wrap_triton accepts it)."""
+
+    def run(self, *args, grid, warmup, **kwargs):
+        with _jit_calls_interpreted():
+            return super().run(*args, grid=grid, warmup=warmup, **kwargs)
+
+
+_kernels: dict[int, InterpretedFunction] = {}
+
+
+def _interpreted(kernel) -> InterpretedFunction:
+    if id(kernel) not in _kernels:
+        _kernels[id(kernel)] = _InterpretedKernel(kernel.fn)
+    return _kernels[id(kernel)]
+
+
+def for_device(kernel, device: torch.device):
+    """The kernel to launch on `device`: compiled on CUDA, interpreted (numpy, slow) on CPU."""
+    if device.type == "cuda":
+        return kernel
+    assert device.type == "cpu", f"no Triton kernel for device {device}"
+    return _interpreted(kernel)
+
+
+def num_warps_for(block: int) -> int:
+    """Warps for a one-row-per-program kernel over `block` elements (about 256 elements a warp)."""
+    return max(1, min(16, block // 256))
+
+
+def upcast_dot(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether kernels must feed tl.dot float32 copies of their operands: the triton 3.9 interpreter
+    multiplies the raw uint16 bits of bfloat16 operands (numpy has no bfloat16). The upcast is exact
+    (bf16 x bf16 products fit in float32), so results match the compiled bf16 dot with fp32 accumulation."""
+    return device.type != "cuda" and dtype == torch.bfloat16
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision for float32 operands: follow torch's TF32 switch, so the kernel is as exact
+    as the torch matmul it replaces."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
