@@ -1,0 +1,110 @@
+"""File tokenizers: sentencepiece tokenizer.model and HF tokenizer.json behind WordHashTokenizer's interface."""
+import json
+
+import pytest
+import torch
+
+from graphopt.checkpoints import CheckpointError, load_model, load_tokenizer, save_meta_checkpoint
+
+TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is sitting on a roof. He starts pulling up roofing on a roof.",
+    "Then, the man writes over the snow covering the window of a car.",
+    "The woman is now blow drying the dog. The dog is then shown in a bath.",
+    "Two women are standing in a kitchen, talking about the recipe they are making.",
+    "She puts the cake in the oven and waits for it to bake while reading a book.",
+] * 4
+SAMPLES = ["The dog sits on a roof.", " the man", "Hello, world!  Two  spaces", ""]
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+    spm = pytest.importorskip("sentencepiece")
+    d = tmp_path_factory.mktemp("spm")
+    (d / "corpus.txt").write_text("\n".join(TEXT) + "\n")
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=60,
+                                   model_type="bpe", character_coverage=1.0, minloglevel=2)
+    return d / "tokenizer.model"
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer_json(tmp_path_factory):
+    tk = pytest.importorskip("tokenizers")
+    tok = tk.Tokenizer(tk.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>", "<eos>"],
+                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXT, trainer)
+    # a post-processor that adds BOS, as Llama-3's does: encode() must not apply it
+    tok.post_processor = tk.processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    d = tmp_path_factory.mktemp("hf_tok")
+    tok.save(str(d / "tokenizer.json"))
+    return d / "tokenizer.json"
+
+
+def test_sentencepiece_matches_library_without_bos(spm_model):
+    import sentencepiece as spm
+    ref = spm.SentencePieceProcessor(model_file=str(spm_model))
+    tok = load_tokenizer(spm_model)
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (60, ref.bos_id(), ref.eos_id()) == (60, 1, 2)
+    for s in SAMPLES:
+        ids = tok.encode(s)
+        assert ids == ref.encode(s)
+        assert tok.bos_id not in ids and all(0 <= i < 60 for i in ids)
+    assert len(tok.encode(SAMPLES[0])) > 3  # really subword pieces, not one id per string
+    assert tok.decode(tok.encode(SAMPLES[0])) == SAMPLES[0]
+    # sentencepiece's dummy prefix: a leading space does not add a token
+    assert tok.encode("the man") == tok.encode(" the man")
+
+
+def test_tokenizer_json_matches_library_without_bos(hf_tokenizer_json):
+    from tokenizers import Tokenizer
+    ref = Tokenizer.from_file(str(hf_tokenizer_json))
+    tok = load_tokenizer(hf_tokenizer_json.parent)  # a directory works too
+    assert tok.vocab_size == ref.get_vocab_size() == 300
+    assert (tok.bos_id, tok.eos_id) == (1, 2)  # found by their usual names
+    for s in SAMPLES:
+        ids = tok.encode(s)
+        assert ids == ref.encode(s, add_special_tokens=False).ids
+        assert ref.encode(s).ids == [1] + ids  # the library would have added BOS
+    assert tok.decode(tok.encode(SAMPLES[2])) == SAMPLES[2]
+    # byte-level BPE keeps the space inside the next token: " the man" != "the man"
+    assert tok.encode(" the man") != tok.encode("the man")
+
+
+def test_tokenizer_config_names_special_tokens(hf_tokenizer_json, tmp_path):
+    (tmp_path / "tokenizer.json").write_bytes(hf_tokenizer_json.read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<eos>", "eos_token": {"content": "<unk>"}}))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert (tok.bos_id, tok.eos_id) == (2, 0)
+
+
+def test_load_model_finds_tokenizer_next_to_or_above_checkpoint(spm_model, hf_tokenizer_json, tmp_path):
+    model, _ = load_model("tiny", seed=0)
+    save_meta_checkpoint(model, tmp_path / "inside", tokenizer_vocab=spm_model)
+    _, tok = load_model(str(tmp_path / "inside"))
+    assert tok.vocab_size == 60 and tok.encode("a dog") == load_tokenizer(spm_model).encode("a dog")
+    # Meta's release layout: llama/tokenizer.model next to llama/30B/
+    (tmp_path / "release").mkdir()
+    (tmp_path / "release" / "tokenizer.json").write_bytes(hf_tokenizer_json.read_bytes())
+    save_meta_checkpoint(model, tmp_path / "release" / "tiny")
+    loaded, tok = load_model(str(tmp_path / "release" / "tiny"))
+    assert tok.vocab_size == 300
+    with torch.no_grad():
+        ids = torch.tensor([tok.encode("The dog sits on a roof.")])
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no tokenizer file"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match=r"tokenizer\.model: not a readable sentencepiece model"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: not a readable tokenizer\.json"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+    (tmp_path / "vocab.txt").write_text("a b c")
+    with pytest.raises(CheckpointError, match=r"vocab\.txt: unknown tokenizer format"):
+        load_tokenizer(tmp_path / "vocab.txt")
