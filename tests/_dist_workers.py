@@ -9,3 +9,75 @@ def echo_rank():
     t = torch.tensor([float(dist.get_rank() + 1)])
     dist.all_reduce(t)
     return {"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": t.item()}
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def build_score_module(preset: str, seed: int = 0):
+    from graphopt.model.args import ModelArgs
+    from graphopt.model.llama import Transformer, init_random_weights
+    from graphopt.scoring.batch import ScoreModule
+    args = ModelArgs.from_name(preset)
+    return args, ScoreModule(init_random_weights(Transformer(args), seed=seed).eval())
+
+
+def example_batch(args, B: int = 2, T: int = 8, seed: int = 1):
+    """Random tokens, causal mask, every position but the first of each row scored."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, args.vocab_size, (B, T), generator=g)
+    pos = torch.arange(T).expand(B, T).contiguous()
+    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
+    score_idx = torch.tensor([b * T + t for b in range(B) for t in range(T - 1)])
+    targets = ids.reshape(-1)[score_idx + 1]
+    return ids, pos, mask, score_idx, targets
+
+
+def capture_graph(module, inputs):
+    from graphopt.capture import capture
+    return capture(module, inputs, method="export", dynamic=True)
+
+
+def _sharded_layer_bytes(gm) -> int:
+    from graphopt.distributed.plan import checkpoint_key
+    total = 0
+    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+        key = checkpoint_key(name)
+        if key and ".layers." in f".{key}" and key.split(".")[3] in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
+            total += t.numel() * t.element_size()
+    return total
+
+
+def tp_worker(cases):
+    """cases: [(preset, options dict, extra passes before tensor_parallel)]. For each: capture, run
+    unsharded graph (reference), shard with tensor_parallel, run; report diffs, node counts and bytes."""
+    from graphopt.distributed.collectives import ALL_REDUCE
+    from graphopt.pipeline import PassContext, run_passes
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    out = []
+    for preset, options, before in cases:
+        args, sm = build_score_module(preset)
+        inputs = example_batch(args)
+        gm = capture_graph(sm, inputs)
+        with torch.no_grad():
+            eager = sm(*inputs)
+        ctx = PassContext(example_inputs=inputs, model_args=args, rank=rank, world_size=ws)
+        if before:
+            gm, _ = run_passes(gm, list(before), ctx)
+        with torch.no_grad():
+            ref = gm(*inputs)
+        layer_bytes_full = _sharded_layer_bytes(gm)
+        gm, recs = run_passes(gm, [("tensor_parallel", dict(options))], ctx)
+        with torch.no_grad():
+            got = gm(*inputs)
+            # a second, differently shaped batch through the same (dynamic) sharded graph
+            inputs2 = example_batch(args, B=3, T=5, seed=7)
+            got2, ref2 = gm(*inputs2), sm(*inputs2)
+        n_ar = sum(1 for n in gm.graph.nodes if n.target is ALL_REDUCE)
+        out.append({"preset": preset, "options": dict(options), "before": [str(b) for b in before],
+                    "diff": (got - ref).abs().max().item(), "diff_eager": (got - eager).abs().max().item(),
+                    "diff2": (got2 - ref2).abs().max().item(), "n_all_reduce": n_ar,
+                    "stats": {k: v for k, v in recs[-1].stats.items() if isinstance(v, int)},
+                    "layer_bytes_full": layer_bytes_full, "layer_bytes_shard": _sharded_layer_bytes(gm),
+                    "param_bytes_before": recs[-1].stats["param_bytes_before"],
+                    "param_bytes_after": recs[-1].stats["param_bytes_after"], "got": got.clone()})
+    return out
