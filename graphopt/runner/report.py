@@ -31,6 +31,8 @@ def _fmt(value) -> str:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1e4):
+        return f"{int(value):,}"
     if isinstance(value, float):
         if value == 0:
             return "0"
@@ -44,7 +46,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     cells = [[_fmt(v) for v in row] for row in df.itertuples(index=False)]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
+    numeric = [all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in df[c])
+               or (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])) for c in cols]
     line = lambda vals: "| " + " | ".join(v.rjust(w) if n else v.ljust(w)  # noqa: E731
                                           for v, w, n in zip(vals, widths, numeric)) + " |"
     sep = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
@@ -56,7 +59,7 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     table = df[[c for c in TABLE_COLUMNS if c in df.columns]].copy()
     for col in ("n_params",):
         if col in table:
-            table[col] = [f"{int(v):,}" if v == v and v is not None else "" for v in table[col]]
+            table[col] = [int(v) if v is not None and v == v else None for v in table[col]]
     return table
 
 

@@ -71,19 +71,6 @@ def count_params(*modules) -> int:
     return 0
 
 
-def chosen_answers(requests, loglik: np.ndarray) -> np.ndarray:
-    """Index of the highest-loglik choice per question, questions in order of first appearance."""
-    order: dict[int, int] = {}
-    best: list[tuple[float, int]] = []
-    for r, ll in zip(requests, loglik):
-        q = order.setdefault(r.question, len(order))
-        if q == len(best):
-            best.append((-np.inf, -1))
-        if ll > best[q][0]:
-            best[q] = (float(ll), r.choice)
-    return np.array([c for _, c in best], dtype=np.int64)
-
-
 def score_all(fn, batches, n_requests: int, progress=None):
     import torch
     from graphopt.scoring.batch import sum_by_owner
@@ -115,7 +102,7 @@ def measure(spec: dict) -> dict:
     torch.manual_seed(exp["seed"])
     reset_peak_memory(device)
     t_load = time.perf_counter()
-    model, tokenizer = load_model(exp["model"], dtype=run["dtype"], device=device)
+    model, tokenizer = load_model(exp["model"], dtype=run["dtype"], device=device, seed=exp["seed"])
     model.eval()
     load_s = time.perf_counter() - t_load
     data = exp["data"]
@@ -153,11 +140,11 @@ def measure(spec: dict) -> dict:
     assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
 
     metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
-    chosen = chosen_answers(requests, loglik)
     ref = np.load(spec["reference_loglik"]) if spec.get("reference_loglik") else None
     if ref is not None:
         assert ref.shape == loglik.shape, f"reference has {ref.shape[0]} requests, this run {loglik.shape[0]}"
-        agree = float((chosen_answers(requests, ref) == chosen).mean())
+        ref_choices = choice_metrics(rows, requests, torch.from_numpy(ref))["choices"]
+        agree = float(np.mean([a == b for a, b in zip(metrics["choices"], ref_choices)]))
         max_d = float(np.abs(ref - loglik).max())
     else:  # this is the reference
         agree, max_d = 1.0, 0.0

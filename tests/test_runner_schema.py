@@ -1,0 +1,114 @@
+"""Experiment YAML validation: unknown keys, wrong types and missing paths give one clear error naming
+the key, the file, the line and the closest valid key; --set overrides are validated the same way."""
+import textwrap
+
+import pytest
+
+from graphopt.runner.schema import ConfigError, load_config
+
+GOOD = """\
+name: t
+model: tiny
+data:
+  limit: 4
+runs:
+  - name: padded
+    capture: none
+    scoring: {strategy: padded}
+  - name: fused
+    passes: [fused_logprob, {name: prune_lm_head}]
+"""
+
+
+def _write(tmp_path, text, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_good_config_loads_with_defaults(tmp_path):
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.model == "tiny" and cfg.data.limit == 4 and cfg.data.path is None
+    assert cfg.reference.capture == "none" and cfg.reference.scoring.strategy == "per_pair"
+    assert cfg.runs[0].scoring.strategy == "padded" and cfg.runs[1].scoring is None
+    assert cfg.runs[1].passes == ["fused_logprob", {"name": "prune_lm_head"}]
+    assert cfg.tolerance.acc_points == 0.5 and cfg.repeats == 3
+
+
+def test_unknown_key_names_key_file_line_and_closest(tmp_path):
+    text = GOOD.replace("    capture: none\n", "    captrue: none\n")
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "runs.0.captrue" in msg and str(p) in msg and "line 7" in msg and "'capture'" in msg, msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    p = _write(tmp_path, GOOD + "repeets: 5\n")
+    with pytest.raises(ConfigError, match=r"'repeets'.* line 11.*did you mean 'repeats'"):
+        load_config(p)
+
+
+def test_wrong_type_names_key_and_line(tmp_path):
+    p = _write(tmp_path, GOOD.replace("  limit: 4", "  limit: four"))
+    with pytest.raises(ConfigError, match=r"'data.limit'.* line 4.*expected int.*'four'"):
+        load_config(p)
+
+
+def test_bad_choice_suggests_closest(tmp_path):
+    p = _write(tmp_path, GOOD.replace("capture: none", "capture: exprt"))
+    with pytest.raises(ConfigError, match=r"runs.0.capture.*line 7.*did you mean 'export'"):
+        load_config(p)
+
+
+def test_missing_model_path(tmp_path):
+    p = _write(tmp_path, GOOD.replace("model: tiny", f"model: {tmp_path}/no-such-checkpoint"))
+    with pytest.raises(ConfigError, match=r"'model'.* line 2.*neither a model preset.*nor an existing checkpoint"):
+        load_config(p)
+
+
+def test_missing_data_path(tmp_path):
+    p = _write(tmp_path, GOOD.replace("  limit: 4", "  limit: 4\n  path: /nowhere/hellaswag"))
+    with pytest.raises(ConfigError, match=r"data.path.*line 5.*does not exist"):
+        load_config(p)
+
+
+def test_passes_without_capture_rejected(tmp_path):
+    p = _write(tmp_path, GOOD.replace("    scoring: {strategy: padded}", "    passes: [fused_logprob]"))
+    with pytest.raises(ConfigError, match=r"runs.0.passes.*capture: none"):
+        load_config(p)
+
+
+def test_set_overrides_are_applied_and_validated(tmp_path):
+    p = _write(tmp_path, GOOD)
+    cfg = load_config(p, ["data.limit=9", "runs.1.dtype=bfloat16", "tolerance.acc_points=1", "data.path=null"])
+    assert cfg.data.limit == 9 and cfg.runs[1].dtype == "bfloat16" and cfg.tolerance.acc_points == 1.0
+    with pytest.raises(ConfigError, match=r"'data.limt'.*--set.*did you mean 'limit'"):
+        load_config(p, ["data.limt=3"])
+    with pytest.raises(ConfigError, match=r"'repeats'.*--set.*expected int"):
+        load_config(p, ["repeats=many"])
+    with pytest.raises(ConfigError, match=r"not an index"):
+        load_config(p, ["runs.7.dtype=float32"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(p, ["repeats"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "name: [unclosed\n"))
+
+
+def test_every_shipped_experiment_validates():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    files = sorted(root.glob("*.yaml"))
+    assert len(files) >= 6, files
+    for f in files:
+        text = f.read_text()
+        assert text.startswith("#") and "graphopt run" in text.split("\n\n")[0], f"{f}: header must show the command"
+        if "4gpu" in f.name or "8b" in f.name:
+            continue  # name real checkpoints that exist only on the user's machine
+        load_config(f)
