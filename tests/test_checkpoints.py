@@ -300,3 +300,15 @@ def test_error_missing_weight_files(llama, tmp_path):
     (st / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"no weights found \(expected model\.safetensors"):
         load_model(str(st))
+
+
+def test_mistral_config(tmp_path):
+    cfg = transformers.MistralConfig(hidden_size=D, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=1, vocab_size=V, max_position_embeddings=64, sliding_window=32,
+                                     tie_word_embeddings=False)
+    hf = _randomize(transformers.MistralForCausalLM(cfg), seed=4)
+    hf.save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path))
+    assert model.args.n_kv_heads == 1
+    assert model.args.max_seq_len == 32  # positions past the sliding window would need windowed attention
+    torch.testing.assert_close(_our_logits(model), _hf_logits(hf), atol=1e-5, rtol=1e-5)

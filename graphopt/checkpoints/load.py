@@ -47,7 +47,11 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
             model = load_hf_checkpoint(p, torch_dtype, device, max_seq_len=max_seq_len)
         else:
             raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
-        return model, _tokenizer_for(p, model.args.vocab_size)
+        tokenizer = _tokenizer_for(p, model.args.vocab_size)
+        if tokenizer.vocab_size > model.args.vocab_size:
+            warnings.warn(f"{p}: tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
+                          f"{model.args.vocab_size}; ids beyond it would fail", stacklevel=2)
+        return model, tokenizer
     if p.exists():
         raise CheckpointError(f"{p}: expected a checkpoint directory (params.json or config.json), got a file")
     close = difflib.get_close_matches(str(path_or_preset).lower(), PRESETS, n=3)
