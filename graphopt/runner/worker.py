@@ -85,7 +85,7 @@ def score_all(fn, batches, n_requests: int, progress=None):
     return total.numpy()
 
 
-def measure(spec: dict) -> dict:
+def measure(spec: dict, rank: int = 0) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -98,7 +98,10 @@ def measure(spec: dict) -> dict:
     from graphopt.scoring.strategies import build_batches
 
     exp, run = spec["experiment"], spec["run"]
-    device, show = exp["device"], spec.get("progress", True)
+    device, show = exp["device"], spec.get("progress", True) and rank == 0
+    if device == "cuda":
+        device = f"cuda:{rank}"
+        torch.cuda.set_device(rank)
     torch.manual_seed(exp["seed"])
     reset_peak_memory(device)
     t_load = time.perf_counter()
@@ -117,7 +120,7 @@ def measure(spec: dict) -> dict:
     module = ScoreModule(model).eval()
     example = batches[0].model_inputs()
     (fn, records), setup_s = timed(lambda: build_callable(module, example, run, getattr(model, "args", None),
-                                                          exp["world_size"]), device)
+                                                          exp["world_size"], rank), device)
     # compile / warm-up: the first call on each distinct input shape
     first_call_s, seen = 0.0, set()
     with torch.no_grad():
@@ -148,7 +151,8 @@ def measure(spec: dict) -> dict:
         max_d = float(np.abs(ref - loglik).max())
     else:  # this is the reference
         agree, max_d = 1.0, 0.0
-    np.save(spec["loglik_out"], loglik)
+    if rank == 0:
+        np.save(spec["loglik_out"], loglik)
     latency = median(times)
     return {
         "status": "ok", "error": "",
@@ -164,6 +168,25 @@ def measure(spec: dict) -> dict:
     }
 
 
+def _measure_rank(spec: dict) -> dict:
+    """Entry point of one rank under graphopt.distributed.launch (RANK set in the environment)."""
+    return measure(spec, rank=int(os.environ["RANK"]))
+
+
+def measure_world(spec: dict) -> dict:
+    """world_size > 1: every rank runs the same measurement on its shard (the passes see ctx.rank and
+    ctx.world_size); rank 0's metrics are reported, with the largest peak memory over ranks."""
+    try:
+        from graphopt.distributed.launch import launch
+    except ImportError as e:
+        raise RuntimeError(f"world_size > 1 needs graphopt.distributed ({e})") from None
+    results = launch(_measure_rank, spec["experiment"]["world_size"], args=(spec,),
+                     timeout_s=float(spec.get("timeout_s") or 24 * 3600))
+    out = dict(results[0])
+    out["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
+    return out
+
+
 def main(argv: list[str]) -> int:
     spec_path, result_path = argv
     _die_with_parent()
@@ -173,7 +196,7 @@ def main(argv: list[str]) -> int:
     try:
         if os.environ.get("GRAPHOPT_RUNNER_KILL") == spec["run"]["name"]:  # test hook: die as the OOM killer does
             os.kill(os.getpid(), 9)
-        result = measure(spec)
+        result = measure(spec) if spec["experiment"]["world_size"] == 1 else measure_world(spec)
     except BaseException as e:  # noqa: BLE001 - every failure becomes a result row
         tb = traceback.format_exc(limit=8)
         result = {"status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"}
