@@ -152,10 +152,11 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
     layers = _weights(gm)
     need = ([("w1", "w2", "w3")] if what in ("ffn", "both") else []) + \
            ([("wq", "wk", "wv", "wo")] if what in ("heads", "both") else [])
-    if not any(all(f"{k}.weight" in w for k in keys) for w in layers.values() for keys in need):
-        raise PassError(f"prune_structured found no {what} weights named like Meta checkpoint keys "
-                        f"(layers.N.feed_forward.w1/w2/w3, layers.N.attention.wq/wk/wv/wo): run it before "
-                        f"merge_qkv / merge_gate_up, which replace them")
+    for keys in need:
+        if not any(all(f"{k}.weight" in w for k in keys) for w in layers.values()):
+            raise PassError(f"prune_structured found no {'/'.join(keys)} weights named like Meta checkpoint keys "
+                            f"(layers.N.feed_forward.w1/w2/w3, layers.N.attention.wq/wk/wv/wo): run it before "
+                            f"merge_qkv / merge_gate_up, which replace them")
     params_before = param_count(gm)
     old_shapes = {n: tuple(val(n).shape) for n in gm.graph.nodes if val(n) is not None}
     ffn_removed = groups_removed = matches = 0
