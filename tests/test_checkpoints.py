@@ -312,3 +312,20 @@ def test_mistral_config(tmp_path):
     assert model.args.n_kv_heads == 1
     assert model.args.max_seq_len == 32  # positions past the sliding window would need windowed attention
     torch.testing.assert_close(_our_logits(model), _hf_logits(hf), atol=1e-5, rtol=1e-5)
+
+
+def test_hf_without_lm_head_or_tie_flag_is_tied(llama, tmp_path):
+    from safetensors.torch import load_file, save_file
+    _, _, root = llama
+    d = _copy(root / "st", tmp_path / "st")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("tie_word_embeddings")
+    (d / "config.json").write_text(json.dumps(cfg))
+    state = load_file(d / "model.safetensors")
+    save_file({k: v for k, v in state.items() if k != "lm_head.weight"}, d / "model.safetensors")
+    model = load_hf_checkpoint(d)
+    assert model.args.tie_embeddings and model.output.weight is model.tok_embeddings.weight
+    cfg["tie_word_embeddings"] = False  # but an explicit "untied" with no lm_head is an error
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"lacks.*'output\.weight'"):
+        load_hf_checkpoint(d)

@@ -7,6 +7,7 @@ same logits). Qwen2's q/k biases get the same treatment.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -190,5 +191,8 @@ def load_hf_checkpoint(ckpt_dir: str | Path, dtype: str | torch.dtype = "float32
     if not d.is_dir():
         raise CheckpointError(f"{d}: checkpoint directory does not exist")
     args = read_hf_config(d, max_seq_len=max_seq_len)
-    return materialize(args, hf_sources(d, args), parse_dtype(dtype), device,
+    sources = hf_sources(d, args)
+    if "output.weight" not in sources and "tie_word_embeddings" not in read_json(d / "config.json"):
+        args = replace(args, tie_embeddings=True)  # no lm_head and no word on tying: the head is the embedding
+    return materialize(args, sources, parse_dtype(dtype), device,
                        origin=str(d), config=str(d / "config.json"))
