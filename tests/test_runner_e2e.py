@@ -26,7 +26,7 @@ repeats: 1
 output_dir: {out}
 runs:
   - {name: padded, capture: none, scoring: {strategy: padded, options: {batch_size: 8}}}
-  - {name: bad-option, capture: export, passes: [{name: fused_logprob, no_such_option: 1}]}
+  - {name: bad-option, capture: export, passes: [{name: prune_structured, ratio: 1.5}]}
   - {name: killed, capture: none, scoring: {strategy: padded, options: {batch_size: 4}}}
 """
 
@@ -83,7 +83,7 @@ def test_failures_become_error_rows(sweep):
     _, _, table = sweep
     rows = table.set_index("run")
     assert rows.loc["bad-option", "status"] == "error"
-    assert "no_such_option" in rows.loc["bad-option", "error"] and "PassError" in rows.loc["bad-option", "error"]
+    assert "ratio" in rows.loc["bad-option", "error"] and "PassError" in rows.loc["bad-option", "error"]
     assert rows.loc["killed", "status"] == "error" and "SIGKILL" in rows.loc["killed", "error"]
     assert not rows.loc["killed", "within_tolerance"]
 

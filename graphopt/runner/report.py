@@ -57,6 +57,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
     df = with_speedup(df)
     table = df[[c for c in TABLE_COLUMNS if c in df.columns]].copy()
+    if "passes" in table:
+        table["passes"] = [p if len(p) <= 64 else p[:61] + "..." for p in table["passes"].astype(str)]
     for col in ("n_params",):
         if col in table:
             table[col] = [int(v) if v is not None and v == v else None for v in table[col]]

@@ -213,11 +213,38 @@ def _build(cls, raw, path: tuple, where: _Where):
 
 
 def _check_passes(passes: list, path: tuple, where: _Where) -> None:
+    """Each spec is a registered pass name or {name: ..., option: value} with valid options."""
+    from graphopt.pipeline import PassError, get_pass, parse_pass_spec, resolve_options
+
     for i, spec in enumerate(passes):
         ok = isinstance(spec, str) or (isinstance(spec, dict) and isinstance(spec.get("name"), str))
         if not ok:
             raise ConfigError(f"{where(path + (i,))}: a pass is a name or a mapping {{name: ..., option: value}}, "
                               f"got {spec!r}")
+        try:
+            name, options = parse_pass_spec(spec)
+            resolve_options(get_pass(name), options)
+        except PassError as e:
+            raise ConfigError(f"{where(path + (i,))}: {e}") from None
+
+
+def _check_scoring(scoring: ScoringConfig | None, path: tuple, where: _Where) -> None:
+    if scoring is None:
+        return
+    from graphopt.scoring.strategies import STRATEGIES, strategy_options
+
+    if scoring.strategy not in STRATEGIES:
+        close = difflib.get_close_matches(scoring.strategy, STRATEGIES, n=1, cutoff=0.4)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where(path + ('strategy',))}: unknown scoring strategy {scoring.strategy!r}{hint} "
+                          f"(strategies: {', '.join(STRATEGIES)})")
+    allowed = strategy_options(scoring.strategy)
+    for key in scoring.options:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where(path + ('options', key))}: scoring strategy {scoring.strategy!r} has no "
+                              f"option {key!r}{hint} (options: {', '.join(allowed) or 'none'})")
 
 
 def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
@@ -241,7 +268,11 @@ def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"{where(('device',))}: 'cuda' asked for but torch sees no CUDA device")
     _check_passes(cfg.reference.passes, ("reference", "passes"), where)
+    _check_scoring(cfg.reference.scoring, ("reference", "scoring"), where)
+    _check_scoring(cfg.scoring, ("scoring",), where)
+    _check_scoring(cfg.sweep.scoring, ("sweep", "scoring"), where)
     for i, run in enumerate(cfg.runs):
+        _check_scoring(run.scoring, ("runs", i, "scoring"), where)
         if not run.name:
             raise ConfigError(f"{where(('runs', i))}: every run needs a 'name'")
         _check_passes(run.passes, ("runs", i, "passes"), where)
