@@ -63,7 +63,10 @@ def main() -> None:
     model_args = ModelArgs.from_name(args.preset)
     module = ScoreModule(init_random_weights(Transformer(model_args)).eval())
     requests = synthetic_requests(args.questions, model_args.vocab_size)
-    rows, ref = [], None
+    print(f"preset={args.preset} requests={len(requests)} threads={torch.get_num_threads()} repeats={args.repeats}")
+    print(f"{'strategy':30s} {'batches':>7s} {'seconds':>8s} {'speedup':>8s} {'tokens':>7s} {'real':>6s} "
+          f"{'pad %':>6s} {'max|dLL|':>9s}", flush=True)
+    base, ref = None, None
     for name, build in BUILDERS.items():
         batches = build(requests)
         loglik = run(module, batches, len(requests))  # warmup
@@ -72,16 +75,11 @@ def main() -> None:
             t0 = time.perf_counter()
             run(module, batches, len(requests))
             times.append(time.perf_counter() - t0)
-        ref = loglik if ref is None else ref
-        rows.append((name, statistics.median(times), layout_stats(batches), float((loglik - ref).abs().max()),
-                     len(batches)))
-    base = rows[0][1]
-    print(f"preset={args.preset} requests={len(requests)} threads={torch.get_num_threads()} repeats={args.repeats}")
-    print(f"{'strategy':32s} {'batches':>7s} {'seconds':>8s} {'speedup':>8s} {'tokens':>7s} {'real':>6s} "
-          f"{'pad %':>6s} {'max|dLL|':>9s}")
-    for name, sec, st, diff, nb in rows:
-        print(f"{name:32s} {nb:7d} {sec:8.3f} {base / sec:7.2f}x {st['tokens_processed']:7d} {st['tokens_real']:6d} "
-              f"{100 * st['padding_fraction']:5.1f}% {diff:9.2e}")
+        sec = statistics.median(times)
+        base, ref = base or sec, loglik if ref is None else ref  # per_pair comes first
+        st, diff = layout_stats(batches), float((loglik - ref).abs().max())
+        print(f"{name:30s} {len(batches):7d} {sec:8.3f} {base / sec:7.2f}x {st['tokens_processed']:7d} "
+              f"{st['tokens_real']:6d} {100 * st['padding_fraction']:5.1f}% {diff:9.2e}", flush=True)
 
 
 if __name__ == "__main__":
