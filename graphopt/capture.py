@@ -111,6 +111,26 @@ def _capture_dynamo(module: nn.Module, example_inputs: tuple, dynamic: bool) -> 
     return normalise_dynamo_graph(gm, inputs, dynamic=dynamic, out_spec=out_spec).gm, len(graphs), len(graphs) - 1
 
 
+def _fold_scalar_attrs(gm: GraphModule, placeholders, example_inputs) -> None:
+    """Without specialize_float, dynamo passes float attributes (RMSNorm.eps) as 0-d tensors read with
+    .item(); put the value back as a constant so the graph (and fuse_rmsnorm) sees `mean + 1e-05`.
+    The value is fixed at compile time (as an attribute of an eval model is)."""
+    changed = False
+    for node, value in zip(placeholders, example_inputs):
+        if not (isinstance(value, torch.Tensor) and value.dim() == 0 and _qualified_name(node.name) is not None
+                and "_parameters_" not in node.name.lower() and "_buffers_" not in node.name.lower()):
+            continue
+        for item in [u for u in node.users if u.op == "call_method" and u.target == "item"]:
+            const = value.item()
+            for user in list(item.users):
+                user.args = torch.fx.node.map_aggregate(user.args, lambda a: const if a is item else a)
+                user.kwargs = torch.fx.node.map_aggregate(user.kwargs, lambda a: const if a is item else a)
+            gm.graph.erase_node(item)
+            changed = True
+    if changed:
+        gm.recompile()
+
+
 class NormalisedGraph:
     """A dynamo graph re-exported in the export IR. `user_positions[i]` is the index, in dynamo's flat
     inputs, of the exported graph's i-th input; `weights` maps dynamo input index -> the tensor that
@@ -126,8 +146,8 @@ class NormalisedGraph:
 def _qualified_name(placeholder: str) -> str | None:
     """l_self_modules_model_modules_layers_modules_0_modules_attention_modules_wq_parameters_weight_
     -> model.layers.0.attention.wq.weight (None if the name is not a module attribute)."""
-    m = re.fullmatch(r"l_self_(.*)_", placeholder, flags=re.IGNORECASE)
-    if not m or not re.search(r"(^|_)(parameters|buffers)_", m.group(1)):
+    m = re.fullmatch(r"l_self_(.*?)_?", placeholder, flags=re.IGNORECASE)
+    if not m:
         return None
     parts = re.split(r"(?:^|_)(?:modules|parameters|buffers)_", m.group(1))
     return ".".join(p for p in parts if p)
@@ -174,6 +194,7 @@ def normalise_dynamo_graph(gm: GraphModule, example_inputs: list, dynamic: bool 
     output structure; None keeps dynamo's flat tuple (what a backend must return)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     assert len(placeholders) == len(example_inputs), (len(placeholders), len(example_inputs))
+    _fold_scalar_attrs(gm, placeholders, example_inputs)
     wrapper_root = nn.Module()
     slots, user_positions, user_fakes, weights, sizes = [], [], [], {}, []
     for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
@@ -182,10 +203,11 @@ def normalise_dynamo_graph(gm: GraphModule, example_inputs: list, dynamic: bool 
             slots.append(None)
             sizes.append((i, node))
         elif name is not None and isinstance(value, torch.Tensor):
-            is_param = "_parameters_" in node.name.lower()
+            is_param = "_parameters_" in node.name.lower()  # else a buffer (or a tensor attribute)
             _register(wrapper_root, name, value, is_param)
             slots.append(("weight", name, is_param))
-            weights[i] = value
+            if is_param or "_buffers_" in node.name.lower():  # (other tensor attributes may be rebuilt per call)
+                weights[i] = value
         elif isinstance(value, torch.Tensor):
             slots.append(("input", len(user_positions)))
             user_positions.append(i)
