@@ -19,6 +19,7 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
+import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.*)
 from graphopt.distributed.collectives import ALL_REDUCE, WAIT, insert_all_gather_last_dim, insert_all_reduce
 from graphopt.distributed.plan import checkpoint_key, head_layout, shard_slice
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
@@ -26,6 +27,7 @@ from passes._graphutil import (ASSERT_META, EMBEDDING, GATHER, LINEAR, LOG_SOFTM
                                param_bytes, propagate_vals, set_attr)
 
 aten = torch.ops.aten
+_LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
 _SPLIT = {aten.split_with_sizes.default, aten.split.Tensor, aten.split.sizes}
 _ATTN_STOP = {aten.matmul.default, aten.bmm.default, aten.linear.default,
               aten.scaled_dot_product_attention.default}
@@ -205,6 +207,20 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
                                           torch.ops._c10d_functional.all_gather_into_tensor.default)
                 stats["embedding"] += 1
             continue
+        if lin.target == _LINEAR_LOGPROB and vp:  # fused_logprob(with_linear=True) ran first
+            hidden, w, tgt = lin.args[:3]
+            if isinstance(w, Node) and w.op == "get_attr" and checkpoint_key(w.target) in ("output.weight",
+                                                                                           "tok_embeddings.weight"):
+                piece = shard_slice("output.weight", args, ws, rank, True)
+                sh.slice_attr(lin, w, [piece])
+                w = lin.args[1]  # a new get_attr when the weight was shared (tied embeddings)
+                with g.inserting_before(lin):
+                    logits = g.call_function(aten.linear.default, (hidden, w))  # [N, V_local]
+                    logits = g.call_function(aten.to.dtype, (logits, torch.float32))
+                    t2 = g.call_function(aten.unsqueeze.default, (tgt, -1))
+                _replace_logprob(g, logits, lin, t2, rank, piece[2] - piece[1], group, squeeze=True)
+                stats["vocab_logprob"] += 1
+            continue
         if lin.target not in LINEAR:
             continue
         w = _weight_node(lin)
@@ -281,6 +297,9 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
     except Exception:  # fake values are advisory; a graph without them still runs
         for n in g.nodes:
             n.meta.pop("val", None)
+    if vp and not stats["vocab_logprob"]:
+        raise PassError("vocab_parallel: found no LM head (linear on output.weight, or graphopt.linear_logprob) "
+                        "feeding a log-prob")
     matches = stats["column"] + stats["row"] + stats["vocab_logprob"] + stats["embedding"]
     if stats["column"] and not stats["row"]:
         raise PassError("tensor_parallel: found column-parallel projections but no wo/w2 to all-reduce after")

@@ -38,26 +38,31 @@ def capture_graph(module, inputs):
 
 
 def _sharded_layer_bytes(gm) -> int:
-    from graphopt.distributed.plan import checkpoint_key
+    """Bytes of the projection weights of the transformer layers (2-D tensors under layers.N; merged
+    ones such as attention.wqkv_weight included; norms are 1-D)."""
     total = 0
     for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
-        key = checkpoint_key(name)
-        if key and ".layers." in f".{key}" and key.split(".")[3] in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
+        if ".layers." in f".{name}" and t.dim() == 2:
             total += t.numel() * t.element_size()
     return total
 
 
 def tp_worker(cases):
-    """cases: [(preset, options dict, extra passes before tensor_parallel)]. For each: capture, run
-    unsharded graph (reference), shard with tensor_parallel, run; report diffs, node counts and bytes."""
+    """cases: [(preset, options dict, passes to run before tensor_parallel)]. Each preset is captured
+    once (deep-copied per case). For each case: run the unsharded graph (reference), shard with
+    tensor_parallel, run; report diffs, all-reduce counts, pass stats and parameter bytes."""
+    import copy
     from graphopt.distributed.collectives import ALL_REDUCE
     from graphopt.pipeline import PassContext, run_passes
     rank, ws = dist.get_rank(), dist.get_world_size()
-    out = []
+    out, captured = [], {}
     for preset, options, before in cases:
-        args, sm = build_score_module(preset)
-        inputs = example_batch(args)
-        gm = capture_graph(sm, inputs)
+        if preset not in captured:
+            args, sm = build_score_module(preset)
+            inputs = example_batch(args)
+            captured[preset] = (args, sm, inputs, capture_graph(sm, inputs))
+        args, sm, inputs, gm0 = captured[preset]
+        gm = copy.deepcopy(gm0)
         with torch.no_grad():
             eager = sm(*inputs)
         ctx = PassContext(example_inputs=inputs, model_args=args, rank=rank, world_size=ws)
@@ -78,6 +83,40 @@ def tp_worker(cases):
                     "diff2": (got2 - ref2).abs().max().item(), "n_all_reduce": n_ar,
                     "stats": {k: v for k, v in recs[-1].stats.items() if isinstance(v, int)},
                     "layer_bytes_full": layer_bytes_full, "layer_bytes_shard": _sharded_layer_bytes(gm),
-                    "param_bytes_before": recs[-1].stats["param_bytes_before"],
-                    "param_bytes_after": recs[-1].stats["param_bytes_after"], "got": got.clone()})
+                    "got": got.clone()})
     return out
+
+
+def dtensor_score_module(preset: str):
+    """The peer: the eager model sharded by torch.distributed.tensor.parallel (DTensor), gpt-fast style."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    args, sm = build_score_module(preset)
+    ws = dist.get_world_size()
+    assert args.n_kv_heads % ws == 0, "DTensor colwise cannot replicate kv heads"
+    mesh = init_device_mesh("cpu", (ws,))
+    for layer in sm.model.layers:
+        parallelize_module(layer.attention, mesh, {"wq": ColwiseParallel(), "wk": ColwiseParallel(),
+                                                   "wv": ColwiseParallel(), "wo": RowwiseParallel()})
+        parallelize_module(layer.feed_forward, mesh, {"w1": ColwiseParallel(), "w3": ColwiseParallel(),
+                                                      "w2": RowwiseParallel()})
+        layer.attention.n_heads //= ws
+        layer.attention.n_kv_heads //= ws
+    return args, sm
+
+
+def tp_and_peer_worker(cases, peer_presets):
+    """tp_worker on `cases`, then the DTensor peer on `peer_presets`, compared with the unsharded
+    eager ScoreModule (which the tensor_parallel graphs are compared with too)."""
+    results = tp_worker(cases)
+    peers = []
+    for preset in peer_presets:
+        args, sm = dtensor_score_module(preset)
+        _, ref_sm = build_score_module(preset)
+        inputs = example_batch(args)
+        with torch.no_grad():
+            peer, ref = sm(*inputs), ref_sm(*inputs)
+        peers.append({"preset": preset, "diff": (peer - ref).abs().max().item()})
+    for r in results:
+        r.pop("got")
+    return {"tp": results, "peer": peers}
