@@ -44,14 +44,15 @@ def test_logprob_kernel_strided_rows():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_splits", [1, 3])
-def test_linear_logprob_kernel_matches_log_softmax_gather(dtype, n_splits):
+@pytest.mark.parametrize("split_cols", [64, 4096])
+def test_linear_logprob_kernel_matches_log_softmax_gather(dtype, split_cols):
     torch.manual_seed(0)
     N, D, V = 20, 48, 203  # none a multiple of the blocks (16, 32, 32)
     hidden = torch.randn(N, D).to(dtype)
     weight = (torch.randn(V, D) * 0.3).to(dtype)
     target = torch.randint(0, V, (N,))
-    out = linear_logprob_triton(hidden, weight, target, block_n=16, block_v=32, block_d=32, n_splits=n_splits)
+    # split_cols 64: 4 vocabulary slices merged by the epilogue; 4096: one slice
+    out = linear_logprob_triton(hidden, weight, target, block_n=16, block_v=32, block_d=32, split_cols=split_cols)
     assert out.dtype == torch.float32 and out.shape == (N,)
     # exact products of the stored values, float32 accumulation: what the kernel computes
     exact = _exact_logprob(hidden.float() @ weight.float().t(), target)
@@ -64,5 +65,5 @@ def test_linear_logprob_kernel_single_row_and_wide_vocab_slices():
     torch.manual_seed(2)
     hidden, weight = torch.randn(1, 40), torch.randn(333, 40) * 0.2
     target = torch.tensor([332])  # the last vocabulary id, in the last, partial, tile
-    out = linear_logprob_triton(hidden, weight, target, block_n=16, block_v=64, block_d=16, n_splits=4)
+    out = linear_logprob_triton(hidden, weight, target, block_n=16, block_v=64, block_d=16, split_cols=100)
     torch.testing.assert_close(out, _exact_logprob(hidden @ weight.t(), target), atol=1e-4, rtol=1e-5)

@@ -56,19 +56,14 @@ def _linear_logprob_kernel(h_ptr, w_ptr, target_ptr, lse_ptr, tlogit_ptr, N, V, 
     tl.store(tlogit_ptr + split * N + rows, t_i, mask=row_mask)
 
 
-def _n_splits(device: torch.device, n_row_blocks: int, n_col_blocks: int) -> int:
-    """Vocabulary slices so that about 4 programs run per SM (1 slice off-GPU)."""
-    if device.type != "cuda":
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_col_blocks, triton.cdiv(4 * sms, n_row_blocks)))
-
-
 def linear_logprob_triton(hidden: Tensor, weight: Tensor, target: Tensor, block_n: int = 64, block_v: int = 128,
-                          block_d: int = 64, n_splits: int | None = None) -> Tensor:
+                          block_d: int = 64, split_cols: int = 2048) -> Tensor:
     """hidden [N, D], weight [V, D], target [N] -> [N] float32 log-prob of target under
-    log_softmax(hidden @ weight.T). Runs the Triton kernel on CUDA and under the Triton interpreter on
-    CPU. Targets must lie in [0, V) (not checked: that would sync the device)."""
+    log_softmax(hidden @ weight.T). The vocabulary is cut into slices of `split_cols` columns (rounded up
+    to a multiple of block_v), one program per (block of rows, slice): a fixed number of slices keeps
+    the launch independent of N (no guards on a dynamic N) and fills the GPU when few rows are scored.
+    Runs the Triton kernel on CUDA and under the Triton interpreter on CPU. Targets must lie in [0, V)
+    (not checked: that would sync the device)."""
     N, D = hidden.shape
     V = weight.shape[0]
     assert weight.shape == (V, D), f"linear_logprob: weight {tuple(weight.shape)} does not match hidden [{N}, {D}]"
@@ -78,21 +73,18 @@ def linear_logprob_triton(hidden: Tensor, weight: Tensor, target: Tensor, block_
         hidden = hidden.contiguous()
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
-    if N == 0:
-        return torch.empty(0, dtype=torch.float32, device=hidden.device)
-    n_row_blocks, n_col_blocks = triton.cdiv(N, block_n), triton.cdiv(V, block_v)
-    n_splits = min(n_splits or _n_splits(hidden.device, n_row_blocks, n_col_blocks), n_col_blocks)
-    cols_per_split = triton.cdiv(n_col_blocks, n_splits) * block_v
-    n_splits = triton.cdiv(V, cols_per_split)  # no empty slice
+    cols_per_split = triton.cdiv(min(split_cols, V), block_v) * block_v
+    n_splits = triton.cdiv(V, cols_per_split)  # every slice holds at least one column
     lse = torch.empty((n_splits, N), dtype=torch.float32, device=hidden.device)  # per-slice log-sum-exp
     tlogit = torch.empty((n_splits, N), dtype=torch.float32, device=hidden.device)  # target logit or 0
-    kernel = for_device(_linear_logprob_kernel, hidden.device)
-    wrap_triton(kernel)[(n_row_blocks, n_splits)](
-        hidden, weight, target.contiguous(), lse, tlogit, N, V, D, hidden.stride(0), weight.stride(0),
-        cols_per_split, BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d,
-        UPCAST_DOT=upcast_dot(hidden.device, hidden.dtype), DOT_PRECISION=dot_precision(hidden.dtype),
-        num_warps=4 if block_n * block_v <= 64 * 128 else 8, num_stages=3)
-    return tlogit.sum(0) - torch.logsumexp(lse, dim=0)
+    if N > 0:
+        kernel = for_device(_linear_logprob_kernel, hidden.device)
+        wrap_triton(kernel)[(triton.cdiv(N, block_n), n_splits)](
+            hidden, weight, target.contiguous(), lse, tlogit, N, V, D, hidden.stride(0), weight.stride(0),
+            cols_per_split, BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d,
+            UPCAST_DOT=upcast_dot(hidden.device, hidden.dtype), DOT_PRECISION=dot_precision(hidden.dtype),
+            num_warps=4 if block_n * block_v <= 64 * 128 else 8, num_stages=3)
+    return tlogit.sum(0) - torch.logsumexp(lse, dim=0)  # [N]
 
 
 def linear_logprob_reference(hidden: Tensor, weight: Tensor, target: Tensor, chunk: int = 8192) -> Tensor:

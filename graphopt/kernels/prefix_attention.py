@@ -115,7 +115,7 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         doc_ids.stride(0), doc_ids.stride(1), seg_ids.stride(0), seg_ids.stride(1),
         H, T, D, H // Hkv, scale * LOG2E,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(D),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)),  # tl.dot needs >= 16
         UPCAST_DOT=upcast_dot(q.device, q.dtype), DOT_PRECISION=dot_precision(q.dtype),
         num_warps=warps, num_stages=3)
     return out
