@@ -1,0 +1,89 @@
+"""`graphopt eval` in-process: runs on the tiny preset, prints the same numbers evaluate() computes,
+reads a data file, and fails clearly on a bad path / option."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from graphopt.cli import main
+from graphopt.data import load_hellaswag
+from graphopt.data.synthetic import synthetic_raw
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models gain nothing from intra-op threads, and on a loaded 2-core box they spin-wait 10x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _printed(out: str, name: str) -> str:
+    m = re.search(rf"^{name}\s+(\S+)", out, re.M)
+    assert m, f"no {name!r} line in:\n{out}"
+    return m.group(1)
+
+
+def _expected(rows, batch_size=1):
+    from graphopt.checkpoints import load_model
+    from graphopt.scoring import evaluate
+
+    model, tok = load_model("tiny")
+    return evaluate(model, tok, rows, batch_size=batch_size, progress=False)
+
+
+def test_eval_tiny_synthetic(capsys):
+    assert main(["eval", "--model", "tiny", "--limit", "6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    want = _expected(load_hellaswag(None, limit=6))
+    assert _printed(out, "acc") == f"{want['acc']:.4f}"
+    assert _printed(out, "acc_norm") == f"{want['acc_norm']:.4f}"
+    assert _printed(out, "items") == "6"
+    assert re.search(r"^time\s+\d+\.\d+s", out, re.M)
+    assert "per_pair" in out and "synthetic" in out
+
+
+def test_eval_jsonl_file_batched(tmp_path, capsys):
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text("".join(json.dumps(dict(r, label=int(r["label"]))) + "\n" for r in synthetic_raw(5, seed=11)))
+    assert main(["eval", "--model", "tiny", "--data", str(path), "--batch-size", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    want = _expected(load_hellaswag(path), batch_size=3)
+    assert _printed(out, "acc") == f"{want['acc']:.4f}" and _printed(out, "items") == "5"
+    assert "padded" in out and str(path) in out
+
+
+def test_eval_errors(tmp_path, capsys):
+    missing = tmp_path / "no_such_dir"
+    assert main(["eval", "--model", "tiny", "--data", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "graphopt eval: error:" in err and str(missing) in err and "not found" in err
+    assert "Traceback" not in err
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["x"], "label": 0}) + "\n")
+    assert main(["eval", "--model", "tiny", "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "row 0" in err and "'endings'" in err
+
+    assert main(["eval", "--model", "tiny", "--strategy", "nope", "--limit", "1"]) == 2
+    assert "unknown --strategy 'nope'" in capsys.readouterr().err
+    assert main(["eval", "--model", "no-such-preset", "--limit", "1"]) == 2
+    assert "no-such-preset" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--limit", "-3"])
+    assert e.value.code == 2
+
+
+def test_eval_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--model", "--data", "--split", "--limit", "--dtype", "--device", "--batch-size"):
+        assert flag in out
+    assert "acc_norm" in out and "synthetic" in out
