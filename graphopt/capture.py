@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import time
+import types
 
 import torch
 from torch import nn
@@ -242,3 +244,15 @@ def normalise_dynamo_graph(gm: GraphModule, example_inputs: list, dynamic: bool 
         dynamic_shapes = (tuple(spec),)  # one entry: forward(*inputs)
     exported = _export(rebuilt, user_inputs, dynamic_shapes, strict=False)
     return NormalisedGraph(exported, user_positions, weights)
+
+
+class _CallableModule(types.ModuleType):
+    """`graphopt.capture(...)` must work after `import graphopt.capture` too (the import binds the
+    package attribute to this module, hiding the lazily exported function): calling the module calls
+    capture()."""
+
+    def __call__(self, *args, **kwargs):
+        return capture(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
