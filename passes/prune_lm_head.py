@@ -21,6 +21,11 @@ from passes._graphutil import (ASSERT_META, INDEX, LINEAR, RESHAPE, aten, erase_
 _POINTWISE = {aten.to.dtype, aten._to_copy.default, aten.type_as.default, aten.pow.Tensor_Scalar, aten.add.Tensor,
               aten.mul.Tensor, aten.sub.Tensor, aten.div.Tensor, aten.rsqrt.default, aten.sqrt.default,
               aten.neg.default, aten.add.Scalar, aten.mul.Scalar}
+try:  # a norm already fused by fuse_rmsnorm is per-position too
+    import graphopt.kernels  # noqa: F401
+    _POINTWISE.add(torch.ops.graphopt.rms_norm.default)
+except (ImportError, AttributeError):
+    pass
 _LASTDIM_REDUCE = {aten.mean.dim, aten.sum.dim_IntList}
 
 
