@@ -50,9 +50,13 @@ class _Sharder:
         self.done: dict[str, tuple] = {}  # attr target -> the slicing applied to it
         self.n_new = 0
 
-    def slice_attr(self, user: Node, wnode: Node, pieces: list[tuple[int, int, int] | None], full_sizes=None) -> None:
+    def slice_attr(self, user: Node, wnode: Node, pieces: list[tuple[int, int, int] | None], full_sizes=None,
+                   keys: list[str] | None = None) -> None:
         """Replace the tensor behind get_attr `wnode` (as used by `user`) by its shard; `pieces` are
-        (dim, start, stop) per part of a merged weight (concatenated along dim 0)."""
+        (dim, start, stop) per part of a merged weight (concatenated along dim 0), `keys` the
+        checkpoint keys of the parts. gm.meta["tp_shards"][target] records [(key, piece), ...] so
+        that graphopt.distributed.load_shard can fill the attribute from a checkpoint."""
+        keys = keys or [checkpoint_key(wnode.target)]
         full = attr(self.gm, wnode.target)
         if full_sizes is None:
             full_sizes = [full.shape[0]]
@@ -77,6 +81,7 @@ class _Sharder:
         else:
             set_attr(self.gm, target, new)
         self.done[target] = spec
+        self.gm.meta.setdefault("tp_shards", {})[target] = list(zip(keys, pieces))
 
 
 def _fix_heads(start: Node, old: int, new: int, old_rep: int, new_rep: int, head_dim: int) -> int:
@@ -212,7 +217,7 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
             if isinstance(w, Node) and w.op == "get_attr" and checkpoint_key(w.target) in ("output.weight",
                                                                                            "tok_embeddings.weight"):
                 piece = shard_slice("output.weight", args, ws, rank, True)
-                sh.slice_attr(lin, w, [piece])
+                sh.slice_attr(lin, w, [piece], keys=["output.weight"])
                 w = lin.args[1]  # a new get_attr when the weight was shared (tied embeddings)
                 with g.inserting_before(lin):
                     logits = g.call_function(aten.linear.default, (hidden, w))  # [N, V_local]
@@ -234,7 +239,7 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
             piece = sl(key)
             if name == "output":
                 if piece is not None:
-                    sh.slice_attr(lin, w, [piece])
+                    sh.slice_attr(lin, w, [piece], keys=["output.weight"])
                     n = _vocab_parallel_logprob(gm, lin, rank, piece[2] - piece[1], args.vocab_size, group)
                     if n == 0:
                         raise PassError("vocab_parallel: no log_softmax + gather (or graphopt.logprob) below the LM "
@@ -269,7 +274,10 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
                 continue
             qkv = [H * D, Hkv * D, Hkv * D]
             gu = [args.hidden_dim, args.hidden_dim]
+            module = w.target.rsplit(".", 1)[0]
+            module = module[len("model."):] if module.startswith("model.") else module
             if sizes == qkv and sum(sizes) == full_out:
+                names = ["wq", "wk", "wv"]
                 pieces = [(0, lay.q_heads[0] * D, lay.q_heads[1] * D), (0, lay.kv_heads[0] * D, lay.kv_heads[1] * D),
                           (0, lay.kv_heads[0] * D, lay.kv_heads[1] * D)]
                 heads = [(H, q_local), (Hkv, kv_local), (Hkv, kv_local)]
@@ -277,11 +285,12 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
                 k = args.hidden_dim // ws
                 pieces = [(0, rank * k, rank * k + k)] * 2
                 heads = None
+                names = ["w1", "w3"]
             else:
                 continue
-            sh.slice_attr(lin, w, pieces, full_sizes=sizes)
+            sh.slice_attr(lin, w, pieces, full_sizes=sizes, keys=[f"{module}.{n}.weight" for n in names])
             if b is not None:
-                sh.slice_attr(lin, b, pieces, full_sizes=sizes)
+                sh.slice_attr(lin, b, pieces, full_sizes=sizes, keys=[f"{module}.{n}.bias" for n in names])
             split.args = (lin, [p[2] - p[1] for p in pieces], *split.args[2:])
             if heads:
                 for gi in split.users:

@@ -120,3 +120,61 @@ def tp_and_peer_worker(cases, peer_presets):
     for r in results:
         r.pop("got")
     return {"tp": results, "peer": peers}
+
+
+def load_shard_worker(cases):
+    """cases: [(checkpoint path, tensor_parallel options)]. Capture the model on the meta device (no
+    weights), shard, load_shard; record every checkpoint file torch.load / open saw, and compare
+    log-probs with the eager model built with the same random weights (seed 0)."""
+    import builtins
+    import copy
+    from graphopt.distributed.load_shard import load_shard, retarget_device
+    from graphopt.model.llama import Transformer
+    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.scoring.batch import ScoreModule
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    preset = "tiny"
+    args, ref_sm = build_score_module(preset)
+    inputs = example_batch(args)
+    with torch.device("meta"):
+        meta_sm = ScoreModule(Transformer(args)).eval()
+    gm0 = capture_graph(meta_sm, tuple(t.to("meta") for t in inputs))
+    retarget_device(gm0, "cpu")
+    out = []
+    for ckpt, options in cases:
+        gm = copy.deepcopy(gm0)
+        gm, _ = run_passes(gm, [("tensor_parallel", dict(options))],
+                           PassContext(model_args=args, rank=rank, world_size=ws))
+        seen = []
+        real_load, real_open = torch.load, builtins.open
+
+        def spy_load(f, *a, **k):
+            seen.append(str(f))
+            return real_load(f, *a, **k)
+
+        def spy_open(f, *a, **k):
+            if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
+                seen.append(str(f))
+            return real_open(f, *a, **k)
+        torch.load, builtins.open = spy_load, spy_open
+        try:
+            stats = load_shard(gm, ckpt, rank, ws, args)
+        finally:
+            torch.load, builtins.open = real_load, real_open
+        still_meta = [n for n, t in list(gm.named_parameters()) + list(gm.named_buffers()) if t.is_meta]
+        with torch.no_grad():
+            diff = (gm(*inputs) - ref_sm(*inputs)).abs().max().item()
+        out.append({"ckpt": str(ckpt), "options": dict(options), "seen": sorted(set(
+            s.rsplit("/", 1)[-1] for s in seen if "consolidated" in s or s.endswith(".safetensors"))),
+            "stats": stats, "still_meta": still_meta, "diff": diff,
+            "layer_bytes": _sharded_layer_bytes(gm)})
+    return out
+
+
+def raise_on_rank(bad_rank: int):
+    """Rank bad_rank raises; the others block in a collective that can never complete."""
+    if dist.get_rank() == bad_rank:
+        raise ValueError(f"boom from rank {bad_rank}")
+    t = torch.ones(1)
+    dist.all_reduce(t)  # waits for bad_rank forever (until killed or the collective timeout)
+    return t.item()

@@ -1,0 +1,175 @@
+"""Fill a tensor_parallel-rewritten graph with this rank's weights straight from a checkpoint,
+reading only what the rank holds.
+
+Typical flow (peak host memory ~ one shard per rank):
+    with torch.device("meta"): model = Transformer(args)          # no weights anywhere
+    gm = capture(ScoreModule(model), example_inputs)               # meta weights as get_attr
+    gm, _ = run_passes(gm, [("tensor_parallel", {...})], ctx)      # slices meta tensors (free)
+    load_shard(gm, ckpt_dir, rank, world_size, args)               # real shards in place
+
+Meta checkpoints (consolidated.NN.pth): files are opened lazily (torch.load mmap=True,
+weights_only=True) and only when a needed slice lies in them; when the shard count equals the world
+size and the layout matches Meta's (vocab_parallel + embedding_parallel, kv heads not replicated),
+rank r opens consolidated.{r:02d}.pth only and its tensors are used as they are (memory-mapped, no
+copy). Safetensors (Hugging Face directory or one file with Meta key names): every tensor is read
+as a lazy slice (safe_open(...).get_slice), HF q/k rows un-permuted per local head.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.fx import GraphModule
+
+from graphopt.checkpoints.errors import CheckpointError
+from graphopt.checkpoints.meta import load_pth, meta_shard_paths, meta_split_dim
+from graphopt.model.args import ModelArgs
+from graphopt.model.llama import rope_tables
+
+Piece = tuple[int, int, int] | None  # (dim, start, stop) of the full tensor; None = all of it
+
+
+class _MetaShards:
+    def __init__(self, ckpt_dir: Path, rank: int):
+        self.paths = meta_shard_paths(ckpt_dir)
+        self.rank = rank
+        self.state: dict[int, dict[str, Tensor]] = {}
+        self.opened: list[str] = []
+
+    def _file(self, i: int) -> dict[str, Tensor]:
+        if i not in self.state:
+            self.state[i] = load_pth(self.paths[i])
+            self.opened.append(self.paths[i].name)
+        return self.state[i]
+
+    def has(self, key: str) -> bool:
+        return key in self._file(min(self.rank, len(self.paths) - 1))
+
+    def read(self, key: str, piece: Piece) -> Tensor:
+        n = len(self.paths)
+        home = min(self.rank, n - 1)
+        md = meta_split_dim(key)
+        if md is None:  # replicated in every file: read this rank's own
+            return _narrow(self._file(home)[key], piece)
+        chunk = self._file(home)[key].shape[md]
+        if piece is None:
+            return torch.cat([self._file(i)[key] for i in range(n)], md)
+        dim, a, b = piece
+        if dim != md:  # cut across Meta's split: a slice of every file
+            return torch.cat([self._file(i)[key].narrow(dim, a, b - a) for i in range(n)], md)
+        parts = []
+        for i in range(a // chunk, (b - 1) // chunk + 1):
+            lo, hi = max(a, i * chunk) - i * chunk, min(b, (i + 1) * chunk) - i * chunk
+            t = self._file(i)[key]
+            parts.append(t if (lo, hi) == (0, chunk) else t.narrow(md, lo, hi - lo))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, md)
+
+
+class _Safetensors:
+    def __init__(self, ckpt_dir: Path, args: ModelArgs):
+        from safetensors import safe_open
+        from graphopt.checkpoints.hf import hf_to_meta_key
+        files = [ckpt_dir] if ckpt_dir.is_file() else sorted(ckpt_dir.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{ckpt_dir}: no .safetensors files")
+        self.args, self.where, self.opened = args, {}, [p.name for p in files]
+        self.handles = [safe_open(str(p), "pt") for p in files]
+        for h, p in zip(self.handles, files):
+            for k in h.keys():
+                mk = hf_to_meta_key(k)
+                if mk is not None:
+                    self.where[mk] = (h, k, mk != k)  # renamed from HF: q/k rows are rotate_half-permuted
+
+    def has(self, key: str) -> bool:
+        return key in self.where
+
+    def read(self, key: str, piece: Piece) -> Tensor:
+        h, k, from_hf = self.where[key]
+        sl = h.get_slice(k)
+        shape = sl.get_shape()
+        idx = [slice(None)] * len(shape)
+        if piece is not None:
+            idx[piece[0]] = slice(piece[1], piece[2])
+        t = sl[tuple(idx)]  # reads only these rows / columns
+        role = key.split(".")[-2] if key.startswith("layers.") else None
+        if from_hf and role in ("wq", "wk"):  # per-head permutation: a head-aligned slice un-permutes alone
+            from graphopt.checkpoints.hf import unpermute_qk
+            out = torch.empty_like(t)
+            unpermute_qk(out, t, t.shape[0] // self.args.head_dim)
+            t = out
+        return t
+
+
+def _narrow(t: Tensor, piece: Piece) -> Tensor:
+    return t if piece is None else t.narrow(piece[0], piece[1], piece[2] - piece[1])
+
+
+def _owner_and_leaf(gm: GraphModule, target: str):
+    *path, leaf = target.split(".")
+    owner = gm
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, leaf
+
+
+def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int, args: ModelArgs) -> dict:
+    """Fill every parameter/buffer that gm's get_attr nodes read with this rank's slice (as recorded
+    by the tensor_parallel pass in gm.meta["tp_shards"]; unrecorded ones in full). Returns stats:
+    files_opened, bytes_loaded, tensors."""
+    ckpt = Path(ckpt_dir)
+    if ckpt.is_dir() and any(ckpt.glob("consolidated.*.pth")):
+        src = _MetaShards(ckpt, rank)
+    elif ckpt.suffix == ".safetensors" or (ckpt.is_dir() and any(ckpt.glob("*.safetensors"))):
+        src = _Safetensors(ckpt, args)
+    else:
+        raise CheckpointError(f"{ckpt}: expected a Meta checkpoint (consolidated.NN.pth) or .safetensors")
+    shards = gm.meta.get("tp_shards", {})
+    tied = not src.has("output.weight")
+    total, n = 0, 0
+    for target in sorted({nd.target for nd in gm.graph.nodes if nd.op == "get_attr"}):
+        owner, leaf = _owner_and_leaf(gm, target)
+        cur = getattr(owner, leaf)
+        if not isinstance(cur, Tensor):
+            continue
+        name = target[len("model."):] if target.startswith("model.") else target
+        if name in ("rope_cos", "rope_sin"):  # non-persistent: recompute
+            cos, sin = rope_tables(args.head_dim, cur.shape[0], args.rope_theta)
+            new = cos if name == "rope_cos" else sin
+        else:
+            parts = shards.get(target, [(name, None)])
+            tensors = []
+            for key, piece in parts:
+                key = "tok_embeddings.weight" if key == "output.weight" and tied else key
+                if not src.has(key):
+                    raise CheckpointError(f"{ckpt}: no tensor {key!r} (needed for graph attribute {target!r})")
+                tensors.append(src.read(key, piece))
+            new = tensors[0] if len(tensors) == 1 else torch.cat(tensors, 0)
+        if tuple(new.shape) != tuple(cur.shape):
+            raise CheckpointError(f"{ckpt}: {target!r} for rank {rank}/{world_size} has shape {list(new.shape)}, "
+                                  f"the graph expects {list(cur.shape)} (params.json / world size mismatch?)")
+        new = new.to(cur.dtype) if new.dtype != cur.dtype else new
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = torch.nn.Parameter(new, requires_grad=False)
+        elif leaf in owner._buffers:
+            owner._buffers[leaf] = new
+        else:
+            setattr(owner, leaf, new)
+        total += new.numel() * new.element_size()
+        n += 1
+    return {"files_opened": list(src.opened), "bytes_loaded": total, "tensors": n}
+
+
+def retarget_device(gm: GraphModule, device) -> int:
+    """A graph captured from a meta-device model (no weights in memory) records device=meta in some
+    nodes (_assert_tensor_metadata, factory ops); point them at `device`. Returns nodes changed."""
+    device = torch.device(device)
+    fix = lambda a: device if isinstance(a, torch.device) and a.type == "meta" else a
+    changed = 0
+    for n in gm.graph.nodes:
+        args, kwargs = torch.fx.node.map_aggregate(n.args, fix), torch.fx.node.map_aggregate(n.kwargs, fix)
+        if args != n.args or kwargs != n.kwargs:
+            n.args, n.kwargs = args, kwargs
+            changed += 1
+    gm.recompile()
+    return changed
