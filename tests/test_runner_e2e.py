@@ -106,3 +106,13 @@ def test_report_on_sweep(sweep):
     assert "| run" in text and "padded" in text and "bad-option" in text and "Failed runs" in text
     for name in ("latency_vs_accuracy.png", "speedup.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_run_over_time_limit_is_an_error_row_and_a_failed_reference_stops(tmp_path):
+    from graphopt.cli import UserError
+    cfg_path = tmp_path / "t.yaml"
+    cfg_path.write_text(YAML.replace("{out}", str(tmp_path / "out")))
+    with pytest.raises(UserError, match=r"(?s)reference run failed.*time limit"):
+        run_experiment(load_config(cfg_path), progress=False, timeout_s=0.5, log=lambda *a: None)
+    table = ResultStore(tmp_path / "out").load()
+    assert list(table["run"]) == ["reference"] and table.loc[0, "status"] == "error"  # nothing ran after it

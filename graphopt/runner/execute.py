@@ -8,6 +8,7 @@ import collections
 import importlib.util
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -46,26 +47,34 @@ def _run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     tail = collections.deque(maxlen=64)  # last chunks of output, for the error text of a hard crash
     start = time.monotonic()
+    timed_out = False
     try:
+        fd = proc.stdout.fileno()
         while True:
-            chunk = os.read(proc.stdout.fileno(), 4096)
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if timeout_s and not timed_out and time.monotonic() - start > timeout_s:
+                timed_out = True
+                proc.kill()
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
             if not chunk:
                 break
             if spec.get("progress", True):
                 sys.stderr.write(chunk.decode(errors="replace"))
                 sys.stderr.flush()
             tail.append(chunk)
-            if timeout_s and time.monotonic() - start > timeout_s:
-                proc.kill()
         rc = proc.wait()
     except BaseException:
         proc.kill()
         proc.wait()
         raise
+    if rc in (130, -signal.SIGINT) and not result_path.exists():
+        raise KeyboardInterrupt
     if result_path.exists():
         return json.loads(result_path.read_text())
     out = b"".join(tail).decode(errors="replace").strip()[-3000:]
-    if timeout_s and time.monotonic() - start > timeout_s:
+    if timed_out:
         why = f"run exceeded its time limit of {timeout_s:g} s and was killed"
     elif rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)

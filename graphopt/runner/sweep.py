@@ -101,11 +101,14 @@ def expand(cfg: ExperimentConfig) -> list[ResolvedRun]:
         runs.append(_resolve(cfg, name, s.capture, passes, s.compiler, s.scoring, s.dtype))
     for r in cfg.runs:
         runs.append(_resolve(cfg, r.name, r.capture, r.passes, r.compiler, r.scoring, r.dtype))
-    out, seen = [], {}
+    out, seen, names = [], {}, set()
     for run in runs:
         if run.key in seen:
             continue  # same resolved config as an earlier run: measured once
         seen[run.key] = run.name
+        if run.name in names:  # a listed run named like a generated one: keep both, tell them apart
+            run.name = f"{run.name} ({run.key[:6]})"
+        names.add(run.name)
         out.append(run)
     return out
 

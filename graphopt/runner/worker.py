@@ -197,6 +197,8 @@ def main(argv: list[str]) -> int:
         if os.environ.get("GRAPHOPT_RUNNER_KILL") == spec["run"]["name"]:  # test hook: die as the OOM killer does
             os.kill(os.getpid(), 9)
         result = measure(spec) if spec["experiment"]["world_size"] == 1 else measure_world(spec)
+    except KeyboardInterrupt:
+        return 130  # interrupted, not failed: no result, so the run is not stored and re-runs on resume
     except BaseException as e:  # noqa: BLE001 - every failure becomes a result row
         tb = traceback.format_exc(limit=8)
         result = {"status": "error", "error": f"{type(e).__name__}: {e}\n{tb}"}
