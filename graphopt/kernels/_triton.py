@@ -62,7 +62,8 @@ def _interpreted(kernel) -> InterpretedFunction:
 
 
 def for_device(kernel, device: torch.device):
-    """The kernel to launch on `device`: compiled on CUDA, interpreted (numpy, slow) on CPU."""
+    """The kernel to launch on `device`: on CUDA the kernel as decorated (compiled; interpreted only if
+    TRITON_INTERPRET=1 was set at import), on CPU an interpreted copy (numpy, slow: for tests)."""
     if device.type == "cuda":
         return kernel
     assert device.type == "cpu", f"no Triton kernel for device {device}"
@@ -77,11 +78,16 @@ def num_warps_for(block: int) -> int:
 def upcast_dot(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether kernels must feed tl.dot float32 copies of their operands: the triton 3.9 interpreter
     multiplies the raw uint16 bits of bfloat16 operands (numpy has no bfloat16). The upcast is exact
-    (bf16 x bf16 products fit in float32), so results match the compiled bf16 dot with fp32 accumulation."""
+    (bf16 x bf16 products fit in float32), so results match the compiled bf16 dot with fp32 accumulation.
+    (The same interpreter truncates float32 -> bfloat16 casts where the GPU rounds to nearest even, so
+    interpreted bf16 outputs may differ from the GPU's by one bf16 ulp.)"""
     return device.type != "cuda" and dtype == torch.bfloat16
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision for float32 operands: follow torch's TF32 switch, so the kernel is as exact
-    as the torch matmul it replaces."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    """tl.dot input precision: for float32 operands follow torch's TF32 switch (exact "ieee" unless
+    torch.backends.cuda.matmul.allow_tf32), so the kernel is as exact as the torch matmul it replaces;
+    for half types triton's default ("tf32", which only affects float32 operands)."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
