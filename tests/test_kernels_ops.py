@@ -166,9 +166,12 @@ def _uninterpreted_checks():
     # 1. the launchers still interpret on CPU tensors (tl.sum & co. are routed through the interpreter)
     x, w = torch.randn(3, 7, 45), torch.randn(45)
     torch.testing.assert_close(rms_norm_triton(x, w, 1e-5), rms_norm_reference(x, w, 1e-5), atol=1e-5, rtol=1e-5)
-    # 2. the CUDA branch of every op traces (no GPU needed: fake CUDA tensors)
+    # 2. the CUDA branch of every op traces (no GPU needed: fake CUDA tensors), and torch finds the kernel
+    #    behind each triton_op (it keys the AOT-autograd cache on the kernel's source)
     for name in CASES:
         _check_cuda_branch(name)
+        kernels = torch._library.triton.get_triton_kernels_for_op(f"graphopt::{name}")
+        assert [k.fn.__name__ for k in kernels] == [f"_{name}_kernel"], (name, kernels)
     print("ok")
 
 
