@@ -16,6 +16,7 @@ import time
 import types
 
 import torch
+import torch.fx.experimental._config  # noqa: F401 (backed_size_oblivious)
 from torch import nn
 from torch.export import Dim
 from torch.fx import GraphModule
@@ -59,28 +60,29 @@ def capture(module: nn.Module, example_inputs: tuple, method: str = "export", dy
 
 def _dynamic_shapes(module: nn.Module, example_inputs: tuple):
     """dynamic_shapes for torch.export: known inputs (INPUT_DIMS) get shared named Dims, others static.
-    A dim whose example size is 1 stays static (export would specialise it anyway)."""
+    A Dim whose example size is 1 gets min=1 (captured size-obliviously, see _export)."""
     names = list(inspect.signature(module.forward).parameters)[:len(example_inputs)]
-    dims: dict[str, Dim] = {}
+    sizes: dict[str, int] = {}
+    for name, x in zip(names, example_inputs):
+        for d, dim_name in INPUT_DIMS.get(name, {}).items():
+            if isinstance(x, torch.Tensor) and d < x.dim():
+                sizes[dim_name] = min(sizes.get(dim_name, x.shape[d]), x.shape[d])
+    dims = {k: Dim(k, min=1 if v <= 1 else 2, max=DIM_MAX[k]) for k, v in sizes.items() if v >= 1}
     spec = []
     for name, x in zip(names, example_inputs):
         known = INPUT_DIMS.get(name)
         if not isinstance(x, torch.Tensor) or known is None:
             spec.append(None)
             continue
-        entry = {}
-        for d, dim_name in known.items():
-            if d < x.dim() and x.shape[d] > 1:
-                if dim_name not in dims:
-                    dims[dim_name] = Dim(dim_name, min=2, max=DIM_MAX[dim_name])
-                entry[d] = dims[dim_name]
-        spec.append(entry or None)
+        spec.append({d: dims[n] for d, n in known.items() if d < x.dim() and n in dims} or None)
     return tuple(spec)
 
 
 def _export(module: nn.Module, example_inputs: tuple, dynamic_shapes, strict: bool) -> GraphModule:
+    # an example size of 1 would specialise its dim to 1; size-oblivious tracing keeps it symbolic
+    size_one = any(getattr(d, "min", 2) <= 1 for d in torch.utils._pytree.tree_leaves(dynamic_shapes or ()))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=size_one):
             ep = torch.export.export(module, example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
     except Exception as e:  # torch's own message follows; say what was being done first
         hint = " (try strict=False)" if strict else ""
@@ -97,8 +99,12 @@ def _capture_dynamo(module: nn.Module, example_inputs: tuple, dynamic: bool) -> 
         graphs.append((gm, list(inputs)))
         return gm.forward
 
-    # specialize_float: keep Python floats (eps) constants, not tensor inputs; fullgraph: one graph or error
-    with torch._dynamo.config.patch(specialize_float=True), torch.no_grad():
+    # specialize_float: keep Python floats (eps) constants, not tensor inputs; fullgraph: one graph or error;
+    # backed_size_oblivious: an example size of 1 stays symbolic (as in _export); no duck shaping: equal
+    # example sizes (T == N) must not become one symbol
+    size_one = dynamic and any(d.min <= 1 for d in torch.utils._pytree.tree_leaves(_dynamic_shapes(module, example_inputs)))
+    with torch._dynamo.config.patch(specialize_float=True), torch.no_grad(), \
+            torch.fx.experimental._config.patch(backed_size_oblivious=size_one, use_duck_shape=False):
         compiled = torch.compile(module, backend=record, dynamic=dynamic, fullgraph=True)
         try:
             out = compiled(*example_inputs)
@@ -234,11 +240,11 @@ def normalise_dynamo_graph(gm: GraphModule, example_inputs: list, dynamic: bool 
     if dynamic:
         dims: dict[str, Dim] = {}
         spec = []
-        for f in user_fakes:
+        for f, real in zip(user_fakes, user_inputs):
             entry = {}
             for d, s in enumerate(f.shape if f is not None else ()):
                 if isinstance(s, torch.SymInt) and re.fullmatch(r"s\d+", str(s)):
-                    dims.setdefault(str(s), Dim(f"d{str(s)}", min=2, max=1 << 24))
+                    dims.setdefault(str(s), Dim(f"d{str(s)}", min=1 if real.shape[d] <= 1 else 2, max=1 << 24))
                     entry[d] = dims[str(s)]
             spec.append(entry or None)
         dynamic_shapes = (tuple(spec),)  # one entry: forward(*inputs)
