@@ -5,6 +5,7 @@
 Synthetic requests (random token ids; Q questions x 4 endings, contexts 20-60 tokens, endings
 5-30), random weights. Prints seconds (median of repeats after one warmup), speedup vs per-pair,
 tokens processed (B*T summed, padding included), padding fraction and max |Δ loglik| vs per-pair.
+Strategies are timed round-robin within each repeat so that load changes hit all of them alike.
 """
 from __future__ import annotations
 
@@ -63,24 +64,25 @@ def main() -> None:
     model_args = ModelArgs.from_name(args.preset)
     module = ScoreModule(init_random_weights(Transformer(model_args)).eval())
     requests = synthetic_requests(args.questions, model_args.vocab_size)
+    built = {name: build(requests) for name, build in BUILDERS.items()}
+    for batches in built.values():
+        run(module, batches[:1], len(requests))  # warmup
+    times: dict[str, list[float]] = {name: [] for name in built}
+    loglik = {}
+    for _ in range(args.repeats):  # round-robin, so a change in machine load hits every strategy alike
+        for name, batches in built.items():
+            t0 = time.perf_counter()
+            loglik[name] = run(module, batches, len(requests))
+            times[name].append(time.perf_counter() - t0)
     print(f"preset={args.preset} requests={len(requests)} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(f"{'strategy':30s} {'batches':>7s} {'seconds':>8s} {'speedup':>8s} {'tokens':>7s} {'real':>6s} "
-          f"{'pad %':>6s} {'max|dLL|':>9s}", flush=True)
-    base, ref = None, None
-    for name, build in BUILDERS.items():
-        batches = build(requests)
-        loglik = run(module, batches, len(requests))  # warmup
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            run(module, batches, len(requests))
-            times.append(time.perf_counter() - t0)
-        sec = statistics.median(times)
-        base, ref = base or sec, loglik if ref is None else ref  # per_pair comes first
-        st, diff = layout_stats(batches), float((loglik - ref).abs().max())
+          f"{'pad %':>6s} {'max|dLL|':>9s}")
+    base, ref = statistics.median(times["per_pair"]), loglik["per_pair"]
+    for name, batches in built.items():
+        sec, st = statistics.median(times[name]), layout_stats(batches)
         print(f"{name:30s} {len(batches):7d} {sec:8.3f} {base / sec:7.2f}x {st['tokens_processed']:7d} "
-              f"{st['tokens_real']:6d} {100 * st['padding_fraction']:5.1f}% {diff:9.2e}", flush=True)
-
+              f"{st['tokens_real']:6d} {100 * st['padding_fraction']:5.1f}% "
+              f"{float((loglik[name] - ref).abs().max()):9.2e}")
 
 if __name__ == "__main__":
     main()
