@@ -13,11 +13,14 @@ def echo_rank():
 
 # ---------------------------------------------------------------- shared helpers
 
-def build_score_module(preset: str, seed: int = 0):
+def build_score_module(preset: str, seed: int = 0, n_layers: int | None = None):
+    from dataclasses import replace
     from graphopt.model.args import ModelArgs
     from graphopt.model.llama import Transformer, init_random_weights
     from graphopt.scoring.batch import ScoreModule
     args = ModelArgs.from_name(preset)
+    if n_layers is not None:
+        args = replace(args, n_layers=n_layers)
     return args, ScoreModule(init_random_weights(Transformer(args), seed=seed).eval())
 
 
@@ -178,3 +181,24 @@ def raise_on_rank(bad_rank: int):
     t = torch.ones(1)
     dist.all_reduce(t)  # waits for bad_rank forever (until killed or the collective timeout)
     return t.item()
+
+
+def pipeline_worker(preset: str, n_layers: int, n_micro_list):
+    """Stage = rank: capture, pipeline_split into world_size stages, drop the other stages' weights,
+    run with each micro-batch count; compare with the unsplit graph."""
+    from graphopt.distributed.pipeline_run import drop_other_stages, run_pipeline_rank
+    from graphopt.pipeline import PassContext, run_passes
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    args, sm = build_score_module(preset, n_layers=n_layers)
+    inputs = example_batch(args, B=4, T=6)
+    gm = capture_graph(sm, inputs)
+    with torch.no_grad():
+        ref = gm(*inputs)
+    full = _sharded_layer_bytes(gm)
+    split, recs = run_passes(gm, ["pipeline_split"], PassContext(model_args=args, rank=rank, world_size=ws))
+    drop_other_stages(split, rank)
+    mine = sum(t.numel() * t.element_size() for name, t in list(split.named_parameters()) + list(split.named_buffers())
+               if ".layers." in f".{name}" and t.dim() == 2 and not t.is_meta)
+    diffs = [(run_pipeline_rank(split, inputs, m) - ref).abs().max().item() for m in n_micro_list]
+    return {"diffs": diffs, "layer_bytes_full": full, "layer_bytes_mine": mine, "matches": recs[0].matches,
+            "stages": sorted(n for n, _ in split.named_children() if n.startswith("submod_"))}
