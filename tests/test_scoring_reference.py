@@ -9,7 +9,7 @@ from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.data import HellaSwagRow, synthetic_hellaswag
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.scoring import (Request, ScoreModule, build_batches, build_requests, choice_metrics, evaluate,
+from graphopt.scoring import (STRATEGIES, Request, ScoreBatch, ScoreModule, build_batches, build_requests, choice_metrics, evaluate,
                               reference_loglik, score_requests)
 from graphopt.scoring.reference import PAD_ID, padded_batches, per_pair_batches
 from graphopt.scoring.requests import encode_pair
@@ -108,6 +108,15 @@ def test_per_pair_and_padded_equal_reference(tiny, rows):
         torch.testing.assert_close(_score(model, padded, len(reqs)), ref, atol=ATOL, rtol=0)
     torch.testing.assert_close(_score(model, build_batches(reqs, "padded", batch_size=5), len(reqs)), ref,
                                atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_registered_strategy_equals_reference(tiny, rows, strategy):
+    model, tok = tiny
+    reqs = build_requests(rows, tok)
+    batches = build_batches(reqs, strategy)
+    assert batches and all(isinstance(b, ScoreBatch) for b in batches)
+    torch.testing.assert_close(_score(model, batches, len(reqs)), reference_loglik(model, reqs), atol=ATOL, rtol=0)
 
 
 def test_padded_layout(tiny, rows):

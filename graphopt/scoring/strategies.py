@@ -7,17 +7,24 @@ import inspect
 from typing import Callable, Sequence
 
 from graphopt.scoring.batch import Request, ScoreBatch
+from graphopt.scoring.buckets import bucketed_batches
 from graphopt.scoring.reference import padded_batches, per_pair_batches
+from graphopt.scoring.row_packing import packed_batches
+from graphopt.scoring.shared_prefix import shared_prefix_batches
 
 STRATEGIES: dict[str, Callable[..., list[ScoreBatch]]] = {
-    "per_pair": per_pair_batches,
-    "padded": padded_batches,
+    "per_pair": per_pair_batches,  # one (context, ending) pair per forward: lm-eval batch size 1
+    "padded": padded_batches,  # length-sorted, right-padded rows of pairs
+    "shared_prefix": shared_prefix_batches,  # one question per row: context once, its endings after it
+    "packed": packed_batches,  # questions packed first-fit-decreasing into rows
+    "bucketed": bucketed_batches,  # static (B, T, N) shapes for torch.compile
 }
 
 
 def strategy_options(strategy: str) -> list[str]:
     """The keyword options a strategy accepts (its builder's parameters after `requests`)."""
     params = list(inspect.signature(_builder(strategy)).parameters.values())[1:]
+    assert not any(p.kind == p.VAR_KEYWORD for p in params), f"builder of {strategy!r} must name its options"
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
