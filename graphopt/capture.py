@@ -102,7 +102,8 @@ def _capture_dynamo(module: nn.Module, example_inputs: tuple, dynamic: bool) -> 
     # specialize_float: keep Python floats (eps) constants, not tensor inputs; fullgraph: one graph or error;
     # backed_size_oblivious: an example size of 1 stays symbolic (as in _export); no duck shaping: equal
     # example sizes (T == N) must not become one symbol
-    size_one = dynamic and any(d.min <= 1 for d in torch.utils._pytree.tree_leaves(_dynamic_shapes(module, example_inputs)))
+    dims = torch.utils._pytree.tree_leaves(_dynamic_shapes(module, example_inputs))
+    size_one = dynamic and any(getattr(d, "min", 2) <= 1 for d in dims)
     with torch._dynamo.config.patch(specialize_float=True), torch.no_grad(), \
             torch.fx.experimental._config.patch(backed_size_oblivious=size_one, use_duck_shape=False):
         compiled = torch.compile(module, backend=record, dynamic=dynamic, fullgraph=True)

@@ -98,3 +98,16 @@ def test_capture_strict_export():
     with torch.no_grad():
         x = score_inputs(3, 9, 4, seed=1)
         torch.testing.assert_close(gm(*x), module(*x), atol=ATOL, rtol=0)
+
+
+class GraphBreak(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent Python control flow: dynamo cannot keep one graph
+            return x * 2
+        return x - 1
+
+
+def test_dynamo_graph_break_is_a_clear_error():
+    from graphopt.capture import CaptureError
+    with pytest.raises(CaptureError, match="one graph"):
+        capture(GraphBreak(), (torch.randn(4, 3),), method="dynamo")
