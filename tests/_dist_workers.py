@@ -92,19 +92,9 @@ def tp_worker(cases):
 
 def dtensor_score_module(preset: str):
     """The peer: the eager model sharded by torch.distributed.tensor.parallel (DTensor), gpt-fast style."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from graphopt.distributed.dtensor_peer import parallelize_dtensor
     args, sm = build_score_module(preset)
-    ws = dist.get_world_size()
-    assert args.n_kv_heads % ws == 0, "DTensor colwise cannot replicate kv heads"
-    mesh = init_device_mesh("cpu", (ws,))
-    for layer in sm.model.layers:
-        parallelize_module(layer.attention, mesh, {"wq": ColwiseParallel(), "wk": ColwiseParallel(),
-                                                   "wv": ColwiseParallel(), "wo": RowwiseParallel()})
-        parallelize_module(layer.feed_forward, mesh, {"w1": ColwiseParallel(), "w3": ColwiseParallel(),
-                                                      "w2": RowwiseParallel()})
-        layer.attention.n_heads //= ws
-        layer.attention.n_kv_heads //= ws
+    parallelize_dtensor(sm.model)
     return args, sm
 
 
