@@ -51,7 +51,9 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
              device="cpu", progress: bool = True, add_bos: bool = False, **strategy_options) -> dict:
     """Score HellaSwag `rows` with `model` (eager, already on `device`) as lm-evaluation-harness does.
 
-    strategy: None -> "per_pair" when batch_size == 1, else "padded" (with this batch_size).
+    strategy: None -> "per_pair" when batch_size == 1, else "padded"; any name in STRATEGIES, its
+    other options as keyword arguments (batch_size goes to strategies that take one). add_bos: see
+    build_requests (off, as lm-eval). Pairs longer than model.args.max_seq_len are left-truncated.
     Returns acc, acc_norm, loglik (per row, 4 floats), choices (argmax per row), choices_norm,
     n_items, n_requests, tokens_scored (continuation tokens), tokens_processed (input tokens incl.
     padding), seconds (scoring only, device-synchronised), strategy.
