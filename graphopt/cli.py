@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _command_module(name).add_arguments(p)
+        try:
+            _command_module(name).add_arguments(p)
+        except ImportError as e:  # one broken command must not take the others down
+            p.set_defaults(import_error=f"{type(e).__name__}: {e}")
+            p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -38,6 +42,9 @@ def _command_module(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "import_error", None):
+        print(f"graphopt {args.command}: cannot load this command ({args.import_error})", file=sys.stderr)
+        return 1
     try:
         return int(_command_module(args.command).main(args) or 0)
     except (UserError, FileNotFoundError, KeyError, ValueError) as e:

@@ -16,7 +16,7 @@ class Request:
     choice: int  # index of the ending
     context_ids: tuple[int, ...]
     continuation_ids: tuple[int, ...]
-    continuation_chars: int  # len(" " + ending), for acc_norm
+    continuation_chars: int  # len(ending) without the leading space, as lm-eval's acc_norm divides by
 
 
 @dataclass
