@@ -116,3 +116,14 @@ def test_run_over_time_limit_is_an_error_row_and_a_failed_reference_stops(tmp_pa
         run_experiment(load_config(cfg_path), progress=False, timeout_s=0.5, log=lambda *a: None)
     table = ResultStore(tmp_path / "out").load()
     assert list(table["run"]) == ["reference"] and table.loc[0, "status"] == "error"  # nothing ran after it
+
+
+def test_cli_run_resumes_and_prints_report(sweep, capsys):
+    from graphopt.cli import main
+    out, _, table = sweep
+    assert main(["run", str(out.parent / "e2e.yaml"), "--no-progress"]) == 0  # all done: prints the report only
+    text = capsys.readouterr().out
+    assert "| reference" in text and "| killed" in text
+    assert list(ResultStore(out).load()["finished_at"]) == list(table["finished_at"])
+    assert main(["run", str(out.parent / "e2e.yaml"), "--set", "data.limt=3"]) == 2
+    assert "did you mean 'limit'" in capsys.readouterr().err

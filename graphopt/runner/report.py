@@ -88,8 +88,8 @@ def plot_latency_vs_accuracy(df: pd.DataFrame, path: Path, acc_points: float) ->
         ax.axhline(ref_acc, color="tab:green", lw=0.8)
     colors = ["tab:blue" if w else "tab:red" for w in ok["within_tolerance"]]
     ax.scatter(ok["latency_s"], ok["acc"] * 100, c=colors, zorder=3)
-    for _, r in ok.iterrows():
-        ax.annotate(str(r["run"]), (r["latency_s"], r["acc"] * 100), fontsize=7, xytext=(3, 3),
+    for i, (_, r) in enumerate(ok.sort_values("latency_s").iterrows()):  # stagger labels of close points
+        ax.annotate(str(r["run"]), (r["latency_s"], r["acc"] * 100), fontsize=7, xytext=(3, 3 + 9 * (i % 4)),
                     textcoords="offset points")
     ax.set_xlabel("latency over the data set, s (median of repeats)")
     ax.set_ylabel("accuracy, %")
