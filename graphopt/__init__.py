@@ -12,12 +12,15 @@ _API = {
     "load_model": "graphopt.checkpoints",
     "load_hellaswag": "graphopt.data",
     "evaluate": "graphopt.scoring",
-    "capture": "graphopt.capture",
-    "backend": "graphopt.backend",
     "run_passes": "graphopt.pipeline",
 }
 
-__all__ = list(_API)
+# These two functions share their module's name. Importing them here binds `graphopt.capture` /
+# `graphopt.backend` to the functions for good (a later `import graphopt.capture` does not rebind).
+from graphopt.backend import backend  # noqa: E402
+from graphopt.capture import capture  # noqa: E402
+
+__all__ = list(_API) + ["capture", "backend"]
 
 
 def __getattr__(name: str):

@@ -9,9 +9,7 @@ pass records of the last compilation, `fn.graphs` every optimised GraphModule, `
 """
 from __future__ import annotations
 
-import sys
 import time
-import types
 
 import torch
 from torch.fx import GraphModule
@@ -89,14 +87,3 @@ def _copy_graph(gm: GraphModule):
     out.args = (tuple(flat_out),)
     return graph
 
-
-class _CallableModule(types.ModuleType):
-    """`graphopt.backend(...)` must work after `import graphopt.backend` too (the import binds the
-    package attribute to this module, hiding the lazily exported function): calling the module calls
-    backend()."""
-
-    def __call__(self, *args, **kwargs):
-        return backend(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
-import sys
 import time
-import types
 
 import torch
 import torch.fx.experimental._config  # noqa: F401 (backed_size_oblivious)
@@ -252,14 +250,3 @@ def normalise_dynamo_graph(gm: GraphModule, example_inputs: list, dynamic: bool 
     exported = _export(rebuilt, user_inputs, dynamic_shapes, strict=False)
     return NormalisedGraph(exported, user_positions, weights)
 
-
-class _CallableModule(types.ModuleType):
-    """`graphopt.capture(...)` must work after `import graphopt.capture` too (the import binds the
-    package attribute to this module, hiding the lazily exported function): calling the module calls
-    capture()."""
-
-    def __call__(self, *args, **kwargs):
-        return capture(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
