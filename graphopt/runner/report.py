@@ -57,6 +57,9 @@ def to_markdown(df: pd.DataFrame) -> str:
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
     df = with_speedup(df)
     table = df[[c for c in TABLE_COLUMNS if c in df.columns]].copy()
+    if "pass_records" in df:  # rewrites per pass, e.g. "5/2/0": a pass that matched nothing shows as 0
+        table.insert(2, "matches", ["/".join(str(r["matches"]) for r in json.loads(v)) if isinstance(v, str) else ""
+                                    for v in df["pass_records"]])
     if "passes" in table:
         table["passes"] = [p if len(p) <= 64 else p[:61] + "..." for p in table["passes"].astype(str)]
     for col in ("n_params",):

@@ -42,18 +42,26 @@ def build_callable(module, example_inputs, run: dict, model_args, world_size: in
         return module, []
     if capture == "dynamo":
         from graphopt.backend import backend
+        from graphopt.pipeline import PassContext
         then = "inductor" if compiler == "inductor" else "eager"
-        return torch.compile(module, backend=backend(passes=passes, then=then)), []
+        ctx = PassContext((), model_args, rank, world_size)
+        be = backend(passes=passes, then=then, ctx=ctx)
+        return torch.compile(module, backend=be), be  # be.records is filled on the first call
     from graphopt.capture import capture as capture_graph
     from graphopt.pipeline import PassContext, run_passes
 
     gm = capture_graph(module, example_inputs, method="export")
     gm, records = run_passes(gm, passes, PassContext(example_inputs, model_args, rank, world_size))
-    record_dicts = [{"name": r.name, "matches": r.matches, "nodes_before": r.nodes_before,
-                     "nodes_after": r.nodes_after, "seconds": r.seconds} for r in records]
     if compiler == "inductor":
-        return torch.compile(gm, backend="inductor"), record_dicts
-    return gm, record_dicts
+        return torch.compile(gm, backend="inductor"), records
+    return gm, records
+
+
+def _records(records) -> list[dict]:
+    """Pass records (a list, or the dynamo backend holding `.records` after its first compile) -> dicts."""
+    records = getattr(records, "records", records) or []
+    return [{"name": r.name, "matches": r.matches, "nodes_before": r.nodes_before, "nodes_after": r.nodes_after,
+             "seconds": r.seconds} for r in records if hasattr(r, "matches")]
 
 
 def count_params(*modules) -> int:
@@ -164,7 +172,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
         "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
         "compile_s": setup_s + first_call_s, "load_s": load_s,
         "peak_mem_mb": peak_memory_mb(device), "n_params": count_params(fn if hasattr(fn, "graph") else None, model),
-        "pass_records": json.dumps(records),
+        "pass_records": json.dumps(_records(records)),
     }
 
 
