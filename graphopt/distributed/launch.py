@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -42,14 +43,38 @@ def _worker(fn, rank: int, world_size: int, port: int, backend: str, timeout_s: 
         torch.save(result, buf)
         (out / f"rank{rank}.tmp").write_bytes(buf.getvalue())
         os.replace(out / f"rank{rank}.tmp", out / f"rank{rank}.pt")
-    except BaseException:
-        (out / f"rank{rank}.err").write_text(traceback.format_exc())
+    except BaseException as e:
+        # first line: when it failed and whether it is a collective failing because a peer died,
+        # so the parent can name the rank that caused it
+        import torch.distributed as dist
+        secondary = int(isinstance(e, getattr(dist, "DistError", ())) or "Connection closed by peer" in str(e))
+        (out / f"rank{rank}.err").write_text(f"{time.time()} {secondary}\n" + traceback.format_exc())
         os._exit(1)  # skip process-group teardown: peers may be stuck in a collective with us
+    # Wait for every rank, then leave without interpreter teardown: destroying a gloo group (or
+    # letting its threads meet C++ static destructors) once a peer has gone can abort the process
+    # ("terminate called without an active exception"), turning a finished run into a crash.
     try:
         import torch.distributed as dist
-        dist.destroy_process_group()
+        dist.barrier()
     except Exception:
-        pass
+        (out / f"rank{rank}.err").write_text(f"{time.time()} 1\n" + traceback.format_exc())
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _root_cause(outdir: str, bad: list[int]) -> int:
+    """The failed rank that caused the others: not a collective broken by a dead peer, earliest."""
+    keyed = []
+    for r in bad:
+        err = Path(outdir) / f"rank{r}.err"
+        if err.exists():
+            t, secondary = err.read_text().split("\n", 1)[0].split()
+            keyed.append((int(secondary), float(t), r))
+        else:
+            keyed.append((0, float("inf"), r))  # crashed without a traceback (signal, OOM)
+    return min(keyed)[2]
 
 
 def _stop(procs, grace_s: float = 3.0) -> None:
@@ -87,9 +112,8 @@ def launch(fn, world_size: int, args: tuple = (), backend: str | None = None, ti
             codes = [p.exitcode for p in procs]
             bad = [r for r, c in enumerate(codes) if c not in (None, 0)]
             if bad:
-                # the first rank that wrote an error is the cause; the others may have died of it
-                with_err = [r for r in bad if (Path(outdir) / f"rank{r}.err").exists()]
-                failed = (with_err or bad)[0]
+                time.sleep(0.5)  # let the errors it causes on other ranks land, then pick the cause
+                failed = _root_cause(outdir, [r for r, p in enumerate(procs) if p.exitcode not in (None, 0)])
                 break
             if all(c == 0 for c in codes):
                 break
@@ -100,11 +124,10 @@ def launch(fn, world_size: int, args: tuple = (), backend: str | None = None, ti
                                   f"ranks still running: {running}", exitcodes=dict(enumerate(codes)))
             time.sleep(0.05)
         if failed is not None:
-            time.sleep(0.2)  # let near-simultaneous errors land
             _stop(procs)
             err = Path(outdir) / f"rank{failed}.err"
-            text = err.read_text() if err.exists() else f"(rank {failed} exited with code {procs[failed].exitcode} " \
-                                                          "without a traceback: killed or crashed)"
+            text = err.read_text().split("\n", 1)[1] if err.exists() else \
+                f"(rank {failed} exited with code {procs[failed].exitcode} without a traceback: killed or crashed)"
             raise LaunchError(f"launch: rank {failed} of {world_size} failed:\n{text}", rank=failed,
                               exitcodes={r: p.exitcode for r, p in enumerate(procs)})
         results = []
