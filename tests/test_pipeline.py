@@ -16,8 +16,6 @@ def _gm():
     return fx.symbolic_trace(Tiny())
 
 
-@register_pass("test_relu_to_clamp", "relu(x) -> clamp(x, min=0) (test pass)", options={
-    "scale": PassOption(float, 1.0, "multiply the result (1.0 keeps numerics)")})
 def _relu_to_clamp(gm, ctx):
     n = 0
     for node in list(gm.graph.nodes):
@@ -34,13 +32,23 @@ def _relu_to_clamp(gm, ctx):
     return PassResult(gm, n > 0, {"matches": n})
 
 
-@register_pass("test_break_graph", "adds 1 to the output (test pass that breaks numerics)")
 def _break(gm, ctx):
     out = next(n for n in gm.graph.nodes if n.op == "output")
     with gm.graph.inserting_before(out):
         bumped = gm.graph.call_function(torch.add, (out.args[0], 1.0))
     out.args = (bumped,)
     return PassResult(gm, True, {"matches": 1})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_passes():
+    """Register the test passes for this module only (other tests enumerate the registry)."""
+    register_pass("test_relu_to_clamp", "relu(x) -> clamp(x, min=0) (test pass)", options={
+        "scale": PassOption(float, 1.0, "multiply the result (1.0 keeps numerics)")})(_relu_to_clamp)
+    register_pass("test_break_graph", "adds 1 to the output (test pass that breaks numerics)")(_break)
+    yield
+    for name in ("test_relu_to_clamp", "test_break_graph"):
+        pipeline._REGISTRY.pop(name)
 
 
 def test_pass_rewrites_and_records():
