@@ -1,0 +1,132 @@
+"""Peers benchmark: the same requests, the same weights, one process, one table.
+
+    python -m benchmarks.peers                       # CPU: bench-100m (GQA, ~110M), 200 synthetic questions
+    python -m benchmarks.peers --questions 20 --preset default --skip hf   # a quick look
+
+Rows: per-pair eager fp32 (lm-evaluation-harness style, the reference), Hugging Face transformers
+LlamaForCausalLM batched eager fp32, plain torch.compile of our ScoreModule (padded batches), and
+graphopt's combinations (packed shared-prefix rows + the pass pipeline, fp32 and bf16). Speedups are
+ratios from this one run; compile/capture time is reported apart from run time.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import graphopt
+from graphopt.capture import capture
+from graphopt.pipeline import PassContext, run_passes
+from graphopt.scoring import ScoreModule, build_batches, build_requests, choice_metrics, score_requests
+
+FIDELITY_PASSES = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
+                   "prune_lm_head", "fused_logprob", "cse", "dce"]
+
+
+def timed(fn, batches, n_requests, repeats: int) -> tuple[torch.Tensor, float]:
+    """Median wall time of `repeats` full passes over the batches (after the caller's warmup)."""
+    times, loglik = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        loglik = score_requests(fn, batches, n_requests, progress=False)
+        times.append(time.perf_counter() - t0)
+    return loglik, statistics.median(times)
+
+
+def optimised_graph(model, batches, passes, then: str):
+    """Capture ScoreModule(model) once (dynamic shapes), run the passes; optionally inductor."""
+    t0 = time.perf_counter()
+    example = batches[0].model_inputs()
+    gm = capture(ScoreModule(model), example)
+    gm, _ = run_passes(gm, passes, PassContext(example_inputs=example))
+    fn = torch.compile(gm, dynamic=True) if then == "inductor" else gm
+    return fn, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="bench-100m", help="model preset (random weights)")
+    p.add_argument("--questions", type=int, default=200, help="synthetic HellaSwag-format questions")
+    p.add_argument("--repeats", type=int, default=1, help="timed repeats per peer (median reported)")
+    p.add_argument("--hf-batch-size", type=int, default=8)
+    p.add_argument("--row-len", type=int, default=256, help="packed row length for graphopt's layout")
+    p.add_argument("--skip", default="", help="comma list of peers to skip: hf,compile,inductor")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    model, tokenizer = graphopt.load_model(args.preset)
+    rows = graphopt.load_hellaswag(None, limit=args.questions)
+    requests = build_requests(rows, tokenizer)
+    R = len(requests)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"# peers: {args.preset} ({n_params / 1e6:.0f}M params), {len(rows)} questions, {R} requests, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    results = []  # (name, seconds, compile_s, loglik)
+
+    def record(name, fn, batches, compile_s=0.0, warmup=True):
+        if warmup:  # one untimed pass so compile/first-call costs stay out of run time
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                fn(*batches[0].model_inputs())
+            compile_s += time.perf_counter() - t0
+        loglik, seconds = timed(fn, batches, R, args.repeats)
+        results.append((name, seconds, compile_s, loglik))
+        print(f"  {name}: {seconds:.2f} s (+{compile_s:.1f} s compile/warmup)", flush=True)
+
+    eager = ScoreModule(model).eval()
+    with torch.inference_mode():
+        record("per-pair eager fp32 (lm-eval style, reference)", eager, build_batches(requests, "per_pair"))
+    if "hf" not in skip:
+        from benchmarks.hf_peer import hf_batched_loglik, to_transformers
+        hf = to_transformers(model)
+        t0 = time.perf_counter()
+        ll = hf_batched_loglik(hf, requests, args.hf_batch_size)
+        results.append((f"transformers LlamaForCausalLM batched eager fp32 (bs {args.hf_batch_size})",
+                        time.perf_counter() - t0, 0.0, ll))
+        print(f"  transformers: {results[-1][1]:.2f} s", flush=True)
+        del hf
+    if "compile" not in skip:
+        padded = build_batches(requests, "padded", batch_size=args.hf_batch_size)
+        t0 = time.perf_counter()
+        compiled = torch.compile(ScoreModule(model).eval(), dynamic=True)
+        with torch.inference_mode():
+            for b in padded[:3]:  # distinct shapes, so dynamic-shape compile settles before timing
+                compiled(*b.model_inputs())
+        record(f"plain torch.compile fp32 (padded bs {args.hf_batch_size})", compiled, padded,
+               time.perf_counter() - t0, warmup=False)
+
+    packed = build_batches(requests, "packed", row_len=args.row_len, max_tokens=args.row_len)
+    fn, cs = optimised_graph(model, packed, FIDELITY_PASSES, "eager")
+    record("graphopt fp32: packed shared-prefix + fidelity passes (FX)", fn, packed, cs)
+    bf16 = FIDELITY_PASSES + [("cast_dtype", {"dtype": "bfloat16"})]
+    fn, cs = optimised_graph(model, packed, bf16, "eager")
+    record("graphopt bf16: packed shared-prefix + fidelity passes + cast_dtype (FX)", fn, packed, cs)
+    if "inductor" not in skip:
+        fn, cs = optimised_graph(model, packed, bf16, "inductor")
+        record("graphopt bf16 + inductor", fn, packed, cs)
+
+    ref_ll = results[0][3]
+    ref_choices = choice_metrics(rows, requests, ref_ll)
+    hf_seconds = next((s for n, s, _, _ in results if n.startswith("transformers")), None)
+    print()
+    print("| peer | run s | compile s | × per-pair | × transformers | acc_norm | agree | max abs dloglik |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, seconds, compile_s, ll in results:
+        m = choice_metrics(rows, requests, ll)
+        agree = statistics.mean(float(a == b and c == d) for a, b, c, d in zip(
+            m["choices"], ref_choices["choices"], m["choices_norm"], ref_choices["choices_norm"]))
+        vs_hf = f"{hf_seconds / seconds:.2f}" if hf_seconds else "-"
+        print(f"| {name} | {seconds:.2f} | {compile_s:.1f} | {results[0][1] / seconds:.2f} | {vs_hf} | "
+              f"{m['acc_norm']:.3f} | {agree:.3f} | {(ll - ref_ll).abs().max().item():.2e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
