@@ -9,8 +9,8 @@ import torch
 
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.errors import CheckpointError
-from graphopt.checkpoints.hf import load_hf_checkpoint
-from graphopt.checkpoints.meta import load_meta_checkpoint
+from graphopt.checkpoints.hf import load_hf_checkpoint, read_hf_config
+from graphopt.checkpoints.meta import load_meta_checkpoint, read_meta_params
 from graphopt.checkpoints.tokenizers import find_tokenizer_file, load_tokenizer
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.model import PRESETS, ModelArgs, Transformer, init_random_weights
@@ -58,3 +58,18 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise CheckpointError(f"{path_or_preset!r} is neither a model preset nor an existing directory{hint} "
                           f"(presets: {', '.join(PRESETS)})")
+
+
+def load_model_structure(ckpt_dir: str | Path, dtype: str | torch.dtype = "float32"):
+    """(model on the meta device — shapes and dtype, no weights —, tokenizer) for a checkpoint
+    directory. For a rank that will fill in only its own shard (graphopt.distributed.load_shard)."""
+    p = Path(ckpt_dir)
+    if (p / "params.json").is_file():
+        args = read_meta_params(p)
+    elif (p / "config.json").is_file():
+        args = read_hf_config(p)
+    else:
+        raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
+    with torch.device("meta"):
+        model = Transformer(args).to(dtype=parse_dtype(dtype))
+    return model.eval(), _tokenizer_for(p, args.vocab_size)

@@ -28,6 +28,34 @@ def _die_with_parent() -> None:
             pass
 
 
+def loads_only_its_shard(exp: dict, run: dict) -> bool:
+    """A tensor-parallel export run over a checkpoint directory never materialises the full model:
+    each rank captures the model on the meta device, shards the graph, then reads only its slices."""
+    names = [p if isinstance(p, str) else p.get("name") for p in run["passes"]]
+    return (exp["world_size"] > 1 and run["capture"] == "export" and "tensor_parallel" in names
+            and os.path.isdir(exp["model"]))
+
+
+def build_sharded_graph(model_dir: str, module, example_inputs, run: dict, model_args, world_size: int,
+                        rank: int, device):
+    """module is ScoreModule of a meta-device model: capture, run the passes (tensor_parallel among
+    them) on weightless tensors, then fill this rank's weights from the checkpoint."""
+    import torch
+
+    from graphopt.capture import capture as capture_graph
+    from graphopt.distributed.load_shard import load_shard, retarget_device
+    from graphopt.pipeline import PassContext, run_passes
+
+    gm = capture_graph(module, tuple(t.to("meta") for t in example_inputs), method="export")
+    retarget_device(gm, device)
+    gm, records = run_passes(gm, run["passes"], PassContext((), model_args, rank, world_size))
+    load_shard(gm, model_dir, rank, world_size, model_args)
+    gm = gm.to(device)
+    if run["compiler"] == "inductor":
+        return torch.compile(gm, backend="inductor"), records
+    return gm, records
+
+
 def build_callable(module, example_inputs, run: dict, model_args, world_size: int, rank: int = 0):
     """-> (fn(*batch.model_inputs()) -> [N] logprobs, pass records as dicts)."""
     import torch
@@ -97,7 +125,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
     import torch
     from tqdm import tqdm
 
-    from graphopt.checkpoints import load_model
+    from graphopt.checkpoints import load_model, load_model_structure
     from graphopt.data import load_hellaswag
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
     from graphopt.scoring.batch import ScoreModule
@@ -113,7 +141,11 @@ def measure(spec: dict, rank: int = 0) -> dict:
     torch.manual_seed(exp["seed"])
     reset_peak_memory(device)
     t_load = time.perf_counter()
-    model, tokenizer = load_model(exp["model"], dtype=run["dtype"], device=device, seed=exp["seed"])
+    sharded_load = loads_only_its_shard(exp, run)
+    if sharded_load:  # weights are read after sharding, only this rank's part
+        model, tokenizer = load_model_structure(exp["model"], dtype=run["dtype"])
+    else:
+        model, tokenizer = load_model(exp["model"], dtype=run["dtype"], device=device, seed=exp["seed"])
     model.eval()
     load_s = time.perf_counter() - t_load
     data = exp["data"]
@@ -127,8 +159,12 @@ def measure(spec: dict, rank: int = 0) -> dict:
 
     module = ScoreModule(model).eval()
     example = batches[0].model_inputs()
-    (fn, records), setup_s = timed(lambda: build_callable(module, example, run, getattr(model, "args", None),
-                                                          exp["world_size"], rank), device)
+    if sharded_load:
+        (fn, records), setup_s = timed(lambda: build_sharded_graph(exp["model"], module, example, run, model.args,
+                                                                   exp["world_size"], rank, device), device)
+    else:
+        (fn, records), setup_s = timed(lambda: build_callable(module, example, run, getattr(model, "args", None),
+                                                              exp["world_size"], rank), device)
     # compile / warm-up: the first call on each distinct input shape
     first_call_s, seen = 0.0, set()
     with torch.no_grad():
@@ -171,7 +207,8 @@ def measure(spec: dict, rank: int = 0) -> dict:
         "latency_s": latency, "latency_min_s": float(min(times)),
         "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
         "compile_s": setup_s + first_call_s, "load_s": load_s,
-        "peak_mem_mb": peak_memory_mb(device), "n_params": count_params(fn if hasattr(fn, "graph") else None, model),
+        "peak_mem_mb": peak_memory_mb(device), "weights_loaded": "rank shard" if sharded_load else "full model",
+        "n_params": count_params(fn if hasattr(fn, "graph") else None, None if sharded_load else model),
         "pass_records": json.dumps(_records(records)),
     }
 
