@@ -84,6 +84,15 @@ def _run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
     return {"status": "error", "error": why + (f"\n--- last output ---\n{out}" if out else "")}
 
 
+def compute_dtype(run: ResolvedRun) -> str:
+    """The dtype the run computes in: the load dtype, or the last cast_dtype pass's (e.g. bfloat16)."""
+    dtype = run.dtype
+    for spec in run.passes:
+        if isinstance(spec, dict) and spec.get("name") == "cast_dtype":
+            dtype = spec.get("dtype", "bfloat16")
+    return dtype
+
+
 def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, ref_row: dict | None,
              started_at: str, wall_s: float) -> dict:
     row = {c: None for c in COLUMNS}
@@ -91,7 +100,7 @@ def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, 
         "order": order, "run": run.name, "run_key": run.key, "is_reference": run.is_reference,
         "capture": run.capture, "passes": run.passes_label(), "compiler": run.compiler,
         "scoring": run.scoring.strategy + (json.dumps(run.scoring.options, sort_keys=True) if run.scoring.options else ""),
-        "dtype": run.dtype, "device": cfg.device, "world_size": cfg.world_size,
+        "dtype": compute_dtype(run), "device": cfg.device, "world_size": cfg.world_size,
         "started_at": started_at, "finished_at": _now(), "wall_s": wall_s,
         "config": json.dumps(run.config, sort_keys=True, default=str),
     })
