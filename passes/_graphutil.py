@@ -81,29 +81,25 @@ def parameter_targets(gm: GraphModule) -> set[str]:
     return {name for name, _ in gm.named_parameters(remove_duplicate=False)}
 
 
-def param_count(gm: GraphModule) -> int:
-    """Parameters the graph still uses (unique tensors reached by get_attr nodes)."""
-    seen, total = set(), 0
+def used_params(gm: GraphModule) -> list[torch.Tensor]:
+    """The parameters the graph still reads (unique tensors reached by get_attr nodes)."""
+    seen, out = set(), []
     params = parameter_targets(gm)
     for n in gm.graph.nodes:
         if n.op == "get_attr" and n.target in params:
             t = attr(gm, n.target)
             if id(t) not in seen:
                 seen.add(id(t))
-                total += t.numel()
-    return total
+                out.append(t)
+    return out
+
+
+def param_count(gm: GraphModule) -> int:
+    return sum(t.numel() for t in used_params(gm))
 
 
 def param_bytes(gm: GraphModule) -> int:
-    seen, total = set(), 0
-    params = parameter_targets(gm)
-    for n in gm.graph.nodes:
-        if n.op == "get_attr" and n.target in params:
-            t = attr(gm, n.target)
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-    return total
+    return sum(t.numel() * t.element_size() for t in used_params(gm))
 
 
 def set_val(gm: GraphModule, node: Node) -> None:
