@@ -10,7 +10,6 @@ all-reduces go through loopback TCP. The analytic table is what matters for 4 x 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 

@@ -20,7 +20,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from passes._graphutil import (ASSERT_META, EMBEDDING, LINEAR, attr, param_bytes, propagate_vals, record_pass, set_attr,
+from passes._graphutil import (ASSERT_META, EMBEDDING, LINEAR, attr, param_bytes, record_pass, set_attr,
                                set_val, val, aten)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

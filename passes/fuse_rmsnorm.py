@@ -65,7 +65,7 @@ def fuse_rmsnorm(gm, ctx):
         m = match_rms_norm(node)
         if m is None or not _defined_before(m["weight"], m["out"]):
             continue
-        x, xf, weight, eps, out = m["x"], m["xf"], m["weight"], m["eps"], m["out"]
+        x, weight, eps, out = m["x"], m["weight"], m["eps"], m["out"]
         if ctx.options.get("fuse_residual") and _residual_ok(m):
             a, b = x.args
             fused = insert_call(gm, x, torch.ops.graphopt.add_rms_norm.default, (a, b, weight, eps), mode=mode)

@@ -23,7 +23,7 @@ import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.*)
 from graphopt.distributed.collectives import ALL_REDUCE, WAIT, insert_all_gather_last_dim, insert_all_reduce
 from graphopt.distributed.plan import checkpoint_key, head_layout, shard_slice
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from passes._graphutil import (ASSERT_META, EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE, SQUEEZE, attr,
+from passes._graphutil import (EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE, attr,
                                param_bytes, propagate_vals, set_attr)
 
 aten = torch.ops.aten
@@ -140,7 +140,7 @@ def _vocab_parallel_logprob(gm: GraphModule, head: Node, rank: int, v_local: int
             if u.target == torch.ops.graphopt.logprob.default:
                 with g.inserting_before(u):
                     tgt = g.call_function(aten.unsqueeze.default, (u.args[1], -1))
-                out = _replace_logprob(g, u.args[0], u, tgt, rank, v_local, group, squeeze=True)
+                _replace_logprob(g, u.args[0], u, tgt, rank, v_local, group, squeeze=True)
                 done += 1
                 continue
             todo.append(u)

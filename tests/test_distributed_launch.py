@@ -6,11 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from graphopt.checkpoints.save import save_meta_checkpoint
 from graphopt.distributed.launch import LaunchError, launch
-from graphopt.model.args import ModelArgs
 from tests import _dist_workers as W
 
 TOL = 1e-5

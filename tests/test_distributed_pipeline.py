@@ -11,7 +11,6 @@ import torch
 from graphopt.distributed.launch import launch
 from graphopt.distributed.pipeline_run import StagePlan, micro_batches, run_pipeline
 from graphopt.pipeline import PassContext, PassError, run_passes
-from passes.pipeline_split import split_stages
 from tests import _dist_workers as W
 
 TOL = 1e-5

@@ -107,28 +107,14 @@ def count_params(*modules) -> int:
     return 0
 
 
-def score_all(fn, batches, n_requests: int, progress=None):
-    import torch
-    from graphopt.scoring.batch import sum_by_owner
-
-    total = torch.zeros(n_requests, dtype=torch.float64)
-    with torch.no_grad():
-        for b in batches:
-            out = fn(*b.model_inputs())  # [N]
-            total += sum_by_owner(out, b.owners, n_requests)
-            if progress is not None:
-                progress.update(1)
-    return total.numpy()
-
-
 def measure(spec: dict, rank: int = 0) -> dict:
     import torch
-    from tqdm import tqdm
 
     from graphopt.checkpoints import load_model, load_model_structure
     from graphopt.data import load_hellaswag
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
     from graphopt.scoring.batch import ScoreModule
+    from graphopt.scoring.evaluate import score_requests
     from graphopt.scoring.metrics import choice_metrics
     from graphopt.scoring.requests import build_requests
     from graphopt.scoring.strategies import build_batches
@@ -175,13 +161,11 @@ def measure(spec: dict, rank: int = 0) -> dict:
                 _, t = timed(lambda: fn(*b.model_inputs()), device)
                 first_call_s += t
     for _ in range(exp["warmup"]):
-        score_all(fn, batches, n_req)
+        score_requests(fn, batches, n_req, progress=False, device=device)
     times, loglik = [], None
     for i in range(exp["repeats"]):
-        bar = tqdm(total=len(batches), desc=f"  {run['name']} [{i + 1}/{exp['repeats']}]", unit="batch",
-                   leave=False, disable=not show, file=sys.stderr)
-        loglik, t = timed(lambda: score_all(fn, batches, n_req, bar), device)
-        bar.close()
+        desc = f"  {run['name']} [{i + 1}/{exp['repeats']}]"
+        loglik, t = timed(lambda: score_requests(fn, batches, n_req, show, device, desc).numpy(), device)
         times.append(t)
     sync(device)
     assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"

@@ -21,7 +21,7 @@ def _sync(device) -> None:
 
 
 def score_requests(fn: Callable[..., Tensor], batches: Sequence[ScoreBatch], n_requests: int,
-                   progress: bool = True, device="cpu") -> Tensor:
+                   progress: bool = True, device="cpu", desc: str = "scoring") -> Tensor:
     """Log-likelihood of every request, float64 [n_requests].
 
     fn(input_ids, positions, mask, score_idx, targets) -> [N] token log-probs (a ScoreModule, its
@@ -30,7 +30,7 @@ def score_requests(fn: Callable[..., Tensor], batches: Sequence[ScoreBatch], n_r
     """
     total = torch.zeros(n_requests, dtype=torch.float64)
     seen = torch.zeros(n_requests, dtype=torch.bool)
-    with torch.inference_mode(), tqdm(total=n_requests, unit="req", desc="scoring", disable=not progress,
+    with torch.inference_mode(), tqdm(total=n_requests, unit="req", desc=desc, disable=not progress,
                                       leave=False) as bar:
         for batch in batches:
             token_logprobs = fn(*batch.to(device).model_inputs())  # [N]
