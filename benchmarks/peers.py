@@ -18,6 +18,7 @@ import torch
 
 import graphopt
 from graphopt.capture import capture
+from graphopt.compilers import compile_for
 from graphopt.pipeline import PassContext, run_passes
 from graphopt.scoring import ScoreModule, build_batches, build_requests, choice_metrics, score_requests
 
@@ -35,14 +36,14 @@ def timed(fn, batches, n_requests, repeats: int) -> tuple[torch.Tensor, float]:
     return loglik, statistics.median(times)
 
 
-def optimised_graph(model, batches, passes, then: str):
-    """Capture ScoreModule(model) once (dynamic shapes), run the passes; optionally inductor."""
+def optimised_graph(model, batches, passes, compiler: str):
+    """Capture ScoreModule(model) once (dynamic shapes), run the passes, compile as `compiler` names
+    (graphopt.compilers: none | inductor | inductor-frozen)."""
     t0 = time.perf_counter()
     example = batches[0].model_inputs()
     gm = capture(ScoreModule(model), example)
     gm, _ = run_passes(gm, passes, PassContext(example_inputs=example))
-    fn = torch.compile(gm, dynamic=True) if then == "inductor" else gm
-    return fn, time.perf_counter() - t0
+    return compile_for(gm, compiler, dynamic=True), time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -51,8 +52,10 @@ def main(argv=None) -> int:
     p.add_argument("--questions", type=int, default=200, help="synthetic HellaSwag-format questions")
     p.add_argument("--repeats", type=int, default=1, help="timed repeats per peer (median reported)")
     p.add_argument("--hf-batch-size", type=int, default=8)
-    p.add_argument("--row-len", type=int, default=256, help="packed row length for graphopt's layout")
-    p.add_argument("--skip", default="", help="comma list of peers to skip: hf,compile,inductor")
+    p.add_argument("--row-len", type=int, default=128, help="packed row length for graphopt's layout")
+    p.add_argument("--max-tokens", type=int, default=512, help="tokens per graphopt batch (rows x row length)")
+    p.add_argument("--skip", default="", help="comma list of peers to skip: hf,compile,inductor "
+                   "(graphopt's inductor rows)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -71,10 +74,11 @@ def main(argv=None) -> int:
     results = []  # (name, seconds, compile_s, loglik)
 
     def record(name, fn, batches, compile_s=0.0, warmup=True):
-        if warmup:  # one untimed pass so compile/first-call costs stay out of run time
+        if warmup:  # untimed calls on a few shapes so compile/first-call costs stay out of run time
             t0 = time.perf_counter()
             with torch.inference_mode():
-                fn(*batches[0].model_inputs())
+                for b in batches[:3]:
+                    fn(*b.model_inputs())
             compile_s += time.perf_counter() - t0
         loglik, seconds = timed(fn, batches, R, args.repeats)
         results.append((name, seconds, compile_s, loglik))
@@ -102,15 +106,14 @@ def main(argv=None) -> int:
         record(f"plain torch.compile fp32 (padded bs {args.hf_batch_size})", compiled, padded,
                time.perf_counter() - t0, warmup=False)
 
-    packed = build_batches(requests, "packed", row_len=args.row_len, max_tokens=args.row_len)
-    fn, cs = optimised_graph(model, packed, FIDELITY_PASSES, "eager")
-    record("graphopt fp32: packed shared-prefix + fidelity passes (FX)", fn, packed, cs)
+    packed = build_batches(requests, "packed", row_len=args.row_len, max_tokens=args.max_tokens)
     bf16 = FIDELITY_PASSES + [("cast_dtype", {"dtype": "bfloat16"})]
-    fn, cs = optimised_graph(model, packed, bf16, "eager")
-    record("graphopt bf16: packed shared-prefix + fidelity passes + cast_dtype (FX)", fn, packed, cs)
-    if "inductor" not in skip:
-        fn, cs = optimised_graph(model, packed, bf16, "inductor")
-        record("graphopt bf16 + inductor", fn, packed, cs)
+    compilers = ["none"] + ([] if "inductor" in skip else ["inductor", "inductor-frozen"])
+    for dtype, passes in (("fp32", FIDELITY_PASSES), ("bf16", bf16)):
+        for compiler in compilers:
+            fn, cs = optimised_graph(model, packed, passes, compiler)
+            record(f"graphopt {dtype}: packed shared-prefix + fidelity passes"
+                   f"{' + cast_dtype' if dtype == 'bf16' else ''}, compiler {compiler}", fn, packed, cs)
 
     ref_ll = results[0][3]
     ref_choices = choice_metrics(rows, requests, ref_ll)

@@ -4,7 +4,8 @@
 
 Dynamo's graph is normalised to the export IR (graphopt.capture.normalise_dynamo_graph: weights become
 parameters, symbolic sizes become shared Dims), the passes run (graphopt.pipeline.run_passes), then
-the result goes to inductor (compile_fx) or runs as the FX graph ("eager"). `fn.records` holds the
+the result goes to inductor (compile_fx; "inductor-frozen" folds the weights in as constants, see
+graphopt.compilers) or runs as the FX graph ("eager"). `fn.records` holds the
 pass records of the last compilation, `fn.graphs` every optimised GraphModule, `fn.compiles` the count.
 """
 from __future__ import annotations
@@ -16,14 +17,17 @@ from torch.fx import GraphModule
 from torch.fx.graph import CodeGen
 
 from graphopt.capture import normalise_dynamo_graph
+from graphopt.compilers import inductor_options
 from graphopt.pipeline import PassContext, run_passes
+
+THEN = ("inductor", "inductor-frozen", "eager")
 
 
 def backend(passes=(), then: str = "inductor", ctx: PassContext | None = None, verify: bool = False,
             atol: float = 1e-4):
     """-> a torch.compile backend `fn(gm, example_inputs) -> callable` running `passes` then `then`."""
-    if then not in ("inductor", "eager"):
-        raise ValueError(f"backend then= must be 'inductor' or 'eager', got {then!r}")
+    if then not in THEN:
+        raise ValueError(f"backend then= must be one of {', '.join(THEN)}, got {then!r}")
     passes = list(passes)
 
     def compile_graph(gm: GraphModule, example_inputs):
@@ -38,12 +42,14 @@ def backend(passes=(), then: str = "inductor", ctx: PassContext | None = None, v
             base = ctx or PassContext()
             pass_ctx = PassContext(user_inputs, base.model_args, base.rank, base.world_size)
             optimised, records = run_passes(norm.gm, passes, pass_ctx, verify=verify, atol=atol)
-            if then == "inductor":
+            if then != "eager":
+                from torch._inductor import config as inductor_config
                 from torch._inductor.compile_fx import compile_fx
                 flat = flat_graph(optimised)
                 # the placeholders' fake values carry export's symbolic B/T/N: inductor compiles dynamic
                 fakes = [n.meta["val"] for n in flat.graph.nodes if n.op == "placeholder"]
-                run = compile_fx(flat, fakes)
+                with inductor_config.patch(inductor_options(then)):
+                    run = compile_fx(flat, fakes)
             else:
                 run = optimised
             compile_graph.records = records

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
+from graphopt.compilers import COMPILERS
+
 CAPTURES = ("none", "export", "dynamo")  # none = eager module
-COMPILERS = ("none", "inductor", "eager-fx")
 SWEEP_MODES = ("listed", "ablation", "cumulative", "powerset")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")

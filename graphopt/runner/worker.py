@@ -40,9 +40,8 @@ def build_sharded_graph(model_dir: str, module, example_inputs, run: dict, model
                         rank: int, device):
     """module is ScoreModule of a meta-device model: capture, run the passes (tensor_parallel among
     them) on weightless tensors, then fill this rank's weights from the checkpoint."""
-    import torch
-
     from graphopt.capture import capture as capture_graph
+    from graphopt.compilers import compile_for
     from graphopt.distributed.load_shard import load_shard, retarget_device
     from graphopt.pipeline import PassContext, run_passes
 
@@ -51,27 +50,23 @@ def build_sharded_graph(model_dir: str, module, example_inputs, run: dict, model
     gm, records = run_passes(gm, run["passes"], PassContext((), model_args, rank, world_size))
     load_shard(gm, model_dir, rank, world_size, model_args)
     gm = gm.to(device)
-    if run["compiler"] == "inductor":
-        return torch.compile(gm, backend="inductor"), records
-    return gm, records
+    return compile_for(gm, run["compiler"]), records
 
 
 def build_callable(module, example_inputs, run: dict, model_args, world_size: int, rank: int = 0):
     """-> (fn(*batch.model_inputs()) -> [N] logprobs, pass records as dicts)."""
     import torch
 
+    from graphopt.compilers import compile_for
+
     capture, compiler, passes = run["capture"], run["compiler"], run["passes"]
     if capture == "none":
         assert not passes, "passes need capture: export or dynamo"
-        if compiler == "inductor":
-            return torch.compile(module, backend="inductor"), []
-        if compiler == "eager-fx":
-            return torch.compile(module, backend="eager"), []
-        return module, []
+        return compile_for(module, compiler), []
     if capture == "dynamo":
         from graphopt.backend import backend
         from graphopt.pipeline import PassContext
-        then = "inductor" if compiler == "inductor" else "eager"
+        then = compiler if compiler in ("inductor", "inductor-frozen") else "eager"
         ctx = PassContext((), model_args, rank, world_size)
         be = backend(passes=passes, then=then, ctx=ctx)
         return torch.compile(module, backend=be), be  # be.records is filled on the first call
@@ -80,9 +75,7 @@ def build_callable(module, example_inputs, run: dict, model_args, world_size: in
 
     gm = capture_graph(module, example_inputs, method="export")
     gm, records = run_passes(gm, passes, PassContext(example_inputs, model_args, rank, world_size))
-    if compiler == "inductor":
-        return torch.compile(gm, backend="inductor"), records
-    return gm, records
+    return compile_for(gm, compiler), records
 
 
 def _records(records) -> list[dict]:
