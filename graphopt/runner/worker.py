@@ -100,6 +100,24 @@ def count_params(*modules) -> int:
     return 0
 
 
+def first_calls(fn, batches, device) -> tuple[float, int]:
+    """Compile / warm up: call fn once on each distinct input shape -> (seconds, number of shapes).
+    Runs under inference_mode, as score_requests does: dynamo guards on the grad mode, so warming up
+    under another mode would leave the recompilation to the timed passes."""
+    import torch
+
+    from graphopt.runner.timing import timed
+
+    seconds, seen = 0.0, set()
+    with torch.inference_mode():
+        for b in batches:
+            shape = tuple(tuple(t.shape) for t in b.model_inputs())
+            if shape not in seen:
+                seen.add(shape)
+                seconds += timed(lambda: fn(*b.model_inputs()), device)[1]
+    return seconds, len(seen)
+
+
 def measure(spec: dict, rank: int = 0) -> dict:
     import torch
 
@@ -144,15 +162,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
     else:
         (fn, records), setup_s = timed(lambda: build_callable(module, example, run, getattr(model, "args", None),
                                                               exp["world_size"], rank), device)
-    # compile / warm-up: the first call on each distinct input shape
-    first_call_s, seen = 0.0, set()
-    with torch.no_grad():
-        for b in batches:
-            shape = tuple(tuple(t.shape) for t in b.model_inputs())
-            if shape not in seen:
-                seen.add(shape)
-                _, t = timed(lambda: fn(*b.model_inputs()), device)
-                first_call_s += t
+    first_call_s, n_shapes = first_calls(fn, batches, device)
     for _ in range(exp["warmup"]):
         score_requests(fn, batches, n_req, progress=False, device=device)
     times, loglik = [], None
@@ -178,7 +188,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
     return {
         "status": "ok", "error": "",
         "n_items": len(rows), "n_requests": n_req, "n_tokens": n_tokens, "n_batches": len(batches),
-        "n_shapes": len(seen),
+        "n_shapes": n_shapes,
         "acc": float(metrics["acc"]), "acc_norm": float(metrics["acc_norm"]),
         "agree": agree, "max_abs_dloglik": max_d,
         "latency_s": latency, "latency_min_s": float(min(times)),
