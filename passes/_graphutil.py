@@ -14,6 +14,7 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
+from graphopt.graph_attrs import attr, set_attr  # noqa: F401  (re-exported for the passes)
 from graphopt.pipeline import PassError
 
 aten = torch.ops.aten
@@ -56,27 +57,6 @@ def fake_mode(gm: GraphModule):
     return torch._guards.detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
 
 
-def attr(gm: GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def set_attr(gm: GraphModule, target: str, tensor: torch.Tensor) -> None:
-    """Replace the parameter/buffer at `target` (dotted) by `tensor`, keeping its kind."""
-    *path, leaf = target.split(".")
-    owner = gm
-    for part in path:
-        owner = getattr(owner, part)
-    if leaf in owner._parameters:
-        owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=False)
-    elif leaf in owner._buffers:
-        owner._buffers[leaf] = tensor
-    else:
-        setattr(owner, leaf, tensor)
-
-
 def parameter_targets(gm: GraphModule) -> set[str]:
     return {name for name, _ in gm.named_parameters(remove_duplicate=False)}
 
@@ -102,10 +82,11 @@ def param_bytes(gm: GraphModule) -> int:
     return sum(t.numel() * t.element_size() for t in used_params(gm))
 
 
-def set_val(gm: GraphModule, node: Node) -> None:
+def set_val(gm: GraphModule, node: Node, mode=None) -> None:
     """Fill node.meta['val'] by running its target on the fake values of its inputs (no-op when the
-    graph carries no fake values, e.g. a symbolic_trace graph)."""
-    mode = fake_mode(gm)
+    graph carries no fake values, e.g. a symbolic_trace graph). `mode`: the graph's fake mode, when
+    the caller already has it."""
+    mode = mode or fake_mode(gm)
     if mode is None:
         return
     if node.op == "get_attr":

@@ -15,6 +15,9 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
+from graphopt.graph_attrs import attr
+from passes._graphutil import fake_mode, set_val, val  # noqa: F401  (re-exported for the passes)
+
 aten = torch.ops.aten
 ASSERT_META = {aten._assert_tensor_metadata.default}
 CAST = {aten.to.dtype, aten.type_as.default, aten._to_copy.default}
@@ -39,11 +42,6 @@ def strip_float(node: Node) -> Node:
     if is_op(node, aten.to.dtype) and len(node.args) >= 2 and node.args[1] == torch.float32:
         return node.args[0]
     return node
-
-
-def val(node) -> torch.Tensor | None:
-    v = node.meta.get("val") if isinstance(node, Node) else None
-    return v if isinstance(v, torch.Tensor) else None
 
 
 def other_arg(node: Node, known) -> object | None:
@@ -83,45 +81,7 @@ def cast_target_dtype(node: Node) -> torch.dtype | None:
     return v.dtype if v is not None and is_op(node, aten._to_copy.default) else None
 
 
-# --------------------------------------------------------------------------------- fake values
-
-def fake_mode(gm: GraphModule):
-    vals = [n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
-    return torch._guards.detect_fake_mode(vals) if vals else None
-
-
-def set_val(gm: GraphModule, node: Node, mode=None) -> None:
-    """Fill node.meta["val"] by running its target on its inputs' fake values (no-op without them)."""
-    mode = mode or fake_mode(gm)
-    if mode is None:
-        return
-    if node.op == "get_attr":
-        node.meta["val"] = mode.from_tensor(get_attr(gm, node.target), static_shapes=True)
-        return
-    missing = []
-
-    def to_val(a):
-        if isinstance(a, Node):
-            if "val" not in a.meta:
-                missing.append(a)
-            return a.meta.get("val")
-        return a
-    args = torch.fx.node.map_aggregate(node.args, to_val)
-    kwargs = torch.fx.node.map_aggregate(node.kwargs, to_val)
-    if missing:
-        return
-    with mode:
-        node.meta["val"] = node.target(*args, **kwargs)
-
-
 # --------------------------------------------------------------------------------- attributes
-
-def get_attr(gm: GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
 
 def add_parameter(gm: GraphModule, owner: str, name: str, tensor: torch.Tensor) -> str:
     """Register `tensor` as a parameter `name` of submodule `owner` (a unique name); returns its target."""
@@ -232,13 +192,26 @@ def find_linear_groups(gm: GraphModule, roles: dict[str, tuple[str, ...]]) -> li
     return groups
 
 
+def merge_linear_groups(gm: GraphModule, roles: dict, name: str) -> tuple[bool, dict]:
+    """Every group of linears sharing an input (find_linear_groups(gm, roles)) -> one merged linear
+    `<name>_weight` + split; dead nodes and the old weights removed. -> (modified, stats)."""
+    old = []
+    groups = find_linear_groups(gm, roles)
+    for group in groups:
+        old += merge_linears(gm, group, name)
+    if groups:
+        remove_dead(gm)
+        delete_unused_attrs(gm, old)
+    return bool(groups), {"matches": len(groups)}
+
+
 def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
     """Replace linears on one input by one linear on the concatenated weights (and biases) followed by
     a split on the last dim; the new weight is registered next to the old ones as `<name>_weight`.
     Returns the old attribute targets (delete them with delete_unused_attrs once all groups ran)."""
     parts = [linear_parts(gm, n) for n in group]
     x = parts[0][0]
-    weights = [get_attr(gm, p[1]) for p in parts]  # each [out_i, in]
+    weights = [attr(gm, p[1]) for p in parts]  # each [out_i, in]
     assert len({w.shape[1] for w in weights}) == 1, [tuple(w.shape) for w in weights]
     sizes = [w.shape[0] for w in weights]
     owner = parts[0][1].rpartition(".")[0].rpartition(".")[0]  # ...attention
@@ -250,7 +223,7 @@ def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
     set_val(gm, w_node, mode)
     args = [x, w_node]
     if parts[0][2] is not None:
-        b_target = add_parameter(gm, owner, f"{name}_bias", torch.cat([get_attr(gm, p[2]).detach() for p in parts], 0))
+        b_target = add_parameter(gm, owner, f"{name}_bias", torch.cat([attr(gm, p[2]).detach() for p in parts], 0))
         with gm.graph.inserting_before(first):
             b_node = gm.graph.get_attr(b_target)
         set_val(gm, b_node, mode)

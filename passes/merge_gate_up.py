@@ -6,18 +6,12 @@ The merged weight is registered as <feed_forward>.w13_weight; the old weights ar
 from __future__ import annotations
 
 from graphopt.pipeline import PassResult, register_pass
-from passes._match import delete_unused_attrs, find_linear_groups, merge_linears, remove_dead
+from passes._match import merge_linear_groups
 
 ROLES = {"gate": ("w1", "gate_proj"), "up": ("w3", "up_proj")}
 
 
 @register_pass("merge_gate_up", "FFN gate (w1) and up (w3) linears sharing an input -> one linear + split")
 def merge_gate_up(gm, ctx):
-    old = []
-    groups = find_linear_groups(gm, ROLES)
-    for group in groups:
-        old += merge_linears(gm, group, "w13")
-    if groups:
-        remove_dead(gm)
-        delete_unused_attrs(gm, old)
-    return PassResult(gm, bool(groups), {"matches": len(groups)})
+    modified, stats = merge_linear_groups(gm, ROLES, "w13")
+    return PassResult(gm, modified, stats)

@@ -8,18 +8,12 @@ deleted from the module once nothing reads them. GQA: the split sizes are the we
 from __future__ import annotations
 
 from graphopt.pipeline import PassResult, register_pass
-from passes._match import delete_unused_attrs, find_linear_groups, merge_linears, remove_dead
+from passes._match import merge_linear_groups
 
 ROLES = {"q": ("wq", "q_proj"), "k": ("wk", "k_proj"), "v": ("wv", "v_proj")}
 
 
 @register_pass("merge_qkv", "wq/wk/wv linears sharing an input -> one linear on concatenated weights + split")
 def merge_qkv(gm, ctx):
-    old = []
-    groups = find_linear_groups(gm, ROLES)
-    for group in groups:
-        old += merge_linears(gm, group, "wqkv")
-    if groups:
-        remove_dead(gm)
-        delete_unused_attrs(gm, old)
-    return PassResult(gm, bool(groups), {"matches": len(groups)})
+    modified, stats = merge_linear_groups(gm, ROLES, "wqkv")
+    return PassResult(gm, modified, stats)

@@ -22,6 +22,16 @@ def score_inputs(B, T, N, vocab=512, seed=0):
     return ids, pos, mask, score_idx, targets
 
 
+def distinct_score_inputs(B, T, N, vocab=512, seed=0):
+    """As score_inputs, but the N scored positions are distinct (as a real layout's are)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T), generator=g)
+    pos = torch.arange(T).expand(B, T).contiguous()
+    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
+    idx = torch.randperm(B * T, generator=g)[:N]
+    return ids, pos, mask, idx, torch.randint(0, vocab, (N,), generator=g)
+
+
 def score_module(preset):
     return ScoreModule(init_random_weights(Transformer(ModelArgs.from_name(preset)))).eval()
 

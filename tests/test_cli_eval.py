@@ -6,20 +6,10 @@ import json
 import re
 
 import pytest
-import torch
 
 from graphopt.cli import main
 from graphopt.data import load_hellaswag
 from graphopt.data.synthetic import synthetic_raw
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from intra-op threads, and on a loaded 2-core box they spin-wait 10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _printed(out: str, name: str) -> str:

@@ -14,25 +14,17 @@ from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pipeline import PassContext, PassError, run_passes
 from graphopt.scoring.batch import ScoreModule
+from tests.test_capture import distinct_score_inputs
 
 ATOL = 1e-5
 _CAPTURED = {}
-
-
-def _inputs(B, T, N, vocab=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (B, T), generator=g)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    idx = torch.randperm(B * T, generator=g)[:N]
-    return ids, pos, mask, idx, torch.randint(0, vocab, (N,), generator=g)
 
 
 def _setup(preset):
     if preset not in _CAPTURED:
         args = ModelArgs.from_name(preset)
         model = init_random_weights(Transformer(args)).eval()
-        inputs = _inputs(2, 8, 5)
+        inputs = distinct_score_inputs(2, 8, 5)
         _CAPTURED[preset] = (args, model, inputs, capture(ScoreModule(model), inputs, method="export"))
     args, model, inputs, gm = _CAPTURED[preset]
     return args, model, inputs, copy.deepcopy(gm)
@@ -68,7 +60,7 @@ def _silenced(model, args, ffn_ratio=0.0, head_ratio=0.0):
 def _check(gm, reference, shapes=((2, 8, 5), (3, 11, 9))):
     with torch.no_grad():
         for B, T, N in shapes:  # example shape and another one: the rewritten views stay dynamic in B, T
-            inputs = _inputs(B, T, N, seed=B + T)
+            inputs = distinct_score_inputs(B, T, N, seed=B + T)
             torch.testing.assert_close(gm(*inputs), reference(*inputs), atol=ATOL, rtol=0)
 
 

@@ -13,20 +13,10 @@ from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pipeline import PassContext, PassError, run_passes
 from graphopt.scoring.batch import ScoreModule
+from tests.test_capture import distinct_score_inputs
 
 ATOL = 1e-5
 aten = torch.ops.aten
-
-
-def _inputs(B, T, N, vocab=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (B, T), generator=g)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    idx = torch.randperm(B * T, generator=g)[:N]
-    return ids, pos, mask, idx, torch.randint(0, vocab, (N,), generator=g)
-
-
 _CAPTURED = {}
 
 
@@ -36,7 +26,7 @@ def _setup(preset):
     if preset not in _CAPTURED:
         args = ModelArgs.from_name(preset)
         score = ScoreModule(init_random_weights(Transformer(args)).eval())
-        inputs = _inputs(2, 8, 5)
+        inputs = distinct_score_inputs(2, 8, 5)
         _CAPTURED[preset] = (args, score, inputs, capture(score, inputs, method="export"))
     return _CAPTURED[preset]
 
@@ -63,7 +53,7 @@ def _head_linears(gm):
 def _check_same(gm, score, shapes=((2, 8, 5), (3, 11, 9))):
     with torch.no_grad():
         for B, T, N in shapes:  # the example shape and another one (dynamic B, T, N)
-            inputs = _inputs(B, T, N, seed=B * 100 + T)
+            inputs = distinct_score_inputs(B, T, N, seed=B * 100 + T)
             torch.testing.assert_close(gm(*inputs), score(*inputs), atol=ATOL, rtol=0)
 
 
@@ -84,7 +74,7 @@ def test_prune_lm_head_computes_head_only_at_scored_positions(setup):
     # the real run: the head sees N rows
     seen = []
     with torch.no_grad():
-        inputs = _inputs(2, 8, 5)
+        inputs = distinct_score_inputs(2, 8, 5)
         interp = torch.fx.Interpreter(gm)
         orig = interp.run_node
 
@@ -176,7 +166,7 @@ class _AllPositions(nn.Module):
 @pytest.mark.parametrize("wrapper", [_HiddenOnly, _AllPositions])
 def test_graph_without_pattern_is_unchanged(setup, wrapper):
     module = wrapper(setup[1].model)
-    inputs = _inputs(2, 8, 5)[:3]
+    inputs = distinct_score_inputs(2, 8, 5)[:3]
     gm = capture(module, inputs, method="export", dynamic=False)
     code = gm.code
     with torch.no_grad():

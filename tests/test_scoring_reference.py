@@ -17,15 +17,6 @@ from graphopt.scoring.requests import encode_pair
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from intra-op threads, and on a loaded 2-core box they spin-wait 10x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     args = ModelArgs.from_name("tiny-gqa")

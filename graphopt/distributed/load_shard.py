@@ -24,6 +24,7 @@ from torch.fx import GraphModule
 
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.checkpoints.meta import load_pth, meta_shard_paths, meta_split_dim
+from graphopt.graph_attrs import owner_and_leaf, set_attr
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import rope_tables
 
@@ -105,14 +106,6 @@ def _narrow(t: Tensor, piece: Piece) -> Tensor:
     return t if piece is None else t.narrow(piece[0], piece[1], piece[2] - piece[1])
 
 
-def _owner_and_leaf(gm: GraphModule, target: str):
-    *path, leaf = target.split(".")
-    owner = gm
-    for part in path:
-        owner = getattr(owner, part)
-    return owner, leaf
-
-
 def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int, args: ModelArgs) -> dict:
     """Fill every parameter/buffer that gm's get_attr nodes read with this rank's slice (as recorded
     by the tensor_parallel pass in gm.meta["tp_shards"]; unrecorded ones in full). Returns stats:
@@ -128,7 +121,7 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
     tied = not src.has("output.weight")
     total, n = 0, 0
     for target in sorted({nd.target for nd in gm.graph.nodes if nd.op == "get_attr"}):
-        owner, leaf = _owner_and_leaf(gm, target)
+        owner, leaf = owner_and_leaf(gm, target)
         cur = getattr(owner, leaf)
         if not isinstance(cur, Tensor):
             continue
@@ -149,12 +142,7 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
             raise CheckpointError(f"{ckpt}: {target!r} for rank {rank}/{world_size} has shape {list(new.shape)}, "
                                   f"the graph expects {list(cur.shape)} (params.json / world size mismatch?)")
         new = new.to(cur.dtype) if new.dtype != cur.dtype else new
-        if leaf in owner._parameters:
-            owner._parameters[leaf] = torch.nn.Parameter(new, requires_grad=False)
-        elif leaf in owner._buffers:
-            owner._buffers[leaf] = new
-        else:
-            setattr(owner, leaf, new)
+        set_attr(gm, target, new)
         total += new.numel() * new.element_size()
         n += 1
     return {"files_opened": list(src.opened), "bytes_loaded": total, "tensors": n}
