@@ -84,31 +84,42 @@ class _Sharder:
         self.gm.meta.setdefault("tp_shards", {})[target] = list(zip(keys, pieces))
 
 
-def _fix_heads(start: Node, old: int, new: int, old_rep: int, new_rep: int, head_dim: int) -> int:
-    """Walk forward from a q/k/v projection to the attention matmul; in view/reshape shapes replace
-    the head count `old` by `new` (the entry followed by head_dim, head_dim/2 or -1) and set
-    repeat_interleave's repeats to new_rep. Returns how many nodes changed."""
-    changed, seen, todo = 0, set(), [start]
+def _walk_users(start: Node, visit) -> None:
+    """Depth-first over the call_function nodes downstream of start, each once: visit(parent, node)
+    returns True to go on below node."""
+    seen, todo = set(), [start]
     while todo:
         n = todo.pop()
         for u in list(n.users):
             if u in seen or u.op != "call_function":
                 continue
             seen.add(u)
-            if u.target in _ATTN_STOP:
-                continue
-            if u.target in RESHAPE and u.args[0] is n:
-                shape = list(u.args[1])
-                idx = [i for i in range(len(shape) - 1)
-                       if shape[i] == old and shape[i + 1] in (head_dim, head_dim // 2, -1)]
-                if idx and old != new:
-                    shape[idx[-1]] = new
-                    u.args = (u.args[0], shape, *u.args[2:])
-                    changed += 1
-            if u.target == aten.repeat_interleave.self_int and u.args[1] == old_rep and old_rep != new_rep:
-                u.args = (u.args[0], new_rep, *u.args[2:])
+            if visit(n, u):
+                todo.append(u)
+
+
+def _fix_heads(start: Node, old: int, new: int, old_rep: int, new_rep: int, head_dim: int) -> int:
+    """Walk forward from a q/k/v projection to the attention matmul; in view/reshape shapes replace
+    the head count `old` by `new` (the entry followed by head_dim, head_dim/2 or -1) and set
+    repeat_interleave's repeats to new_rep. Returns how many nodes changed."""
+    changed = 0
+
+    def visit(n: Node, u: Node) -> bool:
+        nonlocal changed
+        if u.target in _ATTN_STOP:
+            return False
+        if u.target in RESHAPE and u.args[0] is n:
+            shape = list(u.args[1])
+            idx = [i for i in range(len(shape) - 1) if shape[i] == old and shape[i + 1] in (head_dim, head_dim // 2, -1)]
+            if idx and old != new:
+                shape[idx[-1]] = new
+                u.args = (u.args[0], shape, *u.args[2:])
                 changed += 1
-            todo.append(u)
+        if u.target == aten.repeat_interleave.self_int and u.args[1] == old_rep and old_rep != new_rep:
+            u.args = (u.args[0], new_rep, *u.args[2:])
+            changed += 1
+        return True
+    _walk_users(start, visit)
     return changed
 
 
@@ -119,31 +130,29 @@ def _redirect_after(graph, node: Node, new: Node) -> None:
 def _vocab_parallel_logprob(gm: GraphModule, head: Node, rank: int, v_local: int, vocab: int, group: str) -> int:
     """Below the vocab-sharded LM head: reshape(-1, V) -> V_local, and log_softmax + gather(target)
     -> distributed log-sum-exp. Returns how many log-prob sites were rewritten."""
-    g, done, todo, seen = gm.graph, 0, [head], set()
-    while todo:
-        n = todo.pop()
-        for u in list(n.users):
-            if u in seen or u.op != "call_function":
-                continue
-            seen.add(u)
-            if u.target in RESHAPE:
-                u.args = (u.args[0], [v_local if s == vocab else s for s in u.args[1]], *u.args[2:])
-            if u.target in LOG_SOFTMAX:
-                gathers = [x for x in u.users if x.target in GATHER]
-                if len(gathers) != len(u.users) or not gathers:
-                    raise PassError(f"vocab_parallel: log_softmax {u.name} is used by something other than gather "
-                                    f"({[x.name for x in u.users]}); full log-probs would need all-gathered logits")
-                for ga in gathers:
-                    _replace_logprob(g, u.args[0], ga, ga.args[2], rank, v_local, group)
-                    done += 1
-                continue
-            if u.target == torch.ops.graphopt.logprob.default:
-                with g.inserting_before(u):
-                    tgt = g.call_function(aten.unsqueeze.default, (u.args[1], -1))
-                _replace_logprob(g, u.args[0], u, tgt, rank, v_local, group, squeeze=True)
+    g, done = gm.graph, 0
+
+    def visit(n: Node, u: Node) -> bool:
+        nonlocal done
+        if u.target in RESHAPE:
+            u.args = (u.args[0], [v_local if s == vocab else s for s in u.args[1]], *u.args[2:])
+        if u.target in LOG_SOFTMAX:
+            gathers = [x for x in u.users if x.target in GATHER]
+            if len(gathers) != len(u.users) or not gathers:
+                raise PassError(f"vocab_parallel: log_softmax {u.name} is used by something other than gather "
+                                f"({[x.name for x in u.users]}); full log-probs would need all-gathered logits")
+            for ga in gathers:
+                _replace_logprob(g, u.args[0], ga, ga.args[2], rank, v_local, group)
                 done += 1
-                continue
-            todo.append(u)
+            return False
+        if u.target == torch.ops.graphopt.logprob.default:
+            with g.inserting_before(u):
+                tgt = g.call_function(aten.unsqueeze.default, (u.args[1], -1))
+            _replace_logprob(g, u.args[0], u, tgt, rank, v_local, group, squeeze=True)
+            done += 1
+            return False
+        return True
+    _walk_users(head, visit)
     return done
 
 
