@@ -26,6 +26,8 @@ INPUT_DIMS = {
     "mask": {0: "B", 1: "T", 2: "T"},
     "score_idx": {0: "N"},
     "targets": {0: "N"},
+    "doc_ids": {0: "B", 1: "T"},
+    "seg_ids": {0: "B", 1: "T"},
 }
 DIM_MAX = {"B": 1 << 16, "T": 1 << 16, "N": 1 << 24}
 

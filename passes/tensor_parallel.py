@@ -30,7 +30,7 @@ aten = torch.ops.aten
 _LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
 _SPLIT = {aten.split_with_sizes.default, aten.split.Tensor, aten.split.sizes}
 _ATTN_STOP = {aten.matmul.default, aten.bmm.default, aten.linear.default,
-              aten.scaled_dot_product_attention.default}
+              aten.scaled_dot_product_attention.default, torch.ops.graphopt.prefix_attention.default}
 
 
 def _weight_node(lin: Node) -> Node | None:

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from graphopt.kernels.prefix_attention import prefix_attention_reference, prefix_attention_triton, prefix_mask
+from graphopt.kernels.prefix_attention import (prefix_attention_reference, prefix_attention_sdpa, prefix_attention_triton,
+                                               prefix_mask)
 
 TOL = {torch.float32: (2e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
 T = 37
@@ -91,3 +92,18 @@ def test_prefix_attention_kernel_mqa_mha_strided_views(Hkv):
     out = prefix_attention_triton(q, k, v, doc, seg, 0.125, block_m=32, block_n=16)
     expected = _explicit_attention(q, k, v, _explicit_mask(doc, seg), 0.125)
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+def test_prefix_attention_cpu_path_matches_explicit_masked_softmax(dtype):
+    """The op's CPU path (SDPA on the ids' mask, GQA without copies) against the same explicit rule."""
+    torch.manual_seed(2)
+    q = torch.randn(2, 6, T, 64, dtype=dtype)
+    k, v = torch.randn(2, 2, T, 64, dtype=dtype), torch.randn(2, 2, T, 64, dtype=dtype)
+    doc, seg = _layout()
+    out = prefix_attention_sdpa(q, k, v, doc, seg, 0.125)
+    assert out.shape == q.shape and out.dtype == dtype
+    atol, rtol = TOL[dtype]
+    expected = _explicit_attention(q, k, v, _explicit_mask(doc, seg), 0.125)
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(torch.ops.graphopt.prefix_attention(q, k, v, doc, seg, 0.125), out, atol=0, rtol=0)

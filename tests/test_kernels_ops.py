@@ -15,7 +15,7 @@ import torch
 import graphopt.kernels  # noqa: F401 (registers the ops)
 from graphopt.kernels.linear_logprob import linear_logprob_reference
 from graphopt.kernels.logprob import logprob_reference
-from graphopt.kernels.prefix_attention import prefix_attention_reference
+from graphopt.kernels.prefix_attention import prefix_attention_sdpa
 from graphopt.kernels.rms_norm import add_rms_norm_reference, rms_norm_reference
 from graphopt.kernels.rope import rope_reference
 from graphopt.kernels.swiglu import swiglu_reference
@@ -38,7 +38,7 @@ def _cases():
         "logprob": ((torch.randn(6, 50, generator=g), torch.randint(0, 50, (6,), generator=g)), logprob_reference),
         "linear_logprob": ((torch.randn(6, 16, generator=g), torch.randn(50, 16, generator=g),
                             torch.randint(0, 50, (6,), generator=g)), linear_logprob_reference),
-        "prefix_attention": ((*qkv, doc, seg, 8 ** -0.5), prefix_attention_reference),
+        "prefix_attention": ((*qkv, doc, seg, 8 ** -0.5), prefix_attention_sdpa),
     }
 
 

@@ -140,13 +140,21 @@ def prefix_attention_reference(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor,
     return torch.matmul(F.softmax(scores, dim=-1), v.float()).to(q.dtype)
 
 
+def prefix_attention_sdpa(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, seg_ids: Tensor, scale: float) -> Tensor:
+    """The same attention through aten's SDPA with the mask built from the ids (the CPU path: SDPA's
+    CPU flash kernel, float32 accumulation, GQA without copying k/v)."""
+    mask = prefix_mask(doc_ids, seg_ids).unsqueeze(1)  # [B, 1, T, T]
+    # enable_gqa=True also serves H == Hkv (and stays a plain bool when the head counts are symbolic)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
 # triton_op: one node for export and compile; the body is also the fake impl, so it may only branch on
-# the device: the Triton kernel for CUDA tensors, the reference elsewhere.
+# the device: the Triton kernel for CUDA tensors, SDPA on the ids' mask elsewhere.
 @triton_op("graphopt::prefix_attention", mutates_args=())
 def prefix_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, seg_ids: Tensor, scale: float) -> Tensor:
     if q.is_cuda and q.dtype == k.dtype == v.dtype:
         return prefix_attention_triton(q, k, v, doc_ids, seg_ids, scale)
-    return prefix_attention_reference(q, k, v, doc_ids, seg_ids, scale)
+    return prefix_attention_sdpa(q, k, v, doc_ids, seg_ids, scale)
 
 
 def default_scale(head_dim: int) -> float:

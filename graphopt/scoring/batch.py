@@ -43,14 +43,19 @@ class ScoreBatch:
 class ScoreModule(nn.Module):
     """What gets captured: model + LM head + log-softmax + gather at the scored positions.
 
-    forward(input_ids [B,T], positions [B,T], mask [B,T,T], score_idx [N], targets [N]) -> [N] float32
+    forward(input_ids [B,T], positions [B,T], mask [B,T,T], score_idx [N], targets [N],
+            doc_ids [B,T] = None, seg_ids [B,T] = None) -> [N] float32
+    doc_ids / seg_ids describe the packed layouts' rows (see graphopt.scoring.pack_layout); the module
+    itself attends by `mask`, which those layouts build from them. They are inputs so that a captured
+    graph carries them: the prefix_attention pass drives graphopt::prefix_attention from them.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, positions: Tensor, mask: Tensor, score_idx: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, positions: Tensor, mask: Tensor, score_idx: Tensor, targets: Tensor,
+                doc_ids: Tensor | None = None, seg_ids: Tensor | None = None) -> Tensor:
         logits = self.model(input_ids, positions, mask)  # [B, T, V]
         flat = logits.reshape(-1, logits.shape[-1])[score_idx]  # [N, V]
         logprobs = torch.log_softmax(flat.float(), dim=-1)  # [N, V], float32

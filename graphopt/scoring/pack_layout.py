@@ -31,6 +31,9 @@ class PackedScoreBatch(ScoreBatch):
     doc_ids: Tensor = None  # [B, T] int64, segment slot within the row; -1 = padding
     seg_ids: Tensor = None  # [B, T] int64, 0 = context (or a whole pair), k = ending k
 
+    def model_inputs(self) -> tuple[Tensor, ...]:
+        return super().model_inputs() + (self.doc_ids, self.seg_ids)
+
     def to(self, device) -> "PackedScoreBatch":
         return PackedScoreBatch(*(t.to(device) for t in (self.input_ids, self.positions, self.mask, self.score_idx,
                                                            self.targets, self.owners, self.doc_ids, self.seg_ids)))

@@ -1,0 +1,58 @@
+"""prefix_attention: mask-driven SDPA -> graphopt::prefix_attention driven by the packed layout's ids.
+
+    out = scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=s[, enable_gqa])
+->  out = graphopt.prefix_attention(q, k, v, doc_ids, seg_ids, s)
+
+The packed scoring layouts (shared_prefix, packed, bucketed) build the mask from per-token ids,
+mask = prefix_mask(doc_ids, seg_ids) on every real token, and pass doc_ids / seg_ids to ScoreModule as
+inputs; this pass reads those inputs, so the attention needs no [B, T, T] mask: the Triton kernel
+(CUDA) skips the key blocks no query of a block can see. Padding tokens (doc -1) may attend other
+padding tokens instead of only themselves; they are never scored. Run after sdpa_attention; a graph
+captured without doc_ids / seg_ids inputs (per_pair or padded scoring) is an error.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import graphopt.kernels  # noqa: F401  (registers graphopt::prefix_attention)
+from graphopt.pipeline import PassError, PassResult, register_pass
+from passes._match import aten, fake_mode, insert_call, is_op, remove_dead, val
+
+SDPA = aten.scaled_dot_product_attention.default
+LAYOUT_INPUTS = ("doc_ids", "seg_ids")
+
+
+def _layout_placeholders(gm) -> dict:
+    found = {n.target: n for n in gm.graph.nodes if n.op == "placeholder" and n.target in LAYOUT_INPUTS}
+    return found if len(found) == len(LAYOUT_INPUTS) else {}
+
+
+@register_pass("prefix_attention", "SDPA over the packed layout's block mask -> graphopt::prefix_attention driven by "
+               "the doc_ids/seg_ids inputs (no [B,T,T] mask; block-skipping Triton kernel on CUDA)")
+def prefix_attention(gm, ctx):
+    sites = [n for n in gm.graph.nodes if is_op(n, SDPA)]
+    if not sites:
+        return PassResult(gm, False, {"matches": 0})
+    layout = _layout_placeholders(gm)
+    if not layout:
+        raise PassError("prefix_attention needs the packed layout's doc_ids and seg_ids as graph inputs: capture "
+                        "ScoreModule by export with a shared_prefix, packed or bucketed batch (per_pair and padded "
+                        "batches carry only the mask; dynamo drops inputs the eager model does not read)")
+    mode = fake_mode(gm)
+    for sdpa in sites:
+        q, k, v = sdpa.args[:3]
+        kw = dict(sdpa.kwargs)
+        if kw.get("dropout_p", 0.0) or kw.get("is_causal", False) or len(sdpa.args) > 3:
+            raise PassError(f"prefix_attention: {sdpa.name} is not a plain masked SDPA (args {sdpa.args[3:]}, "
+                            f"kwargs {kw}); run sdpa_attention to produce one")
+        scale = kw.get("scale")
+        if scale is None:
+            scale = 1.0 / math.sqrt(val(q).shape[-1])
+        fused = insert_call(gm, sdpa, torch.ops.graphopt.prefix_attention.default,
+                            (q, k, v, layout["doc_ids"], layout["seg_ids"], float(scale)), mode=mode)
+        sdpa.replace_all_uses_with(fused)
+        gm.graph.erase_node(sdpa)
+    remove_dead(gm)
+    return PassResult(gm, True, {"matches": len(sites)})
