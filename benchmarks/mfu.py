@@ -1,0 +1,169 @@
+"""Model FLOP/s utilisation (MFU) of graphopt's scoring forward, and the projected time for the full
+HellaSwag validation set (10,042 questions).
+
+    python -m benchmarks.mfu                                   # CUDA: LLaMA-30B shape, random bf16 weights
+    python -m benchmarks.mfu --layers 20                       # the same layers, fewer of them (MFU per layer
+                                                               # is the same; the projection scales to 60)
+    python -m benchmarks.mfu --device cpu --preset default --dtype float32 --questions 16   # shows it works
+
+The model is built on the meta device and filled with random weights on the target device, so a 30B
+model never exists in host memory (bf16 30B: 65 GB, fits one 80 GB GPU). Scoring: synthetic
+HellaSwag-format questions in packed rows (each context once, its endings after it), the exact passes
+(+ prefix_attention on CUDA: the block-skipping Triton kernel), run as the FX graph or compiled.
+
+Model FLOPs, counted from the batches (what the scoring needs, not what padding or masked attention
+costs): 2 x body weights x tokens fed + 2 x LM head x scored positions + 4 x dim x visible
+(query, key) pairs per layer. MFU = model FLOPs / seconds / peak. Peak: --peak-tflops, else the dense
+bf16/fp16 tensor-core figure of a known GPU, else (CPU) a 2048^3 matmul measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import time
+
+import torch
+
+import graphopt
+from graphopt.capture import capture
+from graphopt.checkpoints.assemble import finish_rope, parse_dtype
+from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
+from graphopt.compilers import COMPILERS, compile_for
+from graphopt.model import ModelArgs, Transformer
+from graphopt.pipeline import PassContext, run_passes
+from graphopt.runner.timing import peak_memory_mb, reset_peak_memory, sync
+from graphopt.scoring import ScoreModule, build_batches, build_requests, score_requests
+
+HELLASWAG_VAL_QUESTIONS = 10_042
+EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
+         "prune_lm_head", "fused_logprob", "cse", "dce"]
+# dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, by a substring of torch.cuda.get_device_name()
+GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("V100", 125.0),
+                   ("L40S", 362.0), ("A10", 125.0)]
+
+
+def random_model(args: ModelArgs, dtype: torch.dtype, device: str, seed: int = 0) -> Transformer:
+    """A Transformer with random LLaMA-scale weights made directly on `device` (no host copy)."""
+    with torch.device("meta"):
+        model = Transformer(args).to(dtype)  # cast while weightless: a 30B fp32 copy would not fit
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:  # logits with std ~2 at the head, 0.02 elsewhere (as init_random_weights)
+                std = 2.0 / math.sqrt(p.shape[1]) if name == "output.weight" else 0.02
+                p.normal_(0.0, std, generator=gen)
+    finish_rope(model, device)
+    return model.eval()
+
+
+def model_flops(args: ModelArgs, batches) -> float:
+    """Useful matmul FLOPs of scoring `batches` (see the module docstring)."""
+    body = sum(p for p in layer_param_counts(args)) * args.n_layers
+    head = args.dim * args.vocab_size
+    total = 0.0
+    for b in batches:
+        doc = getattr(b, "doc_ids", None)
+        real = int((doc >= 0).sum()) if doc is not None else b.input_ids.numel()
+        scored = int((b.owners >= 0).sum())
+        visible = int(b.mask.sum())  # padding tokens see themselves only: a rounding error
+        total += 2 * body * real + 2 * head * scored + 4 * args.dim * visible * args.n_layers
+    return total
+
+
+def layer_param_counts(args: ModelArgs) -> list[int]:
+    """Weights of one layer's matmuls: q, k, v, o, gate, up, down."""
+    d, hd, kv = args.dim, args.head_dim, args.n_kv_heads
+    return [d * d, d * kv * hd, d * kv * hd, d * d, d * args.hidden_dim, d * args.hidden_dim, args.hidden_dim * d]
+
+
+def peak_tflops(device: str, dtype: torch.dtype, given: float | None) -> tuple[float, str]:
+    if given:
+        return given, "given"
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+        for key, tflops in GPU_PEAK_TFLOPS:
+            if key in name:
+                return (tflops if dtype != torch.float32 else tflops / 2), f"{name} datasheet"
+        raise SystemExit(f"unknown GPU {name!r}: give its dense peak with --peak-tflops")
+    a = torch.randn(2048, 2048, dtype=dtype)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    return 3 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e12, "2048^3 matmul measured here"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cuda = torch.cuda.is_available()
+    p.add_argument("--preset", default="llama-30b", help="model shape (random weights) (default: %(default)s)")
+    p.add_argument("--layers", type=int, default=None, help="build only this many layers (default: all)")
+    p.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (default: %(default)s)")
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--questions", type=int, default=256, help="synthetic questions timed (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=16384, help="tokens per batch (default: %(default)s)")
+    p.add_argument("--row-len", type=int, default=None, help="packed row length (default: longest question)")
+    p.add_argument("--compiler", default="none", choices=COMPILERS, help="(default: %(default)s, the FX graph)")
+    p.add_argument("--no-prefix-attention", action="store_true", help="keep SDPA over the mask on CUDA")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak for --dtype")
+    a = p.parse_args(argv)
+
+    dtype = parse_dtype(a.dtype)
+    args = ModelArgs.from_name(a.preset)
+    full_layers = args.n_layers
+    if a.layers:
+        args = dataclasses.replace(args, n_layers=a.layers)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = random_model(args, dtype, a.device)
+    n_params = sum(t.numel() for t in model.parameters())
+    rows = graphopt.load_hellaswag(None, limit=a.questions)
+    requests = build_requests(rows, WordHashTokenizer(args.vocab_size))
+    batches = [b.to(a.device) for b in build_batches(requests, "packed", row_len=a.row_len, max_tokens=a.max_tokens)]
+    passes = EXACT + (["prefix_attention"] if a.device.startswith("cuda") and not a.no_prefix_attention else [])
+    example = batches[0].model_inputs()
+    gm = capture(ScoreModule(model), example)
+    gm, _ = run_passes(gm, passes, PassContext(example_inputs=example))
+    fn = compile_for(gm, a.compiler)
+    reset_peak_memory(a.device)
+    with torch.inference_mode():
+        for b in batches:  # compile / warm up every shape
+            fn(*b.model_inputs())
+    sync(a.device)
+    setup_s = time.perf_counter() - t0
+
+    times = []
+    for _ in range(a.repeats):
+        sync(a.device)
+        t0 = time.perf_counter()
+        score_requests(fn, batches, len(requests), progress=False, device=a.device)
+        sync(a.device)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    flops = model_flops(args, batches)
+    peak, peak_src = peak_tflops(a.device, dtype, a.peak_tflops)
+    achieved = flops / seconds / 1e12
+    per_question = seconds / len(rows) * full_layers / args.n_layers
+    name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU"
+    print(f"# mfu: {a.preset} shape, {args.n_layers}/{full_layers} layers ({n_params / 1e9:.2f}B params built), "
+          f"{a.dtype}, {name}, torch {torch.__version__}")
+    print(f"passes: {', '.join(passes)}; compiler {a.compiler}; {len(rows)} questions in {len(batches)} batches "
+          f"(max {a.max_tokens} tokens); setup + compile {setup_s:.1f} s")
+    print()
+    print("| questions | run s (median of %d) | model TFLOP | TFLOP/s | peak TFLOP/s | MFU | peak mem GB |"
+          " projected s, 10,042 questions, all layers |" % a.repeats)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {len(rows)} | {seconds:.3f} | {flops / 1e12:.3g} | {achieved:.3g} | {peak:.3g} ({peak_src}) | "
+          f"{achieved / peak:.1%} | {peak_memory_mb(a.device) / 1024:.1f} | "
+          f"{per_question * HELLASWAG_VAL_QUESTIONS:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
