@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import statistics
 import time
 
@@ -31,7 +30,7 @@ from graphopt.capture import capture
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.compilers import COMPILERS, compile_for
-from graphopt.model import ModelArgs, Transformer
+from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.pipeline import PassContext, run_passes
 from graphopt.runner.timing import peak_memory_mb, reset_peak_memory, sync
 from graphopt.scoring import ScoreModule, build_batches, build_requests, score_requests
@@ -48,15 +47,7 @@ def random_model(args: ModelArgs, dtype: torch.dtype, device: str, seed: int = 0
     """A Transformer with random LLaMA-scale weights made directly on `device` (no host copy)."""
     with torch.device("meta"):
         model = Transformer(args).to(dtype)  # cast while weightless: a 30B fp32 copy would not fit
-    model = model.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:  # logits with std ~2 at the head, 0.02 elsewhere (as init_random_weights)
-                std = 2.0 / math.sqrt(p.shape[1]) if name == "output.weight" else 0.02
-                p.normal_(0.0, std, generator=gen)
+    model = init_random_weights(model.to_empty(device=device), seed=seed)
     finish_rope(model, device)
     return model.eval()
 

@@ -132,17 +132,19 @@ class Transformer(nn.Module):
 
 
 def init_random_weights(model: Transformer, seed: int = 0) -> Transformer:
-    """Deterministic random init with LLaMA-like scales (std 0.02, norms 1)."""
-    gen = torch.Generator().manual_seed(seed)
+    """Deterministic random init with LLaMA-like scales (std 0.02, norms 1), drawn on the device the
+    parameters live on (a model made with to_empty on a GPU never passes through host memory)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             elif name == "output.weight":
                 # logits with std ~2 so a random model still has clear preferences between endings
-                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / math.sqrt(p.shape[1])))
+                p.copy_(torch.randn(p.shape, generator=gen, device=device) * (2.0 / math.sqrt(p.shape[1])))
             elif p.dim() == 1:
                 p.normal_(0.0, 0.02, generator=gen)
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+                p.copy_(torch.randn(p.shape, generator=gen, device=device) * 0.02)
     return model
