@@ -26,7 +26,7 @@ def _with_freezing(compiled):
     def call(*args, **kwargs):
         with inductor_config.patch(freezing=True):
             return compiled(*args, **kwargs)
-    call.compiled = compiled
+    call._orig_mod = compiled._orig_mod  # what was compiled, as torch.compile's wrapper exposes it
     return call
 
 

@@ -85,6 +85,12 @@ def _records(records) -> list[dict]:
              "seconds": r.seconds} for r in records if hasattr(r, "matches")]
 
 
+def _graph_of(fn):
+    """The GraphModule a run executes (under a torch.compile wrapper), or None for an eager module."""
+    inner = getattr(fn, "_orig_mod", fn)
+    return inner if hasattr(inner, "graph") else None
+
+
 def count_params(*modules) -> int:
     """Parameters of the first module that has any (the optimised graph after pruning, else the model)."""
     for m in modules:
@@ -195,7 +201,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
         "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
         "compile_s": setup_s + first_call_s, "load_s": load_s,
         "peak_mem_mb": peak_memory_mb(device), "weights_loaded": "rank shard" if sharded_load else "full model",
-        "n_params": count_params(fn if hasattr(fn, "graph") else None, None if sharded_load else model),
+        "n_params": count_params(_graph_of(fn), None if sharded_load else model),
         "pass_records": json.dumps(_records(records)),
     }
 
