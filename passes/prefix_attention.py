@@ -8,7 +8,8 @@ mask = prefix_mask(doc_ids, seg_ids) on every real token, and pass doc_ids / seg
 inputs; this pass reads those inputs, so the attention needs no [B, T, T] mask: the Triton kernel
 (CUDA) skips the key blocks no query of a block can see. Padding tokens (doc -1) may attend other
 padding tokens instead of only themselves; they are never scored. Run after sdpa_attention; a graph
-captured without doc_ids / seg_ids inputs (per_pair or padded scoring) is an error.
+without doc_ids / seg_ids inputs (per_pair or padded scoring, or a dynamo capture, which drops the
+inputs the eager model does not read) is an error.
 """
 from __future__ import annotations
 
