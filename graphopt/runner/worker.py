@@ -85,10 +85,14 @@ def _records(records) -> list[dict]:
              "seconds": r.seconds} for r in records if hasattr(r, "matches")]
 
 
-def _graph_of(fn):
-    """The GraphModule a run executes (under a torch.compile wrapper), or None for an eager module."""
+def _graph_of(fn, records=None):
+    """The GraphModule a run executes: under a torch.compile wrapper, or the last one the graphopt
+    compile backend (passed as `records` for dynamo runs) optimised; None for an eager module."""
     inner = getattr(fn, "_orig_mod", fn)
-    return inner if hasattr(inner, "graph") else None
+    if hasattr(inner, "graph"):
+        return inner
+    graphs = getattr(records, "graphs", None)
+    return graphs[-1] if graphs else None
 
 
 def count_params(*modules) -> int:
@@ -201,7 +205,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
         "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
         "compile_s": setup_s + first_call_s, "load_s": load_s,
         "peak_mem_mb": peak_memory_mb(device), "weights_loaded": "rank shard" if sharded_load else "full model",
-        "n_params": count_params(_graph_of(fn), None if sharded_load else model),
+        "n_params": count_params(_graph_of(fn, records), None if sharded_load else model),
         "pass_records": json.dumps(_records(records)),
     }
 
