@@ -67,3 +67,26 @@ def test_pipeline_across_4_processes():
         assert r["matches"] == 4 and r["stages"] == [f"submod_{i}" for i in range(4)]
         assert max(r["diffs"]) <= TOL, (rank, r["diffs"])
         assert r["layer_bytes_mine"] * 4 == r["layer_bytes_full"], (rank, r)  # one layer of four per rank
+
+
+def test_pipeline_micro_batches_carry_the_packed_layout_ids():
+    """Packed batches hand doc_ids/seg_ids to the graph; micro-batches cut them by rows with the rest,
+    and prefix_attention (which reads them) gives the unsplit graph's scores through 2 stages."""
+    import graphopt
+    from graphopt.capture import capture
+    from graphopt.scoring import ScoreModule, build_batches, build_requests
+
+    model, tokenizer = graphopt.load_model("tiny-gqa", seed=1)
+    requests = build_requests(graphopt.load_hellaswag(None, limit=6), tokenizer)
+    batch = build_batches(requests, "packed", max_tokens=4096)[0]
+    assert batch.input_ids.shape[0] >= 3 and len(batch.model_inputs()) == 7
+    inputs = batch.model_inputs()
+    gm = capture(ScoreModule(model).eval(), inputs)
+    gm, _ = run_passes(gm, ["sdpa_attention", "prefix_attention"], PassContext(example_inputs=inputs))
+    parts = micro_batches(inputs, 3)
+    assert all(len(p) == 7 and p[5].shape == p[0].shape for p, _ in parts)
+    split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=model.args))
+    with torch.no_grad():
+        ref = gm(*inputs)
+    got = run_pipeline(split, inputs, n_micro=3, devices=["cpu", "cpu"])
+    assert (got - ref).abs().max().item() <= TOL

@@ -3,7 +3,7 @@ fill/drain order, so on GPUs stage s works on micro-batch m while stage s+1 work
 s on rank s across processes (values between stages go by isend/recv; every rank has the inputs).
 
 Inputs are ScoreModule's (input_ids [B,T], positions [B,T], mask [B,T,T], score_idx [N], targets
-[N]); micro-batches are groups of rows, each with the scored positions that fall in its rows.
+[N][, doc_ids [B,T], seg_ids [B,T]]); micro-batches are groups of rows, each with the scored positions that fall in its rows.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from torch.fx import GraphModule, Node
 
 
 def micro_batches(inputs: tuple, n_micro: int) -> list[tuple[tuple, Tensor]]:
-    """[(micro-batch inputs, indices into the N scores it produces)] in row order."""
-    ids, pos, mask, score_idx, targets = inputs
+    """[(micro-batch inputs, indices into the N scores it produces)] in row order. The packed
+    layouts' doc_ids / seg_ids [B, T], when present after the five, are cut by rows too."""
+    ids, pos, mask, score_idx, targets, *layout = inputs
     B, T = ids.shape
     n_micro = max(1, min(n_micro, B))
     out, rows = [], torch.arange(B).tensor_split(n_micro)
@@ -25,7 +26,8 @@ def micro_batches(inputs: tuple, n_micro: int) -> list[tuple[tuple, Tensor]]:
         b0, b1 = int(r[0]), int(r[-1]) + 1
         row = score_idx // T
         sel = ((row >= b0) & (row < b1)).nonzero().squeeze(1)
-        out.append(((ids[b0:b1], pos[b0:b1], mask[b0:b1], score_idx[sel] - b0 * T, targets[sel]), sel))
+        out.append(((ids[b0:b1], pos[b0:b1], mask[b0:b1], score_idx[sel] - b0 * T, targets[sel],
+                     *(t[b0:b1] for t in layout)), sel))
     return out
 
 
