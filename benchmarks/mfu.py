@@ -32,7 +32,8 @@ from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.compilers import COMPILERS, compile_for
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.pipeline import PassContext, run_passes
-from graphopt.runner.timing import peak_memory_mb, reset_peak_memory, sync
+from graphopt.runner.timing import peak_memory_mb, reset_peak_memory, timed
+from graphopt.runner.worker import first_calls
 from graphopt.scoring import ScoreModule, build_batches, build_requests, score_requests
 
 HELLASWAG_VAL_QUESTIONS = 10_042
@@ -123,20 +124,11 @@ def main(argv=None) -> int:
     gm, _ = run_passes(gm, passes, PassContext(example_inputs=example))
     fn = compile_for(gm, a.compiler)
     reset_peak_memory(a.device)
-    with torch.inference_mode():
-        for b in batches:  # compile / warm up every shape
-            fn(*b.model_inputs())
-    sync(a.device)
+    first_calls(fn, batches, a.device)  # compile / warm up every shape, as the runner does
     setup_s = time.perf_counter() - t0
-
-    times = []
-    for _ in range(a.repeats):
-        sync(a.device)
-        t0 = time.perf_counter()
-        score_requests(fn, batches, len(requests), progress=False, device=a.device)
-        sync(a.device)
-        times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
+    seconds = statistics.median(
+        timed(lambda: score_requests(fn, batches, len(requests), progress=False, device=a.device), a.device)[1]
+        for _ in range(a.repeats))
     flops = model_flops(args, batches)
     peak, peak_src = peak_tflops(a.device, dtype, a.peak_tflops)
     achieved = flops / seconds / 1e12

@@ -24,7 +24,7 @@ from torch.fx import GraphModule
 
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.checkpoints.meta import load_pth, meta_shard_paths, meta_split_dim
-from graphopt.graph_attrs import owner_and_leaf, set_attr
+from graphopt.graph_attrs import attr, set_attr
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import rope_tables
 
@@ -121,8 +121,7 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
     tied = not src.has("output.weight")
     total, n = 0, 0
     for target in sorted({nd.target for nd in gm.graph.nodes if nd.op == "get_attr"}):
-        owner, leaf = owner_and_leaf(gm, target)
-        cur = getattr(owner, leaf)
+        cur = attr(gm, target)
         if not isinstance(cur, Tensor):
             continue
         name = target[len("model."):] if target.startswith("model.") else target

@@ -3,7 +3,8 @@ fill/drain order, so on GPUs stage s works on micro-batch m while stage s+1 work
 s on rank s across processes (values between stages go by isend/recv; every rank has the inputs).
 
 Inputs are ScoreModule's (input_ids [B,T], positions [B,T], mask [B,T,T], score_idx [N], targets
-[N][, doc_ids [B,T], seg_ids [B,T]]); micro-batches are groups of rows, each with the scored positions that fall in its rows.
+[N][, doc_ids [B,T], seg_ids [B,T]]); micro-batches are groups of rows, each with the scored
+positions that fall in its rows.
 """
 from __future__ import annotations
 
