@@ -83,11 +83,28 @@ def _export(module: nn.Module, example_inputs: tuple, dynamic_shapes, strict: bo
     size_one = any(getattr(d, "min", 2) <= 1 for d in torch.utils._pytree.tree_leaves(dynamic_shapes or ()))
     try:
         with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=size_one):
-            ep = torch.export.export(module, example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+            try:
+                ep = torch.export.export(module, example_inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+            except torch._dynamo.exc.UserError as e:
+                if "Constraints violated" not in str(e):
+                    raise
+                # older torch (2.11) cannot prove some always-true guards on named Dims (GQA's
+                # repeat_interleave: Min(16*T, 32*T) == 16*T); Dim.DYNAMIC still fails on specialisation
+                ep = torch.export.export(module, example_inputs, dynamic_shapes=_unnamed(dynamic_shapes),
+                                         strict=strict)
     except Exception as e:  # torch's own message follows; say what was being done first
         hint = " (try strict=False)" if strict else ""
         raise CaptureError(f"torch.export of {type(module).__name__} failed{hint}: {type(e).__name__}: {e}") from e
     return ep.module()
+
+
+def _unnamed(dynamic_shapes):
+    """The same spec with every named Dim replaced by Dim.DYNAMIC (export infers which dims are equal)."""
+    if isinstance(dynamic_shapes, dict):
+        return {d: Dim.DYNAMIC for d in dynamic_shapes}
+    if isinstance(dynamic_shapes, (list, tuple)):
+        return type(dynamic_shapes)(_unnamed(s) for s in dynamic_shapes)
+    return dynamic_shapes
 
 
 # ---------------------------------------------------------------------------------------------- dynamo

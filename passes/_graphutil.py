@@ -12,6 +12,7 @@ from __future__ import annotations
 import operator
 
 import torch
+from torch._dispatch.python import enable_python_dispatcher
 from torch.fx import GraphModule, Node
 
 from graphopt.graph_attrs import attr, set_attr  # noqa: F401  (re-exported for the passes)
@@ -107,7 +108,9 @@ def set_val(gm: GraphModule, node: Node, mode=None) -> None:
         kwargs = torch.fx.node.map_aggregate(node.kwargs, conv)
     except KeyError:
         return
-    with mode:
+    # the python dispatcher (as export's tracer uses) runs composite ops such as linear/matmul through
+    # their symbolic-size-aware python decompositions; torch 2.11's C++ matmul calls numel() otherwise
+    with mode, enable_python_dispatcher():
         node.meta["val"] = node.target(*args, **kwargs)
 
 

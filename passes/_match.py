@@ -195,11 +195,9 @@ def find_linear_groups(gm: GraphModule, roles: dict[str, tuple[str, ...]]) -> li
 def merge_linear_groups(gm: GraphModule, roles: dict, name: str) -> tuple[bool, dict]:
     """Every group of linears sharing an input (find_linear_groups(gm, roles)) -> one merged linear
     `<name>_weight` + split; dead nodes and the old weights removed. -> (modified, stats)."""
-    old = []
     groups = find_linear_groups(gm, roles)
-    for group in groups:
-        old += merge_linears(gm, group, name)
-    if groups:
+    for group in groups:  # free each group's old weights before the next concatenation: a 30B model
+        old = merge_linears(gm, group, name)  # has no room for a second copy of all its q/k/v or gate/up
         remove_dead(gm)
         delete_unused_attrs(gm, old)
     return bool(groups), {"matches": len(groups)}

@@ -70,6 +70,18 @@ def for_device(kernel, device: torch.device):
     return _interpreted(kernel)
 
 
+def wrap_triton(kernel):
+    """torch.library.wrap_triton, also for the interpreted CPU copies on torch versions that wrap
+    JITFunctions only (2.11); nothing traces into a CPU launch, so the bare copy is launched there.
+    (Launchers call it by this name: torch finds a triton_op's kernels by looking for such calls.)"""
+    try:
+        return torch.library.wrap_triton(kernel)
+    except RuntimeError:
+        if isinstance(kernel, InterpretedFunction):
+            return kernel
+        raise
+
+
 def num_warps_for(block: int) -> int:
     """Warps for a one-row-per-program kernel over `block` elements (about 256 elements a warp)."""
     return max(1, min(16, block // 256))

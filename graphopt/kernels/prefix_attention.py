@@ -14,9 +14,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from graphopt.kernels._triton import dot_precision, for_device, upcast_dot
+from graphopt.kernels._triton import dot_precision, for_device, upcast_dot, wrap_triton
 
 LOG2E = 1.4426950408889634
 

@@ -6,9 +6,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from graphopt.kernels._triton import for_device, num_warps_for
+from graphopt.kernels._triton import for_device, num_warps_for, wrap_triton
 
 MAX_BLOCK = 65536  # one row per program: wider rows would spill registers
 

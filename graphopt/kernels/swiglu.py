@@ -6,9 +6,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from graphopt.kernels._triton import for_device
+from graphopt.kernels._triton import for_device, wrap_triton
 
 
 @triton.jit

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every GPU measurement of benchmarks/RESULTS.md in one go, for a short lease of one CUDA machine:
+#
+#   OUT=gpu-out bash benchmarks/gpu_lease.sh          # logs and tables under $OUT
+#   STEPS="mfu kernels" bash benchmarks/gpu_lease.sh   # some steps only (default: all four)
+#
+# Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
+# time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
+#   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers (falls back to 20)
+#   kernels   benchmarks.kernels: the Triton kernels against eager (correctness and speed), no compile
+#   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference
+#   compiled  benchmarks.kernels again with the torch.compile column
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_INTERPRET=0
+PY=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS CMD...: CMD's output in $OUT/NAME.log, its tail and status on stdout
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: $* (limit ${limit}s, $(date +%T))"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n "${TAIL:-12}" "$OUT/$name.log"
+    echo "=== $name: exit $rc at $(date +%T)"
+    return $rc
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
+    torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processor_count, 'SMs')"
+} >"$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+for s in ${STEPS:-mfu kernels check compiled}; do
+    case $s in
+    mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ||
+        TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
+    kernels) TAIL=20 step kernels "${KERNELS_S:-120}" $PY -m benchmarks.kernels --device cuda --no-compile \
+        --out "$OUT/kernels.csv" ;;
+    check) TAIL=14 step check "${CHECK_S:-200}" $PY -m graphopt.cli run experiments/one-gpu-check.yaml \
+        --set output_dir=/tmp/one-gpu-check ;;
+    compiled) TAIL=20 step compiled "${COMPILED_S:-150}" $PY -m benchmarks.kernels --device cuda --compile \
+        --out "$OUT/kernels_compiled.csv" ;;
+    *) echo "unknown step $s (expected mfu, kernels, check, compiled)" ;;
+    esac
+done
+exit 0
