@@ -37,7 +37,8 @@ def score_requests(fn: Callable[..., Tensor], batches: Sequence[ScoreBatch], n_r
             assert token_logprobs.shape == batch.targets.shape, \
                 f"scoring fn returned {tuple(token_logprobs.shape)}, expected {tuple(batch.targets.shape)}"
             total += sum_by_owner(token_logprobs, batch.owners, n_requests)
-            owners = batch.owners[batch.owners >= 0].unique()
+            owners = batch.owners.cpu()  # the batch may already live on `device`; `seen` stays on the host
+            owners = owners[owners >= 0].unique()
             bar.update(int((~seen[owners]).sum()))
             seen[owners] = True
     missing = (~seen).nonzero().flatten()
