@@ -6,9 +6,11 @@
 #
 # Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
-#   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers (falls back to 20)
+#   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers, 2048-token packed rows
+#             ($MFU_ARGS replaces --row-len 2048; falls back to 20 layers)
 #   kernels   benchmarks.kernels: the Triton kernels against eager (correctness and speed), no compile
-#   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference
+#   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference, then
+#             graphopt report of the rows that finished
 #   compiled  benchmarks.kernels again with the torch.compile column
 set -u
 OUT=${OUT:-gpu-out}
@@ -36,12 +38,13 @@ cat "$OUT/machine.txt"
 
 for s in ${STEPS:-mfu kernels check compiled}; do
     case $s in
-    mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ||
+    mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ${MFU_ARGS:---row-len 2048} ||
         TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
     kernels) TAIL=20 step kernels "${KERNELS_S:-120}" $PY -m benchmarks.kernels --device cuda --no-compile \
-        --out "$OUT/kernels.csv" ;;
-    check) TAIL=14 step check "${CHECK_S:-200}" $PY -m graphopt.cli run experiments/one-gpu-check.yaml \
-        --set output_dir=/tmp/one-gpu-check ;;
+        --out "$OUT/kernels.csv" ${KERNELS_ARGS:-} ;;
+    check) TAIL=3 step check "${CHECK_S:-240}" $PY -m graphopt run experiments/one-gpu-check.yaml \
+        --no-progress --output /tmp/one-gpu-check  # killed at its limit: the finished rows are kept
+        TAIL=14 step report 60 $PY -m graphopt report /tmp/one-gpu-check ;;
     compiled) TAIL=20 step compiled "${COMPILED_S:-150}" $PY -m benchmarks.kernels --device cuda --compile \
         --out "$OUT/kernels_compiled.csv" ;;
     *) echo "unknown step $s (expected mfu, kernels, check, compiled)" ;;

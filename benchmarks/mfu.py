@@ -139,8 +139,11 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU"
     print(f"# mfu: {a.preset} shape, {args.n_layers}/{full_layers} layers ({n_params / 1e9:.2f}B params built), "
           f"{a.dtype}, {name}, torch {torch.__version__}")
+    fed = sum(b.input_ids.numel() for b in batches)
+    real = sum(int((b.doc_ids >= 0).sum()) for b in batches)
     print(f"passes: {', '.join(passes)}; compiler {a.compiler}; {len(rows)} questions in {len(batches)} batches "
-          f"(max {a.max_tokens} tokens); setup + compile {setup_s:.1f} s")
+          f"(max {a.max_tokens} tokens, rows of {max(b.input_ids.shape[1] for b in batches)}: {real} tokens, "
+          f"{fed / real - 1:.1%} padding); setup + compile {setup_s:.1f} s")
     print()
     print("| questions | run s (median of %d) | model TFLOP | TFLOP/s | peak TFLOP/s | MFU | peak mem GB |"
           " projected s, 10,042 questions, all layers |" % a.repeats)

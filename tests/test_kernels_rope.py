@@ -20,7 +20,7 @@ def _cos_sin(B, T, D, theta):
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
-@pytest.mark.parametrize("head_dim,theta", [(64, 10000.0), (128, 500000.0)])
+@pytest.mark.parametrize("head_dim,theta", [(64, 10000.0), (96, 10000.0), (128, 500000.0)])
 def test_rope_kernel_matches_reference_q_and_gqa_k(dtype, head_dim, theta):
     torch.manual_seed(0)
     B, T, H, Hkv = 2, 37, 5, 2

@@ -15,24 +15,25 @@ from graphopt.kernels._triton import for_device, wrap_triton
 def _rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, T, H, P,
                  sx_b, sx_t, sx_h, sc_b, sc_t, ss_b, ss_t,
                  BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr):
-    # one program per (token, block of heads); pairs (2p, 2p+1) rotate by angle p
+    # one program per (token, block of heads); pairs (2p, 2p+1) rotate by angle p. Each head's row is
+    # read and written whole (contiguous, vectorised) and split into its even/odd halves in registers.
     pid = tl.program_id(0).to(tl.int64)
     b = pid // T
     t = pid % T
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     pairs = tl.arange(0, BLOCK_P)
     pmask = pairs < P
-    mask = (heads[:, None] < H) & pmask[None, :]
+    cols = tl.arange(0, 2 * BLOCK_P)
+    mask = (heads[:, None] < H) & (cols[None, :] < 2 * P)  # [BLOCK_H, 2 * BLOCK_P]
     c = tl.load(cos_ptr + b * sc_b + t * sc_t + pairs, mask=pmask, other=0.0).to(tl.float32)  # [BLOCK_P]
     s = tl.load(sin_ptr + b * ss_b + t * ss_t + pairs, mask=pmask, other=0.0).to(tl.float32)
-    x_even = x_ptr + b * sx_b + t * sx_t + heads[:, None] * sx_h + 2 * pairs[None, :]  # [BLOCK_H, BLOCK_P]
-    x0 = tl.load(x_even, mask=mask, other=0.0).to(tl.float32)  # rotate in float32
-    x1 = tl.load(x_even + 1, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * sx_b + t * sx_t + heads[:, None] * sx_h + cols[None, :], mask=mask, other=0.0)
+    x0, x1 = tl.split(tl.reshape(x.to(tl.float32), (BLOCK_H, BLOCK_P, 2)))  # rotate in float32
     o0 = x0 * c[None, :] - x1 * s[None, :]
     o1 = x0 * s[None, :] + x1 * c[None, :]
-    o_even = out_ptr + (pid * H + heads[:, None]) * (2 * P) + 2 * pairs[None, :]  # out is contiguous
-    tl.store(o_even, o0.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(o_even + 1, o1.to(out_ptr.dtype.element_ty), mask=mask)
+    o = tl.reshape(tl.join(o0, o1), (BLOCK_H, 2 * BLOCK_P))
+    o_ptr = out_ptr + (pid * H + heads[:, None]) * (2 * P) + cols[None, :]  # out is contiguous
+    tl.store(o_ptr, o.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def rope_triton(x: Tensor, cos: Tensor, sin: Tensor, block_h: int | None = None) -> Tensor:
