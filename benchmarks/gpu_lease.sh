@@ -6,8 +6,8 @@
 #
 # Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
-#   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers, 2048-token packed rows
-#             ($MFU_ARGS replaces --row-len 2048; falls back to 20 layers)
+#   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers
+#             (plus $MFU_ARGS; falls back to 20 layers)
 #   kernels   benchmarks.kernels: the Triton kernels against eager (correctness and speed), no compile
 #   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference, then
 #             graphopt report of the rows that finished
@@ -38,7 +38,7 @@ cat "$OUT/machine.txt"
 
 for s in ${STEPS:-mfu kernels check compiled}; do
     case $s in
-    mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ${MFU_ARGS:---row-len 2048} ||
+    mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ${MFU_ARGS:-} ||
         TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
     kernels) TAIL=20 step kernels "${KERNELS_S:-120}" $PY -m benchmarks.kernels --device cuda --no-compile \
         --out "$OUT/kernels.csv" ${KERNELS_ARGS:-} ;;
