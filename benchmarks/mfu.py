@@ -167,12 +167,13 @@ def main(argv=None) -> int:
           f"{fed / real - 1:.1%} padding); setup + compile {setup_s:.1f} s")
     print()
     mem_gb = peak_memory_mb(a.device) / 1024
-    mm = matmul_tflops(a.device, dtype) if a.device.startswith("cuda") else float("nan")
+    mm = matmul_tflops(a.device, dtype) if a.device.startswith("cuda") else None
+    mm_cells = f"{mm:.3g} | {achieved / mm:.1%}" if mm else "- | -"  # CPU: the peak column is measured already
     print("| questions | run s (median of %d) | model TFLOP | TFLOP/s | peak TFLOP/s | MFU | matmul TFLOP/s "
           "(8192^3) | of matmul | peak mem GB | projected s, 10,042 questions, all layers |" % a.repeats)
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {len(rows)} | {seconds:.3f} | {flops / 1e12:.3g} | {achieved:.3g} | {peak:.3g} ({peak_src}) | "
-          f"{achieved / peak:.1%} | {mm:.3g} | {achieved / mm:.1%} | {mem_gb:.1f} | "
+          f"{achieved / peak:.1%} | {mm_cells} | {mem_gb:.1f} | "
           f"{per_question * HELLASWAG_VAL_QUESTIONS:.0f} |")
     return 0
 

@@ -33,4 +33,4 @@ def test_script_runs_on_cpu(capsys):
     assert main(["--device", "cpu", "--preset", "tiny", "--dtype", "float32", "--questions", "4",
                  "--max-tokens", "256", "--repeats", "1", "--peak-tflops", "1"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4 |")]
-    assert len(row) == 1 and row[0].count("|") == 9
+    assert len(row) == 1 and row[0].count("|") == 11
