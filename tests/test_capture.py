@@ -121,3 +121,38 @@ def test_dynamo_graph_break_is_a_clear_error():
     from graphopt.capture import CaptureError
     with pytest.raises(CaptureError, match="one graph"):
         capture(GraphBreak(), (torch.randn(4, 3),), method="dynamo")
+
+
+def test_export_falls_back_to_unnamed_dims_on_unprovable_guards(monkeypatch):
+    """torch 2.11 raises 'Constraints violated' for always-true GQA guards on named Dims; capture then
+    exports again with Dim.DYNAMIC and the graph still takes any B, T, N."""
+    real_export = torch.export.export
+    calls = []
+
+    def export_that_rejects_named_dims(module, args, dynamic_shapes=None, strict=False):
+        calls.append(dynamic_shapes)
+        if any(isinstance(d, torch.export.Dim) or type(d).__name__ == "_Dim"
+               for spec in dynamic_shapes if spec for d in spec.values()):
+            raise torch._dynamo.exc.UserError(torch._dynamo.exc.UserErrorType.CONSTRAINT_VIOLATION,
+                                              "Constraints violated (T)! (simulated)")
+        return real_export(module, args, dynamic_shapes=dynamic_shapes, strict=strict)
+
+    monkeypatch.setattr(torch.export, "export", export_that_rejects_named_dims)
+    module = score_module("tiny-gqa")
+    gm = capture(module, score_inputs(2, 8, 5), method="export")
+    assert len(calls) == 2 and all(d is torch.export.Dim.DYNAMIC for s in calls[1] if s for d in s.values())
+    other = distinct_score_inputs(3, 11, 7)
+    torch.testing.assert_close(gm(*other), module(*other), atol=1e-5, rtol=1e-5)
+
+
+def test_export_errors_other_than_constraints_are_not_retried(monkeypatch):
+    calls = []
+
+    def failing_export(module, args, dynamic_shapes=None, strict=False):
+        calls.append(1)
+        raise torch._dynamo.exc.UserError(torch._dynamo.exc.UserErrorType.DYNAMIC_CONTROL_FLOW, "data-dependent")
+
+    monkeypatch.setattr(torch.export, "export", failing_export)
+    with pytest.raises(Exception, match="torch.export of ScoreModule failed.*data-dependent"):
+        capture(score_module("tiny-gqa"), score_inputs(2, 8, 5), method="export")
+    assert len(calls) == 1

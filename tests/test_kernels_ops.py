@@ -183,3 +183,23 @@ def test_without_interpreter_cpu_launch_and_cuda_branch_tracing():
     proc = subprocess.run([sys.executable, "-c", "from tests.test_kernels_ops import _uninterpreted_checks as f; f()"],
                           env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_wrap_triton_shim_launches_interpreted_copies_where_torch_refuses_them(monkeypatch):
+    """torch 2.11 wraps JITFunctions only: the CPU launch then uses the interpreted copy itself;
+    anything else torch refuses is still an error."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from graphopt.kernels import _triton
+    from graphopt.kernels.rms_norm import _rms_norm_kernel, rms_norm_triton
+
+    def refuse(kernel):
+        raise RuntimeError("wrap_triton only works on functions annotated with triton.jit or triton.autotune")
+
+    monkeypatch.setattr(torch.library, "wrap_triton", refuse)
+    interpreted = _triton.for_device(_rms_norm_kernel, torch.device("cpu"))
+    assert isinstance(interpreted, InterpretedFunction) and _triton.wrap_triton(interpreted) is interpreted
+    x, w = torch.randn(3, 5, 40), torch.randn(40)
+    torch.testing.assert_close(rms_norm_triton(x, w, 1e-5), rms_norm_reference(x, w, 1e-5), atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="wrap_triton only works"):
+        _triton.wrap_triton(lambda: None)

@@ -94,8 +94,10 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 
 def test_exports_with_dynamic_length():
     m = _model("tiny-gqa")
-    T = torch.export.Dim("T", min=2, max=128)
-    ep = torch.export.export(m, (torch.randint(0, 512, (1, 8)),), dynamic_shapes=({1: T},), strict=False)
+    # Dim.DYNAMIC: must stay symbolic (export fails if the model specialises T); torch 2.11 cannot prove
+    # a GQA guard on a named Dim with bounds (graphopt.capture falls back the same way)
+    ep = torch.export.export(m, (torch.randint(0, 512, (1, 8)),), dynamic_shapes=({1: torch.export.Dim.DYNAMIC},),
+                             strict=False)
     ids = torch.randint(0, 512, (1, 13))
     torch.testing.assert_close(ep.module()(ids), m(ids))
 
