@@ -2,7 +2,7 @@
 # Every GPU measurement of benchmarks/RESULTS.md in one go, for a short lease of one CUDA machine:
 #
 #   OUT=gpu-out bash benchmarks/gpu_lease.sh          # logs and tables under $OUT
-#   STEPS="mfu kernels" bash benchmarks/gpu_lease.sh   # some steps only (default: all four)
+#   STEPS="mfu kernels" bash benchmarks/gpu_lease.sh   # some steps only (default: all five)
 #
 # Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
@@ -12,6 +12,7 @@
 #   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference, then
 #             graphopt report of the rows that finished
 #   compiled  benchmarks.kernels again with the torch.compile column
+#   mfu_inductor  benchmarks.mfu through inductor, 20 of the 60 layers (compile time grows with depth)
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -36,7 +37,7 @@ step() {  # step NAME SECONDS CMD...: CMD's output in $OUT/NAME.log, its tail an
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-for s in ${STEPS:-mfu kernels check compiled}; do
+for s in ${STEPS:-mfu kernels check compiled mfu_inductor}; do
     case $s in
     mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ${MFU_ARGS:-} ||
         TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
@@ -47,7 +48,9 @@ for s in ${STEPS:-mfu kernels check compiled}; do
         TAIL=14 step report 60 $PY -m graphopt report /tmp/one-gpu-check ;;
     compiled) TAIL=20 step compiled "${COMPILED_S:-150}" $PY -m benchmarks.kernels --device cuda --compile \
         --out "$OUT/kernels_compiled.csv" ;;
-    *) echo "unknown step $s (expected mfu, kernels, check, compiled)" ;;
+    mfu_inductor) TAIL=6 step mfu_inductor "${MFU_INDUCTOR_S:-300}" $PY -m benchmarks.mfu --layers 20 \
+        --compiler inductor ;;
+    *) echo "unknown step $s (expected mfu, kernels, check, compiled, mfu_inductor)" ;;
     esac
 done
 exit 0
