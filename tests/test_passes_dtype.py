@@ -132,3 +132,25 @@ def test_graph_without_linear_is_unchanged():
     gm, (rec,) = run_passes(gm, ["cast_dtype"], PassContext(example_inputs=(x,)))
     assert (rec.modified, rec.matches) == (False, 0) and gm.code == code
     assert torch.equal(gm(x), _NoMatmul()(x))
+
+
+def test_attention_in_float32_option():
+    """attention: float32 keeps the linears in bf16 and runs every SDPA on float32 q/k/v, cast back after."""
+    args, score, inputs, owners, nq, nc, captured = _setup()
+    gm = copy.deepcopy(captured)
+    with torch.no_grad():
+        ref = gm(*inputs)
+    gm, recs = run_passes(gm, ["sdpa_attention", {"name": "cast_dtype", "attention": "float32"}],
+                          PassContext(example_inputs=inputs))
+    sdpa = _vals(gm, aten.scaled_dot_product_attention.default)
+    assert recs[1].stats["attention_upcast"] == len(sdpa) == args.n_layers
+    for n in sdpa:
+        assert all(a.meta["val"].dtype == torch.float32 for a in n.args[:3]) and n.meta["val"].dtype == torch.float32
+        assert [u.target for u in n.users] == [aten.to.dtype] and next(iter(n.users)).meta["val"].dtype == torch.bfloat16
+    assert all(n.meta["val"].dtype == torch.bfloat16 for n in _vals(gm, aten.linear.default))
+    with torch.no_grad():
+        got = gm(*inputs)
+    assert 0 < (got - ref).abs().max().item() <= TOL["bfloat16"]
+    assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+    with pytest.raises(PassError, match="'attention' must be one of"):
+        run_passes(copy.deepcopy(captured), [{"name": "cast_dtype", "attention": "fp8"}])

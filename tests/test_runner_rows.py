@@ -9,9 +9,12 @@ def test_cast_dtype_run_reports_the_cast_dtype():
         {"name": "fp32", "capture": "export", "passes": ["fuse_rmsnorm"]},
         {"name": "bf16", "capture": "export", "passes": ["fuse_rmsnorm", {"name": "cast_dtype", "dtype": "bfloat16"}]},
         {"name": "fp16", "capture": "export", "passes": [{"name": "cast_dtype", "dtype": "float16"}]},
+        {"name": "bf16 default", "capture": "export", "passes": ["cast_dtype"]},
+        {"name": "w8a8", "capture": "export", "passes": ["cast_dtype", "quantize_int8"]},
     ]}, "<test>", {})
     dtypes = {run.name: compute_dtype(run) for run in expand(cfg)}
-    assert dtypes == {"reference": "float32", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    assert dtypes == {"reference": "float32", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
+                      "bf16 default": "bfloat16", "w8a8": "int8+bfloat16"}
 
 
 def test_dynamo_run_counts_parameters_of_the_pruned_graph():

@@ -85,12 +85,15 @@ def _run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
 
 
 def compute_dtype(run: ResolvedRun) -> str:
-    """The dtype the run computes in: the load dtype, or the last cast_dtype pass's (e.g. bfloat16)."""
-    dtype = run.dtype
+    """The dtype the run computes in: the load dtype, or the last cast_dtype pass's (e.g. bfloat16);
+    "int8+<that>" when quantize_int8 runs its linears in int8."""
+    dtype, int8 = run.dtype, False
     for spec in run.passes:
-        if isinstance(spec, dict) and spec.get("name") == "cast_dtype":
-            dtype = spec.get("dtype", "bfloat16")
-    return dtype
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        if name == "cast_dtype":
+            dtype = spec.get("dtype", "bfloat16") if isinstance(spec, dict) else "bfloat16"
+        int8 = int8 or name == "quantize_int8"
+    return f"int8+{dtype}" if int8 else dtype
 
 
 def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, ref_row: dict | None,

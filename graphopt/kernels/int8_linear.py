@@ -1,0 +1,59 @@
+"""graphopt.int8_linear: a linear as an int8 x int8 matmul with int32 accumulation (W8A8).
+
+    x [..., K] float -> per-row scale s = max|x_row| / 127, q = round(x / s) int8    [M, K]
+    acc = q @ Wq                                       int32 [M, N]   (torch._int_mm: oneDNN VNNI on
+                                                                       CPU, int8 tensor cores on CUDA)
+    y = acc * s * w_scale (+ bias)                     [..., N] in x's dtype
+
+Wq [K, N] int8 and w_scale [N] float32 are the weight quantised per output channel
+(`quantize_weight`). The op has no Triton kernel: it is registered as a CompositeImplicitAutograd op,
+so the graph shows ONE node (countable in tests, readable in `graphopt passes`) while torch.compile
+traces through it and inductor fuses the quantisation and the dequantisation around the matmul.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+QMAX = 127  # symmetric: int8 values in [-127, 127]
+_EPS = 1e-12  # a row of zeros gets this scale (its q is 0 and so is its output)
+
+_lib = torch.library.Library("graphopt", "FRAGMENT")
+_lib.define("int8_linear(Tensor x, Tensor weight_int8, Tensor weight_scale, Tensor? bias=None) -> Tensor")
+
+
+def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """weight [N, K] float -> (Wq [K, N] int8, contiguous; w_scale [N] float32), per output channel."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(_EPS) / QMAX  # [N]
+    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)  # [N, K]
+    return q.t().contiguous(), scale
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [M, K] -> (q [M, K] int8, s [M, 1] float32): one symmetric scale per row (per token)."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(_EPS) / QMAX  # [M, 1]
+    return torch.round(xf / scale).clamp(-QMAX, QMAX).to(torch.int8), scale
+
+
+def _int8_matmul(q: Tensor, weight_int8: Tensor) -> Tensor:
+    """[M, K] int8 @ [K, N] int8 -> [M, N] int32. cuBLASLt's int8 path wants more than 16 rows: on CUDA
+    the rows are padded by 16 zero rows (a copy of q, small next to the matmul) and cut off again."""
+    if q.is_cuda:
+        pad = torch.nn.functional.pad(q, (0, 0, 0, 16))  # [M + 16, K]
+        return torch._int_mm(pad, weight_int8)[: q.shape[0]]
+    return torch._int_mm(q, weight_int8)
+
+
+def int8_linear(x: Tensor, weight_int8: Tensor, weight_scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [..., K], weight_int8 [K, N] int8, weight_scale [N] float32, bias [N] | None -> [..., N] in x's dtype."""
+    K, N = weight_int8.shape
+    q, scale = quantize_rows(x.reshape(-1, K))  # [M, K] int8, [M, 1]
+    y = _int8_matmul(q, weight_int8).float() * scale * weight_scale  # [M, N] float32
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], N)
+
+
+_lib.impl("int8_linear", int8_linear, "CompositeImplicitAutograd")
