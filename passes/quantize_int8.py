@@ -11,6 +11,9 @@ prune_structured) and after cast_dtype, so that the attention and the residual s
 and only the matmuls change. The LM head inside graphopt.linear_logprob is not a linear and stays as
 it is. Option `exclude`: comma-separated substrings of weight names to keep in floating point.
 stats: matches (linears quantised), param_bytes_before / param_bytes_after.
+
+Compile the result with `inductor`, not `inductor-frozen`: with freezing, every new batch shape took
+minutes on CPU (torch 2.13), against seconds for inductor.
 """
 from __future__ import annotations
 
