@@ -125,11 +125,12 @@ class _NoMatmul(nn.Module):
         return torch.log_softmax(x * 2.0, dim=-1)
 
 
-def test_graph_without_linear_is_unchanged():
+@pytest.mark.parametrize("name", ["cast_dtype", "quantize_int8"])
+def test_graph_without_linear_is_unchanged(name):
     x = torch.randn(3, 5)
     gm = torch.export.export(_NoMatmul(), (x,)).module()
     code = gm.code
-    gm, (rec,) = run_passes(gm, ["cast_dtype"], PassContext(example_inputs=(x,)))
+    gm, (rec,) = run_passes(gm, [name], PassContext(example_inputs=(x,)))
     assert (rec.modified, rec.matches) == (False, 0) and gm.code == code
     assert torch.equal(gm(x), _NoMatmul()(x))
 
