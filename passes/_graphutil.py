@@ -47,6 +47,12 @@ def require_before(gm: GraphModule, name: str, later: str, why: str) -> None:
                         f"{applied_passes(gm)}; use the order [{name}, {later}])")
 
 
+def require_float_linears(gm: GraphModule, name: str) -> None:
+    """For passes that rewrite aten.linear nodes: raise when quantize_int8 already replaced them."""
+    require_before(gm, name, "quantize_int8", "quantize_int8 replaces the linears it rewrites by "
+                   "graphopt.int8_linear, so it must come after the passes that look for linears")
+
+
 def val(node) -> torch.Tensor | None:
     """The node's fake value (node.meta['val']) when it is a tensor."""
     v = node.meta.get("val") if isinstance(node, Node) else None

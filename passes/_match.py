@@ -16,7 +16,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.graph_attrs import attr
-from passes._graphutil import fake_mode, set_val, val  # noqa: F401  (re-exported for the passes)
+from passes._graphutil import fake_mode, require_float_linears, set_val, val  # noqa: F401  (re-exported for the passes)
 
 aten = torch.ops.aten
 ASSERT_META = {aten._assert_tensor_metadata.default}
@@ -192,9 +192,10 @@ def find_linear_groups(gm: GraphModule, roles: dict[str, tuple[str, ...]]) -> li
     return groups
 
 
-def merge_linear_groups(gm: GraphModule, roles: dict, name: str) -> tuple[bool, dict]:
+def merge_linear_groups(gm: GraphModule, roles: dict, name: str, pass_name: str) -> tuple[bool, dict]:
     """Every group of linears sharing an input (find_linear_groups(gm, roles)) -> one merged linear
     `<name>_weight` + split; dead nodes and the old weights removed. -> (modified, stats)."""
+    require_float_linears(gm, pass_name)
     groups = find_linear_groups(gm, roles)
     for group in groups:  # free each group's old weights before the next concatenation: a 30B model
         old = merge_linears(gm, group, name)  # has no room for a second copy of all its q/k/v or gate/up

@@ -12,7 +12,8 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.pipeline import PassContext, PassOption, PassResult, register_pass
-from passes._graphutil import (ASSERT_META, GATHER, LINEAR, LOG_SOFTMAX, SQUEEZE, UNSQUEEZE, aten, erase_dead, record_pass, set_val,
+from passes._graphutil import (ASSERT_META, GATHER, LINEAR, LOG_SOFTMAX, SQUEEZE, UNSQUEEZE, aten, erase_dead, record_pass,
+                               require_float_linears, set_val,
                                val)
 
 import graphopt.kernels  # noqa: F401 (registers torch.ops.graphopt.*)
@@ -85,6 +86,7 @@ def _head_linear(logits: Node) -> tuple[Node, Node] | None:
                options={"with_linear": PassOption(bool, True, "also fuse the LM-head linear into the log-prob "
                                                   "(graphopt.linear_logprob) when it feeds the log-softmax directly")})
 def fused_logprob(gm: GraphModule, ctx: PassContext) -> PassResult:
+    require_float_linears(gm, "fused_logprob")
     g = gm.graph
     matches, linear_fused = 0, 0
     for ls, logits, sq, targets in list(_match(gm)):

@@ -13,5 +13,5 @@ ROLES = {"gate": ("w1", "gate_proj"), "up": ("w3", "up_proj")}
 
 @register_pass("merge_gate_up", "FFN gate (w1) and up (w3) linears sharing an input -> one linear + split")
 def merge_gate_up(gm, ctx):
-    modified, stats = merge_linear_groups(gm, ROLES, "w13")
+    modified, stats = merge_linear_groups(gm, ROLES, "w13", "merge_gate_up")
     return PassResult(gm, modified, stats)

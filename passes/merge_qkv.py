@@ -15,5 +15,5 @@ ROLES = {"q": ("wq", "q_proj"), "k": ("wk", "k_proj"), "v": ("wv", "v_proj")}
 
 @register_pass("merge_qkv", "wq/wk/wv linears sharing an input -> one linear on concatenated weights + split")
 def merge_qkv(gm, ctx):
-    modified, stats = merge_linear_groups(gm, ROLES, "wqkv")
+    modified, stats = merge_linear_groups(gm, ROLES, "wqkv", "merge_qkv")
     return PassResult(gm, modified, stats)

@@ -15,6 +15,7 @@ from torch.fx import GraphModule, Node
 
 from graphopt.pipeline import PassContext, PassResult, register_pass
 from passes._graphutil import (ASSERT_META, INDEX, LINEAR, RESHAPE, aten, erase_dead, record_pass, require_before,
+                               require_float_linears,
                                set_val, val)
 
 # ops that act on each position independently (given last-dim-only reductions)
@@ -96,6 +97,7 @@ def _match(gm: GraphModule):
 @register_pass("prune_lm_head", "compute the final norm and LM head only at the scored positions ([N, V] "
                "logits instead of [B*T, V])")
 def prune_lm_head(gm: GraphModule, ctx: PassContext) -> PassResult:
+    require_float_linears(gm, "prune_lm_head")
     require_before(gm, "prune_lm_head", "fused_logprob",
                    "fused_logprob consumes the log-softmax after the head, so the head can no longer be pruned "
                    "(fused_logprob before the head exists)")

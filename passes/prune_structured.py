@@ -25,7 +25,8 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from passes._graphutil import (LINEAR, RESHAPE, attr, param_count, record_pass, set_attr, set_val, val)
+from passes._graphutil import (LINEAR, RESHAPE, attr, param_count, record_pass, require_float_linears, set_attr,
+                               set_val, val)
 
 _NAME = re.compile(r"^(?P<layer>.*layers\.\d+)\.(?P<block>attention|feed_forward)\.(?P<w>w[qkvo123])\.(?P<kind>weight|bias)$")
 
@@ -144,6 +145,7 @@ def _same_prefix(shape, old, upto: int) -> bool:
                         "what": PassOption(str, "ffn", "what to prune: ffn, heads or both")},
                exact=False)
 def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
+    require_float_linears(gm, "prune_structured")
     ratio, what = ctx.options.get("ratio", 0.0), ctx.options.get("what", "ffn")
     if not 0.0 <= ratio < 1.0:
         raise PassError(f"prune_structured option 'ratio' must be in [0, 1), got {ratio!r}")

@@ -7,8 +7,8 @@ After:   y = graphopt.int8_linear(x, Wq [K, N] int8, w_scale [N] float32[, b])  
 Weights are quantised once, here, symmetrically per output channel; activations per row (token) at
 run time. On a CPU with AVX-512 VNNI an int8 matmul runs ~2x a bf16 one. Run it LAST among the passes
 that look for linears (merge_qkv, merge_gate_up, prune_lm_head, fused_logprob, tensor_parallel,
-prune_structured) and after cast_dtype, so that the attention and the residual stream stay in bf16
-and only the matmuls change. The LM head inside graphopt.linear_logprob is not a linear and stays as
+prune_structured: each raises a PassError naming this order when it comes after), and after
+cast_dtype, so that the attention and the residual stream stay in bf16 and only the matmuls change. The LM head inside graphopt.linear_logprob is not a linear and stays as
 it is. Option `exclude`: comma-separated substrings of weight names to keep in floating point.
 stats: matches (linears quantised), param_bytes_before / param_bytes_after.
 

@@ -23,8 +23,8 @@ import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.*)
 from graphopt.distributed.collectives import ALL_REDUCE, WAIT, insert_all_gather_last_dim, insert_all_reduce
 from graphopt.distributed.plan import checkpoint_key, head_layout, shard_slice
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from passes._graphutil import (EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE, attr,
-                               param_bytes, propagate_vals, set_attr)
+from passes._graphutil import (EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE, attr, param_bytes, propagate_vals,
+                               require_float_linears, set_attr)
 
 aten = torch.ops.aten
 _LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
@@ -184,6 +184,7 @@ def _replace_logprob(g, x: Node, site: Node, tgt: Node, rank: int, v_local: int,
                         "embedding_parallel": PassOption(bool, False, "cut tok_embeddings along dim (Meta's shard "
                                                          "layout) and all-gather after the lookup")})
 def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
+    require_float_linears(gm, "tensor_parallel")
     ws, rank = ctx.world_size, ctx.rank
     if ws == 1:
         return PassResult(gm, False, {"matches": 0})

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from graphopt.kernels.int8_linear import int8_linear, quantize_rows, quantize_weight
-from graphopt.pipeline import PassContext, run_passes
+from graphopt.pipeline import PassContext, PassError, run_passes
 from tests.test_passes_dtype import _choices, _setup, _vals
 
 aten = torch.ops.aten
@@ -99,3 +99,10 @@ def test_compiled_int8_graph_keeps_the_int8_matmuls():
     assert "".join(codes).count("extern_kernels._int_mm(") == args.n_layers * 4
     assert (got - ref).abs().max().item() <= GRAPH_TOL
     assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+
+
+@pytest.mark.parametrize("later", ["merge_qkv", "merge_gate_up", "prune_lm_head", "fused_logprob", "prune_structured"])
+def test_linear_passes_after_quantize_int8_are_an_error(later):
+    args, score, inputs, owners, nq, nc, captured = _setup()
+    with pytest.raises(PassError, match=f"{later} must run before quantize_int8"):
+        run_passes(copy.deepcopy(captured), ["quantize_int8", later], PassContext(example_inputs=inputs))
