@@ -12,7 +12,8 @@ cast_dtype, so that the attention and the residual stream stay in bf16 and only 
 it is. Option `exclude`: comma-separated substrings of weight names to keep in floating point.
 stats: matches (linears quantised), param_bytes_before / param_bytes_after.
 
-Compile the result with `inductor`, not `inductor-frozen`: freezing rewrites each int8 matmul and
+On CUDA it needs int8 tensor cores (torch._int_mm: Turing or newer; a V100 has none) and is not yet
+measured (experiments/one-gpu-check.yaml has a run for it). Compile the result with `inductor`, not `inductor-frozen`: freezing rewrites each int8 matmul and
 its dequantisation into onednn.qlinear_pointwise with per-token scales, which took minutes per batch
 on CPU (torch 2.13), against milliseconds for inductor's extern `_int_mm`.
 """
