@@ -1,5 +1,5 @@
-"""quantize_int8: every linear with a weight in the graph -> graphopt.int8_linear (W8A8, int32
-accumulation; exact=False).
+"""quantize_int8: every linear with a weight in the graph (export IR aten.linear, as the merge passes) ->
+graphopt.int8_linear (W8A8, int32 accumulation; exact=False).
 
 Before:  y = linear(x [..., K], W [N, K] float[, b])
 After:   y = graphopt.int8_linear(x, Wq [K, N] int8, w_scale [N] float32[, b])    y keeps x's dtype
@@ -24,23 +24,22 @@ from torch.fx import GraphModule, Node
 
 from graphopt.kernels.int8_linear import quantize_weight
 from graphopt.pipeline import PassContext, PassOption, PassResult, register_pass
-from passes._graphutil import LINEAR, attr, fake_mode, param_bytes, record_pass, set_val, val
-from passes._match import add_parameter, delete_unused_attrs, insert_call
+from passes._graphutil import attr, fake_mode, param_bytes, record_pass, set_val, val
+from passes._match import add_parameter, delete_unused_attrs, insert_call, linear_parts
 
 INT8_LINEAR = torch.ops.graphopt.int8_linear.default
 
 
-def _quantizable(node: Node, exclude: list[str]) -> bool:
-    """A linear whose weight (and bias) are graph attributes, a 2-D floating weight, not excluded."""
-    if node.op != "call_function" or node.target not in LINEAR:
+def _quantizable(gm: GraphModule, node: Node, exclude: list[str]) -> bool:
+    """A linear whose weight (and bias) are graph attributes (linear_parts), a 2-D floating weight,
+    not excluded."""
+    parts = linear_parts(gm, node)
+    if parts is None:
         return False
-    w = node.args[1]
-    b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-    if not (isinstance(w, Node) and w.op == "get_attr") or (b is not None and not (isinstance(b, Node) and b.op == "get_attr")):
+    w = val(node.args[1])
+    if w is not None and (w.ndim != 2 or not w.is_floating_point()):
         return False
-    if val(w) is not None and (val(w).ndim != 2 or not val(w).is_floating_point()):
-        return False
-    return not any(s in w.target for s in exclude)
+    return not any(s in parts[1] for s in exclude)
 
 
 @register_pass("quantize_int8", "linears -> graphopt.int8_linear: int8 weights (per output channel) x int8 "
@@ -55,7 +54,7 @@ def quantize_int8(gm: GraphModule, ctx: PassContext) -> PassResult:
     done: dict[str, tuple[str, str]] = {}  # weight target -> (int8 target, scale target); tied weights once
     old, matches = set(), 0
     for node in list(gm.graph.nodes):
-        if not _quantizable(node, exclude):
+        if not _quantizable(gm, node, exclude):
             continue
         x, w = node.args[0], node.args[1]
         b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
