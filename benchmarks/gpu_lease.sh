@@ -2,17 +2,20 @@
 # Every GPU measurement of benchmarks/RESULTS.md in one go, for a short lease of one CUDA machine:
 #
 #   OUT=gpu-out bash benchmarks/gpu_lease.sh          # logs and tables under $OUT
-#   STEPS="mfu kernels" bash benchmarks/gpu_lease.sh   # some steps only (default: all five)
+#   STEPS="mfu kernels" bash benchmarks/gpu_lease.sh   # some steps only (default: all six, in this order)
 #
 # Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
+# The default order puts the MFU steps first (the open GPU target); the others repeat earlier figures.
 #   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers
 #             (plus $MFU_ARGS; falls back to 20 layers)
-#   kernels   benchmarks.kernels: the Triton kernels against eager (correctness and speed), no compile
+#   profile   benchmarks.mfu --profile, 20 layers (plus $PROFILE_ARGS, e.g. "--compiler inductor"): GPU time
+#             by kind of kernel, and the wall time no kernel covered (launch gaps)
+#   mfu_inductor  benchmarks.mfu through inductor, 20 of the 60 layers (compile time grows with depth)
 #   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference, then
 #             graphopt report of the rows that finished
+#   kernels   benchmarks.kernels: the Triton kernels against eager (correctness and speed), no compile
 #   compiled  benchmarks.kernels again with the torch.compile column
-#   mfu_inductor  benchmarks.mfu through inductor, 20 of the 60 layers (compile time grows with depth)
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -37,7 +40,7 @@ step() {  # step NAME SECONDS CMD...: CMD's output in $OUT/NAME.log, its tail an
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-for s in ${STEPS:-mfu kernels check compiled mfu_inductor}; do
+for s in ${STEPS:-mfu profile mfu_inductor check kernels compiled}; do
     case $s in
     mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ${MFU_ARGS:-} ||
         TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
@@ -50,7 +53,9 @@ for s in ${STEPS:-mfu kernels check compiled mfu_inductor}; do
         --out "$OUT/kernels_compiled.csv" ;;
     mfu_inductor) TAIL=6 step mfu_inductor "${MFU_INDUCTOR_S:-300}" $PY -m benchmarks.mfu --layers 20 \
         --compiler inductor ;;
-    *) echo "unknown step $s (expected mfu, kernels, check, compiled, mfu_inductor)" ;;
+    profile) TAIL=40 step profile "${PROFILE_S:-240}" $PY -m benchmarks.mfu --layers 20 --repeats 1 --profile \
+        ${PROFILE_ARGS:-} ;;
+    *) echo "unknown step $s (expected mfu, kernels, check, compiled, mfu_inductor, profile)" ;;
     esac
 done
 exit 0

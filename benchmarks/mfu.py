@@ -26,6 +26,7 @@ import time
 import torch
 
 import graphopt
+from benchmarks.kernel_profile import kernel_table, markdown
 from graphopt.capture import capture
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
@@ -123,6 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-prefix-attention", action="store_true", help="keep SDPA over the mask on CUDA")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak for --dtype")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed repeats, one more call under torch.profiler: time by kind of kernel "
+                        "(matmul, attention, norms, copies, launch gaps, ...) and the longest kernels")
     a = p.parse_args(argv)
 
     dtype = parse_dtype(a.dtype)
@@ -150,9 +154,10 @@ def main(argv=None) -> int:
     reset_peak_memory(a.device)
     first_calls(fn, batches, a.device)  # compile / warm up every shape, as the runner does
     setup_s = time.perf_counter() - t0
-    seconds = statistics.median(
-        timed(lambda: score_requests(fn, batches, len(requests), progress=False, device=a.device), a.device)[1]
-        for _ in range(a.repeats))
+    def run():
+        return score_requests(fn, batches, len(requests), progress=False, device=a.device)
+
+    seconds = statistics.median(timed(run, a.device)[1] for _ in range(a.repeats))
     flops = model_flops(args, batches)
     peak, peak_src = peak_tflops(a.device, dtype, a.peak_tflops)
     achieved = flops / seconds / 1e12
@@ -175,6 +180,9 @@ def main(argv=None) -> int:
     print(f"| {len(rows)} | {seconds:.3f} | {flops / 1e12:.3g} | {achieved:.3g} | {peak:.3g} ({peak_src}) | "
           f"{achieved / peak:.1%} | {mm_cells} | {mem_gb:.1f} | "
           f"{per_question * HELLASWAG_VAL_QUESTIONS:.0f} |")
+    if a.profile:
+        print()
+        print(markdown(*kernel_table(run, a.device)))
     return 0
 
 
