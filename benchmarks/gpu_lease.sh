@@ -2,7 +2,7 @@
 # Every GPU measurement of benchmarks/RESULTS.md in one go, for a short lease of one CUDA machine:
 #
 #   OUT=gpu-out bash benchmarks/gpu_lease.sh          # logs and tables under $OUT
-#   STEPS="mfu kernels" bash benchmarks/gpu_lease.sh   # some steps only (default: all six, in this order)
+#   STEPS="mfu kernels" bash benchmarks/gpu_lease.sh   # some steps only (default: all seven, in this order)
 #
 # Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
@@ -11,6 +11,7 @@
 #             (plus $MFU_ARGS; falls back to 20 layers)
 #   profile   benchmarks.mfu --profile, 20 layers (plus $PROFILE_ARGS, e.g. "--compiler inductor"): GPU time
 #             by kind of kernel, and the wall time no kernel covered (launch gaps)
+#   residual  the profile step again with --fuse-residual (residual add + next norm in one kernel)
 #   mfu_inductor  benchmarks.mfu through inductor, 20 of the 60 layers (compile time grows with depth)
 #   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference, then
 #             graphopt report of the rows that finished
@@ -40,7 +41,7 @@ step() {  # step NAME SECONDS CMD...: CMD's output in $OUT/NAME.log, its tail an
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-for s in ${STEPS:-mfu profile mfu_inductor check kernels compiled}; do
+for s in ${STEPS:-mfu profile residual mfu_inductor check kernels compiled}; do
     case $s in
     mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ${MFU_ARGS:-} ||
         TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
@@ -55,7 +56,9 @@ for s in ${STEPS:-mfu profile mfu_inductor check kernels compiled}; do
         --compiler inductor ;;
     profile) TAIL=40 step profile "${PROFILE_S:-240}" $PY -m benchmarks.mfu --layers 20 --repeats 1 --profile \
         ${PROFILE_ARGS:-} ;;
-    *) echo "unknown step $s (expected mfu, kernels, check, compiled, mfu_inductor, profile)" ;;
+    residual) TAIL=40 step residual "${PROFILE_S:-240}" $PY -m benchmarks.mfu --layers 20 --repeats 1 --profile \
+        --fuse-residual ${PROFILE_ARGS:-} ;;
+    *) echo "unknown step $s (expected mfu, profile, residual, mfu_inductor, check, kernels, compiled)" ;;
     esac
 done
 exit 0

@@ -122,6 +122,9 @@ def main(argv=None) -> int:
                         "else the longest question)")
     p.add_argument("--compiler", default="none", choices=COMPILERS, help="(default: %(default)s, the FX graph)")
     p.add_argument("--no-prefix-attention", action="store_true", help="keep SDPA over the mask on CUDA")
+    p.add_argument("--fuse-residual", action="store_true",
+                   help="fuse_rmsnorm with fuse_residual: each residual add joins the norm after it "
+                        "(graphopt.add_rms_norm), one pass over the residual stream instead of two")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak for --dtype")
     p.add_argument("--profile", action="store_true",
@@ -146,6 +149,8 @@ def main(argv=None) -> int:
     row_len = a.row_len or (2048 if prefix else None)
     batches = [b.to(a.device) for b in build_batches(requests, "packed", row_len=row_len, max_tokens=a.max_tokens)]
     passes = EXACT + (["prefix_attention"] if prefix else [])
+    if a.fuse_residual:
+        passes = [("fuse_rmsnorm", {"fuse_residual": True}) if p == "fuse_rmsnorm" else p for p in passes]
     example = batches[0].model_inputs()
     gm = capture(score_module, example)
     del score_module
@@ -167,7 +172,7 @@ def main(argv=None) -> int:
           f"{a.dtype}, {name}, torch {torch.__version__}")
     fed = sum(b.input_ids.numel() for b in batches)
     real = sum(int((b.doc_ids >= 0).sum()) for b in batches)
-    print(f"passes: {', '.join(passes)}; compiler {a.compiler}; {len(rows)} questions in {len(batches)} batches "
+    print(f"passes: {', '.join(p if isinstance(p, str) else f'{p[0]} {p[1]}' for p in passes)}; compiler {a.compiler}; {len(rows)} questions in {len(batches)} batches "
           f"(max {a.max_tokens} tokens, rows of {max(b.input_ids.shape[1] for b in batches)}: {real} tokens, "
           f"{fed / real - 1:.1%} padding); setup + compile {setup_s:.1f} s")
     print()

@@ -1,5 +1,5 @@
 """benchmarks/kernel_profile.py: kernel names land in the right kind, and a profiled CPU call accounts
-for its wall time (the kinds plus the uncovered row add up to it)."""
+for its wall time (the kinds plus the uncovered row add up to it); benchmarks.mfu --profile prints it."""
 import pytest
 import torch
 
@@ -44,7 +44,9 @@ def test_cpu_profile_adds_up_to_wall_time():
 
 def test_mfu_script_profile_table(capsys):
     assert main(["--device", "cpu", "--preset", "tiny", "--dtype", "float32", "--questions", "4",
-                 "--max-tokens", "256", "--repeats", "1", "--peak-tflops", "1", "--profile"]) == 0
+                 "--max-tokens", "256", "--repeats", "1", "--peak-tflops", "1", "--profile", "--fuse-residual"]) == 0
     out = capsys.readouterr().out
     assert "| kind | s | share of wall | calls |" in out
     assert "| matmul |" in out and "| attention |" in out and "| rms_norm |" in out
+    # --fuse-residual: the residual adds ran inside graphopt.add_rms_norm (every norm but the first one)
+    assert "`graphopt::add_rms_norm` | rms_norm |" in out
