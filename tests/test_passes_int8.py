@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from graphopt.kernels.int8_linear import int8_linear, quantize_rows, quantize_weight
+from graphopt.kernels.int8_linear import int8_linear, padded_int_mm, quantize_rows, quantize_weight
 from graphopt.pipeline import PassContext, PassError, run_passes
 from tests.test_passes_dtype import _choices, _setup, _vals
 
@@ -45,6 +45,17 @@ def test_int8_linear_matches_float_linear(dtype):
     err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
     assert 0 < err <= OP_RTOL, err
     assert torch.equal(INT8_LINEAR(x, wq, scale), int8_linear(x, wq, scale))  # the op is the composite
+
+
+@pytest.mark.parametrize("M, K, N", [(1, 64, 48), (3, 5, 7), (40, 24, 13), (17, 9, 16)])
+def test_padded_int_mm_equals_the_exact_int32_product(M, K, N):
+    # the CUDA path's padding (rows > 16, K and N multiples of 8), checked here on CPU: exact, any shape
+    g = torch.Generator().manual_seed(M * K * N)
+    q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (K, N), generator=g, dtype=torch.int8)
+    out = padded_int_mm(q, w)
+    assert out.dtype == torch.int32 and out.shape == (M, N)
+    assert torch.equal(out, q.int() @ w.int())
 
 
 def test_quantize_int8_rewrites_every_linear_and_keeps_choices():

@@ -38,12 +38,24 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _int8_matmul(q: Tensor, weight_int8: Tensor) -> Tensor:
-    """[M, K] int8 @ [K, N] int8 -> [M, N] int32. cuBLASLt's int8 path wants more than 16 rows: on CUDA
-    the rows are padded by 16 zero rows (a copy of q, small next to the matmul) and cut off again."""
+    """[M, K] int8 @ [K, N] int8 -> [M, N] int32 (torch._int_mm). On CUDA through padded_int_mm."""
     if q.is_cuda:
-        pad = torch.nn.functional.pad(q, (0, 0, 0, 16))  # [M + 16, K]
-        return torch._int_mm(pad, weight_int8)[: q.shape[0]]
+        return padded_int_mm(q, weight_int8)
     return torch._int_mm(q, weight_int8)
+
+
+def padded_int_mm(q: Tensor, weight_int8: Tensor) -> Tensor:
+    """torch._int_mm within cuBLASLt's int8 limits: more than 16 rows, K and N multiples of 8. Rows get
+    16 zero rows (a copy of q, small next to the matmul); a K or N off the multiple of 8 is zero-padded
+    (weights included: a copy per call, only for such odd shapes). Zeros add nothing to the int32 sums,
+    and the padding is cut off again. Device-independent, so CPU tests check it."""
+    M, K = q.shape
+    N = weight_int8.shape[1]
+    k_pad, n_pad = -K % 8, -N % 8
+    q = torch.nn.functional.pad(q, (0, k_pad, 0, 16))  # [M + 16, K + k_pad]
+    if k_pad or n_pad:
+        weight_int8 = torch.nn.functional.pad(weight_int8, (0, n_pad, 0, k_pad))  # [K + k_pad, N + n_pad]
+    return torch._int_mm(q, weight_int8)[:M, :N]
 
 
 def int8_linear(x: Tensor, weight_int8: Tensor, weight_scale: Tensor, bias: Tensor | None = None) -> Tensor:
