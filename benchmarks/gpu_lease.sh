@@ -7,6 +7,8 @@
 # Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
 # The default order puts the MFU steps first (the open GPU target); the others repeat earlier figures.
+# All seven can take ~25 min at their limits; where one command may run 10 min at most, split them:
+#   STEPS="mfu profile residual" ...   then   STEPS="mfu_inductor check" ...
 #   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers
 #             (plus $MFU_ARGS; falls back to 20 layers)
 #   profile   benchmarks.mfu --profile, 20 layers (plus $PROFILE_ARGS, e.g. "--compiler inductor"): GPU time
