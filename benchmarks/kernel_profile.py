@@ -1,7 +1,7 @@
 """Where a scoring run's time goes, by kind of kernel: one profiled call, a markdown table.
 
-    rows, wall = kernel_table(lambda: score_requests(...), "cuda")
-    print(markdown(rows, wall, top))
+    rows, kernels, wall = kernel_table(lambda: score_requests(...), "cuda")
+    print(markdown(rows, kernels, wall, top=12))
 
 On CUDA the table counts GPU kernel time (self device time of each kernel) and adds the wall time no
 kernel covered: launch gaps and host work the GPU waited for. On CPU it counts each op's self time;
