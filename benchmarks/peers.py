@@ -20,7 +20,8 @@ import graphopt
 from graphopt.capture import capture
 from graphopt.compilers import compile_for
 from graphopt.pipeline import PassContext, run_passes
-from graphopt.scoring import ScoreModule, build_batches, build_requests, choice_metrics, score_requests
+from graphopt.scoring import (ScoreModule, build_batches, build_requests, choice_metrics, same_choices,
+                              score_requests)
 
 FIDELITY_PASSES = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
                    "prune_lm_head", "fused_logprob", "cse", "dce"]
@@ -132,8 +133,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, seconds, compile_s, ll in results:
         m = choice_metrics(rows, requests, ll)
-        agree = statistics.mean(float(a == b and c == d) for a, b, c, d in zip(
-            m["choices"], ref_choices["choices"], m["choices_norm"], ref_choices["choices_norm"]))
+        agree = statistics.mean(map(float, same_choices(m, ref_choices)))
         vs_hf = f"{hf_seconds / seconds:.2f}" if hf_seconds else "-"
         print(f"| {name} | {seconds:.2f} | {compile_s:.1f} | {results[0][1] / seconds:.2f} | {vs_hf} | "
               f"{m['acc_norm']:.3f} | {agree:.3f} | {(ll - ref_ll).abs().max().item():.2e} |")

@@ -16,7 +16,7 @@ import torch
 
 import graphopt
 from benchmarks.peers import FIDELITY_PASSES, optimised_graph
-from graphopt.scoring import build_batches, build_requests, choice_metrics, score_requests
+from graphopt.scoring import build_batches, build_requests, choice_metrics, same_choices, score_requests
 
 
 def round_weights_(model: torch.nn.Module, originals: dict[str, torch.Tensor], bits: int) -> None:
@@ -28,11 +28,6 @@ def round_weights_(model: torch.nn.Module, originals: dict[str, torch.Tensor], b
                 w = originals[name]  # [out, in]
                 scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax  # [out, 1]
                 p.copy_((w / scale).round().clamp(-qmax, qmax) * scale)
-
-
-def changed_choices(a: dict, b: dict) -> int:
-    return sum(x != y or xn != yn for x, y, xn, yn in zip(a["choices"], b["choices"], a["choices_norm"],
-                                                          b["choices_norm"]))
 
 
 def main(argv=None) -> int:
@@ -67,7 +62,7 @@ def main(argv=None) -> int:
     for bits in args.bits:
         round_weights_(model, originals, bits)
         ll = score()
-        print(f"| {bits} | {changed_choices(choice_metrics(rows, requests, ll), ref)}/{len(rows)} | "
+        print(f"| {bits} | {same_choices(choice_metrics(rows, requests, ll), ref).count(False)}/{len(rows)} | "
               f"{(ll - ref_ll).abs().max().item():.3f} |", flush=True)
     return 0
 

@@ -10,7 +10,7 @@ from graphopt.data import HellaSwagRow, synthetic_hellaswag
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.scoring import (STRATEGIES, Request, ScoreBatch, ScoreModule, build_batches, build_requests, choice_metrics, evaluate,
-                              reference_loglik, score_requests)
+                              reference_loglik, same_choices, score_requests)
 from graphopt.scoring.reference import PAD_ID, padded_batches, per_pair_batches
 from graphopt.scoring.requests import encode_pair
 
@@ -174,6 +174,15 @@ def test_choice_metrics_by_hand():
     assert out["acc"] == 0.0 and out["acc_norm"] == 0.5
     with pytest.raises(ValueError, match="without labels"):
         choice_metrics([_row(-1), _row(0)], reqs, torch.tensor(sum(lls, [])))
+
+
+def test_same_choices_needs_acc_and_acc_norm_choices_to_agree():
+    ref = {"choices": [0, 2, 1], "choices_norm": [1, 0, 3]}
+    other = {"choices": [0, 2, 3], "choices_norm": [1, 2, 3]}  # row 1: only acc_norm differs; row 2: only acc
+    assert same_choices(ref, other) == [True, False, False]
+    assert same_choices(ref, ref) == [True, True, True]
+    with pytest.raises(AssertionError, match="3 rows against 2"):
+        same_choices(ref, {"choices": [0, 2], "choices_norm": [1, 0]})
 
 
 def test_evaluate_end_to_end(tiny, rows):

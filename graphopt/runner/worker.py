@@ -136,7 +136,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
     from graphopt.scoring.batch import ScoreModule
     from graphopt.scoring.evaluate import score_requests
-    from graphopt.scoring.metrics import choice_metrics
+    from graphopt.scoring.metrics import choice_metrics, same_choices
     from graphopt.scoring.requests import build_requests
     from graphopt.scoring.strategies import build_batches
 
@@ -187,8 +187,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
     ref = np.load(spec["reference_loglik"]) if spec.get("reference_loglik") else None
     if ref is not None:
         assert ref.shape == loglik.shape, f"reference has {ref.shape[0]} requests, this run {loglik.shape[0]}"
-        ref_choices = choice_metrics(rows, requests, torch.from_numpy(ref))["choices"]
-        agree = float(np.mean([a == b for a, b in zip(metrics["choices"], ref_choices)]))
+        agree = float(np.mean(same_choices(metrics, choice_metrics(rows, requests, torch.from_numpy(ref)))))
         max_d = float(np.abs(ref - loglik).max())
     else:  # this is the reference
         agree, max_d = 1.0, 0.0

@@ -52,3 +52,10 @@ def choice_metrics(rows: Sequence, requests: Sequence[Request], loglik: Tensor |
     acc_norm = sum(c == y for c, y in zip(choices_norm, labels)) / n if n else float("nan")
     return {"acc": acc, "acc_norm": acc_norm, "choices": choices, "choices_norm": choices_norm,
             "loglik": table, "n_items": n}
+
+
+def same_choices(a: dict, b: dict) -> list[bool]:
+    """Per row of two choice_metrics results: both its acc choice and its acc_norm choice agree."""
+    assert len(a["choices"]) == len(b["choices"]), f"{len(a['choices'])} rows against {len(b['choices'])}"
+    return [x == y and xn == yn for x, y, xn, yn in zip(a["choices"], b["choices"], a["choices_norm"],
+                                                        b["choices_norm"])]
