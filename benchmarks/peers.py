@@ -6,7 +6,9 @@
 Rows: per-pair eager fp32 (lm-evaluation-harness style, the reference), Hugging Face transformers
 LlamaForCausalLM batched eager fp32, plain torch.compile of our ScoreModule (padded batches), and
 graphopt's combinations (packed shared-prefix rows + the pass pipeline, fp32 and bf16). Speedups are
-ratios from this one run; compile/capture time is reported apart from run time.
+ratios from this one run; compile/capture time is reported apart from run time. Every peer is built
+and warmed up first, then timed round-robin (`--repeats` rounds, median), so a change in the host's
+load mid-run hits every peer alike.
 """
 from __future__ import annotations
 
@@ -27,14 +29,19 @@ FIDELITY_PASSES = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "mer
                    "prune_lm_head", "fused_logprob", "cse", "dce"]
 
 
-def timed(fn, batches, n_requests, repeats: int) -> tuple[torch.Tensor, float]:
-    """Median wall time of `repeats` full passes over the batches (after the caller's warmup)."""
-    times, loglik = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        loglik = score_requests(fn, batches, n_requests, progress=False)
-        times.append(time.perf_counter() - t0)
-    return loglik, statistics.median(times)
+def time_round_robin(peers, repeats: int) -> list[tuple[str, float, float, torch.Tensor]]:
+    """peers: [(name, run () -> loglik [R], compile_s)]. Each repeat times every peer once, in turn, so
+    that a change in the host's load hits all of them alike; -> [(name, median seconds, compile_s,
+    loglik of the last repeat)]."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in peers}
+    loglik: dict[str, torch.Tensor] = {}
+    for r in range(repeats):
+        for name, run, _ in peers:
+            t0 = time.perf_counter()
+            loglik[name] = run()
+            times[name].append(time.perf_counter() - t0)
+            print(f"  [{r + 1}/{repeats}] {name}: {times[name][-1]:.2f} s", flush=True)
+    return [(name, statistics.median(times[name]), compile_s, loglik[name]) for name, _, compile_s in peers]
 
 
 def optimised_graph(model, batches, passes, compiler: str):
@@ -51,7 +58,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="bench-100m", help="model preset (random weights)")
     p.add_argument("--questions", type=int, default=200, help="synthetic HellaSwag-format questions")
-    p.add_argument("--repeats", type=int, default=1, help="timed repeats per peer (median reported)")
+    p.add_argument("--repeats", type=int, default=1, help="timed repeats per peer, round-robin over the peers "
+                   "(median reported)")
     p.add_argument("--hf-batch-size", type=int, default=8)
     p.add_argument("--row-len", type=int, default=128, help="packed row length for graphopt's layout")
     p.add_argument("--max-tokens", type=int, default=512, help="tokens per graphopt batch (rows x row length)")
@@ -72,31 +80,24 @@ def main(argv=None) -> int:
     print(f"# peers: {args.preset} ({n_params / 1e6:.0f}M params), {len(rows)} questions, {R} requests, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
 
-    results = []  # (name, seconds, compile_s, loglik)
+    peers = []  # (name, run () -> loglik [R], compile_s), timed after all are built and warmed up
 
-    def record(name, fn, batches, compile_s=0.0, warmup=True):
+    def add(name, fn, batches, compile_s=0.0, warmup=True):
         if warmup:  # untimed calls on a few shapes so compile/first-call costs stay out of run time
             t0 = time.perf_counter()
             with torch.inference_mode():
                 for b in batches[:3]:
                     fn(*b.model_inputs())
             compile_s += time.perf_counter() - t0
-        loglik, seconds = timed(fn, batches, R, args.repeats)
-        results.append((name, seconds, compile_s, loglik))
-        print(f"  {name}: {seconds:.2f} s (+{compile_s:.1f} s compile/warmup)", flush=True)
+        peers.append((name, lambda: score_requests(fn, batches, R, progress=False), compile_s))
+        print(f"  built {name} (+{compile_s:.1f} s compile/warmup)", flush=True)
 
-    eager = ScoreModule(model).eval()
-    with torch.inference_mode():
-        record("per-pair eager fp32 (lm-eval style, reference)", eager, build_batches(requests, "per_pair"))
+    add("per-pair eager fp32 (lm-eval style, reference)", ScoreModule(model).eval(), build_batches(requests, "per_pair"))
     if "hf" not in skip:
         from benchmarks.hf_peer import hf_batched_loglik, to_transformers
         hf = to_transformers(model)
-        t0 = time.perf_counter()
-        ll = hf_batched_loglik(hf, requests, args.hf_batch_size)
-        results.append((f"transformers LlamaForCausalLM batched eager fp32 (bs {args.hf_batch_size})",
-                        time.perf_counter() - t0, 0.0, ll))
-        print(f"  transformers: {results[-1][1]:.2f} s", flush=True)
-        del hf
+        peers.append((f"transformers LlamaForCausalLM batched eager fp32 (bs {args.hf_batch_size})",
+                      lambda: hf_batched_loglik(hf, requests, args.hf_batch_size), 0.0))
     if "compile" not in skip:
         padded = build_batches(requests, "padded", batch_size=args.hf_batch_size)
         t0 = time.perf_counter()
@@ -104,8 +105,8 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             for b in padded[:3]:  # distinct shapes, so dynamic-shape compile settles before timing
                 compiled(*b.model_inputs())
-        record(f"plain torch.compile fp32 (padded bs {args.hf_batch_size})", compiled, padded,
-               time.perf_counter() - t0, warmup=False)
+        add(f"plain torch.compile fp32 (padded bs {args.hf_batch_size})", compiled, padded,
+            time.perf_counter() - t0, warmup=False)
 
     packed = build_batches(requests, "packed", row_len=args.row_len, max_tokens=args.max_tokens)
     bf16 = FIDELITY_PASSES + [("cast_dtype", {"dtype": "bfloat16"})]
@@ -113,8 +114,8 @@ def main(argv=None) -> int:
     for dtype, passes in (("fp32", FIDELITY_PASSES), ("bf16", bf16)):
         for compiler in compilers:
             fn, cs = optimised_graph(model, packed, passes, compiler)
-            record(f"graphopt {dtype}: packed shared-prefix + fidelity passes"
-                   f"{' + cast_dtype' if dtype == 'bf16' else ''}, compiler {compiler}", fn, packed, cs)
+            add(f"graphopt {dtype}: packed shared-prefix + fidelity passes"
+                f"{' + cast_dtype' if dtype == 'bf16' else ''}, compiler {compiler}", fn, packed, cs)
     if "inductor" not in skip:  # variants that trade fidelity for speed, measured but not fidelity-preserving
         att32 = ("cast_dtype", {"dtype": "bfloat16", "attention": "float32"})
         # int8 with inductor-frozen: every new batch shape takes minutes (freezing's constant folding
@@ -123,8 +124,9 @@ def main(argv=None) -> int:
                 ("bf16 + fp32 attention", FIDELITY_PASSES + [att32], "inductor-frozen"),
                 ("int8 W8A8 (quantize_int8) + fp32 attention", FIDELITY_PASSES + [att32, "quantize_int8"], "inductor")):
             fn, cs = optimised_graph(model, packed, passes, compiler)
-            record(f"graphopt {name}: packed + fidelity passes, compiler {compiler}", fn, packed, cs)
+            add(f"graphopt {name}: packed + fidelity passes, compiler {compiler}", fn, packed, cs)
 
+    results = time_round_robin(peers, args.repeats)
     ref_ll = results[0][3]
     ref_choices = choice_metrics(rows, requests, ref_ll)
     hf_seconds = next((s for n, s, _, _ in results if n.startswith("transformers")), None)
