@@ -172,7 +172,8 @@ def main(argv=None) -> int:
           f"{a.dtype}, {name}, torch {torch.__version__}")
     fed = sum(b.input_ids.numel() for b in batches)
     real = sum(int((b.doc_ids >= 0).sum()) for b in batches)
-    print(f"passes: {', '.join(p if isinstance(p, str) else f'{p[0]} {p[1]}' for p in passes)}; compiler {a.compiler}; {len(rows)} questions in {len(batches)} batches "
+    names = ", ".join(p if isinstance(p, str) else f"{p[0]} {p[1]}" for p in passes)
+    print(f"passes: {names}; compiler {a.compiler}; {len(rows)} questions in {len(batches)} batches "
           f"(max {a.max_tokens} tokens, rows of {max(b.input_ids.shape[1] for b in batches)}: {real} tokens, "
           f"{fed / real - 1:.1%} padding); setup + compile {setup_s:.1f} s")
     print()

@@ -20,7 +20,7 @@ from graphopt.scoring import build_batches, build_requests, choice_metrics, same
 
 
 def round_weights_(model: torch.nn.Module, originals: dict[str, torch.Tensor], bits: int) -> None:
-    """Every 2-D weight but the embedding, from `originals`, rounded to `bits` per output channel."""
+    """Each parameter named in `originals` set to its original rounded to `bits` per output channel."""
     qmax = 2 ** (bits - 1) - 1
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -6,6 +6,6 @@ from graphopt.scoring.reference import padded_batches, per_pair_batches, referen
 from graphopt.scoring.requests import build_requests
 from graphopt.scoring.strategies import STRATEGIES, build_batches
 
-__all__ = ["evaluate", "build_requests", "build_batches", "score_requests", "choice_metrics", "same_choices", "ScoreModule",
-           "ScoreBatch", "Request", "sum_by_owner", "STRATEGIES", "per_pair_batches", "padded_batches",
+__all__ = ["evaluate", "build_requests", "build_batches", "score_requests", "choice_metrics", "same_choices",
+           "ScoreModule", "ScoreBatch", "Request", "sum_by_owner", "STRATEGIES", "per_pair_batches", "padded_batches",
            "reference_loglik"]
