@@ -26,7 +26,8 @@ def test_weight_and_rows_quantise_symmetrically():
     w = torch.randn(6, 10)  # [N, K]
     w[2] = 0.0  # an all-zero channel gets a tiny scale, not a division by zero
     wq, scale = quantize_weight(w)
-    assert wq.dtype == torch.int8 and wq.shape == (10, 6) and wq.is_contiguous() and scale.shape == (6,)
+    assert wq.dtype == torch.int8 and wq.shape == (10, 6) and scale.shape == (6,)
+    assert wq.t().is_contiguous()  # column-major [K, N]: the layout cuBLASLt's int8 matmul takes as is
     assert wq.abs().max() == 127 and torch.all(wq[:, 2] == 0)
     assert torch.allclose(wq.t().float() * scale[:, None], w, atol=scale.max().item() / 2 + 1e-7)
     q, s = quantize_rows(torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]]))
@@ -47,13 +48,22 @@ def test_int8_linear_matches_float_linear(dtype):
     assert torch.equal(INT8_LINEAR(x, wq, scale), int8_linear(x, wq, scale))  # the op is the composite
 
 
-@pytest.mark.parametrize("M, K, N", [(1, 64, 48), (3, 5, 7), (40, 24, 13), (17, 9, 16)])
-def test_padded_int_mm_equals_the_exact_int32_product(M, K, N):
+@pytest.mark.parametrize("M, K, N", [(1, 64, 48), (3, 5, 7), (40, 24, 13), (17, 9, 16), (17, 64, 48)])
+@pytest.mark.parametrize("layout", ["column-major", "row-major"])
+def test_padded_int_mm_equals_the_exact_int32_product(M, K, N, layout, monkeypatch):
     # the CUDA path's padding (rows > 16, K and N multiples of 8), checked here on CPU: exact, any shape
     g = torch.Generator().manual_seed(M * K * N)
     q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
-    w = torch.randint(-127, 128, (K, N), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).t()  # [K, N] as quantize_weight makes it
+    if layout == "row-major":
+        w = w.contiguous()
+    seen = []  # the weight torch._int_mm gets: padded or not, in the layout it came in
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: seen.append(b) or real(a, b))
     out = padded_int_mm(q, w)
+    within = K % 8 == 0 and N % 8 == 0
+    assert (seen[0] is w) == within  # no copy of a weight within the limits
+    assert seen[0].t().is_contiguous() == (layout == "column-major" or not within)  # a padded copy: column-major
     assert out.dtype == torch.int32 and out.shape == (M, N)
     assert torch.equal(out, q.int() @ w.int())
 

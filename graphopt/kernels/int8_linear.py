@@ -5,8 +5,8 @@
                                                                        CPU, int8 tensor cores on CUDA)
     y = acc * s * w_scale (+ bias)                     [..., N] in x's dtype
 
-Wq [K, N] int8 and w_scale [N] float32 are the weight quantised per output channel
-(`quantize_weight`). The op has no Triton kernel: it is registered as a CompositeImplicitAutograd op,
+Wq [K, N] int8 (column-major: a transposed view of [N, K]) and w_scale [N] float32 are the weight
+quantised per output channel (`quantize_weight`). The op has no Triton kernel: it is registered as a CompositeImplicitAutograd op,
 so the graph shows ONE node (countable in tests, readable in `graphopt passes`) while torch.compile
 traces through it and inductor fuses the quantisation and the dequantisation around the matmul.
 """
@@ -23,11 +23,14 @@ _lib.define("int8_linear(Tensor x, Tensor weight_int8, Tensor weight_scale, Tens
 
 
 def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """weight [N, K] float -> (Wq [K, N] int8, contiguous; w_scale [N] float32), per output channel."""
+    """weight [N, K] float -> (Wq [K, N] int8, w_scale [N] float32), per output channel. Wq is the
+    transposed view of the contiguous [N, K] codes (column-major), the layout cuBLASLt's int8 matmul
+    takes without a copy (a row-major [K, N] is several times slower on CUDA); on CPU, oneDNN runs
+    both layouts at the same rate."""
     w = weight.detach().float()
     scale = w.abs().amax(dim=1).clamp_min(_EPS) / QMAX  # [N]
     q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)  # [N, K]
-    return q.t().contiguous(), scale
+    return q.t(), scale
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,16 +48,18 @@ def _int8_matmul(q: Tensor, weight_int8: Tensor) -> Tensor:
 
 
 def padded_int_mm(q: Tensor, weight_int8: Tensor) -> Tensor:
-    """torch._int_mm within cuBLASLt's int8 limits: more than 16 rows, K and N multiples of 8. Rows get
-    16 zero rows (a copy of q, small next to the matmul); a K or N off the multiple of 8 is zero-padded
-    (weights included: a copy per call, only for such odd shapes). Zeros add nothing to the int32 sums,
-    and the padding is cut off again. Device-independent, so CPU tests check it."""
+    """torch._int_mm within cuBLASLt's int8 limits: more than 16 rows, K and N multiples of 8. What
+    falls short is zero-padded (q gets rows up to 17 and columns up to the multiple of 8; the weight,
+    for an odd K or N, a padded copy in its own column-major layout), then cut off again: zeros add
+    nothing to the int32 sums. Shapes within the limits run with no copy. Device-independent, so CPU
+    tests check it."""
     M, K = q.shape
     N = weight_int8.shape[1]
-    k_pad, n_pad = -K % 8, -N % 8
-    q = torch.nn.functional.pad(q, (0, k_pad, 0, 16))  # [M + 16, K + k_pad]
-    if k_pad or n_pad:
-        weight_int8 = torch.nn.functional.pad(weight_int8, (0, n_pad, 0, k_pad))  # [K + k_pad, N + n_pad]
+    m_pad, k_pad, n_pad = max(17 - M, 0), -K % 8, -N % 8
+    if m_pad or k_pad:
+        q = torch.nn.functional.pad(q, (0, k_pad, 0, m_pad))  # [M + m_pad, K + k_pad]
+    if k_pad or n_pad:  # pad the [N, K] codes, then view them as [K + k_pad, N + n_pad] again
+        weight_int8 = torch.nn.functional.pad(weight_int8.t(), (0, k_pad, 0, n_pad)).t()
     return torch._int_mm(q, weight_int8)[:M, :N]
 
 
