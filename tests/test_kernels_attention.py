@@ -90,6 +90,7 @@ def test_prefix_attention_kernel_mqa_mha_strided_views(Hkv):
     v = torch.randn(B, T, Hkv, D).transpose(1, 2)
     doc, seg = _layout()
     out = prefix_attention_triton(q, k, v, doc, seg, 0.125, block_m=32, block_n=16)
+    assert out.transpose(1, 2).is_contiguous()  # written as [B, T, H, D]: back to tokens x heads with no copy
     expected = _explicit_attention(q, k, v, _explicit_mask(doc, seg), 0.125)
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5)
 

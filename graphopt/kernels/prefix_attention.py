@@ -91,8 +91,9 @@ def _blocks(device: torch.device, D: int) -> tuple[int, int, int]:
 def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, seg_ids: Tensor, scale: float,
                             block_m: int | None = None, block_n: int | None = None) -> Tensor:
     """q [B, H, T, D]; k, v [B, Hkv, T, D] (any strides with unit stride along D); doc_ids, seg_ids [B, T]
-    -> [B, H, T, D] in q's dtype (contiguous). Runs the Triton kernel on CUDA and under the Triton
-    interpreter on CPU."""
+    -> [B, H, T, D] in q's dtype, laid out in memory as [B, T, H, D]: the transpose back to tokens x heads
+    that follows (before the output projection) is then a view, not a copy. Runs the Triton kernel on
+    CUDA and under the Triton interpreter on CPU."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     assert k.shape == (B, Hkv, T, D) and v.shape == k.shape, \
@@ -102,7 +103,7 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
         f"prefix_attention: doc_ids {tuple(doc_ids.shape)} / seg_ids {tuple(seg_ids.shape)} are not [{B}, {T}]"
     assert q.dtype == k.dtype == v.dtype, f"prefix_attention: q/k/v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
+    out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)  # [B, H, T, D] view
     if out.numel() == 0:
         return out
     bm, bn, warps = _blocks(q.device, D)

@@ -1,4 +1,7 @@
-"""graphopt::swiglu — silu(gate) * up, elementwise over the flattened tensors."""
+"""graphopt::swiglu — silu(gate) * up, row by row.
+
+gate and up may be row-strided views (the two halves of merge_gate_up's merged projection, [M, 2F]
+split in two): the kernel reads them in place, so no copy of either half is made first."""
 from __future__ import annotations
 
 import torch
@@ -12,25 +15,41 @@ from graphopt.kernels._triton import for_device, wrap_triton
 
 
 @triton.jit
-def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    g = tl.load(gate_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # silu in float32
-    u = tl.load(up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, n_cols, s_gate, s_up, BLOCK: tl.constexpr):
+    # one program per (row, block of columns); rows of gate/up are s_gate/s_up elements apart, out is contiguous
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    g = tl.load(gate_ptr + row * s_gate + cols, mask=mask, other=0.0).to(tl.float32)  # silu in float32
+    u = tl.load(up_ptr + row * s_up + cols, mask=mask, other=0.0).to(tl.float32)
     act = (g * tl.sigmoid(g)).to(gate_ptr.dtype.element_ty)  # eager rounds silu(gate) to gate's dtype
-    tl.store(out_ptr + offs, (act.to(tl.float32) * u).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * n_cols + cols, (act.to(tl.float32) * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def as_rows(t: Tensor) -> Tensor:
+    """t [..., F] -> [rows, F] with unit column stride: a view when the leading dims collapse (a slice of
+    the last dim does), else a contiguous copy."""
+    if t.stride(-1) == 1:
+        try:
+            return t.view(-1, t.shape[-1])
+        except RuntimeError:  # leading dims not collapsible into one stride
+            pass
+    return t.contiguous().view(-1, t.shape[-1])
 
 
 def swiglu_triton(gate: Tensor, up: Tensor, block: int = 1024) -> Tensor:
-    """gate, up [...] (same shape) -> silu(gate) * up in promote(gate, up) dtype. Runs the Triton kernel
-    on CUDA and under the Triton interpreter on CPU."""
+    """gate, up [..., F] (same shape, any row strides) -> silu(gate) * up [..., F] contiguous, in
+    promote(gate, up) dtype. Runs the Triton kernel on CUDA and under the Triton interpreter on CPU."""
     assert gate.shape == up.shape, f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ"
-    gate, up = gate.contiguous(), up.contiguous()
     out = torch.empty(gate.shape, dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
-    n = out.numel()
-    if n > 0:
-        kernel = for_device(_swiglu_kernel, gate.device)
-        wrap_triton(kernel)[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4)
+    if out.numel() == 0:
+        return out
+    g2, u2 = as_rows(gate), as_rows(up)  # [rows, F]
+    rows, n_cols = g2.shape
+    block = min(block, triton.next_power_of_2(n_cols))
+    kernel = for_device(_swiglu_kernel, gate.device)
+    wrap_triton(kernel)[(rows, triton.cdiv(n_cols, block))](g2, u2, out, n_cols, g2.stride(0), u2.stride(0),
+                                                            BLOCK=block, num_warps=4 if block >= 512 else 2)
     return out
 
 
