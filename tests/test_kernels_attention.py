@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from graphopt.kernels.prefix_attention import (prefix_attention_reference, prefix_attention_sdpa, prefix_attention_triton,
-                                               prefix_mask)
+from graphopt.kernels.prefix_attention import (doc_starts, prefix_attention_reference, prefix_attention_sdpa,
+                                               prefix_attention_triton, prefix_mask)
 
 TOL = {torch.float32: (2e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
 T = 37
@@ -91,6 +91,30 @@ def test_prefix_attention_kernel_mqa_mha_strided_views(Hkv):
     doc, seg = _layout()
     out = prefix_attention_triton(q, k, v, doc, seg, 0.125, block_m=32, block_n=16)
     assert out.transpose(1, 2).is_contiguous()  # written as [B, T, H, D]: back to tokens x heads with no copy
+    expected = _explicit_attention(q, k, v, _explicit_mask(doc, seg), 0.125)
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_doc_starts_is_the_first_position_of_each_doc():
+    doc, _ = _layout()
+    starts = doc_starts(doc)
+    assert starts[0].tolist() == [0] * 30 + [30] * 7  # padding (doc -1) starts where it starts
+    assert starts[1].tolist() == [0] * 18 + [18] * 19  # question B's queries need no key before 18
+    odd = torch.tensor([[5, 5, 900, 900, 5, -1, 7]])  # a doc in two runs; ids beyond T are clamped
+    assert doc_starts(odd).tolist() == [[0, 0, 2, 2, 0, 5, 2]]  # 900 and 7 share slot T: min(2, 6) = 2
+
+
+def test_prefix_attention_kernel_starts_at_the_block_questions_and_stays_exact():
+    # rows of 96 with questions of 24 tokens: with blocks of 16, a late query block starts its key loop
+    # at its question's first block; a doc split in two runs and out-of-range ids must stay exact too
+    torch.manual_seed(4)
+    B, H, Tn, D = 3, 2, 96, 64
+    doc = torch.arange(Tn).div(24, rounding_mode="floor").expand(B, Tn).clone()  # 4 questions a row
+    seg = (torch.arange(Tn) % 24).div(8, rounding_mode="floor").expand(B, Tn).clone()  # context 8, 2 endings
+    doc[1, 48:72] = 0  # row 1: doc 0 again after docs 1 and 2
+    doc[2] = doc[2] * 1000  # row 2: ids far beyond T (clamped into one slot: coarser skipping)
+    q, k, v = (torch.randn(B, H, Tn, D) for _ in range(3))
+    out = prefix_attention_triton(q, k, v, doc, seg, 0.125, block_m=16, block_n=16)
     expected = _explicit_attention(q, k, v, _explicit_mask(doc, seg), 0.125)
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5)
 

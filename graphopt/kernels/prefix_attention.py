@@ -3,8 +3,10 @@ endings. Query i sees key j iff j <= i, doc[j] == doc[i] and (seg[j] == 0 or seg
 seg 0 is the shared context, 1..k the endings; doc tells questions packed in one row apart.
 
 The kernel is FlashAttention-style: one program per (block of queries, batch x head), an online
-softmax over key blocks up to the causal limit, the mask built in-kernel from doc/seg ids, key blocks
-that no query of the block can see skipped, and query head h reading kv head h // n_rep (GQA)."""
+softmax over key blocks from the first token of the block's questions up to the causal limit (a query
+block late in a long row does not walk the row's earlier questions), the mask built in-kernel from
+doc/seg ids, key blocks that no query of the block can see skipped, and query head h reading kv head
+h // n_rep (GQA)."""
 from __future__ import annotations
 
 import math
@@ -22,7 +24,7 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, doc_ptr, seg_ptr,
+def _prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, doc_ptr, seg_ptr, start_ptr,
                              sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, so_b, so_h, so_t,
                              sd_b, sd_t, ss_b, ss_t, H, T, D, n_rep, qk_scale,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -48,7 +50,10 @@ def _prefix_attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, doc_ptr, seg_ptr,
     if UPCAST_DOT:
         q = q.to(tl.float32)
     hi = tl.minimum((pid_m + 1) * BLOCK_M, T)  # causal: no key after the block's last query
-    for start_n in range(0, hi, BLOCK_N):
+    # no key before the first token of the block's questions (start_ptr: contiguous [B, T], doc_starts)
+    first = tl.min(tl.load(start_ptr + b * T + offs_m, mask=m_valid, other=T))
+    lo = (first // BLOCK_N) * BLOCK_N
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_valid = offs_n < T
         doc_k = tl.load(doc_ptr + b * sd_b + offs_n * sd_t, mask=n_valid, other=-3)
@@ -104,6 +109,7 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
     assert q.dtype == k.dtype == v.dtype, f"prefix_attention: q/k/v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)  # [B, H, T, D] view
+    starts = doc_starts(doc_ids)  # [B, T] contiguous
     if out.numel() == 0:
         return out
     bm, bn, warps = _blocks(q.device, D)
@@ -111,7 +117,7 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
     grid = (triton.cdiv(T, block_m), B * H)
     kernel = for_device(_prefix_attention_kernel, q.device)
     wrap_triton(kernel)[grid](
-        q, k, v, out, doc_ids, seg_ids,
+        q, k, v, out, doc_ids, seg_ids, starts,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         doc_ids.stride(0), doc_ids.stride(1), seg_ids.stride(0), seg_ids.stride(1),
@@ -120,6 +126,19 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
         UPCAST_DOT=upcast_dot(q.device, q.dtype), DOT_PRECISION=dot_precision(q.dtype),
         num_warps=warps, num_stages=3)
     return out
+
+
+def doc_starts(doc_ids: Tensor) -> Tensor:
+    """doc_ids [B, T] -> [B, T] int64: for each token, the first position of its doc id in its row (no
+    key before it can be visible). Ids outside [-1, T) are clamped into that range: ids that then
+    share a slot get the smaller first position, which is still a lower bound, so the kernel stays
+    exact for any ids; only the skipping gets coarser. No host sync (the kernel runs per layer)."""
+    B, T = doc_ids.shape
+    slot = (doc_ids + 1).clamp(0, T)  # [B, T] in [0, T]; padding (-1) -> 0
+    pos = torch.arange(T, device=doc_ids.device).expand(B, T)
+    first = torch.full((B, T + 1), T, dtype=torch.long, device=doc_ids.device)
+    first = first.scatter_reduce(1, slot, pos, reduce="amin")  # [B, T + 1]: first position of each slot
+    return first.gather(1, slot)
 
 
 def prefix_mask(doc_ids: Tensor, seg_ids: Tensor) -> Tensor:
