@@ -121,8 +121,8 @@ def build_cases(model: str, args: ModelArgs, tokens: int, scored: int, row_len: 
                       (lambda: ops.rope(q, cos, sin)) if on_cuda else (lambda: rope_triton(q, cos, sin)),
                       rope_reference, (q, cos, sin), "GB/s", 2 * q.numel() * el + 2 * cos.numel() * 4))
 
-    gate, up = randn(tokens, F), randn(tokens, F)
-    cases.append(Case("swiglu", model, f"[{tokens}, {F}]",
+    gate, up = randn(tokens, 2 * F).split(F, dim=-1)  # the halves of merge_gate_up's output, as in the graph
+    cases.append(Case("swiglu", model, f"halves of [{tokens}, {2 * F}]",
                       (lambda: ops.swiglu(gate, up)) if on_cuda else (lambda: swiglu_triton(gate, up)),
                       swiglu_reference, (gate, up), "GB/s", 3 * tokens * F * el))
 
