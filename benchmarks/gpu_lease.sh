@@ -8,17 +8,18 @@
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
 # The default order puts the MFU steps first (the open GPU target); the others repeat earlier figures.
 # All seven can take ~25 min at their limits; where one command may run 10 min at most, split them:
-#   STEPS="mfu profile residual" ...   then   STEPS="mfu_inductor check" ...
-#   mfu       benchmarks.mfu: LLaMA-30B shape, random bf16 weights, all 60 layers
-#             (plus $MFU_ARGS; falls back to 20 layers)
-#   profile   benchmarks.mfu --profile, 20 layers (plus $PROFILE_ARGS, e.g. "--compiler inductor"): GPU time
-#             by kind of kernel, and the wall time no kernel covered (launch gaps)
-#   residual  the profile step again with --fuse-residual (residual add + next norm in one kernel)
+#   STEPS="mfu residual check" ...   (~6 min: 30B MFU with its profile, twice, then every CUDA path)
+#   then STEPS="mfu_inductor kernels" ...
+#   mfu       benchmarks.mfu --profile: LLaMA-30B shape, random bf16 weights, all 60 layers, then one
+#             profiled call: GPU time by kind of kernel and the wall time no kernel covered (launch gaps)
+#             (plus $MFU_ARGS; falls back to 20 layers without the profile)
+#   residual  the mfu step again with --fuse-residual (residual add + next norm in one kernel)
+#   check     experiments/one-gpu-check.yaml: every CUDA scoring path (int8 included) against the fp32
+#             reference, then graphopt report of the rows that finished
 #   mfu_inductor  benchmarks.mfu through inductor, 20 of the 60 layers (compile time grows with depth)
-#   check     experiments/one-gpu-check.yaml: every CUDA scoring path against the fp32 reference, then
-#             graphopt report of the rows that finished
 #   kernels   benchmarks.kernels: the Triton kernels against eager (correctness and speed), no compile
 #   compiled  benchmarks.kernels again with the torch.compile column
+#   profile   benchmarks.mfu --profile on 20 layers with $PROFILE_ARGS (e.g. "--compiler inductor")
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -43,9 +44,9 @@ step() {  # step NAME SECONDS CMD...: CMD's output in $OUT/NAME.log, its tail an
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 
-for s in ${STEPS:-mfu profile residual mfu_inductor check kernels compiled}; do
+for s in ${STEPS:-mfu residual check mfu_inductor kernels compiled profile}; do
     case $s in
-    mfu) TAIL=6 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu ${MFU_ARGS:-} ||
+    mfu) TAIL=40 step mfu "${MFU_S:-200}" $PY -m benchmarks.mfu --profile ${MFU_ARGS:-} ||
         TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
     kernels) TAIL=20 step kernels "${KERNELS_S:-120}" $PY -m benchmarks.kernels --device cuda --no-compile \
         --out "$OUT/kernels.csv" ${KERNELS_ARGS:-} ;;
@@ -58,8 +59,7 @@ for s in ${STEPS:-mfu profile residual mfu_inductor check kernels compiled}; do
         --compiler inductor ;;
     profile) TAIL=40 step profile "${PROFILE_S:-240}" $PY -m benchmarks.mfu --layers 20 --repeats 1 --profile \
         ${PROFILE_ARGS:-} ;;
-    residual) TAIL=40 step residual "${PROFILE_S:-240}" $PY -m benchmarks.mfu --layers 20 --repeats 1 --profile \
-        --fuse-residual ${PROFILE_ARGS:-} ;;
+    residual) TAIL=40 step residual "${MFU_S:-200}" $PY -m benchmarks.mfu --profile --fuse-residual ${MFU_ARGS:-} ;;
     *) echo "unknown step $s (expected mfu, profile, residual, mfu_inductor, check, kernels, compiled)" ;;
     esac
 done
