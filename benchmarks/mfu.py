@@ -107,6 +107,35 @@ def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 10
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
+def merged_gemm_shapes(args: ModelArgs) -> list[tuple[int, int]]:
+    """(in, out) of one layer's matmuls as the graph runs them after merge_qkv / merge_gate_up."""
+    d, hd = args.dim, args.head_dim
+    return [(d, (args.n_heads + 2 * args.n_kv_heads) * hd), (args.n_heads * hd, d), (d, 2 * args.hidden_dim),
+            (args.hidden_dim, d)]
+
+
+def gemm_floor_seconds(args: ModelArgs, batches, dtype: torch.dtype, device: str, reps: int = 5) -> float:
+    """Seconds the scoring run's matmuls alone take at the rates this device reaches on the graph's own
+    shapes: each batch's fed tokens (padding included) through every layer's merged projections, and
+    its scored positions through the LM head (F.linear, as the graph calls them; median of `reps`)."""
+    def seconds(m: int, k: int, n: int) -> float:
+        x = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        torch.nn.functional.linear(x, w)  # warm-up (library heuristics, allocation)
+        return statistics.median(timed(lambda: torch.nn.functional.linear(x, w), device)[1] for _ in range(reps))
+
+    cache: dict[tuple[int, int, int], float] = {}
+    total = 0.0
+    for b in batches:
+        fed, scored = b.input_ids.numel(), int((b.owners >= 0).sum())
+        for m, (k, n), count in [(fed, kn, args.n_layers) for kn in merged_gemm_shapes(args)] + \
+                                [(scored, (args.dim, args.vocab_size), 1)]:
+            if (m, k, n) not in cache:
+                cache[m, k, n] = seconds(m, k, n)
+            total += count * cache[m, k, n]
+    return total
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cuda = torch.cuda.is_available()
@@ -178,6 +207,7 @@ def main(argv=None) -> int:
           f"{fed / real - 1:.1%} padding); setup + compile {setup_s:.1f} s")
     print()
     mem_gb = peak_memory_mb(a.device) / 1024
+    floor = gemm_floor_seconds(args, batches, dtype, a.device)
     mm = matmul_tflops(a.device, dtype) if a.device.startswith("cuda") else None
     mm_cells = f"{mm:.3g} | {achieved / mm:.1%}" if mm else "- | -"  # CPU: the peak column is measured already
     print("| questions | run s (median of %d) | model TFLOP | TFLOP/s | peak TFLOP/s | MFU | matmul TFLOP/s "
@@ -186,6 +216,10 @@ def main(argv=None) -> int:
     print(f"| {len(rows)} | {seconds:.3f} | {flops / 1e12:.3g} | {achieved:.3g} | {peak:.3g} ({peak_src}) | "
           f"{achieved / peak:.1%} | {mm_cells} | {mem_gb:.1f} | "
           f"{per_question * HELLASWAG_VAL_QUESTIONS:.0f} |")
+    print()
+    print(f"matmuls alone, timed one by one on the graph's own shapes: {floor:.3f} s "
+          f"({flops / floor / 1e12:.3g} model TFLOP/s, MFU {flops / floor / 1e12 / peak:.1%} if nothing else ran); "
+          f"the run took {seconds - floor:+.3f} s beyond them ({seconds / floor:.2f}x)")
     if a.profile:
         print()
         print(markdown(*kernel_table(run, a.device)))

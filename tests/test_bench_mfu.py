@@ -2,7 +2,7 @@
 model is a real LLaMA of the preset's shape, and the script runs end to end on CPU."""
 import torch
 
-from benchmarks.mfu import layer_param_counts, main, model_flops, random_model
+from benchmarks.mfu import gemm_floor_seconds, layer_param_counts, main, merged_gemm_shapes, model_flops, random_model
 from graphopt.model import ModelArgs
 from graphopt.scoring.batch import Request
 from graphopt.scoring.strategies import build_batches
@@ -32,5 +32,26 @@ def test_random_model_shape_and_init():
 def test_script_runs_on_cpu(capsys):
     assert main(["--device", "cpu", "--preset", "tiny", "--dtype", "float32", "--questions", "4",
                  "--max-tokens", "256", "--repeats", "1", "--peak-tflops", "1"]) == 0
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4 |")]
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("| 4 |")]
     assert len(row) == 1 and row[0].count("|") == 11
+    assert "matmuls alone, timed one by one on the graph's own shapes" in out
+
+
+def test_merged_gemm_shapes_cover_the_layer_weights_once():
+    for preset in ("tiny-gqa", "llama-30b", "llama-3-8b"):
+        args = ModelArgs.from_name(preset)
+        assert sum(k * n for k, n in merged_gemm_shapes(args)) == sum(layer_param_counts(args))
+
+
+def test_gemm_floor_times_every_layer_matmul_and_the_head(monkeypatch):
+    args = ModelArgs.from_name("tiny-gqa")
+    requests = [Request(0, 0, (1, 2, 3), (4, 5), 3), Request(0, 1, (1, 2, 3), (6, 7), 3)]
+    batches = build_batches(requests, "packed")
+    calls = []
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w: calls.append((x.shape, w.shape)) or real(x, w))
+    assert gemm_floor_seconds(args, batches, torch.float32, "cpu", reps=1) > 0
+    fed = batches[0].input_ids.numel()
+    shapes = {(tuple(x), tuple(w)) for x, w in calls}  # each shape warmed up and timed, once per batch shape
+    assert shapes == {((fed, k), (n, k)) for k, n in merged_gemm_shapes(args)} | {((4, 64), (512, 64))}
