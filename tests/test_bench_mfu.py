@@ -35,7 +35,7 @@ def test_script_runs_on_cpu(capsys):
     out = capsys.readouterr().out
     row = [line for line in out.splitlines() if line.startswith("| 4 |")]
     assert len(row) == 1 and row[0].count("|") == 11
-    assert "matmuls alone, timed one by one on the graph's own shapes" in out
+    assert "matmuls alone (F.linear), timed one by one on the graph's own shapes" in out
 
 
 def test_merged_gemm_shapes_cover_the_layer_weights_once():
