@@ -6,7 +6,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported; CPU
 import pytest
 import torch
 
-from graphopt.kernels.swiglu import as_rows, swiglu_reference, swiglu_triton
+from graphopt.kernels._triton import as_rows
+from graphopt.kernels.swiglu import swiglu_reference, swiglu_triton
 
 TOL = {torch.float32: (1e-6, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
 

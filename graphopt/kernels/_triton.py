@@ -103,3 +103,11 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """t [..., D] -> [R, D] with unit stride along D, for kernels that take a row stride: a view when
+    the leading dims collapse (a slice of the last dim, such as one half of a merged projection, does),
+    else a copy."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()

@@ -6,9 +6,10 @@
     y = acc * s * w_scale (+ bias)                     [..., N] in x's dtype
 
 Wq [K, N] int8 (column-major: a transposed view of [N, K]) and w_scale [N] float32 are the weight
-quantised per output channel (`quantize_weight`). The op has no Triton kernel: it is registered as a CompositeImplicitAutograd op,
-so the graph shows ONE node (countable in tests, readable in `graphopt passes`) while torch.compile
-traces through it and inductor fuses the quantisation and the dequantisation around the matmul.
+quantised per output channel (`quantize_weight`). The op has no Triton kernel: it is registered as a
+CompositeImplicitAutograd op, so the graph shows ONE node (countable in tests, readable in
+`graphopt passes`) while torch.compile traces through it and inductor fuses the quantisation and the
+dequantisation around the matmul.
 """
 from __future__ import annotations
 

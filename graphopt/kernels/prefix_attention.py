@@ -109,9 +109,9 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
     assert q.dtype == k.dtype == v.dtype, f"prefix_attention: q/k/v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)  # [B, H, T, D] view
-    starts = doc_starts(doc_ids)  # [B, T] contiguous
     if out.numel() == 0:
         return out
+    starts = doc_starts(doc_ids)  # [B, T] contiguous
     bm, bn, warps = _blocks(q.device, D)
     block_m, block_n = block_m or bm, block_n or bn
     grid = (triton.cdiv(T, block_m), B * H)

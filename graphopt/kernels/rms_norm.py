@@ -8,7 +8,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from graphopt.kernels._triton import for_device, num_warps_for, wrap_triton
+from graphopt.kernels._triton import as_rows, for_device, num_warps_for, wrap_triton
 
 MAX_BLOCK = 65536  # one row per program: wider rows would spill registers
 
@@ -45,12 +45,6 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, x_row_stride, r_
     tl.store(out_ptr + row * n_cols + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _rows(t: Tensor) -> Tensor:
-    """[..., D] -> [R, D] with unit stride along D (a view when possible)."""
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _block(n_cols: int) -> int:
     block = triton.next_power_of_2(n_cols)
     assert block <= MAX_BLOCK, f"rms_norm: rows of {n_cols} elements exceed the one-block limit {MAX_BLOCK}"
@@ -62,7 +56,7 @@ def rms_norm_triton(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     and under the Triton interpreter on CPU."""
     D = x.shape[-1]
     assert weight.shape == (D,), f"rms_norm: weight {tuple(weight.shape)} does not match x [..., {D}]"
-    x2 = _rows(x)  # [R, D]
+    x2 = as_rows(x)  # [R, D]
     out = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     if x2.shape[0] > 0:
         block = _block(D)
@@ -77,7 +71,7 @@ def add_rms_norm_triton(x: Tensor, residual: Tensor, weight: Tensor, eps: float)
     D = x.shape[-1]
     assert x.shape == residual.shape, f"add_rms_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ"
     assert weight.shape == (D,), f"add_rms_norm: weight {tuple(weight.shape)} does not match x [..., {D}]"
-    x2, r2 = _rows(x), _rows(residual)  # [R, D]
+    x2, r2 = as_rows(x), as_rows(residual)  # [R, D]
     sum_dtype = torch.promote_types(x.dtype, residual.dtype)
     summed = torch.empty(x2.shape, dtype=sum_dtype, device=x.device)
     out = torch.empty(x2.shape, dtype=torch.promote_types(sum_dtype, weight.dtype), device=x.device)

@@ -11,7 +11,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from graphopt.kernels._triton import for_device, wrap_triton
+from graphopt.kernels._triton import as_rows, for_device, num_warps_for, wrap_triton
 
 
 @triton.jit
@@ -26,17 +26,6 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, n_cols, s_gate, s_up, BLOCK: tl.co
     tl.store(out_ptr + row * n_cols + cols, (act.to(tl.float32) * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def as_rows(t: Tensor) -> Tensor:
-    """t [..., F] -> [rows, F] with unit column stride: a view when the leading dims collapse (a slice of
-    the last dim does), else a contiguous copy."""
-    if t.stride(-1) == 1:
-        try:
-            return t.view(-1, t.shape[-1])
-        except RuntimeError:  # leading dims not collapsible into one stride
-            pass
-    return t.contiguous().view(-1, t.shape[-1])
-
-
 def swiglu_triton(gate: Tensor, up: Tensor, block: int = 1024) -> Tensor:
     """gate, up [..., F] (same shape, any row strides) -> silu(gate) * up [..., F] contiguous, in
     promote(gate, up) dtype. Runs the Triton kernel on CUDA and under the Triton interpreter on CPU."""
@@ -49,7 +38,7 @@ def swiglu_triton(gate: Tensor, up: Tensor, block: int = 1024) -> Tensor:
     block = min(block, triton.next_power_of_2(n_cols))
     kernel = for_device(_swiglu_kernel, gate.device)
     wrap_triton(kernel)[(rows, triton.cdiv(n_cols, block))](g2, u2, out, n_cols, g2.stride(0), u2.stride(0),
-                                                            BLOCK=block, num_warps=4 if block >= 512 else 2)
+                                                            BLOCK=block, num_warps=num_warps_for(block))
     return out
 
 
