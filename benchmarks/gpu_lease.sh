@@ -6,9 +6,10 @@
 #
 # Runs from a plain checkout (PYTHONPATH, no install). Steps in order of importance, each under its own
 # time limit so that a hang costs one step, not the lease; a failing step is logged and the next runs.
-# The default order puts the MFU steps first (the open GPU target); the others repeat earlier figures.
-# All seven can take ~25 min at their limits; where one command may run 10 min at most, split them:
-#   STEPS="mfu residual check" ...   (~6 min: 30B MFU with its profile, twice, then every CUDA path)
+# The default order puts the MFU steps first; the others repeat earlier figures.
+# All seven can take ~25 min at their limits; where one command may run 10 min at most, split them
+# (times seen on one H100: mfu 73 s, residual 70 s, kernels 20 s; check needs more than 190 s):
+#   STEPS="mfu residual check" ...   (~8 min: 30B MFU with its profile, twice, then every CUDA path)
 #   then STEPS="mfu_inductor kernels" ...
 #   mfu       benchmarks.mfu --profile: LLaMA-30B shape, random bf16 weights, all 60 layers, then one
 #             profiled call: GPU time by kind of kernel and the wall time no kernel covered (launch gaps)
@@ -50,7 +51,7 @@ for s in ${STEPS:-mfu residual check mfu_inductor kernels compiled profile}; do
         TAIL=6 step mfu20 120 $PY -m benchmarks.mfu --layers 20 --no-prefix-attention ;;
     kernels) TAIL=20 step kernels "${KERNELS_S:-120}" $PY -m benchmarks.kernels --device cuda --no-compile \
         --out "$OUT/kernels.csv" ${KERNELS_ARGS:-} ;;
-    check) TAIL=3 step check "${CHECK_S:-240}" $PY -m graphopt run experiments/one-gpu-check.yaml \
+    check) TAIL=3 step check "${CHECK_S:-330}" $PY -m graphopt run experiments/one-gpu-check.yaml \
         --no-progress --output /tmp/one-gpu-check  # killed at its limit: the finished rows are kept
         TAIL=14 step report 60 $PY -m graphopt report /tmp/one-gpu-check ;;
     compiled) TAIL=20 step compiled "${COMPILED_S:-150}" $PY -m benchmarks.kernels --device cuda --compile \

@@ -111,7 +111,17 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
     out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)  # [B, H, T, D] view
     if out.numel() == 0:
         return out
-    starts = doc_starts(doc_ids)  # [B, T] contiguous
+    launch_prefix_attention(q, k, v, out, doc_ids, seg_ids, doc_starts(doc_ids), scale, block_m, block_n)
+    return out
+
+
+def launch_prefix_attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, doc_ids: Tensor, seg_ids: Tensor,
+                            starts: Tensor, scale: float, block_m: int | None = None,
+                            block_n: int | None = None) -> None:
+    """The kernel launch alone, into `out` [B, H, T, D] (any strides with unit stride along D); starts
+    [B, T] contiguous (doc_starts, or any lower bound of it: zeros walk every key block from the row's
+    start). q, k, v as prefix_attention_triton takes them."""
+    B, H, T, D = q.shape
     bm, bn, warps = _blocks(q.device, D)
     block_m, block_n = block_m or bm, block_n or bn
     grid = (triton.cdiv(T, block_m), B * H)
@@ -121,24 +131,24 @@ def prefix_attention_triton(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, se
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         doc_ids.stride(0), doc_ids.stride(1), seg_ids.stride(0), seg_ids.stride(1),
-        H, T, D, H // Hkv, scale * LOG2E,
+        H, T, D, H // k.shape[1], scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)),  # tl.dot needs >= 16
         UPCAST_DOT=upcast_dot(q.device, q.dtype), DOT_PRECISION=dot_precision(q.dtype),
         num_warps=warps, num_stages=3)
-    return out
 
 
 def doc_starts(doc_ids: Tensor) -> Tensor:
-    """doc_ids [B, T] -> [B, T] int64: for each token, the first position of its doc id in its row (no
+    """doc_ids [B, T] -> [B, T] int32: for each token, the first position of its doc id in its row (no
     key before it can be visible). Ids outside [-1, T) are clamped into that range: ids that then
     share a slot get the smaller first position, which is still a lower bound, so the kernel stays
-    exact for any ids; only the skipping gets coarser. No host sync (the kernel runs per layer)."""
+    exact for any ids; only the skipping gets coarser. No host sync (the kernel runs per layer). int32, so
+    that the kernel's key loop counts in 32-bit integers as it did from 0."""
     B, T = doc_ids.shape
     slot = (doc_ids + 1).clamp(0, T)  # [B, T] in [0, T]; padding (-1) -> 0
     pos = torch.arange(T, device=doc_ids.device).expand(B, T)
     first = torch.full((B, T + 1), T, dtype=torch.long, device=doc_ids.device)
     first = first.scatter_reduce(1, slot, pos, reduce="amin")  # [B, T + 1]: first position of each slot
-    return first.gather(1, slot)
+    return first.gather(1, slot).to(torch.int32)
 
 
 def prefix_mask(doc_ids: Tensor, seg_ids: Tensor) -> Tensor:
