@@ -27,7 +27,7 @@ import torch
 
 import graphopt
 from benchmarks.kernel_profile import kernel_table, markdown
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.compilers import COMPILERS, compile_for

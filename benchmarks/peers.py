@@ -19,7 +19,7 @@ import time
 import torch
 
 import graphopt
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.compilers import compile_for
 from graphopt.pipeline import PassContext, run_passes
 from graphopt.scoring import (ScoreModule, build_batches, build_requests, choice_metrics, same_choices,

@@ -70,7 +70,7 @@ def _comm_bytes(gm, inputs) -> tuple[int, int]:
 
 
 def single_worker(repeats: int) -> dict:
-    from graphopt.capture import capture
+    from graphopt.graph_capture import capture
     args, sm = _model()
     inputs = _inputs(args)
     gm = capture(sm, inputs)
@@ -79,7 +79,7 @@ def single_worker(repeats: int) -> dict:
 
 
 def tp_worker(repeats: int, vocab_parallel: bool) -> dict:
-    from graphopt.capture import capture
+    from graphopt.graph_capture import capture
     from graphopt.pipeline import PassContext, run_passes
     args, sm = _model()
     inputs = _inputs(args)

@@ -17,8 +17,8 @@ _API = {
 
 # These two functions share their module's name. Importing them here binds `graphopt.capture` /
 # `graphopt.backend` to the functions for good (a later `import graphopt.capture` does not rebind).
-from graphopt.backend import backend  # noqa: E402
-from graphopt.capture import capture  # noqa: E402
+from graphopt.compile_backend import backend  # noqa: E402
+from graphopt.graph_capture import capture  # noqa: E402
 
 __all__ = list(_API) + ["capture", "backend"]
 

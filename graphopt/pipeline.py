@@ -1,15 +1,26 @@
 """The pass protocol, registry and manager. graphopt never imports a particular pass: the pass
-library (top-level package `passes`) registers itself on import, see `load_pass_library`.
+library (`graphopt.passes`, the repository's `passes/` folder) registers itself on import, and so do
+a user's own pass modules (`load_pass_modules`, or the `graphopt.passes` entry-point group).
 
 A pass is `fn(gm, ctx) -> PassResult(gm, modified, stats)`; `ctx.options` holds its validated
 options. `stats["matches"]` is how many places it rewrote (0 means it found nothing to do).
+
+What a caller needs to know about a pass is declared when it registers, not found out by running it:
+its options (type, default, allowed values), its order rules (`before`, `after`, `requires`: checked
+for a whole pipeline before the first pass runs), the dtype it makes the model compute in, and
+whether it shards the model over ranks. A pipeline is a list of `PassSpec`s, parsed once
+(`parse_pipeline`) from names, `{name: ..., option: value}` mappings or named pipelines (`exact`,
+`fast`, ...: `register_pipeline`).
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -36,11 +47,53 @@ class PassContext:
     options: dict = field(default_factory=dict)  # this pass's options, filled by the manager
 
 
-@dataclass
+@dataclass(frozen=True)
 class PassOption:
     type: type
     default: Any
     help: str
+    choices: tuple = ()  # allowed values (empty: any value of `type`)
+    min: float | None = None  # inclusive lower bound of a number
+    max: float | None = None  # upper bound of a number (exclusive when open_max)
+    open_max: bool = False
+
+    def check(self, value) -> str | None:
+        """None when `value` is allowed, else what was expected."""
+        if self.choices and value not in self.choices:
+            return f"one of {', '.join(map(repr, self.choices))}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            low = self.min is not None and value < self.min
+            high = self.max is not None and (value >= self.max if self.open_max else value > self.max)
+            if low or high:
+                lo = "" if self.min is None else f"{self.min:g} <= "
+                hi = "" if self.max is None else f" {'<' if self.open_max else '<='} {self.max:g}"
+                return f"a value with {lo}value{hi}"
+        return None
+
+
+@dataclass(frozen=True)
+class OrderRule:
+    """`first` must run before `then` when both are in a pipeline; with required=True, `then` needs
+    `first` earlier in the pipeline. first == "*" means every other pass (then runs last)."""
+    first: str
+    then: str
+    why: str
+    required: bool = False
+
+
+def before(other: str, why: str) -> tuple:
+    """Order rule for register_pass: this pass must run before `other` when both are present."""
+    return ("before", other, why)
+
+
+def after(other: str, why: str) -> tuple:
+    """This pass must run after `other` when both are present ("*": after every other pass)."""
+    return ("after", other, why)
+
+
+def requires(other: str, why: str) -> tuple:
+    """This pass needs `other` earlier in the same pipeline."""
+    return ("requires", other, why)
 
 
 @dataclass
@@ -50,23 +103,96 @@ class PassInfo:
     description: str
     options: dict[str, PassOption]
     exact: bool  # True: must keep outputs equal within fp tolerance; False: changes numerics by design
+    rules: tuple[OrderRule, ...] = ()
+    dtype: Callable[[dict, str], str] | None = None  # (options, dtype before) -> dtype the model computes in after
+    shards: str | None = None  # "tensor" | "pipeline": splits the model over ctx.world_size ranks
 
 
 _REGISTRY: dict[str, PassInfo] = {}
+_PIPELINES: dict[str, tuple[str, list]] = {}  # name -> (description, raw specs)
 
 
-def register_pass(name: str, description: str, options: dict[str, PassOption] | None = None, exact: bool = True):
-    """Decorator: register `fn(gm, ctx) -> PassResult` under `name` with a one-line description."""
+def register_pass(name: str, description: str, options: dict[str, PassOption] | None = None, exact: bool = True,
+                  order: tuple | list = (), dtype: Callable[[dict, str], str] | None = None,
+                  shards: str | None = None):
+    """Decorator: register `fn(gm, ctx) -> PassResult` under `name` with a one-line description,
+    its options, its order rules (`before(...)`, `after(...)`, `requires(...)`), the dtype it makes
+    the model compute in (a function of its options and the dtype before it) and what it shards."""
+    if shards not in (None, "tensor", "pipeline"):
+        raise ValueError(f"pass {name!r}: shards must be None, 'tensor' or 'pipeline', got {shards!r}")
+    rules = []
+    for kind, other, why in order:
+        if kind == "before":
+            rules.append(OrderRule(name, other, why))
+        elif kind == "after":
+            rules.append(OrderRule(other, name, why))
+        elif kind == "requires":
+            rules.append(OrderRule(other, name, why, required=True))
+        else:
+            raise ValueError(f"pass {name!r}: unknown order rule kind {kind!r}")
+
     def wrap(fn):
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"pass {name!r} registered twice")
-        _REGISTRY[name] = PassInfo(name, fn, description, dict(options or {}), exact)
+        if name in _PIPELINES:
+            raise ValueError(f"pass {name!r} has the name of a named pipeline")
+        _REGISTRY[name] = PassInfo(name, fn, description, dict(options or {}), exact, tuple(rules), dtype, shards)
         return fn
     return wrap
 
 
+def register_pipeline(name: str, description: str, specs: list) -> None:
+    """A named pipeline: usable wherever a pass list is (`passes: exact`, `[exact, cast_dtype]`,
+    `graphopt eval --pipeline exact`). Its specs are checked when it is used."""
+    if name in _REGISTRY:
+        raise ValueError(f"pipeline {name!r} has the name of a pass")
+    if name in _PIPELINES and _PIPELINES[name][1] != list(specs):
+        raise ValueError(f"pipeline {name!r} registered twice")
+    _PIPELINES[name] = (description, list(specs))
+
+
+# ------------------------------------------------------------------------------------ the library
+
+_loaded_modules: set[str] = set()
+
+
 def load_pass_library() -> None:
-    importlib.import_module("passes")
+    """Import graphopt's pass library and every module registered in the `graphopt.passes`
+    entry-point group (a package's own passes)."""
+    if "graphopt.passes" in _loaded_modules:
+        return
+    importlib.import_module("graphopt.passes")
+    _loaded_modules.add("graphopt.passes")
+    from importlib.metadata import entry_points
+    for ep in entry_points(group="graphopt.passes"):
+        try:
+            ep.load()
+        except Exception as e:
+            raise PassError(f"pass plugin {ep.name!r} ({ep.value}, entry point group graphopt.passes) failed "
+                            f"to load: {type(e).__name__}: {e}") from e
+
+
+def load_pass_modules(modules: list[str] | tuple[str, ...]) -> None:
+    """Import a user's pass modules (dotted module paths, or .py files) so their passes and pipelines
+    register; each is imported once per process."""
+    load_pass_library()
+    for module in modules:
+        if module in _loaded_modules:
+            continue
+        try:
+            if module.endswith(".py"):
+                path = Path(module).resolve()
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file {str(path)!r}")
+                spec = importlib.util.spec_from_file_location(f"graphopt_user_passes_{path.stem}", path)
+                mod = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = mod
+                spec.loader.exec_module(mod)
+            else:
+                importlib.import_module(module)
+        except Exception as e:
+            raise PassError(f"pass module {module!r} could not be imported: {type(e).__name__}: {e}") from e
+        _loaded_modules.add(module)
 
 
 def list_passes() -> list[PassInfo]:
@@ -74,38 +200,60 @@ def list_passes() -> list[PassInfo]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+def list_pipelines() -> dict[str, tuple[str, list["PassSpec"]]]:
+    """name -> (description, its passes) for every named pipeline."""
+    load_pass_library()
+    return {name: (desc, parse_pipeline(specs)) for name, (desc, specs) in sorted(_PIPELINES.items())}
+
+
 def get_pass(name: str) -> PassInfo:
     load_pass_library()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(_REGISTRY) + list(_PIPELINES), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise PassError(f"unknown pass {name!r}{hint} (run `graphopt passes` to list them)")
+        raise PassError(f"unknown pass {name!r}{hint} (run `graphopt passes` to list passes and named pipelines)")
     return _REGISTRY[name]
 
 
-def parse_pass_spec(spec) -> tuple[str, dict]:
-    """A spec is "name", {"name": ..., **options} or ("name", {options})."""
-    if isinstance(spec, str):
-        return spec, {}
-    if isinstance(spec, dict):
-        spec = dict(spec)
-        if "name" not in spec:
-            raise PassError(f"pass spec {spec!r} has no 'name'")
-        return spec.pop("name"), spec
-    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str):
-        return spec[0], dict(spec[1])
-    raise PassError(f"pass spec {spec!r} is not a name, a {{name: ..., options}} mapping or a (name, options) pair")
+# ------------------------------------------------------------------------------------ pass specs
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One pass of a pipeline with all its options resolved (defaults filled, values checked)."""
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()  # (key, value) in the pass's declared order
+
+    @property
+    def info(self) -> PassInfo:
+        return get_pass(self.name)
+
+    @property
+    def opts(self) -> dict:
+        return dict(self.options)
+
+    def given(self) -> dict:
+        """The options that differ from their defaults (what identifies the spec)."""
+        declared = self.info.options
+        return {k: v for k, v in self.options if k not in declared or v != declared[k].default}
+
+    def to_dict(self) -> dict:
+        """{"name": ..., **options that differ from the defaults}: the canonical, JSON-able form."""
+        return {"name": self.name, **dict(sorted(self.given().items()))}
+
+    def label(self) -> str:
+        given = self.given()
+        return self.name + (f"({', '.join(f'{k}={v}' for k, v in sorted(given.items()))})" if given else "")
 
 
-def resolve_options(info: PassInfo, given: dict) -> dict:
-    """Fill defaults and type-check the options given for one pass."""
+def _resolve_options(info: PassInfo, given: dict) -> tuple:
+    """Fill defaults, check every option's type and allowed values."""
     unknown = [k for k in given if k not in info.options]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], info.options, n=1)
+        close = difflib.get_close_matches(str(unknown[0]), info.options, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         valid = ", ".join(info.options) or "none"
         raise PassError(f"pass {info.name!r} has no option {unknown[0]!r}{hint} (valid options: {valid})")
-    out = {}
+    out = []
     for key, opt in info.options.items():
         value = given.get(key, opt.default)
         if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -113,9 +261,98 @@ def resolve_options(info: PassInfo, given: dict) -> dict:
         ok = value is None or (isinstance(value, opt.type) and not (opt.type is not bool and isinstance(value, bool)))
         if not ok:
             raise PassError(f"pass {info.name!r} option {key!r} expects {opt.type.__name__}, got {value!r}")
-        out[key] = value
+        problem = opt.check(value) if value is not None else None
+        if problem:
+            raise PassError(f"pass {info.name!r} option {key!r} expects {problem}, got {value!r}")
+        out.append((key, value))
+    return tuple(out)
+
+
+def _is_pair(spec) -> bool:
+    """("name", {options}): a tuple whose mapping is options, not a second spec {name: ...}."""
+    return (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict)
+            and "name" not in spec[1])
+
+
+def parse_pass_spec(spec) -> PassSpec:
+    """"name", {"name": ..., **options}, ("name", {options}) or a PassSpec -> a checked PassSpec."""
+    if isinstance(spec, PassSpec):
+        return spec
+    if isinstance(spec, str):
+        name, given = spec, {}
+    elif isinstance(spec, dict):
+        given = dict(spec)
+        name = given.pop("name", None)
+        if not isinstance(name, str):
+            raise PassError(f"pass spec {spec!r} has no 'name'")
+    elif _is_pair(spec):
+        name, given = spec[0], dict(spec[1])
+    else:
+        raise PassError(f"pass spec {spec!r} is not a name, a {{name: ..., options}} mapping or a (name, options) pair")
+    info = get_pass(name)
+    return PassSpec(name, _resolve_options(info, given))
+
+
+def parse_pipeline(value) -> list[PassSpec]:
+    """A pipeline as users write it -> [PassSpec]. Accepts None, a named pipeline or pass name, a
+    comma-separated string of them, or a list whose items are names (of passes or pipelines),
+    {name: ..., option: value} mappings, (name, options) pairs or PassSpecs."""
+    load_pass_library()
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = [s.strip() for s in value.split(",") if s.strip()]
+    elif isinstance(value, (list, tuple)) and not _is_pair(value):
+        items = list(value)
+    else:
+        items = [value]
+    out: list[PassSpec] = []
+    for item in items:
+        if isinstance(item, str) and item in _PIPELINES:
+            out += parse_pipeline(_PIPELINES[item][1])
+        else:
+            out.append(parse_pass_spec(item))
     return out
 
+
+def check_order(specs: list[PassSpec], applied: list[str] | tuple = ()) -> None:
+    """Raise a PassError naming the rule when `applied` (passes already run on the graph) followed by
+    `specs` breaks an order rule a pass declared."""
+    seq = list(applied) + [s.name for s in specs]
+    rules = {r for name in dict.fromkeys(seq) for r in get_pass(name).rules}
+    for r in sorted(rules, key=lambda r: (r.then, r.first)):
+        then_at = [i for i, n in enumerate(seq) if n == r.then]
+        if not then_at:
+            continue
+        if r.first == "*":
+            later = [n for n in seq[then_at[0] + 1:] if n != r.then]
+            if later:
+                raise PassError(f"{r.then} must run after every other pass: {r.why} (pipeline: {seq}; "
+                                f"{later[0]} comes after it)")
+            continue
+        first_at = [i for i, n in enumerate(seq) if n == r.first]
+        if r.required and (not first_at or first_at[0] > then_at[0]):
+            raise PassError(f"{r.then} requires {r.first} earlier in the pipeline: {r.why} (pipeline: {seq})")
+        if first_at and first_at[-1] > then_at[0]:
+            raise PassError(f"{r.first} must run before {r.then}: {r.why} (pipeline: {seq}; use the order "
+                            f"[..., {r.first}, ..., {r.then}, ...])")
+
+
+def pipeline_dtype(specs: list[PassSpec], load_dtype: str) -> str:
+    """The dtype a model loaded in `load_dtype` computes in after the pipeline (as its passes declare)."""
+    dtype = load_dtype
+    for spec in specs:
+        if spec.info.dtype is not None:
+            dtype = spec.info.dtype(spec.opts, dtype)
+    return dtype
+
+
+def pipeline_shards(specs: list[PassSpec]) -> set[str]:
+    """What the pipeline splits over ranks: a subset of {"tensor", "pipeline"}."""
+    return {s.info.shards for s in specs if s.info.shards}
+
+
+# ------------------------------------------------------------------------------------ the manager
 
 @dataclass
 class PassRecord:
@@ -128,6 +365,10 @@ class PassRecord:
     seconds: float
     max_abs_diff: float | None = None  # when verified
     stats: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "matches": self.matches, "nodes_before": self.nodes_before,
+                "nodes_after": self.nodes_after, "seconds": self.seconds}
 
 
 def count_nodes(gm: GraphModule) -> int:
@@ -154,27 +395,33 @@ def max_output_diff(ref, got) -> float:
     return max(diffs)
 
 
-def run_passes(gm: GraphModule, specs: list, ctx: PassContext | None = None, verify: bool = False,
-               atol: float = 1e-4) -> tuple[GraphModule, list[PassRecord]]:
-    """Run the passes in order; lint and recompile after each. With verify=True, run the graph on
-    ctx.example_inputs before and after every exact pass and fail on the first that moves outputs
-    by more than atol."""
+def applied_passes(gm: GraphModule) -> list[str]:
+    """The passes run_passes has applied to gm so far, in order."""
+    return list(gm.meta.get("graphopt_passes", []))
+
+
+def run_passes(gm: GraphModule, pipeline, ctx: PassContext | None = None, verify: bool = False,
+               atol: float = 1e-4, after_each: Callable[[PassRecord, GraphModule], None] | None = None,
+               ) -> tuple[GraphModule, list[PassRecord]]:
+    """Run the pipeline (anything parse_pipeline accepts) in order; lint and recompile after each pass.
+    Every spec and the order rules (with the passes already applied to gm) are checked before the first
+    pass runs. With verify=True, run the graph on ctx.example_inputs before and after every exact pass
+    and fail on the first that moves outputs by more than atol. after_each(record, gm) sees each step."""
     ctx = ctx or PassContext()
-    resolved = []
-    for spec in specs:  # validate everything before running anything
-        name, given = parse_pass_spec(spec)
-        info = get_pass(name)
-        resolved.append((info, resolve_options(info, given)))
+    specs = parse_pipeline(pipeline)
+    check_order(specs, applied_passes(gm))
     if verify and not ctx.example_inputs:
         raise PassError("verify=True needs ctx.example_inputs")
     reference = _run(gm, ctx.example_inputs) if verify else None
     records: list[PassRecord] = []
-    for info, options in resolved:
-        before = count_nodes(gm)
+    for spec in specs:
+        info = spec.info
+        before_n = count_nodes(gm)
         ran = [r.name for r in records]
+        history = applied_passes(gm)
         t0 = time.perf_counter()
         try:
-            result = info.fn(gm, _with_options(ctx, options))
+            result = info.fn(gm, _with_options(ctx, spec.opts))
             gm = result.gm
             gm.graph.lint()
             gm.recompile()
@@ -182,8 +429,9 @@ def run_passes(gm: GraphModule, specs: list, ctx: PassContext | None = None, ver
             raise PassError(f"pass {info.name!r} (after {ran or 'no passes'}): {e}") from e
         except Exception as e:
             raise PassError(f"pass {info.name!r} (after {ran or 'no passes'}) failed: {type(e).__name__}: {e}") from e
+        gm.meta["graphopt_passes"] = history + [info.name]
         seconds = time.perf_counter() - t0
-        record = PassRecord(info.name, options, result.modified, int(result.stats.get("matches", 0)), before,
+        record = PassRecord(info.name, spec.opts, result.modified, int(result.stats.get("matches", 0)), before_n,
                             count_nodes(gm), seconds, stats=dict(result.stats))
         if verify:
             got = _run(gm, ctx.example_inputs)
@@ -193,6 +441,8 @@ def run_passes(gm: GraphModule, specs: list, ctx: PassContext | None = None, ver
                                 f"{record.max_abs_diff:.3g} > atol {atol:g}")
             reference = got  # next pass is compared with this one's output
         records.append(record)
+        if after_each is not None:
+            after_each(record, gm)
     return gm, records
 
 

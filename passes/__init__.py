@@ -1,4 +1,5 @@
-"""The pass library: one file per pass; importing this package registers them all."""
+"""graphopt's pass library (installed as `graphopt.passes`): one file per pass; importing this package
+registers them all, and the named pipelines (named_pipelines.py)."""
 import importlib
 import pkgutil
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from passes._graphutil import (ASSERT_META, EMBEDDING, LINEAR, attr, param_bytes, record_pass, set_attr,
-                               set_val, val, aten)
+from graphopt.pipeline import PassContext, PassOption, PassResult, register_pass
+from graphopt.graph_attrs import attr, set_attr
+from ._edit import set_val
+from ._ops import ASSERT_META, EMBEDDING, LINEAR, aten, val
+from ._weights import param_bytes
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _MATMUL = {aten.matmul.default, aten.bmm.default, aten.mm.default, torch.matmul, torch.bmm}
@@ -96,18 +98,14 @@ def _attention_in_float32(gm: GraphModule, cache: dict) -> tuple[int, int]:
 
 @register_pass("cast_dtype", "run linears/embeddings/attention matmuls in bfloat16 or float16 (weights cast, "
                "activations cast at their inputs); norms, softmax and log-probs stay float32",
-               options={"dtype": PassOption(str, "bfloat16", "low-precision dtype: bfloat16 or float16"),
+               options={"dtype": PassOption(str, "bfloat16", "low-precision dtype: bfloat16 or float16",
+                                            choices=tuple(_DTYPES)),
                         "attention": PassOption(str, "low", "dtype of scaled_dot_product_attention: low (the dtype "
-                                                "above) or float32 (faster on CPU)")},
-               exact=False)
+                                                "above) or float32 (faster on CPU)", choices=_ATTENTION)},
+               exact=False, dtype=lambda options, before: options["dtype"])
 def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
-    name = ctx.options.get("dtype", "bfloat16")
-    if name not in _DTYPES:
-        raise PassError(f"cast_dtype option 'dtype' must be one of {sorted(_DTYPES)}, got {name!r}")
-    dtype = _DTYPES[name]
-    attention = ctx.options.get("attention", "low")
-    if attention not in _ATTENTION:
-        raise PassError(f"cast_dtype option 'attention' must be one of {list(_ATTENTION)}, got {attention!r}")
+    dtype = _DTYPES[ctx.options["dtype"]]
+    attention = ctx.options["attention"]
     bytes_before = param_bytes(gm)
     outputs = [a for a in torch.utils._pytree.tree_leaves(next(n for n in gm.graph.nodes if n.op == "output").args)
                if isinstance(a, Node)]
@@ -124,7 +122,6 @@ def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
             tensors_cast += 1
         set_attr(gm, w.target, cast_done[id(t)])
     if not tensors_cast:
-        record_pass(gm, "cast_dtype")
         return PassResult(gm, False, {"matches": 0, "param_bytes_before": bytes_before, "param_bytes_after": bytes_before})
     _undo_noop_float_alias(gm)
 
@@ -159,7 +156,6 @@ def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
             set_val(gm, c)
             out.replace_input_with(a, c)
             inserted += 1
-    record_pass(gm, "cast_dtype")
     return PassResult(gm, True, {"matches": tensors_cast, "tensors_cast": tensors_cast, "casts_inserted": inserted,
                                  "attention_upcast": upcast,
                                  "param_bytes_before": bytes_before, "param_bytes_after": param_bytes(gm)})

@@ -7,7 +7,6 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.pipeline import PassContext, PassResult, register_pass
-from passes._graphutil import record_pass
 
 
 def _key(node: Node, canon: dict):
@@ -55,5 +54,4 @@ def cse(gm: GraphModule, ctx: PassContext) -> PassResult:
             removed += 1
         else:
             seen[key] = node
-    record_pass(gm, "cse")
     return PassResult(gm, removed > 0, {"matches": removed, "nodes_removed": removed})

@@ -14,8 +14,8 @@ import torch
 
 import graphopt.kernels  # noqa: F401 (registers torch.ops.graphopt)
 from graphopt.pipeline import PassOption, PassResult, register_pass
-from passes._match import (aten, cast_target_dtype, fake_mode, insert_call, is_dim, is_op, only_user, other_arg,
-                           real_users, remove_dead, strip_float, val)
+from ._edit import fake_mode, insert_call, remove_dead
+from ._ops import aten, cast_target_dtype, is_dim, is_op, only_user, other_arg, real_users, strip_float, val
 
 
 def match_rms_norm(rsqrt):

@@ -11,8 +11,8 @@ import torch
 
 import graphopt.kernels  # noqa: F401 (registers torch.ops.graphopt)
 from graphopt.pipeline import PassResult, register_pass
-from passes._match import (aten, cast_target_dtype, fake_mode, insert_call, is_dim, is_op, only_user, other_arg,
-                           remove_dead, strip_float, val)
+from ._edit import fake_mode, insert_call, remove_dead
+from ._ops import aten, cast_target_dtype, is_dim, is_op, only_user, other_arg, strip_float, val
 
 RESHAPE = (aten.reshape.default, aten.view.default)
 

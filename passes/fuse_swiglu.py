@@ -4,7 +4,8 @@ from __future__ import annotations
 import graphopt.kernels  # noqa: F401 (registers torch.ops.graphopt)
 import torch
 from graphopt.pipeline import PassResult, register_pass
-from passes._match import aten, fake_mode, insert_call, is_op, only_user, other_arg, remove_dead, val
+from ._edit import fake_mode, insert_call, remove_dead
+from ._ops import aten, is_op, only_user, other_arg, val
 
 
 @register_pass("fuse_swiglu", "silu(gate) * up -> graphopt.swiglu(gate, up)")

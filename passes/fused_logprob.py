@@ -12,9 +12,8 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.pipeline import PassContext, PassOption, PassResult, register_pass
-from passes._graphutil import (ASSERT_META, GATHER, LINEAR, LOG_SOFTMAX, SQUEEZE, UNSQUEEZE, aten, erase_dead, record_pass,
-                               require_float_linears, set_val,
-                               val)
+from ._edit import remove_dead, set_val
+from ._ops import ASSERT_META, GATHER, LINEAR, LOG_SOFTMAX, SQUEEZE, UNSQUEEZE, aten, val
 
 import graphopt.kernels  # noqa: F401 (registers torch.ops.graphopt.*)
 
@@ -86,7 +85,6 @@ def _head_linear(logits: Node) -> tuple[Node, Node] | None:
                options={"with_linear": PassOption(bool, True, "also fuse the LM-head linear into the log-prob "
                                                   "(graphopt.linear_logprob) when it feeds the log-softmax directly")})
 def fused_logprob(gm: GraphModule, ctx: PassContext) -> PassResult:
-    require_float_linears(gm, "fused_logprob")
     g = gm.graph
     matches, linear_fused = 0, 0
     for ls, logits, sq, targets in list(_match(gm)):
@@ -102,7 +100,6 @@ def fused_logprob(gm: GraphModule, ctx: PassContext) -> PassResult:
         chain = ([logits] if head is not None else []) + [ls.args[0], ls, sq.args[0], sq.args[0].args[2]]
         sq.replace_all_uses_with(new)
         g.erase_node(sq)
-        erase_dead(gm, [n for n in chain if isinstance(n, Node)])
+        remove_dead(gm, [n for n in chain if isinstance(n, Node)])
         matches += 1
-    record_pass(gm, "fused_logprob")
     return PassResult(gm, matches > 0, {"matches": matches, "linear_fused": linear_fused})

@@ -6,12 +6,12 @@ The merged weight is registered as <feed_forward>.w13_weight; the old weights ar
 from __future__ import annotations
 
 from graphopt.pipeline import PassResult, register_pass
-from passes._match import merge_linear_groups
+from ._weights import merge_linear_groups
 
 ROLES = {"gate": ("w1", "gate_proj"), "up": ("w3", "up_proj")}
 
 
 @register_pass("merge_gate_up", "FFN gate (w1) and up (w3) linears sharing an input -> one linear + split")
 def merge_gate_up(gm, ctx):
-    modified, stats = merge_linear_groups(gm, ROLES, "w13", "merge_gate_up")
+    modified, stats = merge_linear_groups(gm, ROLES, "w13")
     return PassResult(gm, modified, stats)

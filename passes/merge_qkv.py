@@ -8,12 +8,12 @@ deleted from the module once nothing reads them. GQA: the split sizes are the we
 from __future__ import annotations
 
 from graphopt.pipeline import PassResult, register_pass
-from passes._match import merge_linear_groups
+from ._weights import merge_linear_groups
 
 ROLES = {"q": ("wq", "q_proj"), "k": ("wk", "k_proj"), "v": ("wv", "v_proj")}
 
 
 @register_pass("merge_qkv", "wq/wk/wv linears sharing an input -> one linear on concatenated weights + split")
 def merge_qkv(gm, ctx):
-    modified, stats = merge_linear_groups(gm, ROLES, "wqkv", "merge_qkv")
+    modified, stats = merge_linear_groups(gm, ROLES, "wqkv")
     return PassResult(gm, modified, stats)

@@ -16,7 +16,7 @@ import re
 from torch.fx import GraphModule
 from torch.fx.passes.split_module import split_module
 
-from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
+from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, after, register_pass
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -74,7 +74,10 @@ def split_stages(gm: GraphModule, n_stages: int, n_layers: int | None = None) ->
 
 @register_pass("pipeline_split", "cut the graph at transformer-layer boundaries into n_stages submodules "
                "(split_module); run with graphopt.distributed.pipeline_run",
-               options={"n_stages": PassOption(int, 0, "number of stages (0: ctx.world_size)")})
+               options={"n_stages": PassOption(int, 0, "number of stages (0: ctx.world_size)", min=0)},
+               shards="pipeline",
+               order=[after("*", "it wraps the graph's nodes into per-stage submodules that other passes do not "
+                                 "look into")])
 def pipeline_split(gm: GraphModule, ctx: PassContext) -> PassResult:
     n = ctx.options.get("n_stages") or ctx.world_size
     if n <= 1:

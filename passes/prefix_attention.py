@@ -18,8 +18,9 @@ import math
 import torch
 
 import graphopt.kernels  # noqa: F401  (registers graphopt::prefix_attention)
-from graphopt.pipeline import PassError, PassResult, register_pass
-from passes._match import aten, fake_mode, insert_call, is_op, remove_dead, val
+from graphopt.pipeline import PassError, PassResult, register_pass, requires
+from ._edit import fake_mode, insert_call, remove_dead
+from ._ops import aten, is_op, val
 
 SDPA = aten.scaled_dot_product_attention.default
 LAYOUT_INPUTS = ("doc_ids", "seg_ids")
@@ -31,7 +32,9 @@ def _layout_placeholders(gm) -> dict:
 
 
 @register_pass("prefix_attention", "SDPA over the packed layout's block mask -> graphopt::prefix_attention driven by "
-               "the doc_ids/seg_ids inputs (no [B,T,T] mask; block-skipping Triton kernel on CUDA)")
+               "the doc_ids/seg_ids inputs (no [B,T,T] mask; block-skipping Triton kernel on CUDA)",
+               order=[requires("sdpa_attention", "it rewrites the scaled_dot_product_attention nodes that "
+                                                 "sdpa_attention makes")])
 def prefix_attention(gm, ctx):
     sites = [n for n in gm.graph.nodes if is_op(n, SDPA)]
     if not sites:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from graphopt.pipeline import PassContext, PassResult, register_pass
-from passes._graphutil import (ASSERT_META, INDEX, LINEAR, RESHAPE, aten, erase_dead, record_pass, require_before,
-                               require_float_linears,
-                               set_val, val)
+from graphopt.pipeline import PassContext, PassResult, before, register_pass
+from ._edit import remove_dead, set_val
+from ._ops import ASSERT_META, INDEX, LINEAR, RESHAPE, aten, val
 
 # ops that act on each position independently (given last-dim-only reductions)
 _POINTWISE = {aten.to.dtype, aten._to_copy.default, aten.type_as.default, aten.pow.Tensor_Scalar, aten.add.Tensor,
@@ -95,12 +94,10 @@ def _match(gm: GraphModule):
 
 
 @register_pass("prune_lm_head", "compute the final norm and LM head only at the scored positions ([N, V] "
-               "logits instead of [B*T, V])")
+               "logits instead of [B*T, V])",
+               order=[before("fused_logprob", "fused_logprob consumes the log-softmax after the head, so the head "
+                                              "can no longer be pruned")])
 def prune_lm_head(gm: GraphModule, ctx: PassContext) -> PassResult:
-    require_float_linears(gm, "prune_lm_head")
-    require_before(gm, "prune_lm_head", "fused_logprob",
-                   "fused_logprob consumes the log-softmax after the head, so the head can no longer be pruned "
-                   "(fused_logprob before the head exists)")
     g = gm.graph
     matches, moved = 0, 0
     for lin, idx in list(_match(gm)):
@@ -127,8 +124,7 @@ def prune_lm_head(gm: GraphModule, ctx: PassContext) -> PassResult:
         old_flat = idx.args[0]
         idx.replace_all_uses_with(new_lin)
         g.erase_node(idx)
-        erase_dead(gm, [*region, lin, old_flat])  # the old [B*T] head chain
+        remove_dead(gm, [*region, lin, old_flat])  # the old [B*T] head chain
         matches += 1
         moved += len(region)
-    record_pass(gm, "prune_lm_head")
     return PassResult(gm, matches > 0, {"matches": matches, "per_position_ops_moved": moved})

@@ -24,9 +24,13 @@ import re
 import torch
 from torch.fx import GraphModule, Node
 
-from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from passes._graphutil import (LINEAR, RESHAPE, attr, param_count, record_pass, require_float_linears, set_attr,
-                               set_val, val)
+from graphopt.graph_attrs import attr, set_attr
+from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, before, register_pass
+from ._edit import set_val
+from ._ops import LINEAR, RESHAPE, val
+from ._weights import param_count
+
+_NEEDS_NAMES = "it finds the weights by their checkpoint names, which the merge replaces"
 
 _NAME = re.compile(r"^(?P<layer>.*layers\.\d+)\.(?P<block>attention|feed_forward)\.(?P<w>w[qkvo123])\.(?P<kind>weight|bias)$")
 
@@ -141,16 +145,13 @@ def _same_prefix(shape, old, upto: int) -> bool:
 
 @register_pass("prune_structured", "L1-magnitude structured pruning of FFN channels and/or attention heads "
                "(kv groups); rewrites weights and the graph's head-count view sizes",
-               options={"ratio": PassOption(float, 0.0, "fraction of FFN channels / kv groups to remove, in [0, 1)"),
-                        "what": PassOption(str, "ffn", "what to prune: ffn, heads or both")},
-               exact=False)
+               options={"ratio": PassOption(float, 0.0, "fraction of FFN channels / kv groups to remove, in [0, 1)",
+                                            min=0.0, max=1.0, open_max=True),
+                        "what": PassOption(str, "ffn", "what to prune: ffn, heads or both",
+                                           choices=("ffn", "heads", "both"))},
+               exact=False, order=[before("merge_qkv", _NEEDS_NAMES), before("merge_gate_up", _NEEDS_NAMES)])
 def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
-    require_float_linears(gm, "prune_structured")
-    ratio, what = ctx.options.get("ratio", 0.0), ctx.options.get("what", "ffn")
-    if not 0.0 <= ratio < 1.0:
-        raise PassError(f"prune_structured option 'ratio' must be in [0, 1), got {ratio!r}")
-    if what not in ("ffn", "heads", "both"):
-        raise PassError(f"prune_structured option 'what' must be ffn, heads or both, got {what!r}")
+    ratio, what = ctx.options["ratio"], ctx.options["what"]
     layers = _weights(gm)
     need = ([("w1", "w2", "w3")] if what in ("ffn", "both") else []) + \
            ([("wq", "wk", "wv", "wo")] if what in ("heads", "both") else [])
@@ -174,7 +175,6 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
     if matches:
         _repropagate(gm, old_shapes)
     params_after = param_count(gm)
-    record_pass(gm, "prune_structured")
     return PassResult(gm, matches > 0, {"matches": matches, "params_before": params_before, "params_after": params_after,
                                         "params_removed": params_before - params_after,
                                         "ffn_channels_removed": ffn_removed, "kv_groups_removed": groups_removed})

@@ -23,9 +23,16 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.kernels.int8_linear import quantize_weight
-from graphopt.pipeline import PassContext, PassOption, PassResult, register_pass
-from passes._graphutil import attr, fake_mode, param_bytes, record_pass, set_val, val
-from passes._match import add_parameter, delete_unused_attrs, insert_call, linear_parts
+from graphopt.graph_attrs import attr
+from graphopt.pipeline import PassContext, PassOption, PassResult, after, register_pass
+from ._edit import add_parameter, drop_unused_attrs, fake_mode, insert_call, set_val
+from ._ops import linear_parts, val
+from ._weights import param_bytes
+
+_REPLACES_LINEARS = "quantize_int8 replaces the linears it rewrites by graphopt.int8_linear"
+# passes that look for aten.linear nodes, so must see them before quantize_int8 replaces them
+_LINEAR_PASSES = ("merge_qkv", "merge_gate_up", "prune_lm_head", "fused_logprob", "tensor_parallel",
+                  "prune_structured")
 
 INT8_LINEAR = torch.ops.graphopt.int8_linear.default
 
@@ -46,7 +53,9 @@ def _quantizable(gm: GraphModule, node: Node, exclude: list[str]) -> bool:
                "activations (per token), int32 accumulation; run after the merges and cast_dtype",
                options={"exclude": PassOption(str, "", "comma-separated substrings of weight names to keep in "
                                                        "floating point, e.g. 'output' for an unfused LM head")},
-               exact=False)
+               exact=False, dtype=lambda options, before: f"int8+{before}",
+               order=[after(p, _REPLACES_LINEARS) for p in _LINEAR_PASSES]
+               + [after("cast_dtype", "cast_dtype casts linear weights, the int8 weights are not linears")])
 def quantize_int8(gm: GraphModule, ctx: PassContext) -> PassResult:
     exclude = [s.strip() for s in str(ctx.options.get("exclude", "")).split(",") if s.strip()]
     bytes_before = param_bytes(gm)
@@ -75,9 +84,8 @@ def quantize_int8(gm: GraphModule, ctx: PassContext) -> PassResult:
             gm.graph.erase_node(w)
         old.add(w.target)
         matches += 1
-    delete_unused_attrs(gm, old)
+    drop_unused_attrs(gm, old)
     gm.graph.lint()
     gm.recompile()
-    record_pass(gm, "quantize_int8")
     return PassResult(gm, bool(matches), {"matches": matches, "param_bytes_before": bytes_before,
                                           "param_bytes_after": param_bytes(gm)})

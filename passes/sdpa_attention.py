@@ -15,7 +15,8 @@ import math
 import torch
 
 from graphopt.pipeline import PassOption, PassResult, register_pass
-from passes._match import aten, fake_mode, insert_call, is_dim, is_op, only_user, remove_dead, val
+from ._edit import fake_mode, insert_call, remove_dead
+from ._ops import aten, is_dim, is_op, only_user, val
 
 SOFTMAX = (aten.softmax.int, aten._softmax.default)
 NOT = (aten.bitwise_not.default, aten.logical_not.default)

@@ -22,9 +22,11 @@ from torch.fx import GraphModule, Node
 import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.*)
 from graphopt.distributed.collectives import ALL_REDUCE, WAIT, insert_all_gather_last_dim, insert_all_reduce
 from graphopt.distributed.plan import checkpoint_key, head_layout, shard_slice
+from graphopt.graph_attrs import attr, set_attr
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from passes._graphutil import (EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE, attr, param_bytes, propagate_vals,
-                               require_float_linears, set_attr)
+from ._edit import propagate_vals
+from ._ops import EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE
+from ._weights import param_bytes
 
 aten = torch.ops.aten
 _LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
@@ -182,9 +184,9 @@ def _replace_logprob(g, x: Node, site: Node, tgt: Node, rank: int, v_local: int,
                options={"vocab_parallel": PassOption(bool, False, "cut the LM head along the vocab and compute the "
                                                      "log-prob with all-reduces of max / sum-exp / target logit"),
                         "embedding_parallel": PassOption(bool, False, "cut tok_embeddings along dim (Meta's shard "
-                                                         "layout) and all-gather after the lookup")})
+                                                         "layout) and all-gather after the lookup")},
+               shards="tensor")
 def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
-    require_float_linears(gm, "tensor_parallel")
     ws, rank = ctx.world_size, ctx.rank
     if ws == 1:
         return PassResult(gm, False, {"matches": 0})

@@ -36,7 +36,7 @@ def example_batch(args, B: int = 2, T: int = 8, seed: int = 1):
 
 
 def capture_graph(module, inputs):
-    from graphopt.capture import capture
+    from graphopt.graph_capture import capture
     return capture(module, inputs, method="export", dynamic=True)
 
 

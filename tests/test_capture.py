@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.scoring.batch import ScoreModule
@@ -118,7 +118,7 @@ class GraphBreak(torch.nn.Module):
 
 
 def test_dynamo_graph_break_is_a_clear_error():
-    from graphopt.capture import CaptureError
+    from graphopt.graph_capture import CaptureError
     with pytest.raises(CaptureError, match="one graph"):
         capture(GraphBreak(), (torch.randn(4, 3),), method="dynamo")
 

@@ -73,7 +73,7 @@ def test_pipeline_micro_batches_carry_the_packed_layout_ids():
     """Packed batches hand doc_ids/seg_ids to the graph; micro-batches cut them by rows with the rest,
     and prefix_attention (which reads them) gives the unsplit graph's scores through 2 stages."""
     import graphopt
-    from graphopt.capture import capture
+    from graphopt.graph_capture import capture
     from graphopt.scoring import ScoreModule, build_batches, build_requests
 
     model, tokenizer = graphopt.load_model("tiny-gqa", seed=1)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import graphopt.kernels  # noqa: F401
-from graphopt.backend import backend
-from graphopt.capture import capture
+from graphopt.compile_backend import backend
+from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pipeline import PassContext, list_passes, run_passes

@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pipeline import PassContext, count_nodes, run_passes

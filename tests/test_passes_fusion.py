@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.pipeline import PassContext, get_pass, run_passes
 from tests.test_capture import score_inputs, score_module
 

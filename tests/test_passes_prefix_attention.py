@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.pipeline import PassContext, PassError, run_passes
 from graphopt.scoring import ScoreModule, build_batches, build_requests, choice_metrics, score_requests
 
@@ -57,13 +57,14 @@ def test_sdpa_becomes_prefix_attention_and_scores_match(preset):
     assert have["choices"] == want["choices"] and have["choices_norm"] == want["choices_norm"]
 
 
-def test_without_sdpa_nothing_changes():
+def test_without_sdpa_attention_first_the_order_is_refused_before_anything_runs():
     model, _, _, batches = _setup("tiny")
     example = batches[0].model_inputs()
     gm = capture(ScoreModule(model).eval(), example)
-    n_nodes = len(gm.graph.nodes)
-    gm, records = run_passes(gm, ["prefix_attention"], PassContext(example_inputs=example))
-    assert records[-1].matches == 0 and not records[-1].modified and len(gm.graph.nodes) == n_nodes
+    before = str(gm.graph)
+    with pytest.raises(PassError, match="prefix_attention requires sdpa_attention earlier in the pipeline"):
+        run_passes(gm, ["fuse_rmsnorm", "prefix_attention"], PassContext(example_inputs=example))
+    assert str(gm.graph) == before
 
 
 def test_dynamo_capture_drops_the_ids_clear_error():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pipeline import PassContext, PassError, run_passes
@@ -117,8 +117,8 @@ def test_both_on_gqa():
 
 def test_bad_options():
     args, model, inputs, gm = _setup("tiny")
-    for options, msg in [({"ratio": 1.0}, r"ratio' must be in \[0, 1\)"), ({"ratio": -0.1}, "ratio"),
-                         ({"ratio": 0.5, "what": "mlp"}, "'what' must be ffn, heads or both"),
+    for options, msg in [({"ratio": 1.0}, r"ratio' expects a value with 0 <= value < 1, got 1.0"), ({"ratio": -0.1}, "ratio"),
+                         ({"ratio": 0.5, "what": "mlp"}, "'what' expects one of 'ffn', 'heads', 'both', got 'mlp'"),
                          ({"ratio": "0.5"}, "expects float"), ({"ration": 0.5}, "did you mean 'ratio'")]:
         with pytest.raises(PassError, match=msg):
             _prune(copy.deepcopy(gm), inputs, **options)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import graphopt.kernels  # noqa: F401
-from graphopt.capture import capture
+from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pipeline import PassContext, PassError, run_passes

@@ -72,7 +72,7 @@ def _load(model: str, dtype: str):
 
 
 def main(args) -> int:
-    from graphopt.capture import capture
+    from graphopt.graph_capture import capture
     from graphopt.pipeline import PassContext, PassError, count_nodes, get_pass, parse_pass_spec, run_passes
     from graphopt.scoring.batch import ScoreModule
 

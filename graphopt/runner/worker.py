@@ -40,7 +40,7 @@ def build_sharded_graph(model_dir: str, module, example_inputs, run: dict, model
                         rank: int, device):
     """module is ScoreModule of a meta-device model: capture, run the passes (tensor_parallel among
     them) on weightless tensors, then fill this rank's weights from the checkpoint."""
-    from graphopt.capture import capture as capture_graph
+    from graphopt.graph_capture import capture as capture_graph
     from graphopt.compilers import compile_for
     from graphopt.distributed.load_shard import load_shard, retarget_device
     from graphopt.pipeline import PassContext, run_passes
@@ -64,13 +64,13 @@ def build_callable(module, example_inputs, run: dict, model_args, world_size: in
         assert not passes, "passes need capture: export or dynamo"
         return compile_for(module, compiler), []
     if capture == "dynamo":
-        from graphopt.backend import backend
+        from graphopt.compile_backend import backend
         from graphopt.pipeline import PassContext
         then = compiler if compiler in ("inductor", "inductor-frozen") else "eager"
         ctx = PassContext((), model_args, rank, world_size)
         be = backend(passes=passes, then=then, ctx=ctx)
         return torch.compile(module, backend=be), be  # be.records is filled on the first call
-    from graphopt.capture import capture as capture_graph
+    from graphopt.graph_capture import capture as capture_graph
     from graphopt.pipeline import PassContext, run_passes
 
     gm = capture_graph(module, example_inputs, method="export")

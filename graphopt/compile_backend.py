@@ -2,7 +2,7 @@
 
     compiled = torch.compile(model, backend=graphopt.backend(passes=["fuse_rmsnorm", ...]))
 
-Dynamo's graph is normalised to the export IR (graphopt.capture.normalise_dynamo_graph: weights become
+Dynamo's graph is normalised to the export IR (graphopt.graph_capture.normalise_dynamo_graph: weights become
 parameters, symbolic sizes become shared Dims), the passes run (graphopt.pipeline.run_passes), then
 the result goes to inductor (compile_fx; "inductor-frozen" folds the weights in as constants, see
 graphopt.compilers) or runs as the FX graph ("eager"). `fn.records` holds the
@@ -16,7 +16,7 @@ import torch
 from torch.fx import GraphModule
 from torch.fx.graph import CodeGen
 
-from graphopt.capture import normalise_dynamo_graph
+from graphopt.graph_capture import normalise_dynamo_graph
 from graphopt.compilers import inductor_options
 from graphopt.pipeline import PassContext, run_passes
 

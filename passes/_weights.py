@@ -1,0 +1,102 @@
+"""The parameters a graph reads, and merging linears that share an input into one (merge_qkv,
+merge_gate_up)."""
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule, Node
+
+from graphopt.graph_attrs import attr
+from ._edit import add_parameter, drop_unused_attrs, fake_mode, first_user_position, getitem, insert_call, \
+    remove_dead, set_val
+from ._ops import aten, linear_parts
+
+
+def used_params(gm: GraphModule) -> list[torch.Tensor]:
+    """The parameters the graph still reads (unique tensors reached by get_attr nodes)."""
+    params = {name for name, _ in gm.named_parameters(remove_duplicate=False)}
+    seen, out = set(), []
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and n.target in params:
+            t = attr(gm, n.target)
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
+    return out
+
+
+def param_count(gm: GraphModule) -> int:
+    return sum(t.numel() for t in used_params(gm))
+
+
+def param_bytes(gm: GraphModule) -> int:
+    return sum(t.numel() * t.element_size() for t in used_params(gm))
+
+
+def find_linear_groups(gm: GraphModule, roles: dict[str, tuple[str, ...]]) -> list[list[Node]]:
+    """Linears sharing one input whose weights are `<prefix>.<role name>.weight` for every role, in the
+    order of `roles` (e.g. {"q": ("wq", "q_proj"), "k": ..., "v": ...}), one group per (input, prefix)."""
+    found: dict[tuple, dict[str, Node]] = {}
+    for node in gm.graph.nodes:
+        parts = linear_parts(gm, node)
+        if parts is None:
+            continue
+        x, w_target, _ = parts
+        prefix, _, rest = w_target.rpartition(".")  # ...attention.wq | weight
+        if rest != "weight":
+            continue
+        owner, _, leaf = prefix.rpartition(".")
+        for role, names in roles.items():
+            if leaf in names:
+                found.setdefault((x, owner), {})[role] = node
+    groups = []
+    for by_role in found.values():
+        if len(by_role) == len(roles):
+            group = [by_role[r] for r in roles]
+            biased = [linear_parts(gm, n)[2] is not None for n in group]
+            if all(biased) or not any(biased):
+                groups.append(group)
+    return groups
+
+
+def merge_linear_groups(gm: GraphModule, roles: dict, name: str) -> tuple[bool, dict]:
+    """Every group of linears sharing an input (find_linear_groups(gm, roles)) -> one merged linear
+    `<name>_weight` + split; dead nodes and the old weights removed. -> (modified, stats)."""
+    groups = find_linear_groups(gm, roles)
+    for group in groups:  # free each group's old weights before the next concatenation: a 30B model
+        old = merge_linears(gm, group, name)  # has no room for a second copy of all its q/k/v or gate/up
+        remove_dead(gm)
+        drop_unused_attrs(gm, old)
+    return bool(groups), {"matches": len(groups)}
+
+
+def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
+    """Replace linears on one input by one linear on the concatenated weights (and biases) followed by
+    a split on the last dim; the new weight is registered next to the old ones as `<name>_weight`.
+    Returns the old attribute targets (delete them with drop_unused_attrs once all groups ran)."""
+    parts = [linear_parts(gm, n) for n in group]
+    x = parts[0][0]
+    weights = [attr(gm, p[1]) for p in parts]  # each [out_i, in]
+    assert len({w.shape[1] for w in weights}) == 1, [tuple(w.shape) for w in weights]
+    sizes = [w.shape[0] for w in weights]
+    owner = parts[0][1].rpartition(".")[0].rpartition(".")[0]  # ...attention
+    mode = fake_mode(gm)
+    first = first_user_position(group)
+    w_target = add_parameter(gm, owner, f"{name}_weight", torch.cat([w.detach() for w in weights], 0))  # [sum out, in]
+    with gm.graph.inserting_before(first):
+        w_node = gm.graph.get_attr(w_target)
+    set_val(gm, w_node, mode)
+    args = [x, w_node]
+    if parts[0][2] is not None:
+        b_target = add_parameter(gm, owner, f"{name}_bias", torch.cat([attr(gm, p[2]).detach() for p in parts], 0))
+        with gm.graph.inserting_before(first):
+            b_node = gm.graph.get_attr(b_target)
+        set_val(gm, b_node, mode)
+        args.append(b_node)
+    merged = insert_call(gm, first, aten.linear.default, args, mode=mode)  # [..., sum out]
+    split = insert_call(gm, first, aten.split_with_sizes.default, (merged, sizes, -1), mode=mode)
+    for i, old in enumerate(group):
+        piece = getitem(gm, first, split, i, mode)
+        old.replace_all_uses_with(piece)
+    for old in group:
+        gm.graph.erase_node(old)
+    return [p[1] for p in parts] + [p[2] for p in parts if p[2] is not None]
