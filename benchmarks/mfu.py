@@ -27,19 +27,15 @@ import torch
 
 import graphopt
 from benchmarks.kernel_profile import kernel_table, markdown
-from graphopt.graph_capture import capture
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
-from graphopt.compilers import COMPILERS, compile_for
+from graphopt.compilers import COMPILERS
 from graphopt.model import ModelArgs, Transformer, init_random_weights
-from graphopt.pipeline import PassContext, run_passes
 from graphopt.runner.timing import peak_memory_mb, reset_peak_memory, timed
 from graphopt.runner.worker import first_calls
 from graphopt.scoring import ScoreModule, build_batches, build_requests, score_requests
 
 HELLASWAG_VAL_QUESTIONS = 10_042
-EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
-         "prune_lm_head", "fused_logprob", "cse", "dce"]
 # dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, by a substring of torch.cuda.get_device_name()
 GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("V100", 125.0),
                    ("L40S", 362.0), ("A10", 125.0)]
@@ -179,14 +175,12 @@ def main(argv=None) -> int:
     prefix = a.device.startswith("cuda") and not a.no_prefix_attention
     row_len = a.row_len or (2048 if prefix else None)
     batches = [b.to(a.device) for b in build_batches(requests, "packed", row_len=row_len, max_tokens=a.max_tokens)]
-    passes = EXACT + (["prefix_attention"] if prefix else [])
+    passes = graphopt.parse_pipeline("gpu" if prefix else "exact")
     if a.fuse_residual:
-        passes = [("fuse_rmsnorm", {"fuse_residual": True}) if p == "fuse_rmsnorm" else p for p in passes]
-    example = batches[0].model_inputs()
-    gm = capture(score_module, example)
+        passes = [graphopt.parse_pipeline([{"name": "fuse_rmsnorm", "fuse_residual": True}])[0]
+                  if p.name == "fuse_rmsnorm" else p for p in passes]
+    fn = graphopt.optimize(score_module, batches[0].model_inputs(), passes, a.compiler)
     del score_module
-    gm, _ = run_passes(gm, passes, PassContext(example_inputs=example))
-    fn = compile_for(gm, a.compiler)
     reset_peak_memory(a.device)
     first_calls(fn, batches, a.device)  # compile / warm up every shape, as the runner does
     setup_s = time.perf_counter() - t0
@@ -203,7 +197,7 @@ def main(argv=None) -> int:
           f"{a.dtype}, {name}, torch {torch.__version__}")
     fed = sum(b.input_ids.numel() for b in batches)
     real = sum(int((b.doc_ids >= 0).sum()) for b in batches)
-    names = ", ".join(p if isinstance(p, str) else f"{p[0]} {p[1]}" for p in passes)
+    names = ", ".join(p.label() for p in passes)
     print(f"passes: {names}; compiler {a.compiler}; {len(rows)} questions in {len(batches)} batches "
           f"(max {a.max_tokens} tokens, rows of {max(b.input_ids.shape[1] for b in batches)}: {real} tokens, "
           f"{fed / real - 1:.1%} padding); setup + compile {setup_s:.1f} s")

@@ -5,7 +5,9 @@
 
 Rows: per-pair eager fp32 (lm-evaluation-harness style, the reference), Hugging Face transformers
 LlamaForCausalLM batched eager fp32, plain torch.compile of our ScoreModule (padded batches), and
-graphopt's combinations (packed shared-prefix rows + the pass pipeline, fp32 and bf16). Speedups are
+graphopt's combinations (packed shared-prefix rows + a named pipeline: exact (fp32), fast (bf16),
+fast-cpu, int8), each built by graphopt.optimize exactly as `graphopt run` builds it (compiled with
+dynamic shapes: one compilation for every batch shape). Speedups are
 ratios from this one run; compile/capture time is reported apart from run time. Every peer is built
 and warmed up first, then timed round-robin (`--repeats` rounds, median), so a change in the host's
 load mid-run hits every peer alike.
@@ -19,14 +21,8 @@ import time
 import torch
 
 import graphopt
-from graphopt.graph_capture import capture
-from graphopt.compilers import compile_for
-from graphopt.pipeline import PassContext, run_passes
 from graphopt.scoring import (ScoreModule, build_batches, build_requests, choice_metrics, same_choices,
                               score_requests)
-
-FIDELITY_PASSES = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
-                   "prune_lm_head", "fused_logprob", "cse", "dce"]
 
 
 def time_round_robin(peers, repeats: int) -> list[tuple[str, float, float, torch.Tensor]]:
@@ -44,14 +40,13 @@ def time_round_robin(peers, repeats: int) -> list[tuple[str, float, float, torch
     return [(name, statistics.median(times[name]), compile_s, loglik[name]) for name, _, compile_s in peers]
 
 
-def optimised_graph(model, batches, passes, compiler: str):
-    """Capture ScoreModule(model) once (dynamic shapes), run the passes, compile as `compiler` names
-    (graphopt.compilers: none | inductor | inductor-frozen)."""
+def optimised_graph(model, batches, pipeline, compiler: str):
+    """graphopt.optimize(ScoreModule(model)) as `graphopt run` builds it: capture (dynamic shapes), the
+    pipeline, the compiler (none | inductor | inductor-frozen), compiled dynamic (one compile for all
+    shapes)."""
     t0 = time.perf_counter()
-    example = batches[0].model_inputs()
-    gm = capture(ScoreModule(model), example)
-    gm, _ = run_passes(gm, passes, PassContext(example_inputs=example))
-    return compile_for(gm, compiler, dynamic=True), time.perf_counter() - t0
+    fn = graphopt.optimize(ScoreModule(model), batches[0].model_inputs(), pipeline, compiler)
+    return fn, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -105,7 +100,7 @@ def main(argv=None) -> int:
     if "compile" not in skip:
         padded = build_batches(requests, "padded", batch_size=args.hf_batch_size)
         t0 = time.perf_counter()
-        compiled = torch.compile(ScoreModule(model).eval(), dynamic=True)
+        compiled = graphopt.optimize(ScoreModule(model).eval(), (), compiler="inductor", capture="none")
         with torch.inference_mode():
             for b in padded[:3]:  # distinct shapes, so dynamic-shape compile settles before timing
                 compiled(*b.model_inputs())
@@ -113,22 +108,17 @@ def main(argv=None) -> int:
             time.perf_counter() - t0, warmup=False)
 
     packed = build_batches(requests, "packed", row_len=args.row_len, max_tokens=args.max_tokens)
-    bf16 = FIDELITY_PASSES + [("cast_dtype", {"dtype": "bfloat16"})]
     compilers = ["none"] + ([] if "inductor" in skip else ["inductor", "inductor-frozen"])
-    for dtype, passes in (("fp32", FIDELITY_PASSES), ("bf16", bf16)):
+    for pipeline in ("exact", "fast"):
         for compiler in compilers:
-            fn, cs = optimised_graph(model, packed, passes, compiler)
-            add(f"graphopt {dtype}: packed shared-prefix + fidelity passes"
-                f"{' + cast_dtype' if dtype == 'bf16' else ''}, compiler {compiler}", fn, packed, cs)
+            fn, cs = optimised_graph(model, packed, pipeline, compiler)
+            add(f"graphopt packed shared-prefix, pipeline {pipeline}, compiler {compiler}", fn, packed, cs)
     if "inductor" not in skip:  # variants that trade fidelity for speed, measured but not fidelity-preserving
-        att32 = ("cast_dtype", {"dtype": "bfloat16", "attention": "float32"})
         # int8 with inductor-frozen: every new batch shape takes minutes (freezing's constant folding
         # around the int8 weights), so the int8 row uses inductor
-        for name, passes, compiler in (
-                ("bf16 + fp32 attention", FIDELITY_PASSES + [att32], "inductor-frozen"),
-                ("int8 W8A8 (quantize_int8) + fp32 attention", FIDELITY_PASSES + [att32, "quantize_int8"], "inductor")):
-            fn, cs = optimised_graph(model, packed, passes, compiler)
-            add(f"graphopt {name}: packed + fidelity passes, compiler {compiler}", fn, packed, cs)
+        for pipeline, compiler in (("fast-cpu", "inductor-frozen"), ("int8", "inductor")):
+            fn, cs = optimised_graph(model, packed, pipeline, compiler)
+            add(f"graphopt packed shared-prefix, pipeline {pipeline}, compiler {compiler}", fn, packed, cs)
 
     results = time_round_robin(peers, args.repeats)
     ref_ll = results[0][3]

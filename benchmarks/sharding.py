@@ -70,22 +70,20 @@ def _comm_bytes(gm, inputs) -> tuple[int, int]:
 
 
 def single_worker(repeats: int) -> dict:
-    from graphopt.graph_capture import capture
+    import graphopt
     args, sm = _model()
     inputs = _inputs(args)
-    gm = capture(sm, inputs)
+    gm = graphopt.optimize(sm, inputs)
     s = _time(lambda: gm(*inputs), repeats)
     return {"s": s, "calls": 0, "bytes": 0}
 
 
 def tp_worker(repeats: int, vocab_parallel: bool) -> dict:
-    from graphopt.graph_capture import capture
-    from graphopt.pipeline import PassContext, run_passes
+    import graphopt
     args, sm = _model()
     inputs = _inputs(args)
-    gm = capture(sm, inputs)
-    gm, _ = run_passes(gm, [("tensor_parallel", {"vocab_parallel": vocab_parallel})],
-                       PassContext(model_args=args, rank=dist.get_rank(), world_size=dist.get_world_size()))
+    gm = graphopt.optimize(sm, inputs, [("tensor_parallel", {"vocab_parallel": vocab_parallel})],
+                           rank=dist.get_rank(), world_size=dist.get_world_size(), model_args=args).graph
     calls, nbytes = _comm_bytes(gm, inputs)
     s = _time(lambda: gm(*inputs), repeats, sync=dist.barrier)
     return {"s": s, "calls": calls, "bytes": nbytes}

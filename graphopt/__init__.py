@@ -12,15 +12,17 @@ _API = {
     "load_model": "graphopt.checkpoints",
     "load_hellaswag": "graphopt.data",
     "evaluate": "graphopt.scoring",
+    "optimize": "graphopt.optimize_model",
+    "Optimized": "graphopt.optimize_model",
     "run_passes": "graphopt.pipeline",
+    "parse_pipeline": "graphopt.pipeline",
+    "register_pass": "graphopt.pipeline",
+    "register_pipeline": "graphopt.pipeline",
+    "capture": "graphopt.graph_capture",
+    "backend": "graphopt.compile_backend",
 }
 
-# These two functions share their module's name. Importing them here binds `graphopt.capture` /
-# `graphopt.backend` to the functions for good (a later `import graphopt.capture` does not rebind).
-from graphopt.compile_backend import backend  # noqa: E402
-from graphopt.graph_capture import capture  # noqa: E402
-
-__all__ = list(_API) + ["capture", "backend"]
+__all__ = list(_API)
 
 
 def __getattr__(name: str):

@@ -8,15 +8,14 @@ import sys
 
 COMMANDS = {
     "run": "run an experiment YAML: every pass combination, measured against the eager reference",
-    "eval": "score HellaSwag with one model (eager, no passes) and print acc / acc_norm / time",
+    "eval": "score HellaSwag with one model (eager or through a pass pipeline) and print acc / acc_norm / time",
     "passes": "list every registered graph pass with its description and options",
     "inspect": "op counts of a model's captured graph before and after each pass",
     "report": "print the results table of an experiment directory and write its plots",
 }
 
 
-class UserError(Exception):
-    """An error the user can fix (bad path, bad key, bad value): printed without a traceback."""
+from graphopt.errors import UserError  # noqa: F401  (re-exported: commands raise it)
 
 
 def build_parser() -> argparse.ArgumentParser:

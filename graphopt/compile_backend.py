@@ -1,36 +1,36 @@
-"""A torch.compile backend that runs graphopt's pass pipeline:
+"""graphopt as a torch.compile backend:
 
-    compiled = torch.compile(model, backend=graphopt.backend(passes=["fuse_rmsnorm", ...]))
+    torch.compile(model, backend="graphopt")                                   # exact pipeline, inductor
+    torch.compile(model, backend="graphopt", options={"pipeline": "fast", "compiler": "none"})
+    torch.compile(model, backend=graphopt.backend(pipeline=["fuse_rmsnorm", ...], compiler="inductor"))
 
-Dynamo's graph is normalised to the export IR (graphopt.graph_capture.normalise_dynamo_graph: weights become
-parameters, symbolic sizes become shared Dims), the passes run (graphopt.pipeline.run_passes), then
-the result goes to inductor (compile_fx; "inductor-frozen" folds the weights in as constants, see
-graphopt.compilers) or runs as the FX graph ("eager"). `fn.records` holds the
-pass records of the last compilation, `fn.graphs` every optimised GraphModule, `fn.compiles` the count.
+Dynamo's graph is normalised to the export IR (graphopt.graph_capture.normalise_dynamo_graph: weights
+become parameters, symbolic sizes become shared Dims), then graphopt.optimize_model.optimize_graph runs
+the pipeline and the compiler, as for every other caller. `fn.records` holds the pass records of the
+last compilation, `fn.graphs` every optimised GraphModule, `fn.compiles` the count.
+The name "graphopt" is registered through the `torch_dynamo_backends` entry point (pyproject.toml).
 """
 from __future__ import annotations
 
 import time
 
-import torch
 from torch.fx import GraphModule
-from torch.fx.graph import CodeGen
 
+from graphopt.compilers import check_compiler
 from graphopt.graph_capture import normalise_dynamo_graph
-from graphopt.compilers import inductor_options
-from graphopt.pipeline import PassContext, run_passes
-
-THEN = ("inductor", "inductor-frozen", "eager")
+from graphopt.pipeline import PassContext, check_order, parse_pipeline
 
 
-def backend(passes=(), then: str = "inductor", ctx: PassContext | None = None, verify: bool = False,
-            atol: float = 1e-4):
-    """-> a torch.compile backend `fn(gm, example_inputs) -> callable` running `passes` then `then`."""
-    if then not in THEN:
-        raise ValueError(f"backend then= must be one of {', '.join(THEN)}, got {then!r}")
-    passes = list(passes)
+def backend(pipeline="exact", compiler: str = "inductor", ctx: PassContext | None = None, verify: bool = False,
+            atol: float = 1e-4, after_each=None):
+    """-> a torch.compile backend `fn(gm, example_inputs) -> callable` running `pipeline` then `compiler`."""
+    from graphopt.optimize_model import optimize_graph
 
-    def compile_graph(gm: GraphModule, example_inputs):
+    check_compiler(compiler)
+    specs = parse_pipeline(pipeline)
+    check_order(specs)
+
+    def compile_graph(gm: GraphModule, example_inputs, **_):
         # Normalising re-exports the graph; torch.export cannot run nested in dynamo's compilation (the
         # frame's guards then fail), so the work happens on the first call, with that call's real inputs.
         compiled = {}
@@ -41,17 +41,8 @@ def backend(passes=(), then: str = "inductor", ctx: PassContext | None = None, v
             user_inputs = tuple(norm.user_args(list(args)))
             base = ctx or PassContext()
             pass_ctx = PassContext(user_inputs, base.model_args, base.rank, base.world_size)
-            optimised, records = run_passes(norm.gm, passes, pass_ctx, verify=verify, atol=atol)
-            if then != "eager":
-                from torch._inductor import config as inductor_config
-                from torch._inductor.compile_fx import compile_fx
-                flat = flat_graph(optimised)
-                # the placeholders' fake values carry export's symbolic B/T/N: inductor compiles dynamic
-                fakes = [n.meta["val"] for n in flat.graph.nodes if n.op == "placeholder"]
-                with inductor_config.patch(inductor_options(then)):
-                    run = compile_fx(flat, fakes)
-            else:
-                run = optimised
+            run, optimised, records = optimize_graph(norm.gm, specs, compiler, pass_ctx, verify=verify,
+                                                     atol=atol, after_each=after_each, inside_backend=True)
             compile_graph.records = records
             compile_graph.graphs.append(optimised)
             compile_graph.compiles += 1
@@ -64,7 +55,7 @@ def backend(passes=(), then: str = "inductor", ctx: PassContext | None = None, v
             norm = compiled["norm"]
             for i, w in norm.weights.items():  # weights were captured by reference; a swapped tensor is stale
                 if args[i] is not w:
-                    raise RuntimeError("graphopt.backend: a weight tensor of the compiled model was replaced after "
+                    raise RuntimeError("graphopt backend: a weight tensor of the compiled model was replaced after "
                                        "compilation; call torch._dynamo.reset() and compile again")
             return compiled["run"](*norm.user_args(args))
         return call
@@ -73,23 +64,13 @@ def backend(passes=(), then: str = "inductor", ctx: PassContext | None = None, v
     return compile_graph
 
 
-def flat_graph(gm: GraphModule) -> GraphModule:
-    """An exported GraphModule with plain codegen (flat inputs, outputs as the graph returns them) and
-    without export's input-guard call, as inductor's compile_fx wants it. Shares gm's weights."""
-    return GraphModule(gm, _copy_graph(gm))
-
-
-def _copy_graph(gm: GraphModule):
-    graph = torch.fx.Graph()
-    env = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and node.target == "_guards_fn":
-            continue
-        env[node] = graph.node_copy(node, lambda n: env[n])
-    graph.set_codegen(CodeGen())
-    out = [n for n in graph.nodes if n.op == "output"][0]
-    # export's output is the unflattened structure; plain codegen returns exactly the flat output args
-    flat_out, _ = torch.utils._pytree.tree_flatten(out.args[0])
-    out.args = (tuple(flat_out),)
-    return graph
-
+def graphopt_backend(gm: GraphModule, example_inputs, options: dict | None = None, **_):
+    """The registered backend "graphopt": options {"pipeline": ..., "compiler": ...} (default: the
+    exact pipeline, then inductor)."""
+    options = dict(options or {})
+    unknown = set(options) - {"pipeline", "compiler"}
+    if unknown:
+        raise ValueError(f"backend 'graphopt' has no option {sorted(unknown)[0]!r} (options: pipeline, compiler)")
+    be = backend(options.get("pipeline", "exact"), options.get("compiler", "inductor"))
+    graphopt_backend.last = be  # what the latest graph went through (records, graphs), for inspection
+    return be(gm, example_inputs)

@@ -4,10 +4,10 @@ and log-likelihoods within 1e-4 (fp32)."""
 import torch
 
 import graphopt
+from graphopt.pipeline import parse_pipeline
 from graphopt.scoring import ScoreModule, build_batches, build_requests, choice_metrics, score_requests
 
-EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
-         "prune_lm_head", "fused_logprob", "cse", "dce"]
+EXACT = [p.name for p in parse_pipeline("exact")]
 
 
 def test_backend_all_exact_passes_same_choices_on_synthetic_hellaswag():
@@ -17,7 +17,7 @@ def test_backend_all_exact_passes_same_choices_on_synthetic_hellaswag():
     module = ScoreModule(model).eval()
     reference = score_requests(module, build_batches(requests, "per_pair"), len(requests), progress=False)
 
-    be = graphopt.backend(passes=EXACT, then="eager")
+    be = graphopt.backend(pipeline=EXACT, compiler="none")
     compiled = torch.compile(module, backend=be, dynamic=True)
     got = score_requests(compiled, build_batches(requests, "shared_prefix", max_tokens=256), len(requests),
                          progress=False)

@@ -77,3 +77,21 @@ def test_eval_help(capsys):
     for flag in ("--model", "--data", "--split", "--limit", "--dtype", "--device", "--batch-size"):
         assert flag in out
     assert "acc_norm" in out and "synthetic" in out
+
+
+def test_eval_pipeline_exact_matches_eager_and_prints_json(capsys):
+    """The optimised path on a checkpoint without a YAML: same acc/acc_norm as the eager per-pair
+    reference (fp32, exact pipeline), reported as one JSON object."""
+    assert main(["eval", "--model", "tiny", "--limit", "8", "--pipeline", "exact", "--no-progress",
+                 "--output", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = _expected(load_hellaswag(None, limit=8))
+    assert got["acc"] == want["acc"] and got["acc_norm"] == want["acc_norm"] and got["n_items"] == 8
+    assert got["strategy"] == "packed" and got["pipeline"][0] == "fuse_rmsnorm" and "fused_logprob" in got["pipeline"]
+    assert got["tokens_processed"] < want["tokens_processed"]  # each context once
+
+
+def test_eval_bad_pipeline_is_refused_before_loading(capsys):
+    assert main(["eval", "--model", "no-such-model", "--pipeline", "fused_logprob,prune_lm_head"]) == 2
+    err = capsys.readouterr().err
+    assert "prune_lm_head must run before fused_logprob" in err and "no-such-model" not in err

@@ -48,7 +48,7 @@ def test_unknown_compiler_lists_the_valid_ones():
 def test_backend_then_inductor_frozen_runs_passes_matches_and_freezes():
     torch._dynamo.reset()
     module = one_layer_module()
-    be = graphopt.backend(passes=["fuse_rmsnorm", "fuse_swiglu"], then="inductor-frozen")
+    be = graphopt.backend(pipeline=["fuse_rmsnorm", "fuse_swiglu"], compiler="inductor-frozen")
     compiled = torch.compile(module, backend=be, dynamic=True)
     x = score_inputs(2, 8, 5, seed=3)
     with torch.no_grad():

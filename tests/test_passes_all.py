@@ -1,5 +1,5 @@
 """Every fidelity-preserving (exact) pass together, on tiny and tiny-gqa, through capture method
-export and dynamo and through the torch.compile backend (then="eager"): per-request
+export and dynamo and through the torch.compile backend (compiler="none"): per-request
 log-likelihoods equal the eager fp32 model within 1e-4 and the chosen endings are identical.
 
 The pass list is taken from the registry (`list_passes()`, exact passes that need no second rank),
@@ -95,7 +95,7 @@ def test_all_exact_passes_keep_loglikelihoods(preset, method, order):
 def test_all_exact_passes_through_compile_backend(preset):
     torch._dynamo.reset()
     args, score = _score(preset)
-    fn = backend(passes=_exact_passes(ORDER), then="eager", ctx=PassContext(model_args=args), verify=True, atol=ATOL)
+    fn = backend(pipeline=_exact_passes(ORDER), compiler="none", ctx=PassContext(model_args=args), verify=True, atol=ATOL)
     compiled = torch.compile(score, backend=fn, dynamic=True, fullgraph=True)
     _compare(compiled, score)
     assert fn.compiles >= 1

@@ -69,7 +69,7 @@ def test_without_sdpa_attention_first_the_order_is_refused_before_anything_runs(
 
 def test_dynamo_capture_drops_the_ids_clear_error():
     model, _, requests, batches = _setup("tiny")
-    be = graphopt.backend(passes=["sdpa_attention", "prefix_attention"], then="eager")
+    be = graphopt.backend(pipeline=["sdpa_attention", "prefix_attention"], compiler="none")
     compiled = torch.compile(ScoreModule(model).eval(), backend=be, dynamic=True)
     with pytest.raises(Exception, match="dynamo drops inputs"):
         score_requests(compiled, batches, len(requests), progress=False)

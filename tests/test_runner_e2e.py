@@ -26,7 +26,7 @@ repeats: 1
 output_dir: {out}
 runs:
   - {name: padded, capture: none, scoring: {strategy: padded, options: {batch_size: 8}}}
-  - {name: bad-option, capture: export, passes: [{name: prune_structured, ratio: 1.5}]}
+  - {name: not-applicable, capture: export, passes: [sdpa_attention, prefix_attention]}   # padded: no layout ids
   - {name: killed, capture: none, scoring: {strategy: padded, options: {batch_size: 4}}}
 """
 
@@ -63,7 +63,7 @@ def sweep(tmp_path_factory):
 
 def test_all_rows_with_required_columns(sweep):
     out, _, table = sweep
-    assert list(table["run"]) == ["reference", "padded", "bad-option", "killed"]
+    assert list(table["run"]) == ["reference", "padded", "not-applicable", "killed"]
     required = ["run", "run_key", "passes", "scoring", "dtype", "device", "world_size", "n_items", "acc", "acc_norm",
                 "agree", "max_abs_dloglik", "within_tolerance", "latency_s", "items_per_s", "tokens_per_s",
                 "speedup", "compile_s", "peak_mem_mb", "n_params", "status", "error"]
@@ -82,8 +82,8 @@ def test_all_rows_with_required_columns(sweep):
 def test_failures_become_error_rows(sweep):
     _, _, table = sweep
     rows = table.set_index("run")
-    assert rows.loc["bad-option", "status"] == "error"
-    assert "ratio" in rows.loc["bad-option", "error"] and "PassError" in rows.loc["bad-option", "error"]
+    assert rows.loc["not-applicable", "status"] == "error"
+    assert "doc_ids" in rows.loc["not-applicable", "error"] and "PassError" in rows.loc["not-applicable", "error"]
     assert rows.loc["killed", "status"] == "error" and "SIGKILL" in rows.loc["killed", "error"]
     assert not rows.loc["killed", "within_tolerance"]
 
@@ -103,13 +103,13 @@ def test_resume_after_kill_keeps_finished_rows(sweep):
 def test_report_on_sweep(sweep):
     out, _, _ = sweep
     text = report(out)
-    assert "| run" in text and "padded" in text and "bad-option" in text and "Failed runs" in text
+    assert "| run" in text and "padded" in text and "not-applicable" in text and "Failed runs" in text
     for name in ("latency_vs_accuracy.png", "speedup.png"):
         assert (out / name).stat().st_size > 1000
 
 
 def test_run_over_time_limit_is_an_error_row_and_a_failed_reference_stops(tmp_path):
-    from graphopt.cli import UserError
+    from graphopt.errors import UserError
     cfg_path = tmp_path / "t.yaml"
     cfg_path.write_text(YAML.replace("{out}", str(tmp_path / "out")))
     with pytest.raises(UserError, match=r"(?s)reference run failed.*time limit"):

@@ -1,5 +1,6 @@
-"""Result rows name the dtype a run computes in, not only the dtype it loads in."""
-from graphopt.runner.execute import compute_dtype
+"""Result rows name the dtype a run computes in, not only the dtype it loads in (as the passes declare
+it), and count the parameters of the graph that runs."""
+from graphopt.pipeline import pipeline_dtype
 from graphopt.runner.schema import config_from_dict
 from graphopt.runner.sweep import expand
 
@@ -11,10 +12,13 @@ def test_cast_dtype_run_reports_the_cast_dtype():
         {"name": "fp16", "capture": "export", "passes": [{"name": "cast_dtype", "dtype": "float16"}]},
         {"name": "bf16 default", "capture": "export", "passes": ["cast_dtype"]},
         {"name": "w8a8", "capture": "export", "passes": ["cast_dtype", "quantize_int8"]},
+        {"name": "named int8", "capture": "export", "passes": "int8"},
+        {"name": "named fast, fp16", "capture": "export", "passes": ["fast", {"name": "cast_dtype", "dtype": "float16"}]},
     ]}, "<test>", {})
-    dtypes = {run.name: compute_dtype(run) for run in expand(cfg)}
+    dtypes = {run.name: pipeline_dtype(run.passes, run.dtype) for run in expand(cfg)}
     assert dtypes == {"reference": "float32", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
-                      "bf16 default": "bfloat16", "w8a8": "int8+bfloat16"}
+                      "bf16 default": "bfloat16", "w8a8": "int8+bfloat16", "named int8": "int8+bfloat16",
+                      "named fast, fp16": "float16"}
 
 
 def test_dynamo_run_counts_parameters_of_the_pruned_graph():
@@ -23,16 +27,17 @@ def test_dynamo_run_counts_parameters_of_the_pruned_graph():
     import torch
 
     import graphopt
-    from graphopt.runner.worker import _graph_of, build_callable, count_params
+    from graphopt.runner.worker import count_params
     from graphopt.scoring import ScoreModule, build_batches, build_requests
 
     torch._dynamo.reset()
     model, tokenizer = graphopt.load_model("tiny")
     batches = build_batches(build_requests(graphopt.load_hellaswag(None, limit=2), tokenizer), "padded")
-    run = {"capture": "dynamo", "compiler": "none", "passes": [("prune_structured", {"ratio": 0.25, "what": "ffn"})]}
-    fn, records = build_callable(ScoreModule(model).eval(), batches[0].model_inputs(), run, model.args, 1)
+    fn = graphopt.optimize(ScoreModule(model).eval(), batches[0].model_inputs(),
+                           [("prune_structured", {"ratio": 0.25, "what": "ffn"})], capture="dynamo")
     with torch.inference_mode():
         fn(*batches[0].model_inputs())
     full = sum(p.numel() for p in model.parameters())
     ffn_removed = model.args.n_layers * 3 * model.args.dim * (model.args.hidden_dim // 4)
-    assert count_params(_graph_of(fn, records), model) == full - ffn_removed
+    assert fn.records[0].name == "prune_structured" and fn.records[0].matches == model.args.n_layers
+    assert count_params(fn.graph, model) == full - ffn_removed

@@ -16,7 +16,7 @@ runs:
     capture: none
     scoring: {strategy: padded}
   - name: fused
-    passes: [fused_logprob, {name: prune_lm_head}]
+    passes: [{name: prune_lm_head}, fused_logprob]
 """
 
 
@@ -31,7 +31,8 @@ def test_good_config_loads_with_defaults(tmp_path):
     assert cfg.model == "tiny" and cfg.data.limit == 4 and cfg.data.path is None
     assert cfg.reference.capture == "none" and cfg.reference.scoring.strategy == "per_pair"
     assert cfg.runs[0].scoring.strategy == "padded" and cfg.runs[1].scoring is None
-    assert cfg.runs[1].passes == ["fused_logprob", {"name": "prune_lm_head"}]
+    assert [p.name for p in cfg.runs[1].passes] == ["prune_lm_head", "fused_logprob"]
+    assert cfg.runs[1].passes[1].opts == {"with_linear": True}  # parsed once, defaults filled
     assert cfg.tolerance.acc_points == 0.5 and cfg.repeats == 3
 
 
@@ -114,11 +115,11 @@ def test_every_shipped_experiment_validates():
 
 
 def test_unknown_pass_and_bad_option_rejected_with_line(tmp_path):
-    p = _write(tmp_path, GOOD.replace("[fused_logprob, {name: prune_lm_head}]", "[fused_logprob, fuse_rmsnrm]"))
+    p = _write(tmp_path, GOOD.replace("[{name: prune_lm_head}, fused_logprob]", "[fused_logprob, fuse_rmsnrm]"))
     with pytest.raises(ConfigError, match=r"runs.1.passes.1.* line 10.*unknown pass 'fuse_rmsnrm'.*fuse_rmsnorm"):
         load_config(p)
     p = _write(tmp_path, GOOD.replace("{name: prune_lm_head}", "{name: fused_logprob, with_linaer: true}"))
-    with pytest.raises(ConfigError, match=r"runs.1.passes.1.*no option 'with_linaer'.*with_linear"):
+    with pytest.raises(ConfigError, match=r"runs.1.passes.0.*no option 'with_linaer'.*with_linear"):
         load_config(p)
     p = _write(tmp_path, GOOD.replace("{strategy: padded}", "{strategy: padded, options: {batch: 4}}"))
     with pytest.raises(ConfigError, match=r"runs.0.scoring.options.batch.*line 8.*batch_size"):
@@ -126,3 +127,38 @@ def test_unknown_pass_and_bad_option_rejected_with_line(tmp_path):
     p = _write(tmp_path, GOOD.replace("{strategy: padded}", "{strategy: paded}"))
     with pytest.raises(ConfigError, match=r"runs.0.scoring.strategy.*did you mean 'padded'"):
         load_config(p)
+
+
+def test_passes_in_a_forbidden_order_fail_at_load_naming_the_rule(tmp_path):
+    p = _write(tmp_path, GOOD.replace("[{name: prune_lm_head}, fused_logprob]", "[fused_logprob, prune_lm_head]"))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "runs.1" in msg and "line 9" in msg and "run 'fused'" in msg, msg
+    assert "prune_lm_head must run before fused_logprob" in msg, msg
+
+
+def test_an_ablation_that_breaks_a_requirement_fails_at_load(tmp_path):
+    """Generated runs are checked too: dropping sdpa_attention leaves prefix_attention without it."""
+    text = GOOD + "sweep: {mode: ablation, base: [sdpa_attention, prefix_attention]}\n"
+    with pytest.raises(ConfigError, match="run '-sdpa_attention': prefix_attention requires sdpa_attention"):
+        load_config(_write(tmp_path, text))
+
+
+def test_named_pipelines_expand_where_a_pass_list_is_accepted(tmp_path):
+    text = GOOD.replace("[{name: prune_lm_head}, fused_logprob]", "[exact, {name: cast_dtype, dtype: float16}]")
+    cfg = load_config(_write(tmp_path, text + "sweep: {mode: powerset, over: [exact, cast_dtype]}\n"))
+    from graphopt.pipeline import parse_pipeline
+    exact = [p.name for p in parse_pipeline("exact")]
+    assert [p.name for p in cfg.runs[1].passes] == exact + ["cast_dtype"]
+    assert cfg.runs[1].passes[-1].opts["dtype"] == "float16"
+    assert [len(g) for g in cfg.sweep.over] == [len(exact), 1]
+    cfg = load_config(_write(tmp_path, text + "sweep: {mode: ablation, base: exact}\n", "ablation.yaml"))
+    assert [p.name for p in cfg.sweep.base] == exact
+
+
+def test_bad_pass_option_value_fails_at_load(tmp_path):
+    text = GOOD.replace("[{name: prune_lm_head}, fused_logprob]", "[{name: cast_dtype, dtype: float8}]")
+    with pytest.raises(ConfigError, match=r"runs.1.passes.0.*option 'dtype' expects one of 'bfloat16', 'float16', "
+                                          r"got 'float8'"):
+        load_config(_write(tmp_path, text))

@@ -1,11 +1,16 @@
 """A world_size 2 sweep over a 2-shard Meta checkpoint: tensor-parallel runs never load the full
 model (each rank builds it on the meta device and reads only its slices), and their
 log-likelihoods equal the unsharded reference."""
+import dataclasses
+
 import pytest
 
 from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.model import ModelArgs, Transformer, init_random_weights
+from graphopt.pipeline import parse_pipeline
 from graphopt.runner import worker
+from graphopt.runner.schema import ScoringConfig
+from graphopt.runner.sweep import ResolvedRun
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.schema import load_config
 
@@ -41,10 +46,12 @@ def table(tmp_path_factory):
 
 def test_only_tensor_parallel_export_runs_load_shards(table):
     cfg, _ = table
-    exp = {"world_size": 2, "model": cfg.model}
-    assert worker.loads_only_its_shard(exp, {"capture": "export", "passes": ["fuse_rope", "tensor_parallel"]})
-    assert not worker.loads_only_its_shard(exp, {"capture": "export", "passes": ["fuse_rope"]})
-    assert not worker.loads_only_its_shard({**exp, "world_size": 1}, {"capture": "export", "passes": ["tensor_parallel"]})
+    def run(passes):
+        return ResolvedRun("r", "export", parse_pipeline(passes), "none", ScoringConfig(), "float32")
+    one = dataclasses.replace(cfg, world_size=1)
+    assert worker.loads_only_its_shard(cfg, run(["fuse_rope", "tensor_parallel"]))
+    assert not worker.loads_only_its_shard(cfg, run(["fuse_rope"]))
+    assert not worker.loads_only_its_shard(one, run(["tensor_parallel"]))
 
 
 def test_sharded_runs_match_the_reference(table):

@@ -22,7 +22,7 @@ def test_ablation_all_minus_one():
     assert len(runs) == 1 + 1 + len(BASE)
     assert runs[1].name == "all" and runs[1].pass_names == ["cse", "dce", "fuse_rmsnorm", "fuse_rope"]
     assert runs[4].name == "-fuse_rmsnorm" and runs[4].pass_names == ["cse", "dce", "fuse_rope"]
-    assert runs[1].passes[2] == {"name": "fuse_rmsnorm", "fuse_residual": True}
+    assert runs[1].passes[2].to_dict() == {"name": "fuse_rmsnorm", "fuse_residual": True}
 
 
 def test_cumulative_prefixes():
@@ -58,3 +58,10 @@ def test_run_keys_stable_and_sensitive():
 def test_duplicate_of_reference_is_measured_once():
     runs = expand(_cfg(runs=[{"name": "eager", "capture": "none"}, {"name": "x", "passes": ["cse"]}]))
     assert [r.name for r in runs] == ["reference", "x"]
+
+
+def test_explicit_default_options_are_the_same_run():
+    """A spec is canonical once parsed: an option given at its default value is the same run."""
+    a = expand(_cfg(runs=[{"name": "x", "passes": [{"name": "cast_dtype", "dtype": "bfloat16"}]}]))
+    b = expand(_cfg(runs=[{"name": "x", "passes": ["cast_dtype"]}]))
+    assert a[1].key == b[1].key and a[1].passes_label() == "cast_dtype"

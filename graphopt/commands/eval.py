@@ -1,22 +1,25 @@
 """`graphopt eval [--model PATH_OR_PRESET] [--data PATH] [--split S] [--limit N] [--dtype D] [--device D]
-[--batch-size N] [--strategy S]`: score HellaSwag with one eager model (no passes), as
-lm-evaluation-harness does, and print acc / acc_norm / items / time."""
+[--batch-size N] [--strategy S] [--pipeline P] [--compiler C] [--output text|json]`: score HellaSwag with
+one model, eager or through a pass pipeline (graphopt.optimize), as lm-evaluation-harness does, and
+print acc / acc_norm / items / time."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Score HellaSwag with one model, eager (no graph passes), exactly as lm-evaluation-harness's "
-        "hellaswag task: query 'activity_label: ctx_a Ctx_b', continuation ' ' + ending, acc = highest "
+        "Score HellaSwag with one model, eager or through a graph pass pipeline (--pipeline), exactly as "
+        "lm-evaluation-harness's hellaswag task: query 'activity_label: ctx_a Ctx_b', continuation ' ' + ending, acc = highest "
         "log-likelihood, acc_norm = highest log-likelihood per character of the ending. With no --model "
         "and no --data, the embedded default runs (random ~58M LLaMA + 200 synthetic rows): a smoke "
         "test of the pipeline, accuracy about chance (0.25).")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = ("examples:\n"
                      "  graphopt eval --limit 50\n"
+                     "  graphopt eval --model /ckpt/llama-3.2-1b --pipeline exact --compiler inductor --output json\n"
                      "  graphopt eval --model /ckpt/llama/30B --data /data/hellaswag --dtype float16 "
                      "--device cuda --batch-size 32")
     parser.add_argument("--model", default="default", metavar="PATH_OR_PRESET",
@@ -41,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "graphopt.scoring.STRATEGIES")
     parser.add_argument("--add-bos", action="store_true",
                         help="prepend BOS to every request (lm-eval's add_bos_token=True; default off, as lm-eval)")
+    parser.add_argument("--pipeline", default=None, metavar="NAME_OR_PASSES",
+                        help="score through graphopt.optimize with this pass pipeline: a named pipeline (exact, "
+                             "fast, fast-cpu, int8, gpu) or comma-separated pass names; see `graphopt passes` "
+                             "(default: none, the eager model)")
+    parser.add_argument("--compiler", default="none", choices=("none", "inductor", "inductor-frozen", "eager-fx"),
+                        help="how the (optimised) model runs: none = as is (default: %(default)s)")
+    parser.add_argument("--output", default="text", choices=("text", "json"),
+                        help="text lines, or one JSON object on stdout (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,12 +70,18 @@ def _non_negative_int(text: str) -> int:
 
 
 def main(args) -> int:
-    from graphopt.cli import UserError
+    from graphopt.errors import UserError
     from graphopt.data import load_hellaswag
     from graphopt.scoring import STRATEGIES, evaluate
 
     if args.strategy is not None and args.strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(STRATEGIES)})")
+    if args.pipeline is not None:  # a bad pipeline is reported before anything loads
+        from graphopt.pipeline import PassError, check_order, parse_pipeline
+        try:
+            check_order(parse_pipeline(args.pipeline))
+        except PassError as e:
+            raise UserError(f"--pipeline {args.pipeline!r}: {e}") from e
     rows = load_hellaswag(args.data, split=args.split, limit=args.limit)  # data errors first: cheaper
     if not rows:
         raise UserError(f"no rows to score in {args.data or 'the synthetic set'} (split {args.split!r}, "
@@ -77,15 +94,28 @@ def main(args) -> int:
     load_s = time.perf_counter() - start
     n_params = sum(p.numel() for p in model.parameters())
     data_name = args.data or "synthetic (embedded default)"
-    print(f"model  {args.model}  ({n_params / 1e6:.1f}M parameters, {args.dtype}, {args.device}, "
-          f"loaded in {load_s:.1f}s)")
-    print(f"data   {data_name}  split={args.split}  rows={len(rows)}")
+    text = args.output == "text"
+    if text:
+        print(f"model  {args.model}  ({n_params / 1e6:.1f}M parameters, {args.dtype}, {args.device}, "
+              f"loaded in {load_s:.1f}s)")
+        print(f"data   {data_name}  split={args.split}  rows={len(rows)}")
 
     result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=args.strategy,
-                      device=args.device, progress=not args.no_progress, add_bos=args.add_bos)
+                      device=args.device, progress=not args.no_progress, add_bos=args.add_bos,
+                      pipeline=args.pipeline, compiler=args.compiler)
     s = result["seconds"]
+    if not text:
+        keep = ("acc", "acc_norm", "n_items", "n_requests", "tokens_scored", "tokens_processed", "seconds",
+                "setup_seconds", "strategy", "pipeline", "n_shapes")
+        print(json.dumps({"model": args.model, "data": data_name, "split": args.split, "dtype": args.dtype,
+                          "device": args.device, "compiler": args.compiler, "n_params": n_params,
+                          "load_seconds": load_s, **{k: result[k] for k in keep}}))
+        return 0
     print(f"scoring {result['strategy']}  batch_size={args.batch_size}  requests={result['n_requests']}  "
           f"tokens processed={result['tokens_processed']} (scored {result['tokens_scored']})")
+    if result["pipeline"]:
+        print(f"passes  {' + '.join(result['pipeline'])}  compiler={args.compiler}  "
+              f"capture + passes {result['setup_seconds']:.1f}s  batch shapes={result['n_shapes']}")
     print(f"acc       {result['acc']:.4f}")
     print(f"acc_norm  {result['acc_norm']:.4f}")
     print(f"items     {result['n_items']}")

@@ -9,16 +9,18 @@ from collections import Counter
 
 import torch
 
-from graphopt.cli import UserError
+from graphopt.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = ("examples:\n"
                      "  graphopt inspect tiny --passes fuse_rmsnorm,fuse_rope,sdpa_attention\n"
+                     "  graphopt inspect tiny --passes exact,cast_dtype\n"
                      "  graphopt inspect /path/to/llama-7b --method dynamo --all-ops")
     parser.add_argument("model", nargs="?", default="default", help="preset name or checkpoint directory (default: default)")
-    parser.add_argument("--passes", default="", help="comma-separated pass names, run in this order (see `graphopt passes`)")
+    parser.add_argument("--passes", default="", help="comma-separated pass names or named pipelines (exact, fast, "
+                                                     "...), run in this order (see `graphopt passes`)")
     parser.add_argument("--method", choices=("export", "dynamo"), default="export", help="capture method (default: export)")
     parser.add_argument("--dtype", default="float32", help="model dtype (default: float32)")
     parser.add_argument("--batch", type=int, default=2, help="example batch rows B (default: 2)")
@@ -72,14 +74,13 @@ def _load(model: str, dtype: str):
 
 
 def main(args) -> int:
-    from graphopt.graph_capture import capture
-    from graphopt.pipeline import PassContext, PassError, count_nodes, get_pass, parse_pass_spec, run_passes
+    import graphopt
+    from graphopt.pipeline import PassError, check_order, count_nodes, parse_pipeline
     from graphopt.scoring.batch import ScoreModule
 
-    specs = [s.strip() for s in args.passes.split(",") if s.strip()]
     try:
-        for spec in specs:
-            get_pass(parse_pass_spec(spec)[0])
+        specs = parse_pipeline(args.passes)
+        check_order(specs)
     except PassError as e:
         raise UserError(str(e)) from e
     if args.batch < 1 or args.seq_len < 2:
@@ -87,24 +88,26 @@ def main(args) -> int:
     model = _load(args.model, args.dtype)
     margs = model.args
     inputs = example_inputs(margs.vocab_size, args.batch, min(args.seq_len, margs.max_seq_len))
-    gm = capture(ScoreModule(model), inputs, method=args.method)
-    stats = gm.meta["capture_stats"]
-    print(f"{args.model}: captured with {stats['method']} in {stats['seconds']:.1f}s, {count_nodes(gm)} nodes")
 
-    columns, records = [("captured", op_counts(gm))], []
-    ctx = PassContext(example_inputs=inputs, model_args=margs)
-    for spec in specs:
-        try:
-            gm, recs = run_passes(gm, [spec], ctx, verify=args.verify)
-        except PassError as e:
-            raise UserError(str(e)) from e
-        records += recs
-        columns.append((recs[0].name, op_counts(gm)))
+    columns = []  # (after what, op counts): the captured graph, then each pass
+
+    def after_each(record, gm):
+        columns.append((record.name if record else "captured", op_counts(gm)))
+        if record is None:
+            stats = gm.meta.get("capture_stats", {})
+            print(f"{args.model}: captured with {args.method}"
+                  + (f" in {stats['seconds']:.1f}s" if "seconds" in stats else "") + f", {count_nodes(gm)} nodes")
+    try:
+        opt = graphopt.optimize(ScoreModule(model), inputs, specs, capture=args.method, verify=args.verify,
+                                after_each=after_each)
+        opt(*inputs)  # a dynamo capture runs the passes on the first call
+    except PassError as e:
+        raise UserError(str(e)) from e
     print()
     print(format_counts(columns, changed_only=bool(specs) and not args.all_ops))
-    if records:
+    if opt.records:
         print()
-        print(format_records(records))
+        print(format_records(opt.records))
     return 0
 
 

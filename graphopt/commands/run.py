@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from graphopt.cli import UserError
+    from graphopt.errors import UserError
     from graphopt.runner.execute import run_experiment
     from graphopt.runner.report import report
     from graphopt.runner.schema import ConfigError, load_config

@@ -20,10 +20,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from graphopt.cli import UserError
+from graphopt.errors import UserError
+from graphopt.pipeline import pipeline_dtype
 from graphopt.runner.schema import ConfigError, ExperimentConfig, to_dict
 from graphopt.runner.store import COLUMNS, ResultStore
 from graphopt.runner.sweep import ResolvedRun, expand
+from graphopt.runner.worker import WorkerJob
 
 
 def _now() -> str:
@@ -36,10 +38,10 @@ def check_world_size(cfg: ExperimentConfig) -> None:
                           f"(graphopt.distributed.launch is not available in this install)")
 
 
-def _run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
-    """Run one spec in a fresh interpreter; -> the worker's result dict, or an error dict if it died."""
+def _run_worker(job: WorkerJob, workdir: Path, timeout_s: float | None) -> dict:
+    """Run one job in a fresh interpreter; -> the worker's result dict, or an error dict if it died."""
     spec_path, result_path = workdir / "spec.json", workdir / "result.json"
-    spec_path.write_text(json.dumps(spec))
+    spec_path.write_text(job.to_json())
     if result_path.exists():
         result_path.unlink()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -60,7 +62,7 @@ def _run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
             chunk = os.read(fd, 4096)
             if not chunk:
                 break
-            if spec.get("progress", True):
+            if job.progress:
                 sys.stderr.write(chunk.decode(errors="replace"))
                 sys.stderr.flush()
             tail.append(chunk)
@@ -84,18 +86,6 @@ def _run_worker(spec: dict, workdir: Path, timeout_s: float | None) -> dict:
     return {"status": "error", "error": why + (f"\n--- last output ---\n{out}" if out else "")}
 
 
-def compute_dtype(run: ResolvedRun) -> str:
-    """The dtype the run computes in: the load dtype, or the last cast_dtype pass's (e.g. bfloat16);
-    "int8+<that>" when quantize_int8 runs its linears in int8."""
-    dtype, int8 = run.dtype, False
-    for spec in run.passes:
-        name = spec.get("name") if isinstance(spec, dict) else spec
-        if name == "cast_dtype":
-            dtype = spec.get("dtype", "bfloat16") if isinstance(spec, dict) else "bfloat16"
-        int8 = int8 or name == "quantize_int8"
-    return f"int8+{dtype}" if int8 else dtype
-
-
 def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, ref_row: dict | None,
              started_at: str, wall_s: float) -> dict:
     row = {c: None for c in COLUMNS}
@@ -103,7 +93,7 @@ def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, 
         "order": order, "run": run.name, "run_key": run.key, "is_reference": run.is_reference,
         "capture": run.capture, "passes": run.passes_label(), "compiler": run.compiler,
         "scoring": run.scoring.strategy + (json.dumps(run.scoring.options, sort_keys=True) if run.scoring.options else ""),
-        "dtype": compute_dtype(run), "device": cfg.device, "world_size": cfg.world_size,
+        "dtype": pipeline_dtype(run.passes, run.dtype), "device": cfg.device, "world_size": cfg.world_size,
         "started_at": started_at, "finished_at": _now(), "wall_s": wall_s,
         "config": json.dumps(run.config, sort_keys=True, default=str),
     })
@@ -141,7 +131,6 @@ def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: 
     todo = [r for r in runs if r.key not in done or (r.is_reference and ref_row is None)]
     if len(todo) < len(runs):
         log(f"{cfg.out_dir}: {len(runs) - len(todo)} of {len(runs)} runs already done, running {len(todo)}")
-    exp = to_dict(cfg)
     with tempfile.TemporaryDirectory(prefix="graphopt-run-") as tmp:
         bar = tqdm(total=len(todo), desc=cfg.name, unit="run", disable=not progress, file=sys.stderr)
         for run in todo:
@@ -149,16 +138,14 @@ def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: 
             bar.set_postfix_str(run.name)
             if not run.is_reference and (ref_row is None or ref_row["status"] != "ok"):
                 raise UserError(f"the reference run failed, nothing to compare with:\n{ref_row and ref_row['error']}")
-            spec = {"experiment": exp, "run": {"name": run.name, "capture": run.capture, "passes": run.passes,
-                                               "compiler": run.compiler, "dtype": run.dtype,
-                                               "scoring": to_dict(run.scoring)},
-                    "reference_loglik": None if run.is_reference else str(store.loglik_path(ref.key)),
-                    "loglik_out": str(Path(tmp) / "loglik.npy"), "progress": progress}
+            job = WorkerJob(cfg, run, loglik_out=str(Path(tmp) / "loglik.npy"),
+                            reference_loglik=None if run.is_reference else str(store.loglik_path(ref.key)),
+                            progress=progress, timeout_s=timeout_s)
             started, t0 = _now(), time.perf_counter()
-            result = _run_worker(spec, Path(tmp), timeout_s)
+            result = _run_worker(job, Path(tmp), timeout_s)
             if result["status"] == "ok":
                 import numpy as np
-                store.save_loglik(run.key, np.load(spec["loglik_out"]))
+                store.save_loglik(run.key, np.load(job.loglik_out))
             row = make_row(cfg, run, order, result, None if run.is_reference else ref_row, started,
                            time.perf_counter() - t0)
             store.write_row(row)

@@ -2,6 +2,9 @@
 
 `load_config(path, overrides=["runs.0.dtype=bfloat16", ...]) -> ExperimentConfig`. Every unknown key or
 value of the wrong type raises `ConfigError` naming the key, the file, the line and the closest valid key.
+Pass lists (`passes`, `sweep.base`, each item of `sweep.over`) are parsed once, here, into
+`graphopt.pipeline.PassSpec`s (a named pipeline such as `exact` expands to its passes), and the order
+rules of every run the sweep will make are checked before anything runs.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ class ReferenceConfig:
     """The run every other run is compared with (default: eager fp32, each pair scored alone)."""
     name: str = "reference"
     capture: str = "none"
-    passes: list = field(default_factory=list)
+    passes: Any = field(default_factory=list)  # as RunConfig.passes
     compiler: str = "none"
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     dtype: str = "float32"
@@ -57,7 +60,7 @@ class ReferenceConfig:
 class RunConfig:
     name: str = ""
     capture: str = "export"
-    passes: list = field(default_factory=list)  # names or {name: ..., option: value}
+    passes: Any = field(default_factory=list)  # a pipeline name, or a list of names / {name: ..., option: value}
     compiler: str = "none"
     scoring: ScoringConfig | None = None  # None = the experiment's scoring
     dtype: str | None = None  # None = the experiment's dtype
@@ -69,8 +72,8 @@ class SweepConfig:
     k = 0..len(base). powerset: `base` plus every subset of `over`. Generated runs use the template
     fields below; `runs` are added after them in every mode."""
     mode: str = "listed"
-    base: list = field(default_factory=list)
-    over: list = field(default_factory=list)
+    base: Any = field(default_factory=list)  # a pipeline (list of PassSpec once loaded)
+    over: list = field(default_factory=list)  # each item a pass or a named pipeline (list of PassSpec once loaded)
     capture: str = "export"
     compiler: str = "none"
     scoring: ScoringConfig | None = None
@@ -100,6 +103,7 @@ class ExperimentConfig:
     repeats: int = 3
     output_dir: str | None = None  # None = results/<name>
     tolerance: ToleranceConfig = field(default_factory=ToleranceConfig)
+    pass_modules: list[str] = field(default_factory=list)  # a user's pass modules (dotted paths or .py files)
     source: str = field(default="<dict>", metadata={"internal": True})  # the file it came from
 
     @property
@@ -213,20 +217,38 @@ def _build(cls, raw, path: tuple, where: _Where):
     return cls(**kwargs)
 
 
-def _check_passes(passes: list, path: tuple, where: _Where) -> None:
-    """Each spec is a registered pass name or {name: ..., option: value} with valid options."""
-    from graphopt.pipeline import PassError, get_pass, parse_pass_spec, resolve_options
+def _parse_passes(passes, path: tuple, where: _Where) -> list:
+    """A pipeline name, or a list of pass / pipeline names and {name: ..., option: value} mappings
+    -> [PassSpec] (options resolved and checked)."""
+    from graphopt.pipeline import PassError, PassSpec, parse_pipeline
 
+    if isinstance(passes, str):
+        passes = [passes]
+    if not isinstance(passes, list):
+        raise ConfigError(f"{where(path)}: expected a pipeline name or a list of passes, got {passes!r}")
+    out = []
     for i, spec in enumerate(passes):
-        ok = isinstance(spec, str) or (isinstance(spec, dict) and isinstance(spec.get("name"), str))
+        ok = isinstance(spec, (str, PassSpec)) or (isinstance(spec, dict) and isinstance(spec.get("name"), str))
         if not ok:
             raise ConfigError(f"{where(path + (i,))}: a pass is a name or a mapping {{name: ..., option: value}}, "
                               f"got {spec!r}")
         try:
-            name, options = parse_pass_spec(spec)
-            resolve_options(get_pass(name), options)
+            out += parse_pipeline([spec])
         except PassError as e:
             raise ConfigError(f"{where(path + (i,))}: {e}") from None
+    return out
+
+
+def _check_order(cfg: ExperimentConfig, where: _Where) -> None:
+    """Every run the sweep makes (generated ones too) keeps its passes' declared order rules."""
+    from graphopt.pipeline import PassError, check_order
+    from graphopt.runner.sweep import expand
+
+    for run in expand(cfg):
+        try:
+            check_order(run.passes)
+        except PassError as e:
+            raise ConfigError(f"{where(run.where)}: run {run.name!r}: {e}") from None
 
 
 def _check_scoring(scoring: ScoringConfig | None, path: tuple, where: _Where) -> None:
@@ -268,7 +290,14 @@ def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
         import torch
         if not torch.cuda.is_available():
             raise ConfigError(f"{where(('device',))}: 'cuda' asked for but torch sees no CUDA device")
-    _check_passes(cfg.reference.passes, ("reference", "passes"), where)
+    from graphopt.pipeline import PassError, load_pass_modules
+    base = Path(cfg.source).parent if Path(cfg.source).is_file() else Path.cwd()
+    cfg.pass_modules = [str((base / m).resolve()) if m.endswith(".py") else m for m in cfg.pass_modules]
+    try:
+        load_pass_modules(cfg.pass_modules)
+    except PassError as e:
+        raise ConfigError(f"{where(('pass_modules',))}: {e}") from None
+    cfg.reference.passes = _parse_passes(cfg.reference.passes, ("reference", "passes"), where)
     _check_scoring(cfg.reference.scoring, ("reference", "scoring"), where)
     _check_scoring(cfg.scoring, ("scoring",), where)
     _check_scoring(cfg.sweep.scoring, ("sweep", "scoring"), where)
@@ -276,7 +305,7 @@ def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
         _check_scoring(run.scoring, ("runs", i, "scoring"), where)
         if not run.name:
             raise ConfigError(f"{where(('runs', i))}: every run needs a 'name'")
-        _check_passes(run.passes, ("runs", i, "passes"), where)
+        run.passes = _parse_passes(run.passes, ("runs", i, "passes"), where)
         if run.capture == "none" and run.passes:
             raise ConfigError(f"{where(('runs', i, 'passes'))}: passes need a captured graph "
                               f"(capture: export or dynamo), run {run.name!r} has capture: none")
@@ -284,8 +313,8 @@ def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"{where(('runs',))}: run names must be unique, repeated: {', '.join(dup)}")
-    for key in ("base", "over"):
-        _check_passes(getattr(cfg.sweep, key), ("sweep", key), where)
+    cfg.sweep.base = _parse_passes(cfg.sweep.base, ("sweep", "base"), where)
+    cfg.sweep.over = [_parse_passes(item, ("sweep", "over", i), where) for i, item in enumerate(cfg.sweep.over)]
     if cfg.sweep.mode in ("ablation", "cumulative") and not cfg.sweep.base:
         raise ConfigError(f"{where(('sweep', 'mode'))}: mode {cfg.sweep.mode!r} needs a non-empty sweep.base")
     if cfg.sweep.mode == "powerset" and not cfg.sweep.over:
@@ -299,6 +328,7 @@ def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
         raise ConfigError(f"{where(('sweep', 'base'))}: not used with mode: listed (list the runs under 'runs')")
     if cfg.sweep.mode == "listed" and not cfg.runs:
         raise ConfigError(f"{where(('runs',))}: mode 'listed' needs at least one run under 'runs'")
+    _check_order(cfg, where)
 
 
 # ----------------------------------------------------------------------------------------- overrides
@@ -364,7 +394,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 
 
 def to_dict(obj) -> Any:
-    """Dataclass config -> plain dict (for hashing and the results table)."""
+    """Dataclass config -> plain dict (for hashing and the results table); a PassSpec -> its canonical
+    {name: ..., options that differ from the defaults}."""
+    from graphopt.pipeline import PassSpec
+    if isinstance(obj, PassSpec):
+        return obj.to_dict()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if not f.metadata.get("internal")}

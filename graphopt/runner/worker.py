@@ -13,8 +13,13 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 
 import numpy as np
+
+from graphopt.pipeline import pipeline_shards
+from graphopt.runner.schema import ExperimentConfig, config_from_dict, to_dict
+from graphopt.runner.sweep import ResolvedRun
 
 
 def _die_with_parent() -> None:
@@ -28,71 +33,36 @@ def _die_with_parent() -> None:
             pass
 
 
-def loads_only_its_shard(exp: dict, run: dict) -> bool:
+@dataclass
+class WorkerJob:
+    """What one worker process is given: the experiment, the run, where the reference's and this run's
+    log-likelihoods live. Written as JSON by the sweep, read back typed here."""
+    experiment: ExperimentConfig
+    run: ResolvedRun
+    loglik_out: str
+    reference_loglik: str | None = None
+    progress: bool = True
+    timeout_s: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"experiment": to_dict(self.experiment), "source": self.experiment.source,
+                           "run": self.run.to_dict(), "loglik_out": self.loglik_out,
+                           "reference_loglik": self.reference_loglik, "progress": self.progress,
+                           "timeout_s": self.timeout_s})
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerJob":
+        d = json.loads(text)
+        exp = config_from_dict(d["experiment"], source=d.get("source", "<worker>"))
+        return cls(exp, ResolvedRun.from_dict(d["run"]), d["loglik_out"], d.get("reference_loglik"),
+                   d.get("progress", True), d.get("timeout_s"))
+
+
+def loads_only_its_shard(exp: ExperimentConfig, run: ResolvedRun) -> bool:
     """A tensor-parallel export run over a checkpoint directory never materialises the full model:
     each rank captures the model on the meta device, shards the graph, then reads only its slices."""
-    names = [p if isinstance(p, str) else p.get("name") for p in run["passes"]]
-    return (exp["world_size"] > 1 and run["capture"] == "export" and "tensor_parallel" in names
-            and os.path.isdir(exp["model"]))
-
-
-def build_sharded_graph(model_dir: str, module, example_inputs, run: dict, model_args, world_size: int,
-                        rank: int, device):
-    """module is ScoreModule of a meta-device model: capture, run the passes (tensor_parallel among
-    them) on weightless tensors, then fill this rank's weights from the checkpoint."""
-    from graphopt.graph_capture import capture as capture_graph
-    from graphopt.compilers import compile_for
-    from graphopt.distributed.load_shard import load_shard, retarget_device
-    from graphopt.pipeline import PassContext, run_passes
-
-    gm = capture_graph(module, tuple(t.to("meta") for t in example_inputs), method="export")
-    retarget_device(gm, device)
-    gm, records = run_passes(gm, run["passes"], PassContext((), model_args, rank, world_size))
-    load_shard(gm, model_dir, rank, world_size, model_args)
-    gm = gm.to(device)
-    return compile_for(gm, run["compiler"]), records
-
-
-def build_callable(module, example_inputs, run: dict, model_args, world_size: int, rank: int = 0):
-    """-> (fn(*batch.model_inputs()) -> [N] logprobs, pass records as dicts)."""
-    import torch
-
-    from graphopt.compilers import compile_for
-
-    capture, compiler, passes = run["capture"], run["compiler"], run["passes"]
-    if capture == "none":
-        assert not passes, "passes need capture: export or dynamo"
-        return compile_for(module, compiler), []
-    if capture == "dynamo":
-        from graphopt.compile_backend import backend
-        from graphopt.pipeline import PassContext
-        then = compiler if compiler in ("inductor", "inductor-frozen") else "eager"
-        ctx = PassContext((), model_args, rank, world_size)
-        be = backend(passes=passes, then=then, ctx=ctx)
-        return torch.compile(module, backend=be), be  # be.records is filled on the first call
-    from graphopt.graph_capture import capture as capture_graph
-    from graphopt.pipeline import PassContext, run_passes
-
-    gm = capture_graph(module, example_inputs, method="export")
-    gm, records = run_passes(gm, passes, PassContext(example_inputs, model_args, rank, world_size))
-    return compile_for(gm, compiler), records
-
-
-def _records(records) -> list[dict]:
-    """Pass records (a list, or the dynamo backend holding `.records` after its first compile) -> dicts."""
-    records = getattr(records, "records", records) or []
-    return [{"name": r.name, "matches": r.matches, "nodes_before": r.nodes_before, "nodes_after": r.nodes_after,
-             "seconds": r.seconds} for r in records if hasattr(r, "matches")]
-
-
-def _graph_of(fn, records=None):
-    """The GraphModule a run executes: under a torch.compile wrapper, or the last one the graphopt
-    compile backend (passed as `records` for dynamo runs) optimised; None for an eager module."""
-    inner = getattr(fn, "_orig_mod", fn)
-    if hasattr(inner, "graph"):
-        return inner
-    graphs = getattr(records, "graphs", None)
-    return graphs[-1] if graphs else None
+    return (exp.world_size > 1 and run.capture == "export" and "tensor" in pipeline_shards(run.passes)
+            and os.path.isdir(exp.model))
 
 
 def count_params(*modules) -> int:
@@ -128,11 +98,12 @@ def first_calls(fn, batches, device) -> tuple[float, int]:
     return seconds, len(seen)
 
 
-def measure(spec: dict, rank: int = 0) -> dict:
+def measure(job: WorkerJob, rank: int = 0) -> dict:
     import torch
 
     from graphopt.checkpoints import load_model, load_model_structure
     from graphopt.data import load_hellaswag
+    from graphopt.optimize_model import optimize
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
     from graphopt.scoring.batch import ScoreModule
     from graphopt.scoring.evaluate import score_requests
@@ -140,51 +111,50 @@ def measure(spec: dict, rank: int = 0) -> dict:
     from graphopt.scoring.requests import build_requests
     from graphopt.scoring.strategies import build_batches
 
-    exp, run = spec["experiment"], spec["run"]
-    device, show = exp["device"], spec.get("progress", True) and rank == 0
+    exp, run = job.experiment, job.run
+    device, show = exp.device, job.progress and rank == 0
     if device == "cuda":
         device = f"cuda:{rank}"
         torch.cuda.set_device(rank)
-    torch.manual_seed(exp["seed"])
+    torch.manual_seed(exp.seed)
     reset_peak_memory(device)
     t_load = time.perf_counter()
     sharded_load = loads_only_its_shard(exp, run)
     if sharded_load:  # weights are read after sharding, only this rank's part
-        model, tokenizer = load_model_structure(exp["model"], dtype=run["dtype"])
+        model, tokenizer = load_model_structure(exp.model, dtype=run.dtype)
     else:
-        model, tokenizer = load_model(exp["model"], dtype=run["dtype"], device=device, seed=exp["seed"])
+        model, tokenizer = load_model(exp.model, dtype=run.dtype, device=device, seed=exp.seed)
     model.eval()
     load_s = time.perf_counter() - t_load
-    data = exp["data"]
-    rows = load_hellaswag(data["path"], split=data["split"], limit=data["limit"])
+    rows = load_hellaswag(exp.data.path, split=exp.data.split, limit=exp.data.limit)
     requests = build_requests(rows, tokenizer)
-    batches = build_batches(requests, run["scoring"]["strategy"], **run["scoring"]["options"])
+    batches = build_batches(requests, run.scoring.strategy, **run.scoring.options)
     batches = [b.to(device) for b in batches]
     assert batches, "no batches to score"
     n_req = len(requests)
     n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
 
-    module = ScoreModule(model).eval()
-    example = batches[0].model_inputs()
+    load_weights = None
     if sharded_load:
-        (fn, records), setup_s = timed(lambda: build_sharded_graph(exp["model"], module, example, run, model.args,
-                                                                   exp["world_size"], rank, device), device)
-    else:
-        (fn, records), setup_s = timed(lambda: build_callable(module, example, run, getattr(model, "args", None),
-                                                              exp["world_size"], rank), device)
+        from graphopt.distributed.load_shard import load_shard
+        load_weights = lambda gm: load_shard(gm, exp.model, rank, exp.world_size, model.args)  # noqa: E731
+    fn, setup_s = timed(lambda: optimize(ScoreModule(model).eval(), batches[0].model_inputs(), run.passes,
+                                         run.compiler, capture=run.capture, rank=rank, world_size=exp.world_size,
+                                         model_args=getattr(model, "args", None), load_weights=load_weights,
+                                         device=device), device)
     first_call_s, n_shapes = first_calls(fn, batches, device)
-    for _ in range(exp["warmup"]):
+    for _ in range(exp.warmup):
         score_requests(fn, batches, n_req, progress=False, device=device)
     times, loglik = [], None
-    for i in range(exp["repeats"]):
-        desc = f"  {run['name']} [{i + 1}/{exp['repeats']}]"
+    for i in range(exp.repeats):
+        desc = f"  {run.name} [{i + 1}/{exp.repeats}]"
         loglik, t = timed(lambda: score_requests(fn, batches, n_req, show, device, desc).numpy(), device)
         times.append(t)
     sync(device)
     assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
 
     metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
-    ref = np.load(spec["reference_loglik"]) if spec.get("reference_loglik") else None
+    ref = np.load(job.reference_loglik) if job.reference_loglik else None
     if ref is not None:
         assert ref.shape == loglik.shape, f"reference has {ref.shape[0]} requests, this run {loglik.shape[0]}"
         agree = float(np.mean(same_choices(metrics, choice_metrics(rows, requests, torch.from_numpy(ref)))))
@@ -192,7 +162,7 @@ def measure(spec: dict, rank: int = 0) -> dict:
     else:  # this is the reference
         agree, max_d = 1.0, 0.0
     if rank == 0:
-        np.save(spec["loglik_out"], loglik)
+        np.save(job.loglik_out, loglik)
     latency = median(times)
     return {
         "status": "ok", "error": "",
@@ -204,25 +174,25 @@ def measure(spec: dict, rank: int = 0) -> dict:
         "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
         "compile_s": setup_s + first_call_s, "load_s": load_s,
         "peak_mem_mb": peak_memory_mb(device), "weights_loaded": "rank shard" if sharded_load else "full model",
-        "n_params": count_params(_graph_of(fn, records), None if sharded_load else model),
-        "pass_records": json.dumps(_records(records)),
+        "n_params": count_params(fn.graph, None if sharded_load else fn.module),
+        "pass_records": json.dumps([r.summary() for r in fn.records]),
     }
 
 
-def _measure_rank(spec: dict) -> dict:
+def _measure_rank(job_json: str) -> dict:
     """Entry point of one rank under graphopt.distributed.launch (RANK set in the environment)."""
-    return measure(spec, rank=int(os.environ["RANK"]))
+    return measure(WorkerJob.from_json(job_json), rank=int(os.environ["RANK"]))
 
 
-def measure_world(spec: dict) -> dict:
+def measure_world(job: WorkerJob) -> dict:
     """world_size > 1: every rank runs the same measurement on its shard (the passes see ctx.rank and
     ctx.world_size); rank 0's metrics are reported, with the largest peak memory over ranks."""
     try:
         from graphopt.distributed.launch import launch
     except ImportError as e:
         raise RuntimeError(f"world_size > 1 needs graphopt.distributed ({e})") from None
-    results = launch(_measure_rank, spec["experiment"]["world_size"], args=(spec,),
-                     timeout_s=float(spec.get("timeout_s") or 24 * 3600))
+    results = launch(_measure_rank, job.experiment.world_size, args=(job.to_json(),),
+                     timeout_s=float(job.timeout_s or 24 * 3600))
     out = dict(results[0])
     out["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
     return out
@@ -232,12 +202,12 @@ def main(argv: list[str]) -> int:
     spec_path, result_path = argv
     _die_with_parent()
     faulthandler.enable()
-    with open(spec_path) as f:
-        spec = json.load(f)
     try:
-        if os.environ.get("GRAPHOPT_RUNNER_KILL") == spec["run"]["name"]:  # test hook: die as the OOM killer does
+        with open(spec_path) as f:
+            job = WorkerJob.from_json(f.read())
+        if os.environ.get("GRAPHOPT_RUNNER_KILL") == job.run.name:  # test hook: die as the OOM killer does
             os.kill(os.getpid(), 9)
-        result = measure(spec) if spec["experiment"]["world_size"] == 1 else measure_world(spec)
+        result = measure(job) if job.experiment.world_size == 1 else measure_world(job)
     except KeyboardInterrupt:
         return 130  # interrupted, not failed: no result, so the run is not stored and re-runs on resume
     except BaseException as e:  # noqa: BLE001 - every failure becomes a result row

@@ -14,6 +14,11 @@ from graphopt.scoring.requests import build_requests
 from graphopt.scoring.strategies import build_batches, strategy_options as strategy_options_of
 
 
+def _specs(pipeline) -> list:
+    from graphopt.pipeline import parse_pipeline
+    return parse_pipeline(pipeline) if pipeline is not None else []
+
+
 def _sync(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
@@ -49,21 +54,26 @@ def score_requests(fn: Callable[..., Tensor], batches: Sequence[ScoreBatch], n_r
 
 
 def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, strategy: str | None = None,
-             device="cpu", progress: bool = True, add_bos: bool = False, **strategy_options) -> dict:
-    """Score HellaSwag `rows` with `model` (eager, already on `device`) as lm-evaluation-harness does.
+             device="cpu", progress: bool = True, add_bos: bool = False, pipeline=None, compiler: str = "none",
+             **strategy_options) -> dict:
+    """Score HellaSwag `rows` with `model` (already on `device`) as lm-evaluation-harness does.
 
-    strategy: None -> "per_pair" when batch_size == 1, else "padded"; any name in STRATEGIES, its
-    other options as keyword arguments (batch_size goes to strategies that take one). add_bos: see
-    build_requests (off, as lm-eval). Pairs longer than model.args.max_seq_len are left-truncated.
+    strategy: None -> "per_pair" when batch_size == 1 and no pipeline, "packed" with a pipeline, else
+    "padded"; any name in STRATEGIES, its other options as keyword arguments (batch_size goes to
+    strategies that take one). add_bos: see build_requests (off, as lm-eval). Pairs longer than
+    model.args.max_seq_len are left-truncated. pipeline (None: the eager model): a named pipeline or
+    pass list, run through graphopt.optimize with `compiler`.
     Returns acc, acc_norm, loglik (per row, 4 floats), choices (argmax per row), choices_norm,
     n_items, n_requests, tokens_scored (continuation tokens), tokens_processed (input tokens incl.
-    padding), seconds (scoring only, device-synchronised), strategy.
+    padding), seconds (scoring, device-synchronised: a compiler's work on the first calls included),
+    setup_seconds (capture + passes), strategy, pipeline (the passes' labels), n_shapes (distinct batch
+    shapes).
     """
     if any(getattr(r, "label", 0) < 0 for r in rows):
         raise ValueError("rows without labels (label -1, e.g. the HellaSwag test split) cannot be scored for "
                          "accuracy; use the validation split")
     if strategy is None:
-        strategy = "per_pair" if batch_size == 1 else "padded"
+        strategy = "packed" if pipeline is not None else "per_pair" if batch_size == 1 else "padded"
     if "batch_size" in strategy_options_of(strategy):
         strategy_options.setdefault("batch_size", batch_size)
     elif batch_size != 1:
@@ -75,9 +85,15 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
     max_length = getattr(getattr(model, "args", None), "max_seq_len", None)
     requests = build_requests(rows, tokenizer, add_bos=add_bos, max_length=max_length)
     batches = build_batches(requests, strategy, **strategy_options)
-    scorer = ScoreModule(model).eval()
-
     _sync(device)
+    start = time.perf_counter()
+    scorer = ScoreModule(model).eval()
+    if pipeline is not None or compiler != "none":
+        from graphopt.optimize_model import optimize
+        scorer = optimize(scorer, batches[0].to(device).model_inputs(), pipeline or (), compiler,
+                          capture="export" if pipeline is not None else "none")
+    _sync(device)
+    setup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     loglik = score_requests(scorer, batches, len(requests), progress=progress, device=device)
     _sync(device)
@@ -89,6 +105,9 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
         tokens_scored=sum(len(r.continuation_ids) for r in requests),
         tokens_processed=sum(b.n_tokens for b in batches),
         seconds=seconds,
+        setup_seconds=setup_seconds,
         strategy=strategy,
+        pipeline=[s.label() for s in _specs(pipeline)],
+        n_shapes=len({tuple(tuple(t.shape) for t in b.model_inputs()) for b in batches}),
     )
     return result

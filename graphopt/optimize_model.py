@@ -1,0 +1,116 @@
+"""`optimize(module, example_inputs, pipeline, compiler)`: the one place where a model is captured, its
+pass pipeline run and the result compiled. Every caller goes through it: `graphopt run` workers,
+`graphopt eval`, `graphopt inspect`, the benchmarks, and the torch.compile backend (which hands
+dynamo's graph to `optimize_graph`, the passes + compile half).
+
+    opt = graphopt.optimize(ScoreModule(model), batch.model_inputs(), pipeline="exact", compiler="inductor")
+    logprobs = opt(*batch.model_inputs())     # opt.records: what each pass did; opt.graph: the FX graph
+
+capture: "export" (torch.export, dynamic B/T/N), "dynamo" (torch.compile with graphopt's backend:
+the passes run on dynamo's graph on the first call) or "none" (the module itself, compiled or not).
+A module on the meta device is captured weightless and `load_weights(gm)` fills the optimised graph
+afterwards (a tensor-parallel rank reads only its shard of a checkpoint).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from torch import nn
+from torch.fx import GraphModule
+
+from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
+from graphopt.pipeline import PassContext, PassError, PassRecord, check_order, parse_pipeline, run_passes
+
+CAPTURES = ("export", "dynamo", "none")
+
+
+class Optimized:
+    """The runnable an optimize() call built, with what its passes reported. Call it like the module."""
+
+    def __init__(self, fn, graph: GraphModule | None = None, records=(), seconds: float = 0.0, backend=None,
+                 module: nn.Module | None = None):
+        self.fn, self._graph, self._records, self.seconds = fn, graph, list(records), seconds
+        self.backend, self.module = backend, module  # backend: dynamo capture, filled on the first call
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    @property
+    def records(self) -> list[PassRecord]:
+        return list(self.backend.records) if self.backend is not None else self._records
+
+    @property
+    def graph(self) -> GraphModule | None:
+        """The optimised FX graph (dynamo: the last one the backend built; none: no graph)."""
+        if self.backend is not None:
+            return self.backend.graphs[-1] if self.backend.graphs else None
+        return self._graph
+
+    @property
+    def compiles(self) -> int:
+        """Graphs the passes ran on (dynamo: one per dynamo recompilation)."""
+        return self.backend.compiles if self.backend is not None else int(self._graph is not None)
+
+
+def optimize_graph(gm: GraphModule, pipeline=(), compiler: str = "none", ctx: PassContext | None = None,
+                   verify: bool = False, atol: float = 1e-4, after_each: Callable | None = None,
+                   inside_backend: bool = False,
+                   load_weights: Callable[[GraphModule], None] | None = None, device=None,
+                   dynamic: bool | None = None):
+    """A captured graph -> (runnable, optimised graph, pass records): the pipeline, then the weights
+    (load_weights, for a graph captured weightless), then the compiler. after_each(None, gm) sees the
+    captured graph, then after_each(record, gm) the graph after each pass."""
+    if after_each is not None:
+        after_each(None, gm)
+    gm, records = run_passes(gm, pipeline, ctx, verify=verify, atol=atol, after_each=after_each)
+    if load_weights is not None:
+        load_weights(gm)
+        gm = gm.to(device) if device is not None else gm
+    fn = compile_inside_backend(gm, compiler) if inside_backend else compile_for(gm, compiler, dynamic=dynamic)
+    return fn, gm, records
+
+
+def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: str = "none", *,
+             capture: str = "export", rank: int = 0, world_size: int = 1, model_args=None,
+             load_weights: Callable[[GraphModule], None] | None = None, device=None, verify: bool = False,
+             after_each: Callable | None = None, dynamic: bool | None = True) -> Optimized:
+    """Capture `module` on `example_inputs`, run `pipeline` (a named pipeline, pass names or specs:
+    graphopt.pipeline.parse_pipeline), compile with `compiler` (graphopt.compilers.COMPILERS).
+    The pipeline is parsed and its order checked before any capture work starts.
+
+    dynamic=True (default): the capture is symbolic in B, T and N, and so is the compile (torch.compile
+    dynamic=True): one compilation serves every batch shape. None leaves it to torch (a static
+    compile first, a dynamic one on the first new shape)."""
+    from graphopt.graph_capture import capture as capture_graph
+
+    specs = parse_pipeline(pipeline)
+    check_order(specs)
+    check_compiler(compiler)
+    if capture not in CAPTURES:
+        raise ValueError(f"unknown capture {capture!r}; expected one of {', '.join(CAPTURES)}")
+    if model_args is None:
+        model_args = getattr(getattr(module, "model", module), "args", None)
+    t0 = time.perf_counter()
+    if capture == "none":
+        if specs:
+            raise PassError(f"passes need a captured graph (capture export or dynamo); got capture none with "
+                            f"{[s.name for s in specs]}")
+        return Optimized(compile_for(module, compiler, dynamic=dynamic), module=module)
+    if capture == "dynamo":
+        import torch
+        from graphopt.compile_backend import backend
+        be = backend(specs, compiler, PassContext((), model_args, rank, world_size), verify=verify,
+                     after_each=after_each)
+        return Optimized(torch.compile(module, backend=be, dynamic=dynamic), backend=be, module=module)
+    weightless = load_weights is not None
+    if weightless:  # the module is on the meta device: capture and rewrite without weights, then fill them
+        from graphopt.distributed.load_shard import retarget_device
+        gm = capture_graph(module, tuple(t.to("meta") for t in example_inputs))
+        retarget_device(gm, device)
+    else:
+        gm = capture_graph(module, example_inputs)
+    ctx = PassContext(() if weightless else tuple(example_inputs), model_args, rank, world_size)
+    fn, gm, records = optimize_graph(gm, specs, compiler, ctx, verify=verify, after_each=after_each,
+                                     load_weights=load_weights, device=device, dynamic=dynamic)
+    return Optimized(fn, gm, records, time.perf_counter() - t0, module=module)
