@@ -9,7 +9,7 @@ from torch._dispatch.python import enable_python_dispatcher
 from torch.fx import GraphModule, Node
 
 from graphopt.graph_attrs import attr
-from ._ops import ASSERT_META
+from ._ops import ASSERT_META, RESHAPE, val
 
 
 def fake_mode(gm: GraphModule):
@@ -133,3 +133,35 @@ def add_parameter(gm: GraphModule, owner: str, name: str, tensor: torch.Tensor) 
         name = f"{base}_{k}"
     module.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))
     return f"{owner}.{name}" if owner else name
+
+
+def splits_last_dim(node: Node) -> bool:
+    """reshape(x, [*x.shape[:-1], -1, k]): x's last dim split, the others kept. apply_rope's
+    [B, T, H, -1, 2] is one, and export records its head count H as a literal."""
+    if not (node.op == "call_function" and node.target in RESHAPE and val(node.args[0]) is not None):
+        return False
+    shape, lead = node.args[1], val(node.args[0]).shape[:-1]
+    return (len(shape) == len(lead) + 2 and shape[-2] == -1
+            and all(not isinstance(s, int) or s == d for s, d in zip(shape, lead)))
+
+
+def refit_vals(gm: GraphModule, splits) -> int:
+    """propagate_vals after a pass changed weight shapes, each reshape in `splits` (splits_last_dim,
+    found before the change) first taking its input's new static leading sizes (heads pruned or
+    sharded). A node that no longer fits its inputs raises ValueError naming it. Returns how many
+    reshapes changed."""
+    splits, changed = set(splits), 0
+    for n in gm.graph.nodes:
+        if n.target in ASSERT_META:  # checks, no value (and they name the capture's device)
+            continue
+        if n in splits:
+            shape, lead = list(n.args[1]), val(n.args[0]).shape[:-1]
+            new = [d if isinstance(s, int) and isinstance(d, int) else s for s, d in zip(shape, lead)] + shape[-2:]
+            if new != shape:
+                n.args = (n.args[0], new, *n.args[2:])
+                changed += 1
+        try:
+            set_val(gm, n)
+        except Exception as e:
+            raise ValueError(f"node {n.name} ({n.target}) no longer fits its input shapes: {e}") from e
+    return changed

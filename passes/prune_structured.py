@@ -8,11 +8,11 @@ n_rep query heads that share it (rows of wq, columns of wo); its score is the L1
 int(ratio * n_kv_heads) groups are dropped (at least one is always kept), so n_rep and the
 repeat_interleave in the graph stay valid; with MHA (n_kv_heads == n_heads) this is per-head pruning.
 With GQA and few kv heads the granularity is coarse (tiny-gqa: 2 groups, ratio < 0.5 drops none).
+Head counts come from the weights (wq rows / head_dim, head_dim from ctx.model_args or the q view).
 
-Weights are replaced by smaller tensors (qkv biases too) and the graph's view/reshape sizes that
-carry the head count are rewritten: the [B, T, H, Dh] views after wq/wk/wv, and then any
-reshape downstream whose input changed size in one dim and that spells that dim out (RoPE's
-[B, T, H, Dh/2, 2]). Shapes are re-propagated; an inconsistent graph is a PassError.
+Only weights (qkv biases too) are replaced: the model's head views are [B, T, -1, D], so they follow.
+The one head count export records as a literal, RoPE's [B, T, H, -1, 2] reshape, takes its input's
+new size when fake values are re-propagated (_edit.refit_vals); a graph that no longer fits is a PassError.
 Weights are found by their Meta checkpoint names (layers.N.attention.wq.weight, ...), so this must
 run before merge_qkv / merge_gate_up, which replace them.
 stats: params_before, params_after, params_removed, ffn_channels_removed, kv_groups_removed.
@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 
 import torch
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 
 from graphopt.graph_attrs import attr, set_attr
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, before, register_pass
-from ._edit import set_val
+from ._edit import refit_vals, splits_last_dim
 from ._ops import LINEAR, RESHAPE, val
 from ._weights import param_count
 
@@ -45,19 +45,17 @@ def _weights(gm: GraphModule) -> dict[str, dict[str, str]]:
     return layers
 
 
-def _get_attr_node(gm: GraphModule, target: str) -> Node:
-    return next(n for n in gm.graph.nodes if n.op == "get_attr" and n.target == target)
-
-
-def _head_views(gm: GraphModule, weight_target: str) -> list[Node]:
-    """The view/reshape nodes [B, T, H, Dh] right after the linears that read this weight."""
-    out = []
-    for lin in _get_attr_node(gm, weight_target).users:
-        if lin.target not in LINEAR:
-            raise PassError(f"{weight_target} is read by {lin.target}, not a linear (run prune_structured before "
-                            f"the fusion passes)")
-        out += [u for u in lin.users if u.op == "call_function" and u.target in RESHAPE and len(u.args[1]) == 4]
-    return out
+def _head_dim(gm: GraphModule, wq_target: str) -> int:
+    """D of the [B, T, H, D] view right after the linear that reads wq."""
+    for wq in (n for n in gm.graph.nodes if n.op == "get_attr" and n.target == wq_target):
+        for lin in wq.users:
+            if lin.target not in LINEAR:
+                raise PassError(f"{wq_target} is read by {lin.target}, not a linear (run prune_structured before "
+                                f"the fusion passes)")
+            views = [val(u) for u in lin.users if u.target in RESHAPE and val(u) is not None and val(u).dim() == 4]
+            if views:
+                return int(views[0].shape[-1])
+    raise PassError(f"no [B, T, H, D] view after the linear reading {wq_target}; pass ctx.model_args")
 
 
 def _take(gm: GraphModule, target: str, keep: torch.Tensor, dim: int) -> None:
@@ -85,16 +83,11 @@ def _prune_ffn(gm: GraphModule, w: dict[str, str], ratio: float) -> int:
     return n_remove
 
 
-def _prune_heads(gm: GraphModule, w: dict[str, str], ratio: float) -> int:
-    q_views, k_views, v_views = (_head_views(gm, w[f"{k}.weight"]) for k in ("wq", "wk", "wv"))
-    if not (q_views and k_views and v_views):
-        raise PassError(f"no [B, T, H, Dh] view after the wq/wk/wv linears of {w['wq.weight']}")
-    n_heads, head_dim = q_views[0].args[1][2], q_views[0].args[1][3]
-    n_kv = k_views[0].args[1][2]
-    assert isinstance(n_heads, int) and isinstance(head_dim, int) and isinstance(n_kv, int)
+def _prune_heads(gm: GraphModule, w: dict[str, str], ratio: float, head_dim: int) -> int:
     wq, wk, wv, wo = (attr(gm, w[f"{k}.weight"]) for k in ("wq", "wk", "wv", "wo"))
-    assert wq.shape[0] == n_heads * head_dim and wk.shape[0] == n_kv * head_dim, "head view does not match weights"
-    n_rep = n_heads // n_kv
+    n_kv = wk.shape[0] // head_dim
+    n_rep = wq.shape[0] // (n_kv * head_dim)
+    assert n_kv * head_dim == wk.shape[0] and n_rep * n_kv * head_dim == wq.shape[0], (wq.shape, wk.shape, head_dim)
     n_remove = min(int(ratio * n_kv), n_kv - 1)
     if n_remove == 0:
         return 0
@@ -110,41 +103,11 @@ def _prune_heads(gm: GraphModule, w: dict[str, str], ratio: float) -> int:
         _take(gm, w[f"{key}.weight"], rows, dim)
         if dim == 0 and f"{key}.bias" in w:
             _take(gm, w[f"{key}.bias"], rows, 0)
-    kept = len(groups)
-    for views, new_h in ((q_views, kept * n_rep), (k_views, kept), (v_views, kept)):
-        for view in views:
-            shape = list(view.args[1])
-            shape[2] = new_h
-            view.args = (view.args[0], shape, *view.args[2:])
     return n_remove
 
 
-def _repropagate(gm: GraphModule, old_shapes: dict) -> None:
-    """Re-run shape propagation; a reshape whose input shrank in one dim that it spells out follows it."""
-    for n in gm.graph.nodes:
-        if n.op == "call_function" and n.target in RESHAPE and isinstance(n.args[0], Node):
-            inp, shape = n.args[0], list(n.args[1])
-            old, new = old_shapes.get(inp), tuple(val(inp).shape) if val(inp) is not None else None
-            if old is not None and new is not None and len(old) == len(new):
-                diff = [i for i, (a, b) in enumerate(zip(old, new)) if isinstance(a, int) and isinstance(b, int) and a != b]
-                p = diff[0] if len(diff) == 1 else None
-                if p is not None and p < len(shape) and shape[p] == old[p] and _same_prefix(shape, old, p):
-                    shape[p] = new[p]
-                    n.args = (inp, shape, *n.args[2:])
-        if n.op in ("get_attr", "call_function"):
-            try:
-                set_val(gm, n)
-            except Exception as e:
-                raise PassError(f"after pruning, node {n.name} ({n.target}) no longer fits its input shapes: {e}") from e
-
-
-def _same_prefix(shape, old, upto: int) -> bool:
-    """The reshape keeps the first `upto` dims (literally or as symbolic sizes taken from the input)."""
-    return all(not isinstance(s, int) or s == o for s, o in zip(shape[:upto], old[:upto]))
-
-
 @register_pass("prune_structured", "L1-magnitude structured pruning of FFN channels and/or attention heads "
-               "(kv groups); rewrites weights and the graph's head-count view sizes",
+               "(kv groups); rewrites weights, the graph's head views follow them",
                options={"ratio": PassOption(float, 0.0, "fraction of FFN channels / kv groups to remove, in [0, 1)",
                                             min=0.0, max=1.0, open_max=True),
                         "what": PassOption(str, "ffn", "what to prune: ffn, heads or both",
@@ -161,7 +124,7 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
                             f"(layers.N.feed_forward.w1/w2/w3, layers.N.attention.wq/wk/wv/wo): run it before "
                             f"merge_qkv / merge_gate_up, which replace them")
     params_before = param_count(gm)
-    old_shapes = {n: tuple(val(n).shape) for n in gm.graph.nodes if val(n) is not None}
+    splits = [n for n in gm.graph.nodes if splits_last_dim(n)]  # RoPE's [B, T, H, -1, 2], before H changes
     ffn_removed = groups_removed = matches = 0
     for prefix, w in sorted(layers.items()):
         if what in ("ffn", "both") and all(f"{k}.weight" in w for k in ("w1", "w2", "w3")):
@@ -169,11 +132,15 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
             ffn_removed += removed
             matches += removed > 0
         if what in ("heads", "both") and all(f"{k}.weight" in w for k in ("wq", "wk", "wv", "wo")):
-            removed = _prune_heads(gm, w, ratio)
+            head_dim = ctx.model_args.head_dim if ctx.model_args else _head_dim(gm, w["wq.weight"])
+            removed = _prune_heads(gm, w, ratio, head_dim)
             groups_removed += removed
             matches += removed > 0
     if matches:
-        _repropagate(gm, old_shapes)
+        try:
+            refit_vals(gm, splits)
+        except Exception as e:
+            raise PassError(f"after pruning, {e}") from e
     params_after = param_count(gm)
     return PassResult(gm, matches > 0, {"matches": matches, "params_before": params_before, "params_after": params_after,
                                         "params_removed": params_before - params_after,

@@ -13,12 +13,21 @@ def echo_rank():
 
 # ---------------------------------------------------------------- shared helpers
 
+# odd layouts the presets lack: 9 query heads in 3 kv groups, tied embeddings, vocab and dims divisible by 3
+ODD_PRESETS = {"gqa-9-3-tied": dict(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=513, multiple_of=32,
+                                    max_seq_len=64, tie_embeddings=True)}
+
+
+def model_args(preset: str):
+    from graphopt.model.args import ModelArgs
+    return ModelArgs(**ODD_PRESETS[preset]) if preset in ODD_PRESETS else ModelArgs.from_name(preset)
+
+
 def build_score_module(preset: str, seed: int = 0, n_layers: int | None = None):
     from dataclasses import replace
-    from graphopt.model.args import ModelArgs
     from graphopt.model.llama import Transformer, init_random_weights
     from graphopt.scoring.batch import ScoreModule
-    args = ModelArgs.from_name(preset)
+    args = model_args(preset)
     if n_layers is not None:
         args = replace(args, n_layers=n_layers)
     return args, ScoreModule(init_random_weights(Transformer(args), seed=seed).eval())

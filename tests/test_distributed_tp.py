@@ -35,11 +35,21 @@ def _expected_layer_bytes(args: ModelArgs, ws: int) -> int:
     return 4 * args.n_layers * per_layer
 
 
+def _expected_views(args: ModelArgs, ws: int, before) -> int:
+    """Literals tensor_parallel sets: RoPE's [B, T, H, -1, 2] head counts that change (q always, k
+    unless its one kv head is replicated) and repeat_interleave's n_rep for k and v where the local
+    ratio differs. The model's own head views are [B, T, -1, D] and stay as they are."""
+    lay = head_layout(args, ws, 0)
+    rope = 0 if "fuse_rope" in before else 1 + (lay.kv_heads[1] - lay.kv_heads[0] != args.n_kv_heads)
+    repeat = 0 if "sdpa_attention" in before else 2 * (lay.n_rep != args.n_heads // args.n_kv_heads)
+    return args.n_layers * (rope + repeat)
+
+
 def _check(results: list, ws: int) -> None:
     assert len(results) == ws
     for rank_results in results:
         for r in rank_results:
-            args = ModelArgs.from_name(r["preset"])
+            args = W.model_args(r["preset"])
             where = f"rank of {ws}, {r['preset']} {r['options']} after {r['before']}"
             assert r["diff"] <= TOL, f"{where}: sharded vs unsharded graph differ by {r['diff']}"
             assert r["diff_eager"] <= TOL, f"{where}: sharded graph vs eager differ by {r['diff_eager']}"
@@ -53,14 +63,15 @@ def _check(results: list, ws: int) -> None:
             assert st["row"] == 2 * args.n_layers, (where, st)
             assert r["n_all_reduce"] == 2 * args.n_layers + (3 if vp else 0), (where, r["n_all_reduce"])
             assert st["vocab_logprob"] == (1 if vp else 0), (where, st)
-            assert st["views"] > 0, (where, st)
+            assert st["embedding"] == (1 if r["options"].get("embedding_parallel") else 0), (where, st)
+            assert st["views"] == _expected_views(args, ws, r["before"]), (where, st)
             assert r["layer_bytes_full"] == 4 * args.n_layers * (2 * args.dim * args.n_heads * args.head_dim
                                                                   + 2 * args.dim * args.n_kv_heads * args.head_dim
                                                                   + 3 * args.dim * args.hidden_dim)
             assert r["layer_bytes_shard"] == _expected_layer_bytes(args, ws), (where, r["layer_bytes_shard"])
             if args.n_kv_heads >= ws:  # nothing replicated: exactly 1/ws of the sharded layers
                 assert r["layer_bytes_shard"] * ws == r["layer_bytes_full"]
-            if vp:
+            if vp and not args.tie_embeddings:  # (tied: the embedding keeps its own copy of the table)
                 assert st["param_bytes_after"] < st["param_bytes_before"] - 4 * args.dim * args.vocab_size // 2
 
 
@@ -104,3 +115,13 @@ def test_tp_world4_gqa_replicated_kv_heads():
     cases = [("tiny-gqa", {"vocab_parallel": True}, ()), ("tiny-gqa", {}, ("fuse_rope", "sdpa_attention"))]
     res = launch(W.tp_worker, 4, args=(cases,), timeout_s=240)
     _check(res, 4)
+
+
+def test_tp_world3_odd_gqa_tied():
+    # 9 query / 3 kv heads on 3 ranks (3 query heads and 1 kv head each), tied embeddings: the LM head and
+    # the embedding read one table, cut two ways when both vocab_parallel and embedding_parallel
+    p = "gqa-9-3-tied"
+    cases = [(p, {}, ()), (p, {"vocab_parallel": True, "embedding_parallel": True}, ()),
+             (p, {"vocab_parallel": True}, ("merge_qkv", "merge_gate_up"))]
+    res = launch(W.tp_worker, 3, args=(cases,), timeout_s=300)
+    _check(res, 3)

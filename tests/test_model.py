@@ -92,6 +92,33 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     torch.testing.assert_close(mha(ids), gqa(ids), atol=1e-5, rtol=1e-5)
 
 
+def test_head_counts_follow_the_weights():
+    """Cutting kv group 1 out of wq/wk/wv/wo (as prune_structured and tensor_parallel do) needs no other
+    change: the same as the full model with that group's wo columns zeroed."""
+    cut, ref = _model("tiny-gqa"), _model("tiny-gqa")  # 4 query heads in 2 kv groups
+    hd = cut.args.head_dim
+    q_rows = 2 * hd  # one kv group: 2 query heads
+    with torch.no_grad():
+        for c, r in zip(cut.layers, ref.layers):
+            at = c.attention
+            for lin, n in ((at.wq, q_rows), (at.wk, hd), (at.wv, hd)):
+                lin.weight = torch.nn.Parameter(lin.weight[:n])
+            at.wo.weight = torch.nn.Parameter(at.wo.weight[:, :q_rows])
+            r.attention.wo.weight[:, q_rows:] = 0
+    ids = torch.randint(0, 512, (2, 5))
+    torch.testing.assert_close(cut(ids), ref(ids), atol=1e-5, rtol=0)
+
+
+def test_export_records_no_head_count_in_the_views():
+    """export keeps -1 in the [B, T, H, D] views; n_rep (repeat_interleave) and RoPE's [B, T, H, -1, 2]
+    stay literals, which the passes that change head counts set."""
+    m = _model("tiny-gqa")
+    gm = torch.export.export(m, (torch.randint(0, 512, (2, 8)),), strict=False).module()
+    views = [n.args[1] for n in gm.graph.nodes if n.target is torch.ops.aten.view.default]
+    assert views[:3] == [[2, 8, -1, m.args.head_dim]] * 3
+    assert [n.args[1:] for n in gm.graph.nodes if n.target is torch.ops.aten.repeat_interleave.self_int][:2] == [(2, 1)] * 2
+
+
 def test_exports_with_dynamic_length():
     m = _model("tiny-gqa")
     # Dim.DYNAMIC: must stay symbolic (export fails if the model specialises T); torch 2.11 cannot prove

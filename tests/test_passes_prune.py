@@ -20,9 +20,14 @@ ATOL = 1e-5
 _CAPTURED = {}
 
 
+# 9 query heads in 3 kv groups of 3, tied embeddings: odd head counts
+ODD = {"gqa-9-3": ModelArgs(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=512, multiple_of=32,
+                            max_seq_len=64, tie_embeddings=True)}
+
+
 def _setup(preset):
     if preset not in _CAPTURED:
-        args = ModelArgs.from_name(preset)
+        args = ODD[preset] if preset in ODD else ModelArgs.from_name(preset)
         model = init_random_weights(Transformer(args)).eval()
         inputs = distinct_score_inputs(2, 8, 5)
         _CAPTURED[preset] = (args, model, inputs, capture(ScoreModule(model), inputs, method="export"))
@@ -91,7 +96,7 @@ def test_ffn_quarter_param_count_and_function():
     _check(gm, _silenced(model, args, ffn_ratio=0.25))
 
 
-@pytest.mark.parametrize("preset,ratio", [("tiny", 0.25), ("tiny-gqa", 0.5), ("tiny-qwen", 0.5)])
+@pytest.mark.parametrize("preset,ratio", [("tiny", 0.25), ("tiny-gqa", 0.5), ("tiny-qwen", 0.5), ("gqa-9-3", 0.4)])
 def test_heads_param_count_and_function(preset, ratio):
     args, model, inputs, gm = _setup(preset)
     gm, (rec,) = _prune(gm, inputs, ratio=ratio, what="heads")
@@ -104,15 +109,19 @@ def test_heads_param_count_and_function(preset, ratio):
     assert rec.stats["params_removed"] == args.n_layers * groups * per_group
     q_view = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.view.default and n.args[0].op == "call_function"
                   and n.args[0].args[1].target == "model.layers.0.attention.wq.weight")
-    assert q_view.args[1][2] == (args.n_kv_heads - groups) * n_rep  # head count in the graph rewritten
+    assert q_view.args[1][2:] == [-1, hd]  # the model's head view follows the weights
+    rope = [n for n in gm.graph.nodes if n.target is torch.ops.aten.reshape.default and len(n.args[1]) == 5]
+    assert len(rope) == 2 * args.n_layers  # RoPE's [B, T, H, -1, 2] spells H out: set from its input
+    assert sorted({n.args[1][2] for n in rope}) == sorted({args.n_kv_heads - groups, (args.n_kv_heads - groups) * n_rep})
     _check(gm, _silenced(model, args, head_ratio=ratio))
 
 
-def test_both_on_gqa():
-    args, model, inputs, gm = _setup("tiny-gqa")
-    gm, (rec,) = _prune(gm, inputs, ratio=0.5, what="both")
+@pytest.mark.parametrize("preset,ratio", [("tiny-gqa", 0.5), ("gqa-9-3", 0.4)])
+def test_both_on_gqa(preset, ratio):
+    args, model, inputs, gm = _setup(preset)
+    gm, (rec,) = _prune(gm, inputs, ratio=ratio, what="both")
     assert rec.matches == 2 * args.n_layers
-    _check(gm, _silenced(model, args, ffn_ratio=0.5, head_ratio=0.5))
+    _check(gm, _silenced(model, args, ffn_ratio=ratio, head_ratio=ratio))
 
 
 def test_bad_options():

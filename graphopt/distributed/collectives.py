@@ -1,12 +1,16 @@
 """The collectives the sharding passes insert, as functional-collective ops (traceable by export and
-compile): all_reduce(x, op) = wait_tensor(_c10d_functional.all_reduce(x, op, group_name)), and
-all_gather along a dim. Also `graph_collectives(gm)`: count and bytes of the collectives in a graph."""
+compile): all_reduce(x, op) = wait_tensor(_c10d_functional.all_reduce(x, op, group_name)), all_gather
+along a dim, and the vocab-parallel log-prob built from all-reduces. Also `graph_collectives(gm)`: the
+collectives in a graph."""
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch import Tensor
 from torch.fx import Graph, GraphModule, Node
 
+aten = torch.ops.aten
 c10d = torch.ops._c10d_functional
 ALL_REDUCE = c10d.all_reduce.default
 ALL_GATHER = c10d.all_gather_into_tensor.default
@@ -20,31 +24,45 @@ def all_reduce(x: Tensor, op: str, group_name: str) -> Tensor:
 
 
 def insert_all_reduce(graph: Graph, x: Node, op: str, group_name: str) -> Node:
-    """Insert all_reduce + wait after node x; returns the wait node (callers redirect x's users)."""
-    with graph.inserting_after(x):
+    """Insert all_reduce + wait after node x; x's users read the wait node, which is returned."""
+    with graph.inserting_before(x.next):  # (inserting_after(x) would put each new node right after x)
         red = graph.call_function(ALL_REDUCE, (x, op, group_name))
-    with graph.inserting_after(red):
-        return graph.call_function(WAIT, (red,))
+        wait = graph.call_function(WAIT, (red,))
+    x.replace_all_uses_with(wait, delete_user_cb=lambda u: u is not red)
+    return wait
 
 
 def insert_all_gather_last_dim(graph: Graph, x: Node, world_size: int, group_name: str) -> Node:
-    """x [..., d] on every rank -> [..., world_size*d] (rank order). all_gather_into_tensor stacks
-    along dim 0, so gather, chunk along dim 0 and concatenate along the last dim."""
-    aten = torch.ops.aten
-    with graph.inserting_after(x):
-        g = graph.call_function(ALL_GATHER, (x, world_size, group_name))
-    with graph.inserting_after(g):
-        w = graph.call_function(WAIT, (g,))
-    with graph.inserting_after(w):
-        parts = graph.call_function(aten.chunk.default, (w, world_size, 0))
-    last = parts
-    items = []
-    for i in range(world_size):
-        with graph.inserting_after(last):
-            last = graph.call_function(__import__("operator").getitem, (parts, i))
-        items.append(last)
-    with graph.inserting_after(last):
-        return graph.call_function(aten.cat.default, (items, -1))
+    """x [..., d] on every rank -> [..., world_size*d] (rank order), read by x's users; returns the cat.
+    all_gather_into_tensor stacks along dim 0, so gather, chunk along dim 0, concatenate along -1."""
+    with graph.inserting_before(x.next):
+        gathered = graph.call_function(ALL_GATHER, (x, world_size, group_name))
+        wait = graph.call_function(WAIT, (gathered,))
+        parts = graph.call_function(aten.chunk.default, (wait, world_size, 0))
+        items = [graph.call_function(operator.getitem, (parts, i)) for i in range(world_size)]
+        cat = graph.call_function(aten.cat.default, (items, -1))
+    x.replace_all_uses_with(cat, delete_user_cb=lambda u: u is not gathered)
+    return cat
+
+
+def insert_vocab_parallel_logprob(graph: Graph, site: Node, x: Node, tgt: Node, rank: int, v_local: int,
+                                  group_name: str, squeeze: bool = False) -> Node:
+    """Before `site`: x [N, V_local] float32 logits of this rank's vocab slice, tgt [N, 1] global
+    target ids -> log p(target) [N, 1] ([N] when squeeze) from all_reduce(max), all_reduce(sum exp)
+    and all_reduce(target logit): no rank holds the full logits. Returns the result node."""
+    with graph.inserting_before(site):
+        c = lambda f, *a: graph.call_function(f, a)
+        m = c(WAIT, c(ALL_REDUCE, c(aten.amax.default, x, [-1], True), "max", group_name))  # [N, 1] global max
+        s = c(aten.sum.dim_IntList, c(aten.exp.default, c(aten.sub.Tensor, x, m)), [-1], True)
+        s = c(WAIT, c(ALL_REDUCE, s, "sum", group_name))  # [N, 1] global sum of exp
+        lse = c(aten.add.Tensor, m, c(aten.log.default, s))
+        local = c(aten.sub.Tensor, tgt, rank * v_local)  # target id within this rank's vocab slice
+        valid = c(aten.logical_and.default, c(aten.ge.Scalar, local, 0), c(aten.lt.Scalar, local, v_local))
+        picked = c(aten.gather.default, x, -1, c(aten.clamp.default, local, 0, v_local - 1))
+        picked = c(aten.where.ScalarOther, valid, picked, 0.0)
+        picked = c(WAIT, c(ALL_REDUCE, picked, "sum", group_name))  # [N, 1] target logit (one rank had it)
+        out = c(aten.sub.Tensor, picked, lse)
+        return c(aten.squeeze.dim, out, -1) if squeeze else out
 
 
 def graph_collectives(gm: GraphModule) -> list[Node]:

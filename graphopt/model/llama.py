@@ -52,6 +52,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
+        # the checkpoint's head counts; forward reads them off the projections, so a pass that cuts
+        # wq/wk/wv/wo (tensor_parallel, prune_structured) leaves views that are still right. Export still
+        # records n_rep and apply_rope's [B, T, H, -1, 2] as literals: those passes set them.
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
@@ -60,13 +63,14 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q = self.wq(x).view(B, T, -1, self.head_dim)  # [B, T, H, D]
+        k = self.wk(x).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
+        v = self.wv(x).view(B, T, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-        n_rep = self.n_heads // self.n_kv_heads
-        k = k.repeat_interleave(n_rep, dim=1)
+        n_rep = q.shape[1] // k.shape[1]  # query heads per kv head (GQA)
+        assert n_rep * k.shape[1] == q.shape[1], f"{q.shape[1]} query heads, {k.shape[1]} kv heads"
+        k = k.repeat_interleave(n_rep, dim=1)  # [B, H, T, D]
         v = v.repeat_interleave(n_rep, dim=1)
         scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)  # [B, H, T, T]
         scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
