@@ -22,6 +22,4 @@ def parallelize_dtensor(model: nn.Module) -> nn.Module:
                                                    "wv": ColwiseParallel(), "wo": RowwiseParallel()})
         parallelize_module(layer.feed_forward, mesh, {"w1": ColwiseParallel(), "w3": ColwiseParallel(),
                                                       "w2": RowwiseParallel()})
-        layer.attention.n_heads //= ws  # the local view shapes
-        layer.attention.n_kv_heads //= ws
     return model

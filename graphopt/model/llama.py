@@ -55,7 +55,7 @@ class Attention(nn.Module):
         # the checkpoint's head counts; forward reads them off the projections, so a pass that cuts
         # wq/wk/wv/wo (tensor_parallel, prune_structured) leaves views that are still right. Export still
         # records n_rep and apply_rope's [B, T, H, -1, 2] as literals: those passes set them.
-        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.head_dim = args.head_dim  # head counts follow from the weights (views with -1): passes shrink them
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
