@@ -1,31 +1,27 @@
-"""fuse_swiglu: silu(a) * b -> torch.ops.graphopt.swiglu(a, b) (same shapes, no broadcasting)."""
-from __future__ import annotations
-
-import graphopt.kernels  # noqa: F401 (registers torch.ops.graphopt)
+"""fuse_swiglu: silu(gate) * up (either order; same shapes and dtype, no broadcasting) ->
+torch.ops.graphopt.swiglu(gate, up)."""
 import torch
+import torch.nn.functional as F
+
 from graphopt.pipeline import PassResult, register_pass
-from ._edit import fake_mode, insert_call, remove_dead
-from ._ops import aten, is_op, only_user, other_arg, val
+from ._patterns import replace_all, same_meta
+
+
+def _pattern_1(gate, up):
+    return F.silu(gate) * up
+
+
+def _pattern_2(gate, up):
+    return up * F.silu(gate)
+
+
+def _replacement_1(gate, up):
+    return torch.ops.graphopt.swiglu(gate, up)
 
 
 @register_pass("fuse_swiglu", "silu(gate) * up -> graphopt.swiglu(gate, up)")
 def fuse_swiglu(gm, ctx):
-    mode = fake_mode(gm)
-    matches = 0
-    for silu in list(gm.graph.nodes):
-        if not is_op(silu, aten.silu.default):
-            continue
-        mul = only_user(silu)
-        if not is_op(mul, aten.mul.Tensor) or silu not in mul.args[:2]:
-            continue
-        up = other_arg(mul, silu)
-        gate = silu.args[0]
-        vg, vu = val(gate), val(up)
-        if not isinstance(up, torch.fx.Node) or vg is None or vu is None or vg.shape != vu.shape or vg.dtype != vu.dtype:
-            continue
-        fused = insert_call(gm, mul, torch.ops.graphopt.swiglu.default, (gate, up), mode=mode)
-        mul.replace_all_uses_with(fused)
-        matches += 1
-    if matches:
-        remove_dead(gm)
+    inputs = (((2, 3, 8), torch.float32),) * 2  # gate, up [B, T, F]: no casts, so one dtype will do
+    matches = sum(replace_all(gm, p, _replacement_1, inputs, lambda m, _: same_meta(m["gate"], m["up"]))
+                  for p in (_pattern_1, _pattern_2))
     return PassResult(gm, matches > 0, {"matches": matches})
