@@ -48,15 +48,6 @@ def set_val(gm: GraphModule, node: Node, mode=None) -> None:
         node.meta["val"] = node.target(*args, **kwargs)
 
 
-def propagate_vals(gm: GraphModule) -> None:
-    """Recompute node.meta['val'] for every call_function / get_attr node in order."""
-    if fake_mode(gm) is None:
-        return
-    for n in gm.graph.nodes:
-        if n.op in ("get_attr", "call_function"):
-            set_val(gm, n)
-
-
 def insert_call(gm: GraphModule, before: Node, target, args, kwargs=None, mode=None) -> Node:
     with gm.graph.inserting_before(before):
         node = gm.graph.call_function(target, tuple(args), dict(kwargs or {}))
