@@ -8,6 +8,9 @@ EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up
 
 register_pipeline("exact", "fusions, merged projections, SDPA, LM head and log-prob only at scored positions: "
                   "outputs equal to the eager model within fp32 rounding", EXACT)
+register_pipeline("exact-cpu", "exact + mkldnn_linear: every matmul on oneDNN weights packed once, the speed "
+                  "of inductor-frozen's matmuls with no compile (CPU; run with compiler none)",
+                  EXACT + ["mkldnn_linear"])
 register_pipeline("fast", "exact + matmuls and attention in bfloat16 (norms, softmax, log-probs stay float32)",
                   EXACT + [{"name": "cast_dtype", "dtype": "bfloat16"}])
 register_pipeline("fast-cpu", "fast with the attention in float32 (on CPU the bf16 attention kernel is slower)",

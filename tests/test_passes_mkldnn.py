@@ -1,0 +1,51 @@
+"""mkldnn_linear: every graph linear and the LM head inside graphopt.linear_logprob run as oneDNN
+linears on weights packed once; outputs within fp32 rounding of the graph before it (1e-4), choices
+unchanged; tied weights packed once; the order rule refuses it before a pass that looks for linears."""
+import copy
+
+import pytest
+import torch
+
+from graphopt.pipeline import PassContext, PassError, parse_pipeline, run_passes
+from tests.test_passes_dtype import _choices, _setup, _vals
+
+LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
+TOL = {torch.float32: 1e-4, torch.bfloat16: 0.3}  # bf16: against the fp32 graph, as cast_dtype's tests
+EXACT = [p.name for p in parse_pipeline("exact")]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-tied", "tiny-gqa"])
+@pytest.mark.parametrize("low", [False, True])
+def test_linears_and_head_become_packed_onednn_calls(preset, low):
+    args, score, inputs, owners, nq, nc, captured = _setup(preset)
+    with torch.no_grad():
+        ref = captured(*inputs)
+    pipeline = EXACT + (["cast_dtype"] if low else [])
+    gm, _ = run_passes(copy.deepcopy(captured), pipeline, PassContext(example_inputs=inputs))
+    n_linears = sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.linear.default)
+    assert n_linears == 4 * args.n_layers  # merged qkv, wo, merged gate/up, w2
+    gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
+    assert rec.matches == n_linears + 1  # + the head inside linear_logprob
+    assert len(_vals(gm, LINEAR_POINTWISE)) == n_linears + (args.vocab_size + 8191) // 8192
+    assert not _vals(gm, torch.ops.aten.linear.default) and not _vals(gm, torch.ops.graphopt.linear_logprob.default)
+    with torch.no_grad():
+        got = gm(*inputs)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max().item() <= TOL[torch.bfloat16 if low else torch.float32]
+    assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+
+
+def test_a_tied_head_is_packed_once_and_the_embedding_table_stays_one_tensor():
+    args, score, inputs, owners, nq, nc, captured = _setup("tiny-tied")
+    gm, _ = run_passes(copy.deepcopy(captured), ["prune_lm_head", "mkldnn_linear"], PassContext(example_inputs=inputs))
+    packed = [n.target for n in gm.graph.nodes if n.op == "get_attr" and n.target.endswith("_mkldnn")]
+    assert len(packed) == len(set(packed))  # each weight packed once, however many nodes read it
+    table = [n.args[0].target for n in _vals(gm, torch.ops.aten.embedding.default)]
+    assert len(set(table)) == 1  # the token lookup and the head's target-row gather read one tensor
+    assert torch.equal(gm.get_parameter(table[0]), score.model.tok_embeddings.weight)
+
+
+def test_before_a_linear_pass_is_refused_up_front():
+    args, score, inputs, owners, nq, nc, captured = _setup("tiny")
+    with pytest.raises(PassError, match="merge_qkv must run before mkldnn_linear"):
+        run_passes(copy.deepcopy(captured), ["mkldnn_linear", "merge_qkv"], PassContext(example_inputs=inputs))
