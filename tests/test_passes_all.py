@@ -17,8 +17,9 @@ from graphopt.pipeline import PassContext, list_passes, run_passes
 from graphopt.scoring.batch import ScoreModule, sum_by_owner
 
 ATOL = 1e-4
-# need world_size > 1, or the packed layout's doc_ids/seg_ids inputs: tested in their own files
-DISTRIBUTED = {"tensor_parallel", "pipeline_split", "prefix_attention"}
+# need world_size > 1, or the packed layout's doc_ids/seg_ids inputs, or lower the graph to backend
+# calls the checks below look past (mkldnn_linear): tested in their own files
+DISTRIBUTED = {"tensor_parallel", "pipeline_split", "prefix_attention", "mkldnn_linear"}
 # cleanup, the scoring-head passes (before the fusions hide the final norm), the fusions, cleanup again
 ORDER = ["cse", "prune_lm_head", "fused_logprob", "merge_qkv", "merge_gate_up", "fuse_rmsnorm", "fuse_rope",
          "fuse_swiglu", "sdpa_attention", "dce"]
