@@ -12,6 +12,7 @@ COMMANDS = {
     "passes": "list every registered graph pass with its description and options",
     "inspect": "op counts of a model's captured graph before and after each pass",
     "report": "print the results table of an experiment directory and write its plots",
+    "cache": "show or clear the compile cache kept across runs",
 }
 
 

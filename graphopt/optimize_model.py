@@ -91,6 +91,9 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
         raise ValueError(f"unknown capture {capture!r}; expected one of {', '.join(CAPTURES)}")
     if model_args is None:
         model_args = getattr(getattr(module, "model", module), "args", None)
+    if compiler != "none" or capture == "dynamo":
+        from graphopt.compile_cache import configure
+        configure()  # compiled artifacts go to graphopt's cache folder, reused by the next run
     t0 = time.perf_counter()
     if capture == "none":
         if specs:

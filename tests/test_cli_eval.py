@@ -27,6 +27,7 @@ def _expected(rows, batch_size=1):
 
 
 def test_eval_tiny_synthetic(capsys):
+    """The default path: packed rows + exact-cpu (no compile), the per-pair reference's answers."""
     assert main(["eval", "--model", "tiny", "--limit", "6", "--no-progress"]) == 0
     out = capsys.readouterr().out
     want = _expected(load_hellaswag(None, limit=6))
@@ -34,7 +35,17 @@ def test_eval_tiny_synthetic(capsys):
     assert _printed(out, "acc_norm") == f"{want['acc_norm']:.4f}"
     assert _printed(out, "items") == "6"
     assert re.search(r"^time\s+\d+\.\d+s", out, re.M)
-    assert "per_pair" in out and "synthetic" in out
+    assert "packed" in out and "mkldnn_linear" in out and "compiles=0" in out and "synthetic" in out
+
+
+def test_eval_pipeline_none_is_the_per_pair_reference_and_check_agrees(capsys):
+    assert main(["eval", "--model", "tiny", "--limit", "6", "--no-progress", "--pipeline", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "per_pair" in out and "passes" not in out
+    assert main(["eval", "--model", "tiny", "--limit", "6", "--no-progress", "--check", "--output", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["agree"] == 1.0 and got["max_abs_dloglik"] < 1e-4 and got["n_compiles"] == 0
+    assert got["acc"] == got["reference_acc"] and got["acc_norm"] == got["reference_acc_norm"]
 
 
 def test_eval_jsonl_file_batched(tmp_path, capsys):

@@ -11,7 +11,8 @@ import time
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Score HellaSwag with one model, eager or through a graph pass pipeline (--pipeline), exactly as "
+        "Score HellaSwag with one model, by default through graphopt's fastest exact path (packed rows, "
+        "the exact passes; answers equal to the per-pair eager reference in fp32), exactly as "
         "lm-evaluation-harness's hellaswag task: query 'activity_label: ctx_a Ctx_b', continuation ' ' + ending, acc = highest "
         "log-likelihood, acc_norm = highest log-likelihood per character of the ending. With no --model "
         "and no --data, the embedded default runs (random ~58M LLaMA + 200 synthetic rows): a smoke "
@@ -40,16 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pairs per forward; 1 = each (context, ending) pair alone, lm-eval's reference "
                              "(default: %(default)s)")
     parser.add_argument("--strategy", default=None,
-                        help="batching strategy (default: per_pair for --batch-size 1, else padded); see "
-                             "graphopt.scoring.STRATEGIES")
+                        help="batching strategy (default: packed with a pipeline; with --pipeline none, per_pair "
+                             "for --batch-size 1, else padded); see graphopt.scoring.STRATEGIES")
     parser.add_argument("--add-bos", action="store_true",
                         help="prepend BOS to every request (lm-eval's add_bos_token=True; default off, as lm-eval)")
-    parser.add_argument("--pipeline", default=None, metavar="NAME_OR_PASSES",
-                        help="score through graphopt.optimize with this pass pipeline: a named pipeline (exact, "
-                             "fast, fast-cpu, int8, gpu) or comma-separated pass names; see `graphopt passes` "
-                             "(default: none, the eager model)")
-    parser.add_argument("--compiler", default="none", choices=("none", "inductor", "inductor-frozen", "eager-fx"),
-                        help="how the (optimised) model runs: none = as is (default: %(default)s)")
+    parser.add_argument("--pipeline", default="auto", metavar="NAME_OR_PASSES",
+                        help="auto (default): the fastest path whose answers equal the per-pair reference in "
+                             "fp32 (CPU: exact-cpu, CUDA: gpu; packed rows, no compile); none: the eager model, "
+                             "each pair alone (lm-eval's reference); or a named pipeline (exact, fast, fast-cpu, "
+                             "int8, ...) or comma-separated pass names, see `graphopt passes`")
+    parser.add_argument("--compiler", default=None, choices=("none", "inductor", "inductor-frozen", "eager-fx"),
+                        help="how the (optimised) model runs (default: none, the graph as it is; inductor "
+                             "compiles are cached across runs, see `graphopt cache`)")
+    parser.add_argument("--check", action="store_true",
+                        help="also score the per-pair eager reference and print how many answers agree and "
+                             "the largest log-likelihood difference")
     parser.add_argument("--output", default="text", choices=("text", "json"),
                         help="text lines, or one JSON object on stdout (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -76,10 +82,19 @@ def main(args) -> int:
 
     if args.strategy is not None and args.strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(STRATEGIES)})")
-    if args.pipeline is not None:  # a bad pipeline is reported before anything loads
+    pipeline, compiler, strategy = (None if args.pipeline == "none" else args.pipeline), args.compiler, args.strategy
+    if pipeline == "auto":
+        from graphopt.scoring.evaluate import auto_pipeline
+        pipeline, auto_compiler = auto_pipeline(args.device)
+        compiler = compiler or auto_compiler
+        if args.batch_size != 1 or strategy not in (None, "packed"):  # another layout asked for
+            strategy = strategy or "padded"
+            pipeline = "exact" if pipeline == "gpu" else pipeline  # prefix_attention needs the packed layout
+    compiler = compiler or "none"
+    if pipeline not in (None, "auto"):  # a bad pipeline is reported before anything loads
         from graphopt.pipeline import PassError, check_order, parse_pipeline
         try:
-            check_order(parse_pipeline(args.pipeline))
+            check_order(parse_pipeline(pipeline))
         except PassError as e:
             raise UserError(f"--pipeline {args.pipeline!r}: {e}") from e
     rows = load_hellaswag(args.data, split=args.split, limit=args.limit)  # data errors first: cheaper
@@ -100,24 +115,46 @@ def main(args) -> int:
               f"loaded in {load_s:.1f}s)")
         print(f"data   {data_name}  split={args.split}  rows={len(rows)}")
 
-    result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=args.strategy,
+    result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=strategy,
                       device=args.device, progress=not args.no_progress, add_bos=args.add_bos,
-                      pipeline=args.pipeline, compiler=args.compiler)
+                      pipeline=pipeline, compiler=compiler)
+    check = _check(model, tokenizer, rows, args, result) if args.check else {}
     s = result["seconds"]
     if not text:
         keep = ("acc", "acc_norm", "n_items", "n_requests", "tokens_scored", "tokens_processed", "seconds",
-                "setup_seconds", "strategy", "pipeline", "n_shapes")
+                "setup_seconds", "strategy", "pipeline", "compiler", "n_shapes", "n_compiles", "cache_hits")
         print(json.dumps({"model": args.model, "data": data_name, "split": args.split, "dtype": args.dtype,
-                          "device": args.device, "compiler": args.compiler, "n_params": n_params,
-                          "load_seconds": load_s, **{k: result[k] for k in keep}}))
+                          "device": args.device, "n_params": n_params, "load_seconds": load_s,
+                          **{k: result[k] for k in keep}, **check}))
         return 0
     print(f"scoring {result['strategy']}  batch_size={args.batch_size}  requests={result['n_requests']}  "
           f"tokens processed={result['tokens_processed']} (scored {result['tokens_scored']})")
     if result["pipeline"]:
-        print(f"passes  {' + '.join(result['pipeline'])}  compiler={args.compiler}  "
-              f"capture + passes {result['setup_seconds']:.1f}s  batch shapes={result['n_shapes']}")
+        print(f"passes  {' + '.join(result['pipeline'])}")
+        print(f"        compiler={result['compiler']}  capture + passes {result['setup_seconds']:.1f}s  "
+              f"batch shapes={result['n_shapes']}  {_compiles(result)}")
     print(f"acc       {result['acc']:.4f}")
     print(f"acc_norm  {result['acc_norm']:.4f}")
     print(f"items     {result['n_items']}")
     print(f"time      {s:.2f}s  ({result['n_items'] / s:.1f} items/s, {result['tokens_processed'] / s:.0f} tokens/s)")
+    if check:
+        print(f"check     agree {check['agree']:.4f} with the per-pair eager reference (acc {check['reference_acc']:.4f}, "
+              f"acc_norm {check['reference_acc_norm']:.4f}); max |dloglik| {check['max_abs_dloglik']:.3g}")
     return 0
+
+
+def _compiles(result: dict) -> str:
+    n, hits = result["n_compiles"], result["cache_hits"]
+    return f"compiles={n}" + (f" ({hits} from the cache)" if n else "")
+
+
+def _check(model, tokenizer, rows, args, result) -> dict:
+    """Score the per-pair eager reference too: the share of rows whose acc and acc_norm choices both
+    agree, and the largest |log-likelihood difference| over all endings."""
+    from graphopt.scoring import evaluate
+    from graphopt.scoring.metrics import same_choices
+    ref = evaluate(model, tokenizer, rows, device=args.device, progress=not args.no_progress, add_bos=args.add_bos)
+    agree = same_choices(result, ref)
+    diff = max(abs(a - b) for got, want in zip(result["loglik"], ref["loglik"]) for a, b in zip(got, want))
+    return {"agree": sum(agree) / len(agree), "max_abs_dloglik": diff, "reference_acc": ref["acc"],
+            "reference_acc_norm": ref["acc_norm"], "reference_seconds": ref["seconds"]}

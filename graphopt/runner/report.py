@@ -11,7 +11,7 @@ import pandas as pd
 from graphopt.runner.store import load_results
 
 TABLE_COLUMNS = ["run", "passes", "scoring", "dtype", "status", "acc", "acc_norm", "agree", "max_abs_dloglik",
-                 "within_tolerance", "latency_s", "speedup", "items_per_s", "tokens_per_s", "compile_s",
+                 "within_tolerance", "latency_s", "speedup", "items_per_s", "tokens_per_s", "compile_s", "n_compiles",
                  "peak_mem_mb", "n_params"]
 
 

@@ -8,10 +8,20 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from graphopt.compile_cache import count_compiles
 from graphopt.scoring.batch import ScoreBatch, ScoreModule, sum_by_owner
 from graphopt.scoring.metrics import choice_metrics
 from graphopt.scoring.requests import build_requests
 from graphopt.scoring.strategies import build_batches, strategy_options as strategy_options_of
+
+
+def auto_pipeline(device) -> tuple[str, str]:
+    """The fastest exact path (answers equal to the per-pair reference in fp32) for a device, compile
+    included: (pipeline, compiler). CPU: exact-cpu, no compiler: its oneDNN matmuls on weights packed
+    once match inductor-frozen's speed without its compile (which inductor cannot cache). CUDA: gpu
+    (exact + the block-skipping attention kernel), run as the FX graph: 62 % MFU on an H100 with no
+    compile (benchmarks/RESULTS.md)."""
+    return ("gpu", "none") if torch.device(device).type == "cuda" else ("exact-cpu", "none")
 
 
 def _specs(pipeline) -> list:
@@ -62,16 +72,20 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
     "padded"; any name in STRATEGIES, its other options as keyword arguments (batch_size goes to
     strategies that take one). add_bos: see build_requests (off, as lm-eval). Pairs longer than
     model.args.max_seq_len are left-truncated. pipeline (None: the eager model): a named pipeline or
-    pass list, run through graphopt.optimize with `compiler`.
+    pass list, run through graphopt.optimize with `compiler`; "auto": the fastest exact path for the
+    device (auto_pipeline).
     Returns acc, acc_norm, loglik (per row, 4 floats), choices (argmax per row), choices_norm,
     n_items, n_requests, tokens_scored (continuation tokens), tokens_processed (input tokens incl.
     padding), seconds (scoring, device-synchronised: a compiler's work on the first calls included),
-    setup_seconds (capture + passes), strategy, pipeline (the passes' labels), n_shapes (distinct batch
-    shapes).
+    setup_seconds (capture + passes), strategy, pipeline (the passes' labels), compiler, n_shapes
+    (distinct batch shapes), n_compiles / cache_hits (compiles done while scoring, and how many came
+    from the compile cache).
     """
     if any(getattr(r, "label", 0) < 0 for r in rows):
         raise ValueError("rows without labels (label -1, e.g. the HellaSwag test split) cannot be scored for "
                          "accuracy; use the validation split")
+    if pipeline == "auto":
+        pipeline, compiler = auto_pipeline(device)
     if strategy is None:
         strategy = "packed" if pipeline is not None else "per_pair" if batch_size == 1 else "padded"
     if "batch_size" in strategy_options_of(strategy):
@@ -95,7 +109,8 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
     _sync(device)
     setup_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    loglik = score_requests(scorer, batches, len(requests), progress=progress, device=device)
+    with count_compiles() as compiled:
+        loglik = score_requests(scorer, batches, len(requests), progress=progress, device=device)
     _sync(device)
     seconds = time.perf_counter() - start
 
@@ -108,6 +123,9 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
         setup_seconds=setup_seconds,
         strategy=strategy,
         pipeline=[s.label() for s in _specs(pipeline)],
+        compiler=compiler,
+        n_compiles=compiled.compiles,
+        cache_hits=compiled.cache_hits,
         n_shapes=len({tuple(tuple(t.shape) for t in b.model_inputs()) for b in batches}),
     )
     return result

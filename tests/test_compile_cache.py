@@ -1,0 +1,66 @@
+"""The compile cache kept across runs (graphopt.compile_cache): a second process with the same model,
+pipeline and shapes takes its compile from the cache; two processes filling it at once both succeed
+and leave it usable; corrupt entries are misses that get rebuilt; a folder that cannot be written
+means compiling without the cache, said once, not an error. Each run is `graphopt eval` in a fresh
+process, as a user runs it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EVAL = [sys.executable, "-m", "graphopt", "eval", "--model", "tiny", "--limit", "4", "--no-progress",
+        "--pipeline", "exact", "--compiler", "inductor", "--output", "json"]
+
+
+def _env(cache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    return dict(env, GRAPHOPT_CACHE_DIR=str(cache))
+
+
+def _run(cache: Path) -> dict:
+    done = subprocess.run(EVAL, env=_env(cache), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {**json.loads(done.stdout), "stderr": done.stderr}
+
+
+def test_second_process_hits_concurrent_fill_and_corrupt_entries(tmp_path):
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen(EVAL, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # two processes fill the empty cache at once
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    cold = [json.loads(o[0]) for o in outs]
+    assert all(c["n_compiles"] == 1 for c in cold) and cold[0]["acc"] == cold[1]["acc"]
+    folder = next(cache.glob("inductor-torch*"))
+    assert list((folder / "fxgraph").rglob("*")), "nothing was written to the FX graph cache"
+
+    warm = _run(cache)
+    assert warm["n_compiles"] == 1 and warm["cache_hits"] == 1
+    assert (warm["acc"], warm["acc_norm"]) == (cold[0]["acc"], cold[0]["acc_norm"])
+
+    for f in list((folder / "fxgraph").rglob("*")) + list((folder / "aotautograd").rglob("*")):
+        if f.is_file():
+            f.write_bytes(b"not a cache entry")
+    rebuilt = _run(cache)
+    assert rebuilt["cache_hits"] == 0 and (rebuilt["acc"], rebuilt["acc_norm"]) == (warm["acc"], warm["acc_norm"])
+    assert _run(cache)["cache_hits"] == 1  # rebuilt entries are good again
+
+
+def test_a_cache_folder_that_cannot_be_written_compiles_without_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = _run(blocker / "cache")  # a folder under a regular file cannot be made
+    assert out["n_compiles"] == 1 and out["cache_hits"] == 0
+    assert out["stderr"].count("cannot be written") == 1 and "without it" in out["stderr"]
+
+
+def test_cache_command_shows_and_clears(tmp_path, capsys, monkeypatch):
+    from graphopt.cli import main
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "c"))
+    (tmp_path / "c" / "inductor-torchX").mkdir(parents=True)
+    (tmp_path / "c" / "inductor-torchX" / "entry").write_bytes(b"0" * 2**20)
+    assert main(["cache"]) == 0
+    assert str(tmp_path / "c") in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == 0
+    assert "1.0 MiB" in capsys.readouterr().out and not (tmp_path / "c").exists()
