@@ -2,7 +2,6 @@
 relative to the YAML file) registers it, the loader checks it like any pass, and the worker processes
 import it too, so the run rewrites the graph with it."""
 import json
-import textwrap
 
 import pytest
 
