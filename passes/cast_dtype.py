@@ -1,8 +1,9 @@
 """cast_dtype: run the matmuls in bfloat16/float16 (exact=False) as a graph rewrite.
 
-- Weights (and biases) of every linear / embedding / graphopt.linear_logprob are cast to `dtype`
-  (tied weights stay one tensor). Other parameters (norm weights) and buffers (RoPE tables) stay
-  float32.
+- Weights (and biases) of every linear / embedding / graphopt.linear_logprob are cast to `dtype`.
+  A tied table is cast once and replaced under every name the graph holds it by (export keeps
+  model.tok_embeddings.weight unread next to model.output.weight): one bf16 table, no float32 one
+  left behind. Other parameters (norm weights) and buffers (RoPE tables) stay float32.
 - Activations: an activation entering a linear (or a matmul whose other side is in `dtype`) in
   float32 gets a cast to `dtype` inserted before it, so linears and attention matmuls compute in
   `dtype`.
@@ -23,7 +24,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.pipeline import PassContext, PassOption, PassResult, register_pass
-from graphopt.graph_attrs import attr, set_attr
+from graphopt.graph_attrs import attr, replace_tensor
 from ._edit import set_val
 from ._ops import ASSERT_META, EMBEDDING, LINEAR, aten, val
 from ._weights import param_bytes
@@ -111,16 +112,13 @@ def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
                if isinstance(a, Node)]
     out_dtypes = {a: val(a).dtype for a in outputs if val(a) is not None}
 
-    cast_done: dict[int, torch.Tensor] = {}
     tensors_cast = 0
     for w in _weight_nodes(gm):
         t = attr(gm, w.target)
-        if not t.is_floating_point() or t.dtype == dtype:
+        if not t.is_floating_point() or t.dtype == dtype:  # (a tied weight's other names: cast already)
             continue
-        if id(t) not in cast_done:  # tied weights: one cast tensor for all targets
-            cast_done[id(t)] = t.detach().to(dtype)
-            tensors_cast += 1
-        set_attr(gm, w.target, cast_done[id(t)])
+        replace_tensor(gm, t, t.detach().to(dtype))  # under every name it has: tied weights stay one tensor
+        tensors_cast += 1
     if not tensors_cast:
         return PassResult(gm, False, {"matches": 0, "param_bytes_before": bytes_before, "param_bytes_after": bytes_before})
     _undo_noop_float_alias(gm)

@@ -13,6 +13,13 @@ so outputs move by fp32 rounding (the pass is exact: within 1e-4 of the graph be
 The packed weights are oneDNN tensors: run the result as the FX graph (compiler none);
 inductor-frozen packs weights itself. Run it after every pass that looks for linears or casts their
 weights.
+
+Every weight is held once, packed (its float original is dropped from the graph under every name
+it had), except two tensors that are held twice by necessity, since a packed tensor cannot be
+indexed: the head inside linear_logprob (packed for the logits, plain [V, D] for W[t]), and a tied
+table whose head is a plain linear (packed for the head, plain for the embedding lookup). A tied
+head inside linear_logprob reads the table the lookup reads: still two, not three. n_params (the
+runner's count_params) counts the packed buffers with the parameters.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from torch.fx import GraphModule
 
 import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.linear_logprob)
 
-from graphopt.graph_attrs import attr
+from graphopt.graph_attrs import attr, targets_holding
 from graphopt.pipeline import PassContext, PassError, PassResult, after, register_pass
 from ._edit import drop_unused_attrs, insert_call
 from ._ops import linear_parts
@@ -46,7 +53,7 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
     if not torch.backends.mkldnn.is_available():
         raise PassError("mkldnn_linear needs a torch build with oneDNN (mkldnn)")
-    packed: dict[str, str] = {}  # weight target -> packed target (a tied weight is packed once)
+    packed: dict[int, str] = {}  # id(weight) -> packed target (a weight under several names is packed once)
     old, matches = set(), 0
     for node in list(gm.graph.nodes):
         parts = linear_parts(gm, node)
@@ -56,23 +63,23 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
         weight = attr(gm, w_target)
         if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16) or weight.dim() != 2:
             continue
-        if w_target not in packed:
-            packed[w_target] = _register_packed(gm, w_target, "mkldnn", _pack(weight))
+        if id(weight) not in packed:
+            packed[id(weight)] = _register_packed(gm, w_target, "mkldnn", _pack(weight))
+            old.update(targets_holding(gm, weight))  # every name of it: none keeps an unread float copy
         with gm.graph.inserting_before(node):
-            w_node = gm.graph.get_attr(packed[w_target])
+            w_node = gm.graph.get_attr(packed[id(weight)])
         b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         new = insert_call(gm, node, LINEAR_POINTWISE, (x, w_node, b, "none", [], ""))
         if "val" in node.meta:  # the packed weight has no fake value; the output is the linear's
             new.meta["val"] = node.meta["val"]
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
-        old.add(w_target)
         matches += 1
     for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target is LINEAR_LOGPROB]:
         matches += _packed_head(gm, node)
     for n in [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]:
         gm.graph.erase_node(n)
-    drop_unused_attrs(gm, old)
+    drop_unused_attrs(gm, old)  # float weights nothing reads now (a table the embedding reads stays)
     return PassResult(gm, matches > 0, {"matches": matches})
 
 

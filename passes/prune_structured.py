@@ -14,7 +14,8 @@ Only weights (qkv biases too) are replaced: the model's head views are [B, T, -1
 The one head count export records as a literal, RoPE's [B, T, H, -1, 2] reshape, takes its input's
 new size when fake values are re-propagated (_edit.refit_vals); a graph that no longer fits is a PassError.
 Weights are found by their Meta checkpoint names (layers.N.attention.wq.weight, ...), so this must
-run before merge_qkv / merge_gate_up, which replace them.
+run before merge_qkv / merge_gate_up, which replace them. The embedding table and the LM head are
+not touched (a tied table stays one tensor).
 stats: params_before, params_after, params_removed, ffn_channels_removed, kv_groups_removed.
 """
 from __future__ import annotations

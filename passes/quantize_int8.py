@@ -10,6 +10,11 @@ that look for linears (merge_qkv, merge_gate_up, prune_lm_head, fused_logprob, t
 prune_structured: each raises a PassError naming this order when it comes after), and after
 cast_dtype, so that the attention and the residual stream stay in bf16 and only the matmuls change. The LM head inside graphopt.linear_logprob is not a linear and stays as
 it is. Option `exclude`: comma-separated substrings of weight names to keep in floating point.
+Tied embeddings: an LM head still a linear (no fused_logprob) is quantised, and the embedding lookup
+still reads the float table, so the graph holds that table twice by necessity: int8 codes [D, V] +
+scales [V] for the head next to the float [V, D] table (n_params counts both). To keep one float
+table, exclude the head by its name ('output'; 'tok_embeddings' in a dynamo capture, which names
+the tied table once).
 stats: matches (linears quantised), param_bytes_before / param_bytes_after.
 
 On CUDA it needs int8 tensor cores (torch._int_mm: Turing or newer; a V100 has none) and is not yet
@@ -23,7 +28,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.kernels.int8_linear import quantize_weight
-from graphopt.graph_attrs import attr
+from graphopt.graph_attrs import attr, targets_holding
 from graphopt.pipeline import PassContext, PassOption, PassResult, after, register_pass
 from ._edit import add_parameter, drop_unused_attrs, fake_mode, insert_call, set_val
 from ._ops import linear_parts, val
@@ -60,20 +65,22 @@ def quantize_int8(gm: GraphModule, ctx: PassContext) -> PassResult:
     exclude = [s.strip() for s in str(ctx.options.get("exclude", "")).split(",") if s.strip()]
     bytes_before = param_bytes(gm)
     mode = fake_mode(gm)
-    done: dict[str, tuple[str, str]] = {}  # weight target -> (int8 target, scale target); tied weights once
+    done: dict[int, tuple[str, str]] = {}  # id(weight) -> (int8 target, scale target): a tensor under two names once
     old, matches = set(), 0
     for node in list(gm.graph.nodes):
         if not _quantizable(gm, node, exclude):
             continue
         x, w = node.args[0], node.args[1]
         b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        if w.target not in done:
+        weight = attr(gm, w.target)
+        if id(weight) not in done:
             owner, _, leaf = w.target.rpartition(".")
-            w_int8, w_scale = quantize_weight(attr(gm, w.target))  # [K, N] int8, [N] float32
-            done[w.target] = (add_parameter(gm, owner, f"{leaf}_int8", w_int8),
-                              add_parameter(gm, owner, f"{leaf}_int8_scale", w_scale))
+            w_int8, w_scale = quantize_weight(weight)  # [K, N] int8, [N] float32
+            done[id(weight)] = (add_parameter(gm, owner, f"{leaf}_int8", w_int8),
+                                add_parameter(gm, owner, f"{leaf}_int8_scale", w_scale))
+            old.update(targets_holding(gm, weight))  # every name of it: none keeps the float weight alive
         attrs = []
-        for target in done[w.target]:
+        for target in done[id(weight)]:
             with gm.graph.inserting_before(node):
                 attrs.append(gm.graph.get_attr(target))
             set_val(gm, attrs[-1], mode)
@@ -82,9 +89,8 @@ def quantize_int8(gm: GraphModule, ctx: PassContext) -> PassResult:
         gm.graph.erase_node(node)
         if not w.users:
             gm.graph.erase_node(w)
-        old.add(w.target)
         matches += 1
-    drop_unused_attrs(gm, old)
+    drop_unused_attrs(gm, old)  # float weights no node reads any more (a tied table the embedding reads stays)
     gm.graph.lint()
     gm.recompile()
     return PassResult(gm, bool(matches), {"matches": matches, "param_bytes_before": bytes_before,

@@ -8,10 +8,19 @@ graphopt.distributed.plan, which the shard loader uses too); one small function 
   vocab      output (vocab_parallel): rows cut along the vocab; the log_softmax + gather below it (or
              graphopt.logprob / linear_logprob) becomes a log-sum-exp over all-reduces: no full logits.
   embedding  tok_embeddings (embedding_parallel, Meta's layout): cut along dim, all-gather after the lookup.
+             Not with tied embeddings and a whole LM head (no vocab_parallel): the head keeps the whole
+             table on every rank, so the lookup reads it and a cut would only add a copy.
   repeat     repeat_interleave's n_rep, the GQA literal: the local ratio where kv heads are replicated
              (n_kv_heads < world_size).
 The model's head views are [B, T, -1, D] and follow the cut weights; RoPE's [B, T, H, -1, 2] takes
 its input's local head count when fake values are re-propagated (_edit.refit_vals).
+
+Tied embeddings: the LM head and the lookup read one [V, D] table, which stays one tensor unless the
+two are cut differently, and then each holds only its own cut: vocab_parallel gives the head a
+[V/ws, D] slice while the lookup reads the whole table (two tensors by design); with
+embedding_parallel too, the lookup gets a [V, D/ws] slice and the whole table is released. A full
+tensor that was cut is dropped under every name nothing reads any more (export also keeps a tied
+table's unread model.tok_embeddings.weight name).
 
 Rank / world size come from ctx; the group is torch.distributed's default group, which must be
 initialised (graphopt.distributed.launch). Weights may be real (sliced here, the full tensor released)
@@ -29,9 +38,9 @@ import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.*)
 from graphopt.distributed.collectives import insert_all_gather_last_dim, insert_all_reduce, \
     insert_vocab_parallel_logprob
 from graphopt.distributed.plan import checkpoint_key, head_layout, shard_slice
-from graphopt.graph_attrs import attr, set_attr
+from graphopt.graph_attrs import attr, set_attr, targets_holding
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
-from ._edit import add_parameter, refit_vals, splits_last_dim
+from ._edit import add_parameter, drop_unused_attrs, refit_vals, splits_last_dim
 from ._ops import EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE, aten, is_op
 from ._weights import param_bytes
 
@@ -88,6 +97,7 @@ def _linear_site(lin: Node, sl) -> Site | None:
 
 def plan(gm: GraphModule, args, ws: int, rank: int, vp: bool, ep: bool) -> list[Site]:
     """The nodes rank rewrites, in graph order, with the slice of every weight they read."""
+    ep = ep and (vp or not args.tie_embeddings)  # a whole tied head keeps the whole table: the lookup reads it
     sl = lambda key: shard_slice(key, args, ws, rank, vp, ep)
     n_rep = head_layout(args, ws, rank).n_rep
     sites = []
@@ -208,7 +218,8 @@ def _world(ws: int, rank: int) -> World:
                options={"vocab_parallel": PassOption(bool, False, "cut the LM head along the vocab and compute the "
                                                      "log-prob with all-reduces of max / sum-exp / target logit"),
                         "embedding_parallel": PassOption(bool, False, "cut tok_embeddings along dim (Meta's shard "
-                                                         "layout) and all-gather after the lookup")},
+                                                         "layout) and all-gather after the lookup (a tied "
+                                                         "table stays whole unless vocab_parallel)")},
                shards="tensor")
 def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
     if ctx.world_size == 1:
@@ -221,10 +232,12 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
     splits = [n for n in gm.graph.nodes if splits_last_dim(n)]  # RoPE's [B, T, H, -1, 2], before H changes
     stats = dict.fromkeys(("column", "row", "merged", "views", "all_reduce", "vocab_logprob", "embedding"), 0)
     stats["param_bytes_before"] = param_bytes(gm)
+    full = [attr(gm, n.target) for s in sites for n in (s.weight, s.bias) if n is not None]
     for site in sites:
         for k, v in REWRITE[site.kind](gm, site, world).items():
             stats[k] += v
     gm.graph.eliminate_dead_code()
+    drop_unused_attrs(gm, [name for t in {id(t): t for t in full}.values() for name in targets_holding(gm, t)])
     gm.recompile()
     try:
         stats["views"] += refit_vals(gm, splits)

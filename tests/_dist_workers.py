@@ -201,3 +201,41 @@ def pipeline_worker(preset: str, n_layers: int, n_micro_list):
     diffs = [(run_pipeline_rank(split, inputs, m) - ref).abs().max().item() for m in n_micro_list]
     return {"diffs": diffs, "layer_bytes_full": full, "layer_bytes_mine": mine, "matches": recs[0].matches,
             "stages": sorted(n for n, _ in split.named_children() if n.startswith("submod_"))}
+
+
+def tied_tp_worker(preset: str, cases):
+    """cases: [tensor_parallel options]. A tied model captured once (export), sharded per case. Per
+    case: the log-prob diff against the unsharded graph; what the rank holds (runner count_params);
+    the shapes of the distinct storages holding (a cut of) the [V, D] table; whether the token
+    lookup and the LM head read one storage; the pass's embedding / vocab_logprob counts."""
+    import copy
+    from graphopt.graph_attrs import attr
+    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.runner.worker import count_params
+    aten = torch.ops.aten
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    args, sm = build_score_module(preset)
+    V, D = args.vocab_size, args.dim
+    cuts = {(V, D), (V // ws, D), (V, D // ws)}  # whole table, vocab slice (head), dim slice (lookup)
+    inputs = example_batch(args)
+    gm0 = capture_graph(sm, inputs)
+    with torch.no_grad():
+        ref = gm0(*inputs)
+    out = []
+    for options in cases:
+        gm, recs = run_passes(copy.deepcopy(gm0), [("tensor_parallel", dict(options))],
+                              PassContext(example_inputs=inputs, model_args=args, rank=rank, world_size=ws))
+        with torch.no_grad():
+            diff = (gm(*inputs) - ref).abs().max().item()
+        reads = {}  # role -> storage of the tensor its get_attr reads
+        for n in gm.graph.nodes:
+            w = n.args[0] if n.target is aten.embedding.default else n.args[1] if n.target is aten.linear.default else None
+            if isinstance(w, torch.fx.Node) and w.op == "get_attr" and tuple(attr(gm, w.target).shape) in cuts:
+                reads["lookup" if n.target is aten.embedding.default else "head"] = \
+                    attr(gm, w.target).untyped_storage().data_ptr()
+        held = [t for _, t in gm.named_parameters(remove_duplicate=False)]
+        tables = {t.untyped_storage().data_ptr(): tuple(t.shape) for t in held if tuple(t.shape) in cuts}
+        out.append({"options": dict(options), "diff": diff, "n_params": count_params(gm),
+                    "table_shapes": sorted(tables.values()), "one_storage": reads["lookup"] == reads["head"],
+                    "embedding": recs[0].stats["embedding"], "vocab_logprob": recs[0].stats["vocab_logprob"]})
+    return out

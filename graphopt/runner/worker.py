@@ -66,18 +66,25 @@ def loads_only_its_shard(exp: ExperimentConfig, run: ResolvedRun) -> bool:
 
 
 def count_params(*modules) -> int:
-    """Parameters of the first module that has any (the optimised graph after pruning, else the model)."""
+    """Parameters of the first module that has any (the optimised graph after pruning, else the model):
+    what it holds in memory, each storage once (graph_attrs.held_numel: a tied embedding / LM head
+    table is one table however many names or Parameter objects read it), the weights mkldnn_linear
+    packed into oneDNN buffers included."""
+    from graphopt.graph_attrs import held_numel
+
     for m in modules:
         if m is None or not hasattr(m, "parameters"):
             continue
-        seen, total = set(), 0
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
+        params = [t for _, t in m.named_parameters(remove_duplicate=False)]
+        packed = [t for _, t in m.named_buffers(remove_duplicate=False) if t.is_mkldnn]
+        total = held_numel(params + packed)
         if total:
             return total
     return 0
+
+
+def _shape(batch) -> tuple:
+    return tuple(tuple(t.shape) for t in batch.model_inputs())
 
 
 def first_calls(fn, batches, device) -> tuple[float, int]:
@@ -91,7 +98,7 @@ def first_calls(fn, batches, device) -> tuple[float, int]:
     seconds, seen = 0.0, set()
     with torch.inference_mode():
         for b in batches:
-            shape = tuple(tuple(t.shape) for t in b.model_inputs())
+            shape = _shape(b)
             if shape not in seen:
                 seen.add(shape)
                 seconds += timed(lambda: fn(*b.model_inputs()), device)[1]
@@ -102,6 +109,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     import torch
 
     from graphopt.checkpoints import load_model, load_model_structure
+    from graphopt.compile_cache import count_compiles
     from graphopt.data import load_hellaswag
     from graphopt.optimize_model import optimize
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
@@ -142,14 +150,18 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
                                          run.compiler, capture=run.capture, rank=rank, world_size=exp.world_size,
                                          model_args=getattr(model, "args", None), load_weights=load_weights,
                                          device=device), device)
-    first_call_s, n_shapes = first_calls(fn, batches, device)
-    for _ in range(exp.warmup):
-        score_requests(fn, batches, n_req, progress=False, device=device)
-    times, loglik = [], None
-    for i in range(exp.repeats):
-        desc = f"  {run.name} [{i + 1}/{exp.repeats}]"
-        loglik, t = timed(lambda: score_requests(fn, batches, n_req, show, device, desc).numpy(), device)
-        times.append(t)
+    # the eager reference (nothing to compile or warm) is scored once: its one pass is its timing
+    once = run.is_reference and run.capture == "none" and run.compiler == "none"
+    repeats = 1 if once else exp.repeats
+    with count_compiles() as compiled:
+        first_call_s, n_shapes = (0.0, len({_shape(b) for b in batches})) if once else first_calls(fn, batches, device)
+        for _ in range(0 if once else exp.warmup):
+            score_requests(fn, batches, n_req, progress=False, device=device)
+        times, loglik = [], None
+        for i in range(repeats):
+            desc = f"  {run.name} [{i + 1}/{repeats}]"
+            loglik, t = timed(lambda: score_requests(fn, batches, n_req, show, device, desc).numpy(), device)
+            times.append(t)
     sync(device)
     assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
 
@@ -167,7 +179,8 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     return {
         "status": "ok", "error": "",
         "n_items": len(rows), "n_requests": n_req, "n_tokens": n_tokens, "n_batches": len(batches),
-        "n_shapes": n_shapes,
+        "n_shapes": n_shapes, "n_compiles": compiled.compiles, "cache_hits": compiled.cache_hits,
+        "timed_passes": repeats,
         "acc": float(metrics["acc"]), "acc_norm": float(metrics["acc_norm"]),
         "agree": agree, "max_abs_dloglik": max_d,
         "latency_s": latency, "latency_min_s": float(min(times)),
