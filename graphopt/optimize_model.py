@@ -20,7 +20,8 @@ from torch import nn
 from torch.fx import GraphModule
 
 from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
-from graphopt.pipeline import PassContext, PassError, PassRecord, check_order, parse_pipeline, run_passes
+from graphopt.pipeline import (PassContext, PassError, PassRecord, check_compiler_fits, check_order,
+                               parse_pipeline, run_passes)
 
 CAPTURES = ("export", "dynamo", "none")
 
@@ -87,6 +88,7 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
     specs = parse_pipeline(pipeline)
     check_order(specs)
     check_compiler(compiler)
+    check_compiler_fits(specs, compiler)
     if capture not in CAPTURES:
         raise ValueError(f"unknown capture {capture!r}; expected one of {', '.join(CAPTURES)}")
     if model_args is None:

@@ -106,6 +106,7 @@ class PassInfo:
     rules: tuple[OrderRule, ...] = ()
     dtype: Callable[[dict, str], str] | None = None  # (options, dtype before) -> dtype the model computes in after
     shards: str | None = None  # "tensor" | "pipeline": splits the model over ctx.world_size ranks
+    compilers: tuple[str, ...] | None = None  # the compilers its output can run under (None: any)
 
 
 _REGISTRY: dict[str, PassInfo] = {}
@@ -114,7 +115,7 @@ _PIPELINES: dict[str, tuple[str, list]] = {}  # name -> (description, raw specs)
 
 def register_pass(name: str, description: str, options: dict[str, PassOption] | None = None, exact: bool = True,
                   order: tuple | list = (), dtype: Callable[[dict, str], str] | None = None,
-                  shards: str | None = None):
+                  shards: str | None = None, compilers: tuple[str, ...] | None = None):
     """Decorator: register `fn(gm, ctx) -> PassResult` under `name` with a one-line description,
     its options, its order rules (`before(...)`, `after(...)`, `requires(...)`), the dtype it makes
     the model compute in (a function of its options and the dtype before it) and what it shards."""
@@ -136,7 +137,8 @@ def register_pass(name: str, description: str, options: dict[str, PassOption] | 
             raise ValueError(f"pass {name!r} registered twice")
         if name in _PIPELINES:
             raise ValueError(f"pass {name!r} has the name of a named pipeline")
-        _REGISTRY[name] = PassInfo(name, fn, description, dict(options or {}), exact, tuple(rules), dtype, shards)
+        _REGISTRY[name] = PassInfo(name, fn, description, dict(options or {}), exact, tuple(rules), dtype, shards,
+                                   compilers)
         return fn
     return wrap
 
@@ -336,6 +338,14 @@ def check_order(specs: list[PassSpec], applied: list[str] | tuple = ()) -> None:
         if first_at and first_at[-1] > then_at[0]:
             raise PassError(f"{r.first} must run before {r.then}: {r.why} (pipeline: {seq}; use the order "
                             f"[..., {r.first}, ..., {r.then}, ...])")
+
+
+def check_compiler_fits(specs: list[PassSpec], compiler: str) -> None:
+    """Raise a PassError when a pass of the pipeline declared that its output cannot run under `compiler`."""
+    for spec in specs:
+        allowed = spec.info.compilers
+        if allowed is not None and compiler not in allowed:
+            raise PassError(f"pass {spec.name!r} runs only with compiler {' or '.join(allowed)}, not {compiler!r}")
 
 
 def pipeline_dtype(specs: list[PassSpec], load_dtype: str) -> str:

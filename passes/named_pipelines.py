@@ -13,8 +13,9 @@ register_pipeline("exact-cpu", "exact + mkldnn_linear: every matmul on oneDNN we
                   EXACT + ["mkldnn_linear"])
 register_pipeline("fast", "exact + matmuls and attention in bfloat16 (norms, softmax, log-probs stay float32)",
                   EXACT + [{"name": "cast_dtype", "dtype": "bfloat16"}])
-register_pipeline("fast-cpu", "fast with the attention in float32 (on CPU the bf16 attention kernel is slower)",
-                  EXACT + [{"name": "cast_dtype", "dtype": "bfloat16", "attention": "float32"}])
+register_pipeline("fast-cpu", "fast with the attention in float32 (on CPU the bf16 attention kernel is slower) "
+                  "and the matmuls on packed oneDNN weights (mkldnn_linear)",
+                  EXACT + [{"name": "cast_dtype", "dtype": "bfloat16", "attention": "float32"}, "mkldnn_linear"])
 register_pipeline("int8", "fast-cpu + W8A8 int8 linears (int32 accumulation; compile with inductor)",
                   EXACT + [{"name": "cast_dtype", "dtype": "bfloat16", "attention": "float32"}, "quantize_int8"])
 register_pipeline("gpu", "exact + prefix_attention: the block-skipping attention kernel driven by the packed "

@@ -49,3 +49,11 @@ def test_before_a_linear_pass_is_refused_up_front():
     args, score, inputs, owners, nq, nc, captured = _setup("tiny")
     with pytest.raises(PassError, match="merge_qkv must run before mkldnn_linear"):
         run_passes(copy.deepcopy(captured), ["mkldnn_linear", "merge_qkv"], PassContext(example_inputs=inputs))
+
+
+def test_a_compiler_that_cannot_run_it_is_refused_up_front():
+    """inductor (unfrozen) cannot lower the oneDNN-packed weights; the pass says so when it registers."""
+    import graphopt
+    args, score, inputs, owners, nq, nc, captured = _setup("tiny")
+    with pytest.raises(PassError, match="mkldnn_linear' runs only with compiler none or inductor-frozen, not 'inductor'"):
+        graphopt.optimize(score, inputs, "exact-cpu", compiler="inductor")

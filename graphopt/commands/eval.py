@@ -92,9 +92,10 @@ def main(args) -> int:
             pipeline = "exact" if pipeline == "gpu" else pipeline  # prefix_attention needs the packed layout
     compiler = compiler or "none"
     if pipeline not in (None, "auto"):  # a bad pipeline is reported before anything loads
-        from graphopt.pipeline import PassError, check_order, parse_pipeline
+        from graphopt.pipeline import PassError, check_compiler_fits, check_order, parse_pipeline
         try:
             check_order(parse_pipeline(pipeline))
+            check_compiler_fits(parse_pipeline(pipeline), compiler)
         except PassError as e:
             raise UserError(f"--pipeline {args.pipeline!r}: {e}") from e
     rows = load_hellaswag(args.data, split=args.split, limit=args.limit)  # data errors first: cheaper

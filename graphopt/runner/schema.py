@@ -241,12 +241,13 @@ def _parse_passes(passes, path: tuple, where: _Where) -> list:
 
 def _check_order(cfg: ExperimentConfig, where: _Where) -> None:
     """Every run the sweep makes (generated ones too) keeps its passes' declared order rules."""
-    from graphopt.pipeline import PassError, check_order
+    from graphopt.pipeline import PassError, check_compiler_fits, check_order
     from graphopt.runner.sweep import expand
 
     for run in expand(cfg):
         try:
             check_order(run.passes)
+            check_compiler_fits(run.passes, run.compiler)
         except PassError as e:
             raise ConfigError(f"{where(run.where)}: run {run.name!r}: {e}") from None
 

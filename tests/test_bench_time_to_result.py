@@ -1,0 +1,95 @@
+"""benchmarks/time_to_result.py: the model directory and tokenizer it writes load in graphopt (same logits
+as the preset) and in transformers (same token ids), its data has HellaSwag's token lengths, one timed
+`graphopt eval` subprocess parses and matches the in-process scores, and the table's ratios and
+agreement column. The whole --quick run with lm-eval is marked slow."""
+import json
+
+import pytest
+import torch
+
+import graphopt
+from benchmarks import _ttr_setup as setup
+from benchmarks.time_to_result import (REFERENCE, add_ratios, cache_env, graphopt_argv, main, markdown_table,
+                                       parse_graphopt, run_timed)
+from graphopt.checkpoints.tokenizers import HFTokenizer, load_tokenizer
+from graphopt.data import load_hellaswag
+from graphopt.data.hellaswag import format_row
+from graphopt.scoring import build_requests, evaluate
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return setup.write_model_dir(tmp_path_factory.mktemp("ttr") / "model", "tiny")
+
+
+def test_model_dir_loads_in_graphopt_and_transformers(model_dir):
+    model, tok = graphopt.load_model(model_dir)
+    preset, _ = graphopt.load_model("tiny")
+    ids = torch.tensor([[3, 50, 200, 7, 511]])
+    torch.testing.assert_close(model(ids), preset(ids))  # the preset's weights, through the HF layout
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size <= model.args.vocab_size
+    assert (tok.bos_id, tok.eos_id) == (0, 1)
+    from transformers import AutoTokenizer
+    hf_tok = AutoTokenizer.from_pretrained(str(model_dir))
+    text = "Painting: The instructor puts down the window. A young child pours"
+    for s in (text, " a large bowl on the stage quickly."):
+        assert hf_tok.encode(s) == hf_tok.encode(s, add_special_tokens=False) == tok.encode(s)  # no BOS either way
+
+
+def test_data_has_hellaswag_token_lengths(model_dir):
+    tok = load_tokenizer(model_dir)
+    raw = setup.hellaswag_raw(40, tok.encode)
+    assert set(raw[0]) >= {"ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label", "split"}
+    requests = build_requests([format_row(doc, i) for i, doc in enumerate(raw)], tok)
+    ctx = [len(r.context_ids) for r in requests[::4]]
+    cont = [len(r.continuation_ids) for r in requests]
+    assert 40 <= min(ctx) and max(ctx) <= 110 and max(ctx) - min(ctx) > 20
+    assert 10 <= min(cont) and max(cont) <= 40 and max(cont) - min(cont) > 10
+    assert any(doc["source_id"].startswith("wikihow") for doc in raw)
+    assert raw == setup.hellaswag_raw(40, tok.encode)  # deterministic
+
+
+def test_one_graphopt_eval_subprocess_parsed(model_dir, tmp_path):
+    raw = setup.hellaswag_raw(4, load_tokenizer(model_dir).encode)
+    data = setup.write_jsonl(tmp_path / "hs.jsonl", raw)
+    run = run_timed(graphopt_argv(model_dir, data, 4, ["--pipeline", "none"]), cache_env(tmp_path / "cache"), 120)
+    assert run["rc"] == 0, run["stderr"][-2000:]
+    got = parse_graphopt(run, tmp_path)
+    model, tok = graphopt.load_model(model_dir)
+    want = evaluate(model, tok, load_hellaswag(data), strategy="per_pair", progress=False)
+    assert (got["acc"], got["acc_norm"]) == (want["acc"], want["acc_norm"])
+    assert run["wall_s"] > got["seconds"] > 0
+
+
+def _record(command, cold_s, warm_s, acc, acc_norm, kind="graphopt", error=None, **extra):
+    states = {s: {"wall_s": t, "error": error, "acc": acc, "acc_norm": acc_norm, **extra}
+              for s, t in (("cold", cold_s), ("warm", warm_s))}
+    return {"size": 4, "command": command, "kind": kind, **states, **({"batch_size": 8} if kind == "lm_eval" else {})}
+
+
+def test_table_ratios_and_agreement():
+    records = [_record("lm_eval hf bs 8", 20.0, 10.0, 0.25, 0.5, kind="lm_eval"),
+               _record(REFERENCE, 10.0, 5.0, 0.25, 0.5, n_compiles=0, setup_seconds=0.0, seconds=2.0),
+               _record("graphopt --pipeline fast", 4.0, 2.0, 0.5, 0.25, n_compiles=1, setup_seconds=1.5, seconds=1.0),
+               _record("graphopt broken", 1.0, 1.0, None, None, error="UserError: bad")]
+    add_ratios(records)
+    assert records[1]["cold"]["x_lm_eval"] == 2.0 and records[2]["warm"]["x_lm_eval"] == 5.0
+    assert records[3]["cold"]["x_lm_eval"] is None
+    lines = markdown_table(records).splitlines()
+    assert lines[3].startswith(f"| {REFERENCE} | 10.0 | 5.0 | 2.00 | 2.00 | 0.250 | 0.500 | same | 0 / 0 | 0.0 / 0.0 |")
+    assert "| Δ +25.0 / -25.0 pts | 1 / 1 | 1.5 / 1.5 | 1.0 / 1.0 |" in lines[4]
+    assert "error: UserError: bad" in lines[5]
+
+
+@pytest.mark.slow
+def test_quick_with_lm_eval(tmp_path):
+    pytest.importorskip("lm_eval")
+    out = tmp_path / "ttr.json"
+    assert main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    report = json.loads(out.read_text())
+    check = report["token_check"]
+    assert check["same_ids"] == check["same_text"] == check["n_requests"] == 80
+    records = {r["command"]: r for r in report["records"]}
+    assert not [c for c, r in records.items() if r["cold"]["error"] or r["warm"]["error"]]
+    assert "lm_eval hf bs 8" in records and REFERENCE in records
+    assert records["graphopt (default: exact-cpu, fp32)"]["d_acc"] == records["graphopt (default: exact-cpu, fp32)"]["d_acc_norm"] == 0
