@@ -64,3 +64,15 @@ def test_cache_command_shows_and_clears(tmp_path, capsys, monkeypatch):
     assert str(tmp_path / "c") in capsys.readouterr().out
     assert main(["cache", "--clear"]) == 0
     assert "1.0 MiB" in capsys.readouterr().out and not (tmp_path / "c").exists()
+
+
+def test_another_torch_version_gets_its_own_folder(monkeypatch, tmp_path):
+    """Entries of another torch build are never read: each version compiles into its own folder."""
+    import torch
+
+    from graphopt.compile_cache import inductor_dir
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path))
+    here = inductor_dir()
+    monkeypatch.setattr(torch, "__version__", "2.99.0+cpu")
+    other = inductor_dir()
+    assert here != other and here.parent == other.parent == tmp_path and "2.99.0" in other.name
