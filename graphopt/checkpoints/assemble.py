@@ -15,7 +15,7 @@ from torch import Tensor
 
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.model import ModelArgs, Transformer
-from graphopt.model.llama import rope_tables
+from graphopt.model.llama import model_rope_tables
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -91,8 +91,7 @@ def materialize(args: ModelArgs, sources: dict[str, TensorSource], dtype: torch.
 
 
 def finish_rope(model: Transformer, device) -> None:
-    """(Re)compute the non-persistent RoPE tables (float32) on `device`."""
-    a = model.args
-    cos, sin = rope_tables(a.head_dim, a.max_seq_len, a.rope_theta)
+    """(Re)compute the non-persistent RoPE tables (float32, with the args' scaling) on `device`."""
+    cos, sin = model_rope_tables(model.args)
     model.rope_cos = cos.to(device)  # assigning a registered buffer keeps it non-persistent
     model.rope_sin = sin.to(device)

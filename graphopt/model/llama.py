@@ -5,6 +5,11 @@ Meta loader is a plain load_state_dict and the HF loader is a rename table.
 
 Attention is written out (softmax(QK^T/sqrt(d) + mask) V) and RMSNorm / RoPE / SwiGLU are written
 in plain torch ops on purpose: they are what the graph passes find and rewrite.
+
+Family features are switched by ModelArgs and fixed when the module is built (never by tensor values):
+RoPE scaling (llama3 / linear) changes only the cos/sin tables; Qwen3's q/k norms are RMSNorm modules
+over head_dim (so fuse_rmsnorm finds them); a sliding window (Mistral) narrows the mask from the
+positions input, in the layers that use it; an explicit head_dim sizes wq/wk/wv/wo.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphopt.model.args import ModelArgs
+from graphopt.model.args import ModelArgs, RopeScaling
 
 
 class RMSNorm(nn.Module):
@@ -30,11 +35,33 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin tables [max_seq_len, head_dim // 2] in float32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+def scale_inv_freq(inv_freq: Tensor, scaling: RopeScaling) -> Tensor:
+    """RoPE inverse frequencies stretched for a longer context (as transformers' rope_type linear / llama3)."""
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    assert scaling.kind == "llama3", scaling.kind
+    old = scaling.original_max_seq_len
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    mid = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq  # between the two bands: interpolate
+    out = torch.where(wavelen > old / scaling.low_freq_factor, inv_freq / scaling.factor, mid)  # long: / factor
+    return torch.where(wavelen < old / scaling.high_freq_factor, inv_freq, out)  # short wavelengths: unchanged
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float,
+                scaling: RopeScaling | None = None) -> tuple[Tensor, Tensor]:
+    """cos/sin tables [max_seq_len, head_dim // 2] in float32 (computed in float64)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))  # [D/2]
+    if scaling is not None:
+        inv_freq = scale_inv_freq(inv_freq, scaling)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # [max_seq_len, D/2]
     return angles.cos().float(), angles.sin().float()
+
+
+def model_rope_tables(args: ModelArgs, max_seq_len: int | None = None) -> tuple[Tensor, Tensor]:
+    """rope_tables for a model's args (its theta and scaling), max_seq_len rows (default args.max_seq_len)."""
+    return rope_tables(args.head_dim, args.max_seq_len if max_seq_len is None else max_seq_len,
+                       args.rope_theta, args.rope_scaling)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -60,12 +87,18 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.qk_norm = args.qk_norm
+        if args.qk_norm:  # Qwen3: one RMSNorm over head_dim, shared by all heads (weights [D])
+            self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
+            self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, -1, self.head_dim)  # [B, T, H, D]
         k = self.wk(x).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
         v = self.wv(x).view(B, T, -1, self.head_dim)
+        if self.qk_norm:  # before RoPE, as transformers' Qwen3Attention
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         n_rep = q.shape[1] // k.shape[1]  # query heads per kv head (GQA)
@@ -113,7 +146,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        cos, sin = model_rope_tables(args)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -121,16 +154,31 @@ class Transformer(nn.Module):
                 return_hidden: bool = False) -> Tensor:
         """input_ids [B, T]; positions [B, T] (default 0..T-1); mask bool [B, T, T], True = may
         attend (default causal). Returns logits [B, T, V], or final-norm hidden states [B, T, dim]
-        when return_hidden=True (so the LM head can be applied only where scores are needed)."""
+        when return_hidden=True (so the LM head can be applied only where scores are needed).
+
+        Positions must be < args.max_seq_len (the RoPE table's length). Without positions an input
+        longer than that is a ValueError (eager only: a check under export would pin T's range);
+        given positions are not checked here (that would read tensor values): the request builders
+        keep rows within max_seq_len (graphopt.scoring left-truncates to it).
+        With args.sliding_window W, layers >= args.window_from_layer also mask keys with
+        pos_q - pos_k >= W (so packed rows with reset positions keep their true distances)."""
         B, T = input_ids.shape
         if positions is None:
+            if T > self.args.max_seq_len and not torch.compiler.is_compiling():
+                raise ValueError(f"input of {T} tokens is longer than the model's max_seq_len "
+                                 f"{self.args.max_seq_len} (its RoPE table); truncate the input or load the model "
+                                 f"with a larger max_seq_len")
             positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
         if mask is None:
             mask = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril().unsqueeze(0).expand(B, T, T)
+        window_mask = mask
+        if self.args.sliding_window is not None:
+            near = (positions.unsqueeze(2) - positions.unsqueeze(1)) < self.args.sliding_window  # [B, T, T]
+            window_mask = mask & near
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, T, D/2]
         x = self.tok_embeddings(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, window_mask if i >= self.args.window_from_layer else mask)
         x = self.norm(x)
         return x if return_hidden else self.output(x)
 
