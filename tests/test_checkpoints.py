@@ -259,9 +259,9 @@ def test_error_not_a_llama_config(llama, tmp_path):
     with pytest.raises(CheckpointError, match=r"config\.json: model_type 'gpt2'"):
         load_model(str(d))
     cfg["model_type"] = "llama"
-    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
+    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"config\.json: RoPE scaling 'llama3'"):
+    with pytest.raises(CheckpointError, match=r"config\.json: RoPE scaling 'yarn'"):
         load_model(str(d))
     (d / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
@@ -310,7 +310,7 @@ def test_mistral_config(tmp_path):
     hf.save_pretrained(tmp_path)
     model, _ = load_model(str(tmp_path))
     assert model.args.n_kv_heads == 1
-    assert model.args.max_seq_len == 32  # positions past the sliding window would need windowed attention
+    assert model.args.sliding_window == 32 and model.args.max_seq_len == 64  # windowed beyond 32 (test_families)
     torch.testing.assert_close(_our_logits(model), _hf_logits(hf), atol=1e-5, rtol=1e-5)
 
 

@@ -25,13 +25,17 @@ _SPLIT_DIMS: list[tuple[re.Pattern, int | None]] = [
     (re.compile(r"layers\.\d+\.attention\.wo\.weight"), 1),
     (re.compile(r"layers\.\d+\.feed_forward\.w[13]\.weight"), 0),
     (re.compile(r"layers\.\d+\.feed_forward\.w2\.weight"), 1),
-    (re.compile(r"(layers\.\d+\.(attention_norm|ffn_norm)|norm)\.weight"), None),
+    (re.compile(r"(layers\.\d+\.(attention_norm|ffn_norm|attention\.q_norm|attention\.k_norm)|norm)\.weight"), None),
     (re.compile(r"rope\.freqs"), None),  # Meta's precomputed RoPE frequencies; ignored on load
 ]
 IGNORED_KEYS = {"rope.freqs"}
 _SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 # params.json flags that change the maths in a way graphopt.model does not implement
-_UNSUPPORTED_FLAGS = {"use_scaled_rope": "Llama-3.1 RoPE frequency scaling", "moe": "mixture of experts"}
+# (use_scaled_rope: unless graphopt's own "rope_scaling" is there too, since the factor differs between
+# Llama-3.1 and 3.2 and Meta's params.json does not give it; the HF release's config.json does)
+_UNSUPPORTED_FLAGS = {"use_scaled_rope": "Llama-3.1/3.2 RoPE scaling, whose factor params.json does not give; "
+                                         "load the Hugging Face release",
+                      "moe": "mixture of experts"}
 
 
 def meta_split_dim(key: str) -> int | None:
@@ -65,12 +69,14 @@ def meta_shard_paths(ckpt_dir: str | Path) -> list[Path]:
 def read_meta_params(ckpt_dir: str | Path, max_seq_len: int | None = None,
                      shard0: dict[str, Tensor] | None = None) -> ModelArgs:
     """ModelArgs from params.json. vocab_size -1 (LLaMA-1) is resolved from the embedding's shape
-    in consolidated.00.pth; a missing output.weight means tied embeddings, wq.bias means qkv_bias."""
+    in consolidated.00.pth; a missing output.weight means tied embeddings, wq.bias means qkv_bias,
+    attention.q_norm.weight means qk_norm. graphopt's own extras (save_meta_checkpoint writes them):
+    head_dim, rope_scaling (a dict of ModelArgs.rope_scaling's fields), sliding_window, window_from_layer."""
     d = Path(ckpt_dir)
     path = d / "params.json"
     p = read_json(path)
     for flag, what in _UNSUPPORTED_FLAGS.items():
-        if p.get(flag):
+        if p.get(flag) and not (flag == "use_scaled_rope" and p.get("rope_scaling")):
             raise CheckpointError(f"{path}: {flag}={p[flag]!r} ({what}) is not supported by graphopt.model")
     for key in ("dim", "n_layers", "n_heads"):
         if not isinstance(p.get(key), int):
@@ -87,12 +93,16 @@ def read_meta_params(ckpt_dir: str | Path, max_seq_len: int | None = None,
               ffn_dim_multiplier=p.get("ffn_dim_multiplier"), hidden_dim=p.get("hidden_dim"),
               norm_eps=p.get("norm_eps", 1e-5), rope_theta=p.get("rope_theta", 10000.0),
               tie_embeddings=p.get("tie_embeddings", "output.weight" not in shard0),
-              qkv_bias=p.get("qkv_bias", "layers.0.attention.wq.bias" in shard0))
+              qkv_bias=p.get("qkv_bias", "layers.0.attention.wq.bias" in shard0),
+              qk_norm=p.get("qk_norm", "layers.0.attention.q_norm.weight" in shard0))
+    for key in ("head_dim", "rope_scaling", "sliding_window", "window_from_layer"):
+        if key in p:
+            kw[key] = p[key]
     if max_seq_len is not None or "max_seq_len" in p:
         kw["max_seq_len"] = max_seq_len if max_seq_len is not None else p["max_seq_len"]
     try:
         return ModelArgs(**kw)
-    except (AssertionError, TypeError, ValueError) as e:
+    except (AssertionError, TypeError, ValueError) as e:  # rope_scaling's fields too
         raise CheckpointError(f"{path}: inconsistent model parameters ({e})") from e
 
 

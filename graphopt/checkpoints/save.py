@@ -12,8 +12,9 @@ from graphopt.model import Transformer, llama_ffn_hidden_dim
 
 
 def meta_params(model: Transformer, vocab_size: int | None = None) -> dict:
-    """params.json contents. graphopt extras (hidden_dim, max_seq_len, tie_embeddings, qkv_bias)
-    are written only where they differ from what Meta's loader would assume."""
+    """params.json contents. graphopt extras (hidden_dim, max_seq_len, tie_embeddings, qkv_bias, head_dim,
+    qk_norm, rope_scaling, sliding_window) are written only where they differ from what Meta's loader
+    would assume."""
     a = model.args
     p = {"dim": a.dim, "n_layers": a.n_layers, "n_heads": a.n_heads, "n_kv_heads": a.n_kv_heads,
          "vocab_size": a.vocab_size if vocab_size is None else vocab_size, "multiple_of": a.multiple_of,
@@ -26,6 +27,14 @@ def meta_params(model: Transformer, vocab_size: int | None = None) -> dict:
         p["tie_embeddings"] = True
     if a.qkv_bias:
         p["qkv_bias"] = True
+    if a.head_dim != a.dim // a.n_heads:
+        p["head_dim"] = a.head_dim
+    if a.qk_norm:
+        p["qk_norm"] = True
+    if a.rope_scaling is not None:
+        p["rope_scaling"] = a.to_dict()["rope_scaling"]
+    if a.sliding_window is not None:
+        p["sliding_window"], p["window_from_layer"] = a.sliding_window, a.window_from_layer
     return p
 
 

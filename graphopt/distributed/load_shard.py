@@ -26,7 +26,7 @@ from graphopt.checkpoints.errors import CheckpointError
 from graphopt.checkpoints.meta import load_pth, meta_shard_paths, meta_split_dim
 from graphopt.graph_attrs import attr, set_attr
 from graphopt.model.args import ModelArgs
-from graphopt.model.llama import rope_tables
+from graphopt.model.llama import model_rope_tables
 
 Piece = tuple[int, int, int] | None  # (dim, start, stop) of the full tensor; None = all of it
 
@@ -94,8 +94,8 @@ class _Safetensors:
             idx[piece[0]] = slice(piece[1], piece[2])
         t = sl[tuple(idx)]  # reads only these rows / columns
         role = key.split(".")[-2] if key.startswith("layers.") else None
-        if from_hf and role in ("wq", "wk"):  # per-head permutation: a head-aligned slice un-permutes alone
-            from graphopt.checkpoints.hf import unpermute_qk
+        from graphopt.checkpoints.hf import QK_PERMUTED, unpermute_qk
+        if from_hf and role in QK_PERMUTED:  # per-head permutation: a head-aligned slice un-permutes alone
             out = torch.empty_like(t)
             unpermute_qk(out, t, t.shape[0] // self.args.head_dim)
             t = out
@@ -126,7 +126,7 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
             continue
         name = target[len("model."):] if target.startswith("model.") else target
         if name in ("rope_cos", "rope_sin"):  # non-persistent: recompute
-            cos, sin = rope_tables(args.head_dim, cur.shape[0], args.rope_theta)
+            cos, sin = model_rope_tables(args, cur.shape[0])
             new = cos if name == "rope_cos" else sin
         else:
             parts = shards.get(target, [(name, None)])
