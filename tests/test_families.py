@@ -223,18 +223,28 @@ def _qwen3_score_module():
 
 
 @pytest.mark.parametrize("pipeline", ["exact", "exact-cpu"])
-def test_qwen3_optimized_matches_eager(pipeline):
+@pytest.mark.parametrize("preset", ["tiny-qwen3", "tiny-window"])
+def test_optimized_matches_eager(preset, pipeline):
+    """The named pipelines rewrite these models as fully as tiny-gqa (every pass matches; fuse_rmsnorm
+    finds the q/k norms too) and keep the eager log-probs, on rows longer than the window (T = 11 > 8)."""
     torch._dynamo.reset()
-    module = _qwen3_score_module()
+    if preset == "tiny-qwen3":
+        module = _qwen3_score_module()
+    else:
+        module = ScoreModule(init_random_weights(Transformer(ModelArgs.from_name(preset)), seed=4).eval())
     opt = graphopt.optimize(module, score_inputs(2, 8, 5, seed=2), pipeline)
     with torch.no_grad():
         for shape in [(2, 8, 5), (3, 11, 7)]:
             y = score_inputs(*shape, seed=sum(shape))
             diff = _max_diff(opt(*y), module(*y))
-            assert diff <= TOL, f"{pipeline}: optimized vs eager differ by {diff} at {shape}"
+            assert diff <= TOL, f"{preset} {pipeline}: optimized vs eager differ by {diff} at {shape}"
+    matches = {r.name: r.matches for r in opt.records}
+    assert all(n > 0 for name, n in matches.items() if name not in ("cse", "dce")), matches
+    # per layer: attention_norm, ffn_norm (and q_norm, k_norm); and the final norm
+    n_norms = 2 * (4 if preset == "tiny-qwen3" else 2) + 1
+    assert matches["fuse_rmsnorm"] == n_norms and matches["fuse_rope"] == 4, matches
     targets = [n.target for n in opt.graph.graph.nodes]
-    # per layer: attention_norm, ffn_norm, q_norm, k_norm; and the final norm
-    assert targets.count(torch.ops.graphopt.rms_norm.default) == 2 * 4 + 1
+    assert targets.count(torch.ops.graphopt.rms_norm.default) == n_norms
 
 
 # ---------------------------------------------------------------- sliding windows
@@ -441,3 +451,21 @@ def test_prune_heads_keeps_qk_norms():
                     at.wo.weight[:, g * q_rows:(g + 1) * q_rows] = 0
         diff = _max_diff(gm(*x), module(*x))
     assert diff <= TOL, f"pruned qwen3 graph vs eager with zeroed groups: {diff}"
+
+
+@pytest.mark.parametrize("which", ["qwen3", "llama3"])
+def test_load_shard_fills_qk_norms_and_scaled_rope(qwen3, scaled, which):
+    """graphopt.distributed.load_shard (lazy safetensors slices, one rank here) un-permutes the q/k norms
+    and rebuilds the RoPE tables with the scaling: the filled graph gives load_model's log-probs."""
+    from graphopt.checkpoints import read_hf_config
+    from graphopt.distributed.load_shard import load_shard
+    from graphopt.graph_capture import capture
+    d = qwen3[2] if which == "qwen3" else scaled["llama3"][1]
+    args = read_hf_config(d)
+    x = score_inputs(2, 8, 5, vocab=V, seed=3)
+    gm = capture(ScoreModule(init_random_weights(Transformer(args), seed=1).eval()), x)
+    stats = load_shard(gm, d, 0, 1, args)
+    assert stats["files_opened"] == ["model.safetensors"]
+    with torch.no_grad():
+        diff = _max_diff(gm(*x), ScoreModule(_load(d))(*x))
+    assert diff <= 1e-5, f"{which}: load_shard graph vs load_model differ by {diff}"
