@@ -1,4 +1,5 @@
-"""load_model: one entry point for presets (random weights), Meta and HF checkpoint directories."""
+"""load_model: one entry point for presets (random weights), Meta and HF checkpoint directories and
+GGUF files."""
 from __future__ import annotations
 
 import difflib
@@ -30,7 +31,7 @@ def _tokenizer_for(ckpt_dir: Path, vocab_size: int):
 def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32", device="cpu", seed: int = 0,
                max_seq_len: int | None = None):
     """(model in eval mode, tokenizer) for a preset name (random weights, WordHashTokenizer), a Meta
-    directory (params.json) or an HF directory (config.json)."""
+    directory (params.json), an HF directory (config.json) or a .gguf file (llama.cpp / Ollama)."""
     torch_dtype = parse_dtype(dtype)
     p = Path(path_or_preset)
     if not p.exists() and str(path_or_preset).lower() in PRESETS:
@@ -52,8 +53,12 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
             warnings.warn(f"{p}: tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
                           f"{model.args.vocab_size}; ids beyond it would fail", stacklevel=2)
         return model, tokenizer
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        from graphopt.checkpoints.gguf import load_gguf
+        return load_gguf(p, torch_dtype, device, max_seq_len=max_seq_len)
     if p.exists():
-        raise CheckpointError(f"{p}: expected a checkpoint directory (params.json or config.json), got a file")
+        raise CheckpointError(f"{p}: expected a checkpoint directory (params.json or config.json) or a .gguf "
+                              "file, got another file")
     close = difflib.get_close_matches(str(path_or_preset).lower(), PRESETS, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise CheckpointError(f"{path_or_preset!r} is neither a model preset nor an existing directory{hint} "
@@ -62,8 +67,14 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
 
 def load_model_structure(ckpt_dir: str | Path, dtype: str | torch.dtype = "float32"):
     """(model on the meta device — shapes and dtype, no weights —, tokenizer) for a checkpoint
-    directory. For a rank that will fill in only its own shard (graphopt.distributed.load_shard)."""
+    directory or .gguf file. For a rank that will fill in only its own shard (graphopt.distributed.load_shard)."""
     p = Path(ckpt_dir)
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        from graphopt.checkpoints.gguf import load_gguf_structure
+        args, tokenizer = load_gguf_structure(p)
+        with torch.device("meta"):
+            model = Transformer(args).to(dtype=parse_dtype(dtype))
+        return model.eval(), tokenizer
     if (p / "params.json").is_file():
         args = read_meta_params(p)
     elif (p / "config.json").is_file():
