@@ -469,3 +469,21 @@ def test_load_shard_fills_qk_norms_and_scaled_rope(qwen3, scaled, which):
     with torch.no_grad():
         diff = _max_diff(gm(*x), ScoreModule(_load(d))(*x))
     assert diff <= 1e-5, f"{which}: load_shard graph vs load_model differ by {diff}"
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen3", "tiny-window"])
+def test_pipeline_split_carries_window_mask_and_qk_norms(preset):
+    """pipeline_split at layer boundaries: the window mask (computed once, before layer 0) reaches the
+    later stages, the q/k norms go with their layers; rows of 12 > window 8."""
+    from graphopt.distributed.pipeline_run import run_pipeline
+    from graphopt.pipeline import PassContext, run_passes
+    from tests import _dist_workers as W
+    args, sm = W.build_score_module(preset, n_layers=4)
+    inputs = W.example_batch(args, B=4, T=12)
+    gm = W.capture_graph(sm, inputs)
+    with torch.no_grad():
+        ref = sm(*inputs)
+        split, recs = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))
+        assert recs[0].matches == 2
+        assert _max_diff(split(*inputs), ref) <= 1e-5
+        assert _max_diff(run_pipeline(split, inputs, n_micro=2, devices=["cpu"] * 2), ref) <= 1e-5
