@@ -247,6 +247,21 @@ def test_optimized_matches_eager(preset, pipeline):
     assert targets.count(torch.ops.graphopt.rms_norm.default) == n_norms
 
 
+def test_qwen3_fast_pipeline_keeps_attention_inputs_in_one_dtype():
+    """cast_dtype (pipeline fast) keeps norm weights float32: the q/k norms return q's / k's dtype, so
+    SDPA gets bfloat16 q, k and v (a float32 q/k failed with 'same dtype' before) and log-probs stay
+    close to float32's."""
+    torch._dynamo.reset()
+    module = _qwen3_score_module()
+    x = score_inputs(3, 11, 7, seed=5)
+    opt = graphopt.optimize(module, x, "fast")
+    sdpa = [n for n in opt.graph.graph.nodes if n.target is torch.ops.aten.scaled_dot_product_attention.default]
+    assert len(sdpa) == 2 and all(a.meta["val"].dtype == torch.bfloat16 for n in sdpa for a in n.args[:3])
+    with torch.no_grad():
+        diff = _max_diff(opt(*x), module(*x))
+    assert 0 < diff < 0.1, f"fast (bfloat16) vs float32 log-probs: {diff}"
+
+
 # ---------------------------------------------------------------- sliding windows
 
 @pytest.fixture(scope="module")

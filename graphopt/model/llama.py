@@ -97,8 +97,9 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, -1, self.head_dim)  # [B, T, H, D]
         k = self.wk(x).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
         v = self.wv(x).view(B, T, -1, self.head_dim)
-        if self.qk_norm:  # before RoPE, as transformers' Qwen3Attention
-            q, k = self.q_norm(q), self.k_norm(k)
+        if self.qk_norm:  # before RoPE, as transformers' Qwen3Attention; type_as: float32 norm weights
+            # (cast_dtype keeps them) would promote a bfloat16 q / k, and SDPA needs q, k, v in one dtype
+            q, k = self.q_norm(q).type_as(q), self.k_norm(k).type_as(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         n_rep = q.shape[1] // k.shape[1]  # query heads per kv head (GQA)
