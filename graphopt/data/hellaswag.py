@@ -205,3 +205,16 @@ def load_hellaswag(path: str | Path | None = None, split: str = "validation", li
     if limit is not None:
         docs = docs[:limit]
     return [format_row(doc, i, where, allow_unlabelled) for i, doc in enumerate(docs)]
+
+
+def write_hellaswag_jsonl(path: str | Path, docs: list[dict]) -> Path:
+    """Raw rows (hellaswag_val.jsonl's schema) as a jsonl file, one JSON object a line: what
+    load_hellaswag and lm-eval's hellaswag task with dataset_path json read. Each row is checked with
+    format_row first, so a file that is written can be read."""
+    path = Path(path)
+    for i, doc in enumerate(docs):
+        format_row(doc, i, str(path))
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in docs:
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    return path
