@@ -13,6 +13,7 @@ COMMANDS = {
     "inspect": "op counts of a model's captured graph before and after each pass",
     "report": "print the results table of an experiment directory and write its plots",
     "cache": "show or clear the compile cache kept across runs",
+    "lm-eval": "lm-evaluation-harness's command line with --model graphopt registered (arguments go to lm-eval)",
 }
 
 
@@ -37,10 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_module(name: str):
-    return importlib.import_module(f"graphopt.commands.{name}")
+    return importlib.import_module(f"graphopt.commands.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every argument after it is lm-eval's: argparse must not see them
+        return _run_lm_eval(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "import_error", None):
         print(f"graphopt {args.command}: cannot load this command ({args.import_error})", file=sys.stderr)
@@ -55,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"graphopt {args.command}: interrupted; results written so far are kept", file=sys.stderr)
         return 130
+
+
+def _run_lm_eval(argv: list[str]) -> int:
+    try:
+        return _command_module("lm-eval").run(argv)
+    except ImportError as e:
+        print(f"graphopt lm-eval: lm-evaluation-harness is not installed ({e}); pip install lm-eval", file=sys.stderr)
+        return 1
+    except UserError as e:
+        print(f"graphopt lm-eval: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

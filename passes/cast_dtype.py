@@ -29,6 +29,10 @@ from ._edit import set_val
 from ._ops import ASSERT_META, EMBEDDING, LINEAR, aten, val
 from ._weights import param_bytes
 
+import graphopt.kernels  # noqa: E402,F401 (torch.ops.graphopt.*)
+
+_HEAD_OPS = (torch.ops.graphopt.linear_logprob.default, torch.ops.graphopt.linear_logprob_greedy.default)
+
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _MATMUL = {aten.matmul.default, aten.bmm.default, aten.mm.default, torch.matmul, torch.bmm}
 _SDPA = {aten.scaled_dot_product_attention.default}
@@ -45,7 +49,7 @@ def _weight_nodes(gm: GraphModule) -> list[Node]:
             cands = list(n.args[1:3]) + [n.kwargs.get("bias")]
         elif n.target in EMBEDDING:
             cands = [n.args[0]]
-        elif n.target is torch.ops.graphopt.linear_logprob.default:
+        elif n.target in _HEAD_OPS:
             cands = [n.args[1]]
         else:
             continue
@@ -130,7 +134,7 @@ def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
             continue
         if n.op != "call_function":
             continue
-        if n.target in LINEAR or n.target is torch.ops.graphopt.linear_logprob.default:
+        if n.target in LINEAR or n.target in _HEAD_OPS:
             x, w = n.args[0], n.args[1]
             if val(x) is not None and val(w) is not None and val(x).dtype != val(w).dtype and val(x).is_floating_point():
                 inserted += _cast(gm, n, x, val(w).dtype, cache)

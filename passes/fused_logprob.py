@@ -6,6 +6,9 @@ Before:  logits [N, V] -> [x.float()] -> log_softmax(d) -> gather(d, targets.uns
          (d = -1 or 1, spelled the same at each op)
 After:   graphopt.logprob(logits, targets) [N] float32   (accumulates in float32 itself, so the cast goes)
          graphopt.linear_logprob(hidden [N, D], weight [V, D], targets) when logits = linear(hidden, weight)
+With ScoreModule(greedy=True) the logits also feed argmax(-1) == targets (lm-eval's is_greedy); then
+linear + log-prob + argmax -> graphopt.linear_logprob_greedy(hidden, weight, targets) -> (log-prob, greedy),
+one pass over the vocabulary for both.
 """
 import torch
 import torch.nn.functional as F
@@ -46,9 +49,19 @@ def _replacement_3(hidden, weight, targets, dim):
     return torch.ops.graphopt.linear_logprob(hidden, weight, targets)
 
 
+def _pattern_5(hidden, weight, targets):  # after the plain fusion has made the log-prob graphopt.logprob
+    logits = F.linear(hidden, weight)
+    return torch.ops.graphopt.logprob(logits, targets), logits.float().argmax(-1) == targets
+
+
+def _replacement_5(hidden, weight, targets):
+    out = torch.ops.graphopt.linear_logprob_greedy(hidden, weight, targets)
+    return out[0], out[1]
+
+
 def _ok(m, match) -> bool:
     x = val(m["hidden"] if "hidden" in m else m["logits"])  # [N, D] / [N, V]
-    return m["dim"] in (-1, 1) and x is not None and x.dim() == 2 and x.dtype in (torch.float32, torch.float16, LOW)
+    return m.get("dim", -1) in (-1, 1) and x is not None and x.dim() == 2 and x.dtype in (torch.float32, torch.float16, LOW)
 
 
 @register_pass("fused_logprob", "log_softmax + gather -> graphopt.logprob; with the LM head right before it "
@@ -62,4 +75,7 @@ def fused_logprob(gm, ctx):
         linear_fused = sum(replace_all(gm, p, _replacement_3, head, _ok) for p in (_pattern_3, _pattern_4))
     plain = (((4, 16), LOW), INDEX, DIM)  # logits [N, V]
     matches = linear_fused + sum(replace_all(gm, p, _replacement_1, plain, _ok) for p in (_pattern_1, _pattern_2))
+    if ctx.options.get("with_linear", True):
+        greedy = replace_all(gm, _pattern_5, _replacement_5, head[:3], _ok)
+        matches, linear_fused = matches + greedy, linear_fused + greedy
     return PassResult(gm, matches > 0, {"matches": matches, "linear_fused": linear_fused})

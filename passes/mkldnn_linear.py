@@ -23,6 +23,8 @@ runner's count_params) counts the packed buffers with the parameters.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch.fx import GraphModule
 
@@ -35,6 +37,7 @@ from ._ops import linear_parts
 
 LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
 LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
+LINEAR_LOGPROB_GREEDY = torch.ops.graphopt.linear_logprob_greedy.default
 HEAD_CHUNK = 8192  # vocabulary rows per packed head chunk
 aten = torch.ops.aten
 _REPLACES = "mkldnn_linear replaces the linears by oneDNN calls on packed weights"
@@ -76,7 +79,8 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         matches += 1
-    for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target is LINEAR_LOGPROB]:
+    for node in [n for n in gm.graph.nodes if n.op == "call_function"
+                 and n.target in (LINEAR_LOGPROB, LINEAR_LOGPROB_GREEDY)]:
         matches += _packed_head(gm, node)
     for n in [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]:
         gm.graph.erase_node(n)
@@ -92,29 +96,48 @@ def _register_packed(gm: GraphModule, target: str, suffix: str, packed: torch.Te
 
 
 def _packed_head(gm: GraphModule, node) -> int:
-    """graphopt.linear_logprob(h, W, t) with W a CPU float attribute -> the chunked oneDNN form above."""
+    """graphopt.linear_logprob(h, W, t) with W a CPU float attribute -> the chunked oneDNN form above;
+    graphopt.linear_logprob_greedy likewise, its greedy flag from each chunk's max and argmax (the
+    first chunk holding the overall maximum wins, as torch.argmax takes the first index)."""
     hidden, w_node, target = node.args[:3]
     if not (w_node.op == "get_attr"):
         return 0
     weight = attr(gm, w_node.target)
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return 0
-    g = gm.graph
+    g, greedy = gm.graph, node.target is LINEAR_LOGPROB_GREEDY
     with g.inserting_before(node):
         call = lambda f, *a: g.call_function(f, a)  # noqa: E731
-        chunk_lse = []
+        chunk_lse, chunk_max, chunk_arg = [], [], []
         for i, start in enumerate(range(0, weight.shape[0], HEAD_CHUNK)):
             target_i = _register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:start + HEAD_CHUNK]))
             logits = call(LINEAR_POINTWISE, hidden, g.get_attr(target_i), None, "none", [], "")  # [N, chunk]
             logits = call(aten.to.dtype, logits, torch.float32)
             chunk_lse.append(call(aten.logsumexp.default, logits, [-1]))  # [N]
+            if greedy:
+                top = call(aten.max.dim, logits, -1)  # ([N] value, [N] index in the chunk)
+                chunk_max.append(call(operator.getitem, top, 0))
+                chunk_arg.append(call(aten.add.Tensor, call(operator.getitem, top, 1), start))
         lse = call(aten.logsumexp.default, call(aten.stack.default, chunk_lse, 0), [0])  # [N]
         rows = call(aten.embedding.default, w_node, target)  # [N, D]: W[t]
         picked = call(aten.sum.dim_IntList, call(aten.mul.Tensor, call(aten.to.dtype, hidden, torch.float32),
                                                  call(aten.to.dtype, rows, torch.float32)), [-1])  # [N]
         out = call(aten.sub.Tensor, picked, lse)
-    if "val" in node.meta:
-        out.meta["val"] = node.meta["val"]
-    node.replace_all_uses_with(out)
+        if greedy:
+            which = call(aten.argmax.default, call(aten.stack.default, chunk_max, 0), 0)  # [N] winning chunk
+            arg = call(aten.gather.default, call(aten.stack.default, chunk_arg, 0), 0,
+                       call(aten.unsqueeze.default, which, 0))  # [1, N]
+            flag = call(aten.eq.Tensor, call(aten.squeeze.dim, arg, 0), target)  # [N] bool
+    if greedy:
+        for user in list(node.users):  # getitem(node, 0 | 1)
+            new = out if user.args[1] == 0 else flag
+            if "val" in user.meta:
+                new.meta["val"] = user.meta["val"]
+            user.replace_all_uses_with(new)
+            g.erase_node(user)
+    else:
+        if "val" in node.meta:
+            out.meta["val"] = node.meta["val"]
+        node.replace_all_uses_with(out)
     g.erase_node(node)
     return 1

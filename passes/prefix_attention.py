@@ -44,6 +44,10 @@ def prefix_attention(gm, ctx):
         raise PassError("prefix_attention needs the packed layout's doc_ids and seg_ids as graph inputs: capture "
                         "ScoreModule by export with a shared_prefix, packed or bucketed batch (per_pair and padded "
                         "batches carry only the mask; dynamo drops inputs the eager model does not read)")
+    if getattr(ctx.model_args, "sliding_window", None):  # the kernel attends by doc/segment ids only
+        raise PassError(f"prefix_attention: this model attends through a sliding window of "
+                        f"{ctx.model_args.sliding_window} tokens, which graphopt::prefix_attention does not apply; "
+                        "use a pipeline without it (exact, fast)")
     mode = fake_mode(gm)
     for sdpa in sites:
         q, k, v = sdpa.args[:3]

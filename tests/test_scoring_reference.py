@@ -61,7 +61,7 @@ def test_build_requests(tiny, rows):
         row = rows[k // 4]
         ending = row.endings[k % 4]
         assert (r.question, r.choice) == (k // 4, k % 4)
-        assert list(r.context_ids) == tok.encode(row.query)  # no BOS by default (lm-eval add_bos_token=False)
+        assert list(r.context_ids) == tok.encode(row.query)  # no BOS: the word-hash tokenizer adds none by default
         assert list(r.context_ids + r.continuation_ids) == tok.encode(row.query + " " + ending)
         assert r.continuation_chars == len(ending)  # lm-eval: len(choice), without the " " delimiter
     with_bos = build_requests(rows, tok, add_bos=True)
@@ -74,7 +74,7 @@ def test_build_requests(tiny, rows):
         whole = r.context_ids + r.continuation_ids
         assert c.continuation_ids == r.continuation_ids
         assert c.context_ids + c.continuation_ids == whole[-49:]
-    with pytest.raises(ValueError, match="more than the model's context window 3"):
+    with pytest.raises(ValueError, match="more than the model.s context window of 3 tokens"):
         build_requests(rows, tok, max_length=3)
 
 

@@ -1,5 +1,6 @@
 """File tokenizers with WordHashTokenizer's interface: encode(str) -> ids without BOS, bos_id,
-eos_id, vocab_size.
+eos_id, vocab_size, add_bos_token (whether the tokenizer's default encoding, transformers'
+add_special_tokens=True, prepends BOS; graphopt.scoring.requests.tok_encode applies it as lm-eval does).
 
 Leading spaces: sentencepiece LLaMA models (add_dummy_prefix) prepend "▁" to the text, so
 encode("hello") and encode(" hello") usually both give "▁hello", and encode(" world") alone differs
@@ -32,6 +33,8 @@ class SentencePieceTokenizer:
         self.vocab_size = self.sp.GetPieceSize()
         self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
         self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+        # what transformers' LlamaTokenizer does with this file by default (add_bos_token=True)
+        self.add_bos_token = self.bos_id is not None
 
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)  # no BOS/EOS: add_bos/add_eos default to False
@@ -73,12 +76,25 @@ class HFTokenizer:
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
         self.bos_id = _special_id(self.tok, config, "bos", _BOS_GUESSES)
         self.eos_id = _special_id(self.tok, config, "eos", _EOS_GUESSES)
+        self.add_bos_token, self.special_prefix_id = self._post_processor_prefix()
+
+    def _post_processor_prefix(self) -> tuple[bool, int | None]:
+        """Whether encoding with special tokens (transformers' default) puts a token in front, and which:
+        what the tokenizer.json's post-processor does (transformers 5 writes add_bos_token into it)."""
+        plain = self.tok.encode("a", add_special_tokens=False).ids
+        special = self.tok.encode("a", add_special_tokens=True).ids
+        if special == plain:
+            return False, None
+        if len(special) == len(plain) + 1 and special[1:] == plain:
+            return True, special[0]
+        raise CheckpointError(f"{self.path}: its post-processor adds special tokens other than one leading token "
+                              f"({plain} -> {special}); graphopt's scoring supports a leading BOS only")
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids  # no BOS from the post-processor
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(list(ids))
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"

@@ -12,6 +12,7 @@ class WordHashTokenizer:
     bos_id = 1
     eos_id = 2
     n_special = 3  # 0 pad/unk, 1 bos, 2 eos
+    add_bos_token = False  # encoding with special tokens adds none (the synthetic benchmarks' setting)
 
     def __init__(self, vocab_size: int = 32000):
         assert vocab_size > self.n_special

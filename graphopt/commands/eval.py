@@ -43,8 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None,
                         help="batching strategy (default: packed with a pipeline; with --pipeline none, per_pair "
                              "for --batch-size 1, else padded); see graphopt.scoring.STRATEGIES")
-    parser.add_argument("--add-bos", action="store_true",
-                        help="prepend BOS to every request (lm-eval's add_bos_token=True; default off, as lm-eval)")
+    bos = parser.add_mutually_exclusive_group()
+    bos.add_argument("--add-bos", dest="add_bos", action="store_const", const=True, default=None,
+                     help="prepend BOS to every request (lm-eval's add_bos_token=True)")
+    bos.add_argument("--no-add-bos", dest="add_bos", action="store_const", const=False,
+                     help="never prepend BOS (lm-eval's add_bos_token=False). Default: the tokenizer's own default, "
+                          "as lm-eval 0.4.13's hf model (Llama-2/3 tokenizers add BOS, Qwen2's do not)")
     parser.add_argument("--pipeline", default="auto", metavar="NAME_OR_PASSES",
                         help="auto (default): the fastest path whose answers equal the per-pair reference in "
                              "fp32 (CPU: exact-cpu, CUDA: gpu; packed rows, no compile); none: the eager model, "
@@ -83,8 +87,8 @@ def main(args) -> int:
     if args.strategy is not None and args.strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(STRATEGIES)})")
     pipeline, compiler, strategy = (None if args.pipeline == "none" else args.pipeline), args.compiler, args.strategy
+    from graphopt.scoring.evaluate import auto_pipeline
     if pipeline == "auto":
-        from graphopt.scoring.evaluate import auto_pipeline
         pipeline, auto_compiler = auto_pipeline(args.device)
         compiler = compiler or auto_compiler
         if args.batch_size != 1 or strategy not in (None, "packed"):  # another layout asked for
@@ -116,6 +120,8 @@ def main(args) -> int:
               f"loaded in {load_s:.1f}s)")
         print(f"data   {data_name}  split={args.split}  rows={len(rows)}")
 
+    if args.pipeline == "auto" and pipeline == "gpu":  # a sliding-window model gets exact (see auto_pipeline)
+        pipeline = auto_pipeline(args.device, model.args)[0]
     result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=strategy,
                       device=args.device, progress=not args.no_progress, add_bos=args.add_bos,
                       pipeline=pipeline, compiler=compiler)

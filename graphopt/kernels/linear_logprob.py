@@ -105,3 +105,35 @@ def linear_logprob(hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
     if hidden.is_cuda and hidden.dtype == weight.dtype:
         return linear_logprob_triton(hidden, weight, target)
     return linear_logprob_reference(hidden, weight, target)
+
+
+def linear_logprob_greedy_reference(hidden: Tensor, weight: Tensor, target: Tensor,
+                                    chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """hidden [N, D], weight [V, D], target [N] -> (log-prob of target [N] float32, is the target the
+    argmax of the logits [N] bool), chunked over the vocabulary like linear_logprob_reference. The argmax
+    is torch's (first index among equal maxima), taken over the logits as this matmul computes them."""
+    N, V = hidden.shape[0], weight.shape[0]
+    lse = torch.full((N,), float("-inf"), dtype=torch.float32, device=hidden.device)
+    best = torch.full((N,), float("-inf"), dtype=torch.float32, device=hidden.device)
+    best_idx = torch.zeros((N,), dtype=torch.int64, device=hidden.device)
+    for start in range(0, V, chunk):
+        logits = (hidden @ weight[start:start + chunk].t()).float()  # [N, chunk]
+        lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+        value, idx = logits.max(dim=-1)  # [N], [N]
+        better = value > best  # strictly: an equal maximum in a later chunk keeps the earlier index
+        best, best_idx = torch.where(better, value, best), torch.where(better, idx + start, best_idx)
+    target_logit = (hidden.float() * weight[target].float()).sum(-1)  # [N], float32
+    return target_logit - lse, best_idx == target
+
+
+# one node with two outputs (export and compile see the head once); plain torch on every device: the
+# chunked matmuls are cuBLAS / oneDNN calls, and the [N, V] logits still never exist at once.
+@torch.library.custom_op("graphopt::linear_logprob_greedy", mutates_args=())
+def linear_logprob_greedy(hidden: Tensor, weight: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    return linear_logprob_greedy_reference(hidden, weight, target)
+
+
+@linear_logprob_greedy.register_fake
+def _(hidden, weight, target):
+    n = hidden.shape[0]
+    return hidden.new_empty((n,), dtype=torch.float32), hidden.new_empty((n,), dtype=torch.bool)

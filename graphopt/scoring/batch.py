@@ -45,21 +45,28 @@ class ScoreModule(nn.Module):
 
     forward(input_ids [B,T], positions [B,T], mask [B,T,T], score_idx [N], targets [N],
             doc_ids [B,T] = None, seg_ids [B,T] = None) -> [N] float32
+    With greedy=True it returns ([N] float32, [N] bool): the log-probs, and whether each target is the
+    argmax of its logits (lm-eval's is_greedy, per token); fused_logprob makes the two one head node.
     doc_ids / seg_ids describe the packed layouts' rows (see graphopt.scoring.pack_layout); the module
     itself attends by `mask`, which those layouts build from them. They are inputs so that a captured
     graph carries them: the prefix_attention pass drives graphopt::prefix_attention from them.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, greedy: bool = False):
         super().__init__()
         self.model = model
+        self.greedy = greedy
 
     def forward(self, input_ids: Tensor, positions: Tensor, mask: Tensor, score_idx: Tensor, targets: Tensor,
-                doc_ids: Tensor | None = None, seg_ids: Tensor | None = None) -> Tensor:
+                doc_ids: Tensor | None = None, seg_ids: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         logits = self.model(input_ids, positions, mask)  # [B, T, V]
         flat = logits.reshape(-1, logits.shape[-1])[score_idx]  # [N, V]
-        logprobs = torch.log_softmax(flat.float(), dim=-1)  # [N, V], float32
-        return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
+        flat = flat.float()
+        logprobs = torch.log_softmax(flat, dim=-1)  # [N, V], float32
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
+        if not self.greedy:
+            return picked
+        return picked, flat.argmax(-1) == targets  # [N], [N] bool
 
 
 def sum_by_owner(token_logprobs: Tensor, owners: Tensor, n_requests: int) -> Tensor:
@@ -69,3 +76,10 @@ def sum_by_owner(token_logprobs: Tensor, owners: Tensor, n_requests: int) -> Ten
     keep = owners >= 0
     out = torch.zeros(n_requests, dtype=torch.float64)
     return out.index_add_(0, owners[keep], values[keep])
+
+
+def all_by_owner(token_flags: Tensor, owners: Tensor, n_requests: int) -> Tensor:
+    """Per request, whether every one of its tokens' flags is set: [n_requests] bool (owners < 0 dropped)."""
+    owners, misses = owners.cpu(), (~token_flags.detach().cpu()).long()
+    keep = owners >= 0
+    return torch.zeros(n_requests, dtype=torch.long).index_add_(0, owners[keep], misses[keep]) == 0

@@ -9,19 +9,21 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from graphopt.compile_cache import count_compiles
-from graphopt.scoring.batch import ScoreBatch, ScoreModule, sum_by_owner
+from graphopt.scoring.batch import ScoreBatch, ScoreModule, all_by_owner, sum_by_owner
 from graphopt.scoring.metrics import choice_metrics
 from graphopt.scoring.requests import build_requests
 from graphopt.scoring.strategies import build_batches, strategy_options as strategy_options_of
 
 
-def auto_pipeline(device) -> tuple[str, str]:
+def auto_pipeline(device, model_args=None) -> tuple[str, str]:
     """The fastest exact path (answers equal to the per-pair reference in fp32) for a device, compile
     included: (pipeline, compiler). CPU: exact-cpu, no compiler: its oneDNN matmuls on weights packed
     once match inductor-frozen's speed without its compile (which inductor cannot cache). CUDA: gpu
     (exact + the block-skipping attention kernel), run as the FX graph: 62 % MFU on an H100 with no
-    compile (benchmarks/RESULTS.md)."""
-    return ("gpu", "none") if torch.device(device).type == "cuda" else ("exact-cpu", "none")
+    compile (benchmarks/RESULTS.md); exact for a sliding-window model (the kernel has no window)."""
+    if torch.device(device).type != "cuda":
+        return "exact-cpu", "none"
+    return ("exact" if getattr(model_args, "sliding_window", None) else "gpu"), "none"
 
 
 def _specs(pipeline) -> list:
@@ -43,15 +45,29 @@ def score_requests(fn: Callable[..., Tensor], batches: Sequence[ScoreBatch], n_r
     captured graph, or a compiled one); each batch is moved to `device` first. Per-token scores are
     summed per request by `owners` (entries with owner -1 are padding). Every request must be scored.
     """
+    return score_requests_greedy(fn, batches, n_requests, progress, device, desc)[0]
+
+
+def score_requests_greedy(fn: Callable[..., Tensor | tuple[Tensor, Tensor]], batches: Sequence[ScoreBatch],
+                          n_requests: int, progress: bool = True, device="cpu",
+                          desc: str = "scoring") -> tuple[Tensor, Tensor | None]:
+    """(log-likelihood [n_requests] float64, is_greedy [n_requests] bool or None) as score_requests; fn
+    may return ([N] log-probs, [N] bool: target is the argmax) as ScoreModule(greedy=True) does, and a
+    request is greedy when all its tokens are (lm-eval's is_greedy). None when fn returns log-probs only."""
     total = torch.zeros(n_requests, dtype=torch.float64)
+    greedy = None
     seen = torch.zeros(n_requests, dtype=torch.bool)
     with torch.inference_mode(), tqdm(total=n_requests, unit="req", desc=desc, disable=not progress,
                                       leave=False) as bar:
         for batch in batches:
-            token_logprobs = fn(*batch.to(device).model_inputs())  # [N]
+            out = fn(*batch.to(device).model_inputs())  # [N] or ([N], [N] bool)
+            token_logprobs = out[0] if isinstance(out, (tuple, list)) else out
             assert token_logprobs.shape == batch.targets.shape, \
                 f"scoring fn returned {tuple(token_logprobs.shape)}, expected {tuple(batch.targets.shape)}"
             total += sum_by_owner(token_logprobs, batch.owners, n_requests)
+            if isinstance(out, (tuple, list)):
+                batch_greedy = all_by_owner(out[1], batch.owners, n_requests)
+                greedy = batch_greedy if greedy is None else greedy & batch_greedy
             owners = batch.owners.cpu()  # the batch may already live on `device`; `seen` stays on the host
             owners = owners[owners >= 0].unique()
             bar.update(int((~seen[owners]).sum()))
@@ -60,17 +76,17 @@ def score_requests(fn: Callable[..., Tensor], batches: Sequence[ScoreBatch], n_r
     if len(missing):
         raise AssertionError(f"{len(missing)} requests were never scored (first: {missing[:5].tolist()}); "
                              f"the batch builder dropped them")
-    return total
+    return total, greedy
 
 
 def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, strategy: str | None = None,
-             device="cpu", progress: bool = True, add_bos: bool = False, pipeline=None, compiler: str = "none",
+             device="cpu", progress: bool = True, add_bos: bool | None = None, pipeline=None, compiler: str = "none",
              **strategy_options) -> dict:
     """Score HellaSwag `rows` with `model` (already on `device`) as lm-evaluation-harness does.
 
     strategy: None -> "per_pair" when batch_size == 1 and no pipeline, "packed" with a pipeline, else
     "padded"; any name in STRATEGIES, its other options as keyword arguments (batch_size goes to
-    strategies that take one). add_bos: see build_requests (off, as lm-eval). Pairs longer than
+    strategies that take one). add_bos: lm-eval's add_bos_token, see build_requests (None: the tokenizer's default). Pairs longer than
     model.args.max_seq_len are left-truncated. pipeline (None: the eager model): a named pipeline or
     pass list, run through graphopt.optimize with `compiler`; "auto": the fastest exact path for the
     device (auto_pipeline).
@@ -85,7 +101,7 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
         raise ValueError("rows without labels (label -1, e.g. the HellaSwag test split) cannot be scored for "
                          "accuracy; use the validation split")
     if pipeline == "auto":
-        pipeline, compiler = auto_pipeline(device)
+        pipeline, compiler = auto_pipeline(device, getattr(model, "args", None))
     if strategy is None:
         strategy = "packed" if pipeline is not None else "per_pair" if batch_size == 1 else "padded"
     if "batch_size" in strategy_options_of(strategy):

@@ -1,0 +1,71 @@
+"""`graphopt lm-eval ARGS...`: lm-evaluation-harness's own command line with `--model graphopt` registered.
+
+Every argument goes to lm-eval unchanged, so it prints what `lm_eval` prints and writes the same
+--output_path files. Before lm-eval starts (and before any model loads), tasks that need text
+generation are refused when the model is graphopt: it scores, it does not generate."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+USAGE = """usage: graphopt lm-eval [lm-eval's arguments]
+
+lm-evaluation-harness with graphopt registered as a model. Example:
+  graphopt lm-eval --model graphopt --model_args pretrained=DIR,dtype=float32,pipeline=auto \\
+      --tasks hellaswag,arc_easy,piqa --output_path out/
+
+--model_args of graphopt: pretrained (HF / Meta directory, .gguf file or preset), dtype (float32, bfloat16,
+float16), device (cpu, cuda), pipeline (auto: the fastest path whose answers equal the per-pair reference
+in fp32; none: eager per pair, lm-eval's way; a named pipeline: exact, exact-cpu, fast, fast-cpu, int8, gpu;
+or pass names joined by '+'), compiler (none, inductor, inductor-frozen), max_tokens (per batch, default
+4096), row_len, add_bos_token (default: the tokenizer's own, as lm-eval's hf model), max_length, progress.
+lm-eval's --batch_size is accepted and not used: graphopt batches by tokens (max_tokens).
+Everything below is lm-eval's own help.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # (graphopt.cli hands lm-eval's argv over directly)
+    parser.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm-eval's arguments, unchanged")
+
+
+def run(argv: list[str]) -> int:
+    """lm-eval's CLI on argv (without the program name), graphopt registered."""
+    from graphopt.harness import register
+
+    if argv[:1] in (["-h"], ["--help"]) or not argv:
+        print(USAGE)
+    register()
+    if _value(argv, "--model") == "graphopt":
+        from graphopt.harness.tasks import refuse_generative_tasks
+        refuse_generative_tasks(_value(argv, "--tasks"), _value(argv, "--include_path"))
+    from lm_eval.__main__ import cli_evaluate
+
+    old = sys.argv
+    sys.argv = ["lm-eval", *argv]
+    try:
+        cli_evaluate()
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else (print(e.code, file=sys.stderr) or 1)
+    finally:
+        sys.argv = old
+    return 0
+
+
+def main(args) -> int:
+    return run(list(args.lm_eval_args))
+
+
+def _value(argv: list[str], flag: str) -> str | None:
+    """The value given to `flag` (as `--flag v` or `--flag=v`); several words after it are joined by commas
+    (lm-eval accepts `--tasks a b` as well as `--tasks a,b`)."""
+    for i, arg in enumerate(argv):
+        if arg == flag:
+            values = []
+            for word in argv[i + 1:]:
+                if word.startswith("-"):
+                    break
+                values.append(word)
+            return ",".join(values) or None
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None

@@ -1,0 +1,20 @@
+"""graphopt inside lm-evaluation-harness: `GraphoptLM` (lm-eval's LM interface) and `register()`, which
+makes `--model graphopt` known to lm-eval (it discovers no plugins: `graphopt lm-eval ...` calls it)."""
+from __future__ import annotations
+
+
+def register() -> None:
+    """Register GraphoptLM under the name `graphopt` in lm-eval's model registry (idempotent)."""
+    from lm_eval.api.registry import model_registry
+
+    from graphopt.harness.lm import GraphoptLM
+
+    if "graphopt" not in model_registry:
+        model_registry.register("graphopt")(GraphoptLM)
+
+
+def __getattr__(name):
+    if name == "GraphoptLM":
+        from graphopt.harness.lm import GraphoptLM
+        return GraphoptLM
+    raise AttributeError(name)

@@ -1,0 +1,227 @@
+"""graphopt as an lm-eval model against lm-eval's own `hf` model, offline, on a tiny random HF Llama built
+here (tied embeddings, 6 query / 2 kv heads, a tokenizer that adds BOS by default, 64-token window) and
+local tasks in the shapes of hellaswag, arc_easy, piqa and a wikitext-style perplexity task."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval")
+pytest.importorskip("transformers")
+
+from graphopt.errors import UserError  # noqa: E402
+from graphopt.harness.lm import GraphoptLM  # noqa: E402
+
+WORDS = ("the a man woman dog cat runs walks into house garden water ball then quickly slowly and takes "
+         "puts on off red blue small big very it is was will be to of with for").split()
+TASKS = ["tiny_hellaswag", "tiny_arc", "tiny_piqa", "tiny_wikitext"]
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("lm_eval_backend")
+    rng = random.Random(0)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=160, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_text(rng, 30) for _ in range(200)], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])  # adds BOS
+    model_dir = root / "model"
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, bos_token_id=0, eos_token_id=1)
+    LlamaForCausalLM(config).eval().save_pretrained(model_dir)
+    return model_dir, _write_tasks(root / "tasks", rng)
+
+
+def _write_tasks(task_dir, rng):
+    task_dir.mkdir()
+
+    def data(name, rows):
+        path = task_dir / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return json.dumps(str(path))
+
+    hs = data("hs", [{"ind": i, "activity_label": "Walking", "ctx_a": _text(rng, rng.randint(8, 40)),
+                      "ctx_b": _text(rng, 2), "endings": [_text(rng, rng.randint(3, 12)) for _ in range(4)],
+                      "label": rng.randrange(4), "source_id": "x", "split": "val", "split_type": "indomain",
+                      "ctx": ""} for i in range(12)])
+    arc = data("arc", [{"id": str(i), "question": _text(rng, rng.randint(5, 15)) + "?", "answerKey": "ABCD"[i % 4],
+                        "choices": {"text": [_text(rng, rng.randint(1, 4)) for _ in range(4)],
+                                    "label": list("ABCD")}} for i in range(10)])
+    piqa = data("piqa", [{"goal": _text(rng, rng.randint(5, 12)), "sol1": _text(rng, rng.randint(3, 9)),
+                          "sol2": _text(rng, rng.randint(3, 9)), "label": i % 2} for i in range(10)])
+    wiki = data("wiki", [{"page": _text(rng, rng.randint(20, 150))} for _ in range(4)])  # > 64 tokens: windows
+    import shutil
+
+    import lm_eval as le
+    from pathlib import Path
+    shutil.copy(Path(le.__file__).parent / "tasks" / "hellaswag" / "utils.py", task_dir / "utils.py")
+    common = "dataset_path: json\ndataset_name: null\nvalidation_split: validation\n"
+    mc_metrics = ("metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+                  "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n")
+    (task_dir / "tiny_hellaswag.yaml").write_text(
+        f"task: tiny_hellaswag\n{common}dataset_kwargs:\n  data_files:\n    validation: {hs}\n"
+        "output_type: multiple_choice\nprocess_docs: !function utils.process_docs\n"
+        "doc_to_text: '{{query}}'\ndoc_to_target: '{{label}}'\ndoc_to_choice: choices\n" + mc_metrics)
+    (task_dir / "tiny_arc.yaml").write_text(  # lm-eval's arc_easy.yaml, local data
+        f"task: tiny_arc\n{common}dataset_kwargs:\n  data_files:\n    validation: {arc}\n"
+        "output_type: multiple_choice\ndoc_to_text: 'Question: {{question}}\\nAnswer:'\n"
+        "doc_to_target: '{{choices.label.index(answerKey)}}'\ndoc_to_choice: '{{choices.text}}'\n" + mc_metrics)
+    (task_dir / "tiny_piqa.yaml").write_text(  # lm-eval's piqa.yaml, local data
+        f"task: tiny_piqa\n{common}dataset_kwargs:\n  data_files:\n    validation: {piqa}\n"
+        "output_type: multiple_choice\ndoc_to_text: 'Question: {{goal}}\\nAnswer:'\ndoc_to_target: label\n"
+        "doc_to_choice: '{{[sol1, sol2]}}'\n" + mc_metrics)
+    (task_dir / "tiny_wikitext.yaml").write_text(
+        f"task: tiny_wikitext\n{common}dataset_kwargs:\n  data_files:\n    validation: {wiki}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{page}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
+    (task_dir / "tiny_generate.yaml").write_text(
+        f"task: tiny_generate\n{common}dataset_kwargs:\n  data_files:\n    validation: {piqa}\n"
+        "output_type: generate_until\ndoc_to_text: '{{goal}}'\ndoc_to_target: '{{sol1}}'\n"
+        "metric_list:\n  - metric: exact_match\n")
+    return task_dir
+
+
+def _evaluate(model, model_args, task_dir, tasks=TASKS):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    return simple_evaluate(model=model, model_args=model_args, tasks=tasks, batch_size=4, device="cpu",
+                           task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)
+
+
+@pytest.fixture(scope="module")
+def hf_results(setup):
+    model_dir, task_dir = setup
+    return _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_dir)
+
+
+def _responses(results, task):
+    """[(loglik, is_greedy) or loglik] per request, in lm-eval's order (doc, then choice)."""
+    out = []
+    for sample in sorted(results["samples"][task], key=lambda s: s["doc_id"]):
+        out += [r[0] for r in sample["resps"]]
+    return out
+
+
+@pytest.mark.parametrize("pipeline", ["auto", "none"])
+def test_same_answers_as_lm_eval_hf(setup, hf_results, pipeline):
+    """acc / acc_norm identical, per-request log-likelihoods within 1e-4, is_greedy identical, perplexities
+    within 1e-5 relative; the optimised path's graph really has the fused, greedy-aware head."""
+    model_dir, task_dir = setup
+    lm = GraphoptLM(pretrained=str(model_dir), pipeline=pipeline, progress=False)
+    ours = _evaluate(lm, None, task_dir)
+    for task in TASKS[:3]:
+        for metric in ("acc,none", "acc_norm,none"):
+            assert ours["results"][task][metric] == hf_results["results"][task][metric], (task, metric)
+        got, want = _responses(ours, task), _responses(hf_results, task)
+        assert len(got) == len(want) > 0
+        assert max(abs(float(a[0]) - float(b[0])) for a, b in zip(got, want)) < 1e-4, task
+        assert [bool(a[1]) for a in got] == [bool(b[1]) for b in want], task
+    for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
+        a, b = ours["results"]["tiny_wikitext"][metric], hf_results["results"]["tiny_wikitext"][metric]
+        assert abs(a - b) <= 1e-5 * abs(b), (metric, a, b)
+    if pipeline == "auto":  # exact-cpu: the head is one chunked packed log-prob with the argmax inside
+        targets = {str(n.target) for n in lm._scorer.graph.graph.nodes if n.op == "call_function"}
+        assert "mkldnn._linear_pointwise.default" in targets and "aten.log_softmax.int" not in targets
+        assert lm.stats["n_batches"] < sum(len(_responses(ours, t)) for t in TASKS[:3]) / 4  # packed, not per pair
+
+
+def test_is_greedy_matches_hf_on_greedy_continuations(setup):
+    """Continuations made of the model's own argmax tokens are greedy for both, altered ones for neither."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import LlamaForCausalLM
+
+    model_dir, _ = setup
+    hf = HFLM(pretrained=str(model_dir), dtype="float32", batch_size=4, device="cpu")
+    ours = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    rng, requests = random.Random(1), []
+    for i in range(8):
+        ctx = hf.tok_encode(_text(rng, rng.randint(3, 20)))
+        ids = torch.tensor([ctx])
+        with torch.no_grad():
+            for _ in range(4):  # greedy decoding, 4 tokens
+                ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+        cont = ids[0, len(ctx):].tolist()
+        if i % 2:
+            cont[-1] = (cont[-1] + 1) % model.config.vocab_size  # no longer greedy at the last token
+        requests.append((("c", f"{i}"), ctx, cont))
+    want = hf._loglikelihood_tokens(requests, disable_tqdm=True)
+    got = ours._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert [g for _, g in got] == [g for _, g in want] == [i % 2 == 0 for i in range(8)]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(got, want)) < 1e-4
+
+
+@pytest.mark.parametrize("add_bos_token", [None, True, False])
+def test_token_ids_as_lm_eval_hf_bos_included(setup, add_bos_token):
+    """HFLM's tok_encode and pairing, BOS by the tokenizer's default or as forced; graphopt eval's
+    build_requests builds the same ids."""
+    from lm_eval.models.huggingface import HFLM
+
+    from graphopt.data.hellaswag import HellaSwagRow
+    from graphopt.scoring.requests import encode_pair
+
+    model_dir, _ = setup
+    extra = {} if add_bos_token is None else {"add_bos_token": add_bos_token}
+    hf = HFLM(pretrained=str(model_dir), dtype="float32", device="cpu", **extra)
+    ours = GraphoptLM(pretrained=str(model_dir), progress=False, **extra)
+    rng = random.Random(2)
+    pairs = [(_text(rng, 6), " " + _text(rng, 3)), (_text(rng, 4) + " ", "then"), ("", " " + _text(rng, 3)),
+             ("<s>" + _text(rng, 3), " it")]
+    for ctx, cont in pairs:
+        if ctx:
+            want = hf._encode_pair(ctx, cont)
+            assert ours._encode_pair(ctx, cont) == want
+            assert encode_pair(ours.tok, ctx, cont, add_bos_token) == tuple(want) or \
+                list(map(list, encode_pair(ours.tok, ctx, cont, add_bos_token))) == list(map(list, want))
+        assert ours.tok_encode(ctx + cont) == hf.tok_encode(ctx + cont)
+    assert (hf.tok_encode("a man")[0] == 0) == (add_bos_token is not False)  # the tokenizer's default adds it
+    del HellaSwagRow
+
+
+def test_unknown_model_arg_is_an_error_naming_it(setup):
+    with pytest.raises(UserError, match=r"unknown key 'pipline' \(did you mean pipeline\?\)"):
+        GraphoptLM(pretrained=str(setup[0]), pipline="exact")
+    with pytest.raises(UserError, match="dtype='float8'"):
+        GraphoptLM(pretrained=str(setup[0]), dtype="float8")
+    with pytest.raises(UserError, match="pipeline='exact\\+nonsense'"):
+        GraphoptLM(pretrained=str(setup[0]), pipeline="exact+nonsense")
+
+
+def test_generate_until_refused_before_any_work(setup, capsys):
+    """The command refuses a generative task before the model loads; the class names the task."""
+    from graphopt.cli import main
+
+    model_dir, task_dir = setup
+    code = main(["lm-eval", "--model", "graphopt", "--model_args", "pretrained=/nonexistent", "--tasks",
+                 "tiny_piqa,tiny_generate", "--include_path", str(task_dir)])
+    assert code == 2 and "tiny_generate" in capsys.readouterr().err  # (a load would have failed on the path)
+    with pytest.raises(UserError, match="tiny_generate"):
+        _evaluate(GraphoptLM(pretrained=str(model_dir), progress=False), None, task_dir, ["tiny_generate"])
+
+
+def test_command_prints_lm_eval_table_and_writes_its_files(setup, tmp_path, capsys):
+    from graphopt.cli import main
+
+    model_dir, task_dir = setup
+    code = main(["lm-eval", "--model", "graphopt", "--model_args", f"pretrained={model_dir},pipeline=exact",
+                 "--tasks", "tiny_arc", "--include_path", str(task_dir), "--output_path", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "tiny_arc" in out and "acc_norm" in out
+    results = list((tmp_path / "out").rglob("results_*.json"))
+    assert len(results) == 1 and "tiny_arc" in json.loads(results[0].read_text())["results"]
