@@ -1,5 +1,5 @@
 """GGUF loading: tiny transformers models written as llama.cpp's converter writes them (F32 and Q8_0,
-permuted q/k for "llama", HF order for "qwen2", a byte-level BPE vocabulary in the metadata) give
+permuted q/k for "llama", HF order for "qwen2"/"qwen3", a byte-level BPE vocabulary in the metadata) give
 transformers' logits and tokens; bad files raise CheckpointError naming the file."""
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ TEXT = ["The cat sat on the mat, and the dog slept by the door.", "A man is cook
         "She paints the fence white before the rain comes.", "Kids play football in the park after school."]
 SAMPLES = ["The dog sat by the kitchen door.", " leading space, then 3 digits 123!", "naïve café\nnew line"]
 N_HEADS, N_KV, HEAD_DIM = 6, 2, 16  # GQA; dim 96: a Q8_0 block (32) divides every row
+QWEN3_HEAD_DIM = 32  # Qwen3 sets head_dim apart from hidden_size / heads: the file says so in key_length
 
 
 def _train_tokenizer():
@@ -58,7 +59,14 @@ def _hf_model(kind: str, vocab: int, tied: bool):
                   bos_token_id=0, eos_token_id=1)
     if kind == "llama":
         return _randomize(transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)), seed=1)
+    if kind == "qwen3":
+        cfg = transformers.Qwen3Config(**common, head_dim=QWEN3_HEAD_DIM)
+        return _randomize(transformers.Qwen3ForCausalLM(cfg), seed=3)
     return _randomize(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)), seed=2)
+
+
+def _head_dim(hf) -> int:
+    return getattr(hf.config, "head_dim", None) or hf.config.hidden_size // hf.config.num_attention_heads
 
 
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -69,7 +77,8 @@ def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 _NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 _LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+          "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+          "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
 
 
 def gguf_name(hf_key: str) -> str:
@@ -82,7 +91,7 @@ def gguf_name(hf_key: str) -> str:
 
 def write_gguf(path, hf, kind: str, tokenizer, qtype=F32, permute: bool | None = None, arch: str | None = None):
     """`hf` as llama.cpp's converter writes it: tensors renamed, q/k rows permuted for "llama"
-    (not for "qwen2"), 2-D tensors in `qtype`, norms and biases F32; a tied head is not written."""
+    (not for "qwen2"/"qwen3"), 2-D tensors in `qtype`, norms and biases F32; a tied head is not written."""
     tokens, merges, types, _ = tokenizer
     cfg = hf.config
     permute = kind == "llama" if permute is None else permute
@@ -96,7 +105,10 @@ def write_gguf(path, hf, kind: str, tokenizer, qtype=F32, permute: bool | None =
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_dimension_count(_head_dim(hf))
+    if _head_dim(hf) != cfg.hidden_size // cfg.num_attention_heads:
+        w.add_key_length(_head_dim(hf))
+        w.add_value_length(_head_dim(hf))
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == Q8 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -144,13 +156,14 @@ def _hf_logits(hf, ids):
         return hf(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
+@pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False), ("qwen3", True)])
 def test_f32_gguf_gives_transformers_logits(tmp_path, tokenizer, ids, kind, tied):
     hf = _hf_model(kind, len(tokenizer[0]), tied)
     path = write_gguf(tmp_path / "m.gguf", hf, kind, tokenizer)
     model, _ = load_model(path)
     assert model.args.tie_embeddings == tied and model.args.qkv_bias == (kind == "qwen2")
-    assert (model.args.n_heads, model.args.n_kv_heads, model.args.head_dim) == (N_HEADS, N_KV, HEAD_DIM)
+    assert model.args.qk_norm == (kind == "qwen3")
+    assert (model.args.n_heads, model.args.n_kv_heads, model.args.head_dim) == (N_HEADS, N_KV, _head_dim(hf))
     if tied:
         assert model.output.weight is model.tok_embeddings.weight
     torch.testing.assert_close(_logits(model, ids), _hf_logits(hf, ids), atol=1e-4, rtol=0)
@@ -177,7 +190,7 @@ def _dequantized_copy(hf, qtype):
     return ref
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_q8_0_gguf_gives_the_dequantised_model_logits(tmp_path, tokenizer, ids, kind):
     hf = _hf_model(kind, len(tokenizer[0]), tied=kind == "llama")
     model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, kind, tokenizer, qtype=Q8))
@@ -201,6 +214,7 @@ def test_gguf_loads_in_half_precision(tmp_path, tokenizer, dtype):
         assert t.dtype == getattr(torch, dtype) and torch.equal(t, full[key].to(t.dtype)), key
 
 
+# not qwen3: transformers' GGUF reader ignores qwen3.attention.key_length (it builds head_dim 128)
 @pytest.mark.parametrize("kind,qtype", [("llama", F32), ("llama", Q8), ("qwen2", F32)])
 def test_transformers_reads_our_test_gguf_as_we_do(tmp_path, tokenizer, ids, kind, qtype):
     """transformers' own GGUF reader (which undoes llama.cpp's permutation itself) agrees: the test

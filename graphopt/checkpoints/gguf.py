@@ -5,8 +5,9 @@ Layouts. GGUF lists each tensor's dims in ggml order (ne[0] = the contiguous one
 torch's; gguf's reader and `gguf.quants.dequantize` give numpy arrays in torch order ([out, in]).
 llama.cpp's converter writes architecture "llama" with each head's q/k rows permuted from HF's
 rotate_half order back to Meta's interleaved pairs (its LLAMA_ROPE_TYPE_NORM), which is graphopt's
-layout: copied as they are. "qwen2" (NEOX RoPE in llama.cpp) keeps HF's order: un-permuted as the HF
-loader does. tests/test_gguf.py checks both against transformers' logits.
+layout: copied as they are. "qwen2" and "qwen3" (NEOX RoPE in llama.cpp) keep HF's order: un-permuted
+as the HF loader does (Qwen3's q/k norm weights as one head's rows). tests/test_gguf.py checks each
+against transformers' logits.
 
 Quantised tensors (Q8_0, Q4_K, Q6_K, ...) are dequantised one at a time by the gguf package (numpy,
 float32) and copied into the requested dtype; no tensor is held twice.
@@ -25,14 +26,17 @@ from graphopt.checkpoints.hf import unpermute_qk
 from graphopt.model import ModelArgs, Transformer
 from graphopt.model.args import RopeScaling
 
-# architecture -> (rows of q/k stored in HF's rotate_half order, q/k/v bias)
-ARCHITECTURES = {"llama": (False, False), "qwen2": (True, True)}
+# architecture -> q/k rows (and q/k norm weights) stored in HF's rotate_half order; q/k/v bias; q/k RMSNorm
+ARCHITECTURES = {"llama": {"hf_qk_order": False, "qkv_bias": False, "qk_norm": False},
+                 "qwen2": {"hf_qk_order": True, "qkv_bias": True, "qk_norm": False},
+                 "qwen3": {"hf_qk_order": True, "qkv_bias": False, "qk_norm": True}}
 
 _TOP_LEVEL = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
               "output.weight": "output.weight"}
 _IN_LAYER = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
              "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_up": "feed_forward.w3",
-             "ffn_down": "feed_forward.w2", "attn_norm": "attention_norm", "ffn_norm": "ffn_norm"}
+             "ffn_down": "feed_forward.w2", "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
+             "attn_q_norm": "attention.q_norm", "attn_k_norm": "attention.k_norm"}
 _LAYER_KEY = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _MISSING = object()
 
@@ -115,7 +119,7 @@ def read_gguf_config(reader, max_seq_len: int | None = None) -> ModelArgs:
     """ModelArgs from a GGUF's metadata (and its tensor list: vocabulary size, tied head)."""
     path = reader.data.filename
     arch = gguf_architecture(reader)
-    _, qkv_bias = ARCHITECTURES[arch]
+    family = ARCHITECTURES[arch]
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise CheckpointError(f"{path}: GGUF has no tensor 'token_embd.weight'")
@@ -137,7 +141,8 @@ def read_gguf_config(reader, max_seq_len: int | None = None) -> ModelArgs:
                          norm_eps=float(gguf_value(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
                          rope_theta=float(gguf_value(reader, f"{arch}.rope.freq_base", 10000.0)),
                          max_seq_len=max_seq_len or _int(reader, f"{arch}.context_length", 2048),
-                         tie_embeddings="output.weight" not in tensors, qkv_bias=qkv_bias,
+                         tie_embeddings="output.weight" not in tensors, qkv_bias=family["qkv_bias"],
+                         qk_norm=family["qk_norm"],
                          head_dim=head_dim if head_dim not in (None, dim // n_heads) else None,
                          rope_scaling=_rope_scaling(reader, arch, tensors))
     except (AssertionError, TypeError, ValueError) as e:
@@ -156,7 +161,7 @@ def gguf_sources(reader, args: ModelArgs, arch: str) -> dict[str, TensorSource]:
     is reported before anything is read."""
     gguf = _import_gguf()
     path = reader.data.filename
-    hf_qk_order, _ = ARCHITECTURES[arch]
+    hf_qk_order = ARCHITECTURES[arch]["hf_qk_order"]
     sources = {}
     for t in reader.tensors:
         if not _dequantizable(gguf, t.tensor_type):
@@ -165,7 +170,8 @@ def gguf_sources(reader, args: ModelArgs, arch: str) -> dict[str, TensorSource]:
         key = gguf_to_meta_key(t.name)
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml ne order -> torch order
         leaf = key.split(".")[-2] if key.startswith("layers.") else None
-        n_heads = {"wq": args.n_heads, "wk": args.n_kv_heads}.get(leaf) if hf_qk_order else None
+        heads = {"wq": args.n_heads, "wk": args.n_kv_heads, "q_norm": 1, "k_norm": 1}  # rows permuted per head
+        n_heads = heads.get(leaf) if hf_qk_order else None
 
         def fill(out, t=t, shape=shape, n_heads=n_heads):
             values = torch.from_numpy(np.asarray(gguf.quants.dequantize(t.data, t.tensor_type))).view(shape)
