@@ -9,7 +9,7 @@ import random
 import shutil
 from pathlib import Path
 
-from graphopt.data.hellaswag import N_ENDINGS, preprocess
+from graphopt.data.hellaswag import N_ENDINGS, preprocess, write_hellaswag_jsonl
 from graphopt.data.synthetic import ACTIVITIES, OBJECTS, PLACES, SUBJECTS, TIPS, VERBS, _clause, synthetic_raw
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]  # ids 0, 1, 2
@@ -124,10 +124,8 @@ def hellaswag_raw(n: int, encode, seed: int = 0) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
+    """hellaswag_val.jsonl-format rows as a file (graphopt.data's writer, shared with data.real_text)."""
+    return write_hellaswag_jsonl(path, rows)
 
 
 def write_lm_eval_task(task_dir: Path, name: str, data_file: Path) -> str:
