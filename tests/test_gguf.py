@@ -89,7 +89,8 @@ def gguf_name(hf_key: str) -> str:
     return f"blk.{layer}.{_LAYER[rest]}.{leaf}"
 
 
-def write_gguf(path, hf, kind: str, tokenizer, qtype=F32, permute: bool | None = None, arch: str | None = None):
+def write_gguf(path, hf, kind: str, tokenizer, qtype=F32, permute: bool | None = None, arch: str | None = None,
+               extra=None):
     """`hf` as llama.cpp's converter writes it: tensors renamed, q/k rows permuted for "llama"
     (not for "qwen2"/"qwen3"), 2-D tensors in `qtype`, norms and biases F32; a tied head is not written."""
     tokens, merges, types, _ = tokenizer
@@ -118,6 +119,8 @@ def write_gguf(path, hf, kind: str, tokenizer, qtype=F32, permute: bool | None =
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
+    if extra is not None:
+        extra(w)
     for key, t in hf.state_dict().items():
         if key == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
@@ -287,7 +290,34 @@ def test_load_model_structure_reads_no_tensors(tmp_path, tokenizer):
     assert model.tok_embeddings.weight.dtype == torch.bfloat16 and tok.vocab_size == len(tokenizer[0])
 
 
+def test_linear_rope_scaling(tmp_path, tokenizer, ids):
+    """llama.cpp writes HF's rope_scaling {linear, factor} as rope.scaling.type / rope.scaling.factor."""
+    vocab = len(tokenizer[0])
+    cfg = transformers.LlamaConfig(hidden_size=N_HEADS * HEAD_DIM, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=N_HEADS, num_key_value_heads=N_KV, vocab_size=vocab,
+                                   max_position_embeddings=64, rms_norm_eps=1e-5,
+                                   rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.5})
+    hf = _randomize(transformers.LlamaForCausalLM(cfg), seed=4)
+
+    def linear(w):
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(2.5)
+    model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer, extra=linear))
+    torch.testing.assert_close(_logits(model, ids), _hf_logits(hf, ids), atol=1e-4, rtol=0)
+    assert model.args.rope_scaling.kind == "linear" and model.args.rope_scaling.factor == 2.5
+
+
 # ---- files graphopt cannot load: one CheckpointError naming the file ----
+
+def test_rope_factor_tensor_is_refused(tmp_path, tokenizer):
+    """Llama-3.1 GGUFs carry their llama3 RoPE scaling as a rope_freqs tensor: not read, so refused."""
+    hf = _hf_model("llama", len(tokenizer[0]), False)
+    path = write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer,
+                      extra=lambda w: w.add_tensor("rope_freqs.weight", np.ones(HEAD_DIM // 2, np.float32)))
+    with pytest.raises(CheckpointError, match=r"m\.gguf: tensor 'rope_freqs\.weight'.*not supported"):
+        load_model(path)
+
+
 
 @pytest.fixture(scope="module")
 def good_file(tmp_path_factory, tokenizer):

@@ -152,8 +152,10 @@ def read_gguf_config(reader, max_seq_len: int | None = None) -> ModelArgs:
 
 
 def _dequantizable(gguf, qtype) -> bool:
-    from gguf.quants import _type_traits  # the types the package has a dequantiser for
-    return qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or qtype in _type_traits
+    traits = getattr(gguf.quants, "_type_traits", None)  # the types this gguf version has a dequantiser for
+    if traits is None:  # a version without that table: dequantize's NotImplementedError is reported per tensor
+        return True
+    return qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or qtype in traits
 
 
 def gguf_sources(reader, args: ModelArgs, arch: str) -> dict[str, TensorSource]:
