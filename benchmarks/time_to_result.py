@@ -174,8 +174,9 @@ def lm_eval_argv(model_dir: Path, task: str, task_dir: Path, batch_size: int, ou
 
 
 def time_size(n: int, prep: dict, work: Path, lm_eval_batches: list[int], none_ok: bool,
-              timeout: float | None, once: bool = False) -> list[dict]:
-    """Every command on the first n questions, cold and warm. -> records (one per command)."""
+              timeout: float | None, once: bool = False, reference: bool = True) -> list[dict]:
+    """Every command on the first n questions, cold and warm (the per-pair reference only if `reference`).
+    -> records (one per command)."""
     records = []
     model_dir, data = prep["model_dir"], prep["data"][n]
     for bs in lm_eval_batches:
@@ -187,6 +188,8 @@ def time_size(n: int, prep: dict, work: Path, lm_eval_batches: list[int], none_o
                         "argv": " ".join(lm_eval_argv(model_dir, prep["tasks"][n], prep["task_dir"], bs, Path("OUT"))),
                         **res})
     for i, (label, flags) in enumerate(GRAPHOPT_RUNS):
+        if label == REFERENCE and not reference:
+            continue
         if label == REFERENCE and not none_ok:
             flags = []  # this graphopt has no `none`: no --pipeline is the eager per-pair path
         elif not none_ok and not flags:
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
     p.add_argument("--once-from", type=int, default=2000,
                    help="from this size up, lm-eval and the per-pair reference (no compile cache involved) run "
                         "once and that run stands for cold and warm (default: %(default)s)")
+    p.add_argument("--reference-up-to", type=int, default=None, metavar="N",
+                   help="run the per-pair reference (the slowest command) only for sizes <= N (default: every size)")
     p.add_argument("--out", default=None, help="also write the records as JSON here")
     args = p.parse_args(argv)
     sizes = QUICK_SIZES if args.quick else sorted(int(s) for s in args.sizes.split(","))
@@ -321,7 +326,8 @@ def _run(args, sizes: list[int], with_lm_eval: bool, tried: list[int], work: Pat
     for k, n in enumerate(sizes):
         print(f"\n## {n} questions", flush=True)
         batches = (tried if k == 0 else sorted({LM_EVAL_REFERENCE_BATCH, keep})) if with_lm_eval else []
-        records = time_size(n, prep, work / "runs", batches, none_ok, args.timeout, once=n >= args.once_from)
+        records = time_size(n, prep, work / "runs", batches, none_ok, args.timeout, once=n >= args.once_from,
+                            reference=args.reference_up_to is None or n <= args.reference_up_to)
         if k == 0 and with_lm_eval:
             keep = fastest_batch(records)
         report["records"] += records
