@@ -137,14 +137,11 @@ def real_text_raw(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i, (title, pid, ctx, right) in enumerate(rng.sample(contexts, n)):
         n_words = len(right.split())
-        lo, hi = int(n_words * (1 - LENGTH_TOLERANCE)), int(n_words * (1 + LENGTH_TOLERANCE)) + 1
-        pool = [e for k in range(lo, hi + 1) for t, p, e in by_length.get(k, [])  # other topics' paragraphs
-                if t != title and p != pid and e != right and e not in ctx]
-        wrong: list[str] = []
-        while len(wrong) < N_ENDINGS - 1:
-            pick = rng.choice(pool)
-            if pick not in wrong:
-                wrong.append(pick)
+        lo, hi = round(n_words * (1 - LENGTH_TOLERANCE)), round(n_words * (1 + LENGTH_TOLERANCE))
+        pool = sorted({e for k in range(lo, hi + 1) for t, p, e in by_length.get(k, [])  # other topics' paragraphs
+                       if t != title and p != pid and e != right and e not in ctx})
+        assert len(pool) >= N_ENDINGS - 1, f"too few {lo}-{hi} word sentences outside {title!r} for distractors"
+        wrong = rng.sample(pool, N_ENDINGS - 1)
         label = rng.randrange(N_ENDINGS)
         choices = wrong[:label] + [right] + wrong[label:]
         if rng.random() < WIKIHOW_SHARE:  # "[header] Title [title] first sentence [step] ..." as WikiHow rows
@@ -152,7 +149,7 @@ def real_text_raw(n: int, seed: int = 0) -> list[dict]:
         else:
             ctx_a = " ".join(ctx)
         rows.append({"ind": i, "activity_label": title, "ctx_a": ctx_a, "ctx_b": "", "ctx": ctx_a,
-                     "endings": choices, "source_id": f"pydoc~{title}", "split": "val",
+                     "endings": choices, "source_id": f"python-docs~{title}", "split": "val",
                      "split_type": "indomain", "label": label})
     return rows
 
