@@ -24,6 +24,18 @@ _DTYPES = {
 }
 
 
+def rename_key(key: str, top_level: dict[str, str], layer_key, in_layer: dict[str, str]) -> str:
+    """graphopt's (Meta's) name for a checkpoint key, from a format's rename tables: top-level names,
+    and per-layer names matched by layer_key (groups: layer index, part, weight|bias). Unknown keys come
+    back unchanged (the loader then reports them as unexpected)."""
+    if key in top_level:
+        return top_level[key]
+    m = layer_key.fullmatch(key)
+    if m and m.group(2) in in_layer:
+        return f"layers.{m.group(1)}.{in_layer[m.group(2)]}.{m.group(3)}"
+    return key
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graphopt.checkpoints.assemble import TensorSource, materialize, parse_dtype
+from graphopt.checkpoints.assemble import TensorSource, materialize, parse_dtype, rename_key
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.checkpoints.hf import unpermute_qk
 from graphopt.model import ModelArgs, Transformer
@@ -43,12 +43,7 @@ _MISSING = object()
 
 def gguf_to_meta_key(name: str) -> str:
     """graphopt's name for a GGUF tensor name; unknown names come back unchanged (reported as unexpected)."""
-    if name in _TOP_LEVEL:
-        return _TOP_LEVEL[name]
-    m = _LAYER_KEY.fullmatch(name)
-    if m and m.group(2) in _IN_LAYER:
-        return f"layers.{m.group(1)}.{_IN_LAYER[m.group(2)]}.{m.group(3)}"
-    return name
+    return rename_key(name, _TOP_LEVEL, _LAYER_KEY, _IN_LAYER)
 
 
 def _import_gguf():

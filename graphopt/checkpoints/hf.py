@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from graphopt.checkpoints.assemble import TensorSource, materialize, parse_dtype
+from graphopt.checkpoints.assemble import TensorSource, materialize, parse_dtype, rename_key
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.checkpoints.files import load_pth, open_safetensors, read_json
 from graphopt.model import ModelArgs, Transformer
@@ -50,12 +50,7 @@ def hf_to_meta_key(key: str) -> str | None:
     (the loader then reports them as unexpected)."""
     if _IGNORED.fullmatch(key):
         return None
-    if key in _TOP_LEVEL:
-        return _TOP_LEVEL[key]
-    m = _LAYER_KEY.fullmatch(key)
-    if m and m.group(2) in _IN_LAYER:
-        return f"layers.{m.group(1)}.{_IN_LAYER[m.group(2)]}.{m.group(3)}"
-    return key
+    return rename_key(key, _TOP_LEVEL, _LAYER_KEY, _IN_LAYER)
 
 
 def unpermute_qk(out: Tensor, hf: Tensor, n_heads: int) -> None:
