@@ -56,6 +56,7 @@ GRAPHOPT_RUNS = [  # (label, flags after the common ones); the reference first: 
     ("graphopt --pipeline fast-cpu --compiler inductor-frozen", ["--pipeline", "fast-cpu", "--compiler", "inductor-frozen"]),
     ("graphopt --pipeline fast --compiler inductor", ["--pipeline", "fast", "--compiler", "inductor"]),
 ]
+SHORT_NAMES = dict(zip(("none", "default", "fast-cpu", "fast-cpu-frozen", "fast-inductor"), (r[0] for r in GRAPHOPT_RUNS)))
 LM_EVAL_REFERENCE_BATCH = 8
 QUICK_SIZES = [20]
 
@@ -174,7 +175,8 @@ def lm_eval_argv(model_dir: Path, task: str, task_dir: Path, batch_size: int, ou
 
 
 def time_size(n: int, prep: dict, work: Path, lm_eval_batches: list[int], none_ok: bool,
-              timeout: float | None, once: bool = False, reference: bool = True) -> list[dict]:
+              timeout: float | None, once: bool = False, reference: bool = True,
+              commands: set[str] | None = None) -> list[dict]:
     """Every command on the first n questions, cold and warm (the per-pair reference only if `reference`).
     -> records (one per command)."""
     records = []
@@ -188,7 +190,7 @@ def time_size(n: int, prep: dict, work: Path, lm_eval_batches: list[int], none_o
                         "argv": " ".join(lm_eval_argv(model_dir, prep["tasks"][n], prep["task_dir"], bs, Path("OUT"))),
                         **res})
     for i, (label, flags) in enumerate(GRAPHOPT_RUNS):
-        if label == REFERENCE and not reference:
+        if (label == REFERENCE and not reference) or (commands is not None and label not in commands):
             continue
         if label == REFERENCE and not none_ok:
             flags = []  # this graphopt has no `none`: no --pipeline is the eager per-pair path
@@ -276,6 +278,8 @@ def main(argv=None) -> int:
                         "once and that run stands for cold and warm (default: %(default)s)")
     p.add_argument("--reference-up-to", type=int, default=None, metavar="N",
                    help="run the per-pair reference (the slowest command) only for sizes <= N (default: every size)")
+    p.add_argument("--commands", default=None, metavar="NAMES",
+                   help=f"comma list of the graphopt commands to time (default: all): {', '.join(SHORT_NAMES)}")
     p.add_argument("--out", default=None, help="also write the records as JSON here")
     args = p.parse_args(argv)
     sizes = QUICK_SIZES if args.quick else sorted(int(s) for s in args.sizes.split(","))
@@ -284,6 +288,10 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--skip: unknown {', '.join(sorted(unknown))} (known: lm_eval)")
     with_lm_eval = "lm_eval" not in skip
+    if args.commands is not None:
+        wrong = set(args.commands.split(",")) - set(SHORT_NAMES)
+        if wrong:
+            p.error(f"--commands: unknown {', '.join(sorted(wrong))} (known: {', '.join(SHORT_NAMES)})")
     if with_lm_eval:
         import importlib.util
         if importlib.util.find_spec("lm_eval") is None:
@@ -327,7 +335,8 @@ def _run(args, sizes: list[int], with_lm_eval: bool, tried: list[int], work: Pat
         print(f"\n## {n} questions", flush=True)
         batches = (tried if k == 0 else sorted({LM_EVAL_REFERENCE_BATCH, keep})) if with_lm_eval else []
         records = time_size(n, prep, work / "runs", batches, none_ok, args.timeout, once=n >= args.once_from,
-                            reference=args.reference_up_to is None or n <= args.reference_up_to)
+                            reference=args.reference_up_to is None or n <= args.reference_up_to,
+                            commands=None if args.commands is None else {SHORT_NAMES[c] for c in args.commands.split(",")})
         if k == 0 and with_lm_eval:
             keep = fastest_batch(records)
         report["records"] += records

@@ -93,3 +93,22 @@ def test_quick_with_lm_eval(tmp_path):
     assert not [c for c, r in records.items() if r["cold"]["error"] or r["warm"]["error"]]
     assert "lm_eval hf bs 8" in records and REFERENCE in records
     assert records["graphopt (default: exact-cpu, fp32)"]["d_acc"] == records["graphopt (default: exact-cpu, fp32)"]["d_acc_norm"] == 0
+
+
+def test_commands_and_reference_up_to_choose_what_is_timed(monkeypatch, tmp_path):
+    """--commands / --reference-up-to: only the chosen graphopt commands run (lm-eval as asked)."""
+    import benchmarks.time_to_result as ttr
+
+    ran = []
+
+    def fake(argv_of, out, timeout, parse, once=False):
+        ran.append(out.name)
+        return {state: {"wall_s": 1.0, "error": None, "acc": 0.5, "acc_norm": 0.5} for state in ("cold", "warm")}
+
+    monkeypatch.setattr(ttr, "cold_and_warm", fake)
+    prep = {"model_dir": tmp_path, "data": {5: tmp_path / "d.jsonl"}, "tasks": {5: "t"}, "task_dir": tmp_path}
+    records = ttr.time_size(5, prep, tmp_path, [8], True, None, reference=False,
+                            commands={ttr.SHORT_NAMES["default"], ttr.SHORT_NAMES["fast-cpu"]})
+    assert [r["command"] for r in records] == ["lm_eval hf bs 8", ttr.SHORT_NAMES["default"], ttr.SHORT_NAMES["fast-cpu"]]
+    assert ran == ["n5-lm_eval-bs8", "n5-graphopt-1", "n5-graphopt-2"]
+    assert records[1]["cold"]["x_lm_eval"] == 1.0 and records[1]["d_acc"] is None  # no reference row to compare
