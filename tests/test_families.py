@@ -87,6 +87,27 @@ def test_llama3_scaling_has_all_three_bands():
     assert (cos - rope_tables(16, 64, 1e4)[0]).abs().max() > 0.1
 
 
+def test_freq_factors_scaling_is_a_per_frequency_divisor():
+    """RopeScaling("freq_factors") (GGUF's rope_freqs): inv_freq / factors[i]; the llama3 divisors give the
+    llama3 tables; the factors survive JSON (a list) and must be head_dim // 2 finite numbers > 0."""
+    inv = 1.0 / (1e4 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+    llama3 = RopeScaling("llama3", 4.0, 0.5, 2.0, 16)
+    s = RopeScaling("freq_factors", factors=(inv / scale_inv_freq(inv, llama3)).tolist())
+    assert isinstance(s.factors, tuple) and s.factor == 1.0
+    torch.testing.assert_close(scale_inv_freq(inv, s), scale_inv_freq(inv, llama3), atol=0, rtol=1e-15)
+    torch.testing.assert_close(rope_tables(16, 64, 1e4, s)[0], rope_tables(16, 64, 1e4, llama3)[0], atol=1e-6, rtol=0)
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=V, rope_scaling=s)
+    assert ModelArgs(**json.loads(json.dumps(args.to_dict()))) == args
+    assert ModelArgs(**json.loads(json.dumps(replace(args, rope_scaling=llama3).to_dict()))).rope_scaling == llama3
+    with pytest.raises(AssertionError, match="7 RoPE frequency factors for head_dim 16"):
+        ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=V, rope_scaling=RopeScaling("freq_factors", factors=[1.0] * 7))
+    for bad in ([], [1.0, 0.0], [float("nan")]):
+        with pytest.raises(AssertionError, match="freq_factors"):
+            RopeScaling("freq_factors", factors=bad)
+    with pytest.raises(AssertionError, match="takes no per-frequency factors"):
+        RopeScaling("linear", 2.0, factors=(1.0,))
+
+
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory):
     """{kind: (hf logits, directory)} for tiny LlamaForCausalLMs with llama3 / linear RoPE scaling."""

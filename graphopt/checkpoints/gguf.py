@@ -9,6 +9,11 @@ layout: copied as they are. "qwen2" and "qwen3" (NEOX RoPE in llama.cpp) keep HF
 as the HF loader does (Qwen3's q/k norm weights as one head's rows). tests/test_gguf.py checks each
 against transformers' logits.
 
+RoPE scaling: rope.scaling.type linear (rope.scaling.factor) -> RopeScaling("linear"); Llama-3.1/3.2's
+llama3 scaling, which llama.cpp's converter writes as the F32 tensor rope_freqs.weight [head_dim // 2] of
+per-frequency divisors (ggml's rope uses freq / rope_freqs[i]), -> RopeScaling("freq_factors") (with a
+linear factor too, folded into the divisors as llama.cpp applies both). rope_freqs is not a model weight.
+
 Quantised tensors (Q8_0, Q4_K, Q6_K, ...) are dequantised one at a time by the gguf package (numpy,
 float32) and copied into the requested dtype; no tensor is held twice.
 """
@@ -37,6 +42,7 @@ _IN_LAYER = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "atte
              "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_up": "feed_forward.w3",
              "ffn_down": "feed_forward.w2", "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
              "attn_q_norm": "attention.q_norm", "attn_k_norm": "attention.k_norm"}
+NON_MODEL_TENSORS = {"rope_freqs.weight"}  # Llama-3.1/3.2 RoPE factors: ModelArgs.rope_scaling, not a weight
 _LAYER_KEY = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _MISSING = object()
 
@@ -94,19 +100,41 @@ def gguf_architecture(reader) -> str:
     return arch
 
 
-def _rope_scaling(reader, arch: str, tensors: dict) -> RopeScaling | None:
+def _rope_freqs(reader, tensor, head_dim: int) -> tuple[float, ...]:
+    """llama.cpp's rope_freqs.weight (Llama-3.1/3.2's llama3 scaling as convert_hf_to_gguf.py writes it):
+    one divisor per RoPE frequency, ggml's rope divides each frequency by its factor. Shape [head_dim // 2]."""
+    gguf = _import_gguf()
     path = reader.data.filename
-    if "rope_freqs.weight" in tensors:  # Llama-3.1-style per-frequency factors
-        raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (per-frequency RoPE factors, e.g. Llama-3.1's "
-                              "llama3 scaling) is not supported for GGUF files")
+    shape = [int(n) for n in reversed(tensor.shape.tolist())]
+    if shape != [head_dim // 2]:
+        raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (per-frequency RoPE factors) has shape {shape}, "
+                              f"expected [{head_dim // 2}] (head_dim {head_dim} // 2)")
+    try:
+        values = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(-1)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read tensor 'rope_freqs.weight' ({type(e).__name__}: {e})") from e
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (per-frequency RoPE factors) must be finite "
+                              f"and > 0, got {values.tolist()[:8]}")
+    return tuple(float(v) for v in values)
+
+
+def _rope_scaling(reader, arch: str, tensors: dict, head_dim: int) -> RopeScaling | None:
+    path = reader.data.filename
     kind = gguf_value(reader, f"{arch}.rope.scaling.type", "none")
-    if kind == "none":
-        return None
-    if kind != "linear":
+    if kind not in ("none", "linear"):
         raise CheckpointError(f"{path}: GGUF {arch}.rope.scaling.type {kind!r} is not supported (none or linear)")
-    factor = gguf_value(reader, f"{arch}.rope.scaling.factor")
-    if not isinstance(factor, (int, float)) or factor <= 0:
-        raise CheckpointError(f"{path}: GGUF {arch}.rope.scaling.factor: expected a positive number, got {factor!r}")
+    factor = 1.0
+    if kind == "linear":
+        factor = gguf_value(reader, f"{arch}.rope.scaling.factor")
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+            raise CheckpointError(f"{path}: GGUF {arch}.rope.scaling.factor: expected a positive number, "
+                                  f"got {factor!r}")
+    if "rope_freqs.weight" in tensors:  # Llama-3.1/3.2: llama3 scaling as per-frequency divisors
+        divisors = _rope_freqs(reader, tensors["rope_freqs.weight"], head_dim)
+        if factor != 1:  # llama.cpp applies both: freq * (1 / factor) / rope_freqs[i]
+            divisors = tuple(d * float(factor) for d in divisors)
+        return RopeScaling("freq_factors", factors=divisors)
     return None if factor == 1 else RopeScaling("linear", float(factor))
 
 
@@ -139,7 +167,7 @@ def read_gguf_config(reader, max_seq_len: int | None = None) -> ModelArgs:
                          tie_embeddings="output.weight" not in tensors, qkv_bias=family["qkv_bias"],
                          qk_norm=family["qk_norm"],
                          head_dim=head_dim if head_dim not in (None, dim // n_heads) else None,
-                         rope_scaling=_rope_scaling(reader, arch, tensors))
+                         rope_scaling=_rope_scaling(reader, arch, tensors, head_dim or dim // n_heads))
     except (AssertionError, TypeError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
@@ -161,6 +189,8 @@ def gguf_sources(reader, args: ModelArgs, arch: str) -> dict[str, TensorSource]:
     hf_qk_order = ARCHITECTURES[arch]["hf_qk_order"]
     sources = {}
     for t in reader.tensors:
+        if t.name in NON_MODEL_TENSORS:  # read into ModelArgs by read_gguf_config
+            continue
         if not _dequantizable(gguf, t.tensor_type):
             raise CheckpointError(f"{path}: tensor {t.name!r} has type {t.tensor_type.name}, which the gguf package "
                                   f"cannot dequantise (F32, F16, BF16, Q4_0..Q8_0, K-quants, IQ* are supported)")

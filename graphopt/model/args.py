@@ -1,8 +1,8 @@
 """ModelArgs: one flat dataclass describing a LLaMA-family model, plus named presets.
 
-Families: LLaMA 1/2/3/3.1/3.2 (RoPE scaling llama3 / linear), Mistral (sliding window), Qwen2/2.5
-(q/k/v bias), Qwen3 (per-head q/k RMSNorm, head_dim not dim / n_heads). ModelArgs stays JSON-able:
-to_dict() gives plain values and ModelArgs(**d) takes them back (rope_scaling as a dict too).
+Families: LLaMA 1/2/3/3.1/3.2 (RoPE scaling llama3 / linear, or GGUF's per-frequency freq_factors), Mistral
+(sliding window), Qwen2/2.5 (q/k/v bias), Qwen3 (per-head q/k RMSNorm, head_dim not dim / n_heads).
+ModelArgs stays JSON-able: to_dict() gives plain values and ModelArgs(**d) takes them back (rope_scaling as a dict too).
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import difflib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-ROPE_SCALINGS = ("linear", "llama3")
+ROPE_SCALINGS = ("linear", "llama3")  # the kinds a Hugging Face config names
+ROPE_SCALING_KINDS = ROPE_SCALINGS + ("freq_factors",)  # + explicit per-frequency divisors (GGUF rope_freqs)
 
 
 @dataclass(frozen=True)
@@ -19,16 +20,27 @@ class RopeScaling:
 
     linear: every inv_freq / factor. llama3 (Llama-3.1/3.2): wavelengths longer than
     original_max_seq_len / low_freq_factor are divided by factor, shorter than
-    original_max_seq_len / high_freq_factor kept, the band between interpolated."""
-    kind: str  # one of ROPE_SCALINGS
-    factor: float
+    original_max_seq_len / high_freq_factor kept, the band between interpolated. freq_factors
+    (llama.cpp's rope_freqs tensor, how GGUF files carry Llama-3.1/3.2's llama3 scaling): inv_freq[i] /
+    factors[i], one divisor per frequency (head_dim // 2 of them); factor is unused (1.0)."""
+    kind: str  # one of ROPE_SCALING_KINDS
+    factor: float = 1.0
     low_freq_factor: float = 1.0  # llama3 only
     high_freq_factor: float = 4.0  # llama3 only
     original_max_seq_len: int = 8192  # llama3 only: the pretraining context
+    factors: tuple[float, ...] | None = None  # freq_factors only: the per-frequency divisors
 
     def __post_init__(self):
-        assert self.kind in ROPE_SCALINGS, f"RoPE scaling {self.kind!r} not one of {ROPE_SCALINGS}"
+        assert self.kind in ROPE_SCALING_KINDS, f"RoPE scaling {self.kind!r} not one of {ROPE_SCALING_KINDS}"
         assert self.factor > 0, f"RoPE scaling factor {self.factor} must be > 0"
+        if self.factors is not None:  # a list from JSON -> a tuple of floats (hashable, compares equal)
+            object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        if self.kind == "freq_factors":
+            assert self.factors, "freq_factors RoPE scaling needs factors (one divisor per frequency)"
+            assert all(math.isfinite(f) and f > 0 for f in self.factors), \
+                "freq_factors RoPE scaling needs finite factors > 0"
+        else:
+            assert self.factors is None, f"RoPE scaling {self.kind!r} takes no per-frequency factors"
         if self.kind == "llama3":
             assert 0 < self.low_freq_factor < self.high_freq_factor, \
                 f"llama3 RoPE needs 0 < low_freq_factor ({self.low_freq_factor}) < high_freq_factor ({self.high_freq_factor})"
@@ -68,6 +80,10 @@ class ModelArgs:
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         assert self.n_heads % self.n_kv_heads == 0, f"n_heads {self.n_heads} not a multiple of n_kv_heads {self.n_kv_heads}"
         assert self.head_dim > 0 and self.head_dim % 2 == 0, f"RoPE needs an even head_dim, got {self.head_dim}"
+        if self.rope_scaling is not None and self.rope_scaling.factors is not None:
+            assert len(self.rope_scaling.factors) == self.head_dim // 2, \
+                f"{len(self.rope_scaling.factors)} RoPE frequency factors for head_dim {self.head_dim} " \
+                f"(expected head_dim // 2 = {self.head_dim // 2})"
         assert self.sliding_window is None or self.sliding_window > 0, f"sliding_window {self.sliding_window} must be > 0"
 
     @classmethod

@@ -7,7 +7,7 @@ Attention is written out (softmax(QK^T/sqrt(d) + mask) V) and RMSNorm / RoPE / S
 in plain torch ops on purpose: they are what the graph passes find and rewrite.
 
 Family features are switched by ModelArgs and fixed when the module is built (never by tensor values):
-RoPE scaling (llama3 / linear) changes only the cos/sin tables; Qwen3's q/k norms are RMSNorm modules
+RoPE scaling (llama3 / linear / freq_factors) changes only the cos/sin tables; Qwen3's q/k norms are RMSNorm modules
 over head_dim (so fuse_rmsnorm finds them); a sliding window (Mistral) narrows the mask from the
 positions input, in the layers that use it; an explicit head_dim sizes wq/wk/wv/wo.
 """
@@ -36,7 +36,13 @@ class RMSNorm(nn.Module):
 
 
 def scale_inv_freq(inv_freq: Tensor, scaling: RopeScaling) -> Tensor:
-    """RoPE inverse frequencies stretched for a longer context (as transformers' rope_type linear / llama3)."""
+    """RoPE inverse frequencies stretched for a longer context (as transformers' rope_type linear / llama3;
+    freq_factors as llama.cpp's rope_freqs: each frequency divided by its factor)."""
+    if scaling.kind == "freq_factors":
+        factors = torch.tensor(scaling.factors, dtype=inv_freq.dtype, device=inv_freq.device)
+        assert factors.shape == inv_freq.shape, \
+            f"{factors.numel()} RoPE frequency factors for {inv_freq.numel()} frequencies"
+        return inv_freq / factors
     if scaling.kind == "linear":
         return inv_freq / scaling.factor
     assert scaling.kind == "llama3", scaling.kind
