@@ -84,6 +84,8 @@ def main(args) -> int:
     from graphopt.data import load_hellaswag
     from graphopt.scoring import STRATEGIES, evaluate
 
+    from graphopt.env_checks import check_device
+    check_device(args.device)
     if args.strategy is not None and args.strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(STRATEGIES)})")
     pipeline, compiler, strategy = (None if args.pipeline == "none" else args.pipeline), args.compiler, args.strategy

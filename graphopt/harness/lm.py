@@ -16,6 +16,7 @@ import torch
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 
+from graphopt.env_checks import check_device
 from graphopt.errors import UserError
 from graphopt.harness.model_args import GraphoptArgs
 from graphopt.scoring.batch import Request, ScoreModule
@@ -38,6 +39,7 @@ class GraphoptLM(TemplateLM):
             warnings.warn(f"device {cfg.device!r} asked for but no CUDA device is available: scoring on cpu, "
                           "as lm-eval's hf model does", stacklevel=2)
             cfg.device = "cpu"
+        check_device(cfg.device, what="model_args device")
         self._check_pipeline(cfg)
         import graphopt
 
