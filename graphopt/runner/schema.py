@@ -4,7 +4,10 @@
 value of the wrong type raises `ConfigError` naming the key, the file, the line and the closest valid key.
 Pass lists (`passes`, `sweep.base`, each item of `sweep.over`) are parsed once, here, into
 `graphopt.pipeline.PassSpec`s (a named pipeline such as `exact` expands to its passes), and the order
-rules of every run the sweep will make are checked before anything runs.
+rules of every run the sweep will make are checked before anything runs. `load_config` then makes the
+checks that need the model's sizes or the machine (graphopt.runner.preflight: sharding divisibility,
+pipeline stages, CUDA devices), so a mistake is reported before the reference runs. The YAML reading,
+`--set` overrides and key locations (`Where`) live in graphopt.runner.yaml_source.
 """
 from __future__ import annotations
 
@@ -16,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from graphopt.compilers import COMPILERS
+from graphopt.runner.yaml_source import ConfigError, Where, apply_override, load_yaml  # noqa: F401 (re-exported)
 
 CAPTURES = ("none", "export", "dynamo")  # none = eager module
 SWEEP_MODES = ("listed", "ablation", "cumulative", "powerset")
@@ -26,10 +28,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 # field name -> allowed values; checked wherever a field of that name appears
 CHOICES = {"capture": CAPTURES, "compiler": COMPILERS, "mode": SWEEP_MODES, "dtype": DTYPES, "device": DEVICES}
-
-
-class ConfigError(ValueError):
-    """A user error in an experiment YAML or a --set override."""
 
 
 @dataclass
@@ -105,69 +103,22 @@ class ExperimentConfig:
     tolerance: ToleranceConfig = field(default_factory=ToleranceConfig)
     pass_modules: list[str] = field(default_factory=list)  # a user's pass modules (dotted paths or .py files)
     source: str = field(default="<dict>", metadata={"internal": True})  # the file it came from
+    # names a key with its file and line in messages (set by config_from_dict)
+    where: Any = field(default=None, repr=False, compare=False, metadata={"internal": True})
 
     @property
     def out_dir(self) -> Path:
         return Path(self.output_dir or f"results/{self.name}")
 
 
-# ---------------------------------------------------------------------------------------------- YAML
-
-
-def _marks(node, path: tuple, lines: dict) -> None:
-    """Record the 1-based line of every key / list item under `node`, keyed by its path."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            p = path + (str(key_node.value),)
-            lines[p] = key_node.start_mark.line + 1
-            _marks(value_node, p, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[path + (i,)] = item.start_mark.line + 1
-            _marks(item, path + (i,), lines)
-
-
-def load_yaml(path: str | Path) -> tuple[Any, dict]:
-    """-> (data, {key path: line})."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    lines: dict = {}
-    if node is not None:
-        _marks(node, (), lines)
-    return data if data is not None else {}, lines
-
-
 # ------------------------------------------------------------------------------------------ validator
-
-
-class _Where:
-    """Formats 'key runs.1.passes in FILE line N' for messages."""
-
-    def __init__(self, source: str, lines: dict, overridden: set):
-        self.source, self.lines, self.overridden = source, lines, overridden
-
-    def __call__(self, path: tuple) -> str:
-        key = ".".join(str(p) for p in path) or "<top level>"
-        if path in self.overridden:
-            return f"key {key!r} (from --set)"
-        for n in range(len(path), 0, -1):  # nearest enclosing key that has a line
-            if path[:n] in self.lines:
-                return f"key {key!r} in {self.source} line {self.lines[path[:n]]}"
-        return f"key {key!r} in {self.source}"
 
 
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
 
-def _convert(value, tp, path: tuple, where: _Where):
+def _convert(value, tp, path: tuple, where: Where):
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -196,7 +147,7 @@ def _convert(value, tp, path: tuple, where: _Where):
     return value
 
 
-def _build(cls, raw, path: tuple, where: _Where):
+def _build(cls, raw, path: tuple, where: Where):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where(path)}: expected a mapping of {cls.__name__} keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -217,7 +168,7 @@ def _build(cls, raw, path: tuple, where: _Where):
     return cls(**kwargs)
 
 
-def _parse_passes(passes, path: tuple, where: _Where) -> list:
+def _parse_passes(passes, path: tuple, where: Where) -> list:
     """A pipeline name, or a list of pass / pipeline names and {name: ..., option: value} mappings
     -> [PassSpec] (options resolved and checked)."""
     from graphopt.pipeline import PassError, PassSpec, parse_pipeline
@@ -239,7 +190,7 @@ def _parse_passes(passes, path: tuple, where: _Where) -> list:
     return out
 
 
-def _check_order(cfg: ExperimentConfig, where: _Where) -> None:
+def _check_order(cfg: ExperimentConfig, where: Where) -> None:
     """Every run the sweep makes (generated ones too) keeps its passes' declared order rules."""
     from graphopt.pipeline import PassError, check_compiler_fits, check_order
     from graphopt.runner.sweep import expand
@@ -252,7 +203,7 @@ def _check_order(cfg: ExperimentConfig, where: _Where) -> None:
             raise ConfigError(f"{where(run.where)}: run {run.name!r}: {e}") from None
 
 
-def _check_scoring(scoring: ScoringConfig | None, path: tuple, where: _Where) -> None:
+def _check_scoring(scoring: ScoringConfig | None, path: tuple, where: Where) -> None:
     if scoring is None:
         return
     from graphopt.scoring.strategies import STRATEGIES, strategy_options
@@ -271,7 +222,7 @@ def _check_scoring(scoring: ScoringConfig | None, path: tuple, where: _Where) ->
                               f"option {key!r}{hint} (options: {', '.join(allowed) or 'none'})")
 
 
-def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
+def _check_semantics(cfg: ExperimentConfig, where: Where) -> None:
     from graphopt.model.args import PRESETS
 
     if cfg.model.lower() not in PRESETS and not Path(cfg.model).exists():
@@ -332,44 +283,6 @@ def _check_semantics(cfg: ExperimentConfig, where: _Where) -> None:
     _check_order(cfg, where)
 
 
-# ----------------------------------------------------------------------------------------- overrides
-
-
-def apply_override(raw: dict, item: str) -> tuple:
-    """'a.b.0.c=value' -> sets raw['a']['b'][0]['c'] = yaml.safe_load(value); returns the key path."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key=value (e.g. data.limit=20)")
-    key, text = item.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not all(parts):
-        raise ConfigError(f"--set {item!r}: empty part in key {key!r}")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
-    node, path = raw, []
-    for part in parts[:-1]:
-        path.append(part)
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {item!r}: {'.'.join(path)} is not an index into a list of {len(node)}")
-            node = node[int(part)]
-        else:
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-        if not isinstance(node, (dict, list)):
-            raise ConfigError(f"--set {item!r}: {'.'.join(path)} is a {type(node).__name__}, not a mapping")
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"--set {item!r}: {last!r} is not an index into a list of {len(node)}")
-        node[int(last)] = value
-        return tuple(parts[:-1]) + (int(last),)
-    node[last] = value
-    return tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in parts)
-
-
 # ------------------------------------------------------------------------------------------- loading
 
 
@@ -380,9 +293,9 @@ def config_from_dict(raw: dict, source: str = "<dict>", lines: dict | None = Non
     overridden = set()
     for item in overrides:
         overridden.add(apply_override(raw, item))
-    where = _Where(source, lines or {}, overridden)
+    where = Where(source, lines or {}, overridden)
     cfg = _build(ExperimentConfig, raw, (), where)
-    cfg.source = source
+    cfg.source, cfg.where = source, where
     _check_semantics(cfg, where)
     return cfg
 
@@ -391,7 +304,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     raw, lines = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment file is a mapping of keys (name, model, runs, ...)")
-    return config_from_dict(raw, str(path), lines, list(overrides))
+    cfg = config_from_dict(raw, str(path), lines, list(overrides))
+    from graphopt.runner.preflight import preflight
+    preflight(cfg)
+    return cfg
 
 
 def to_dict(obj) -> Any:

@@ -1,0 +1,124 @@
+"""Checks made when an experiment loads, before the reference runs, of everything that depends on the
+model's sizes or on this machine rather than on the YAML alone:
+
+- device: cuda is visible, and world_size ranks on cuda have a device each;
+- tensor_parallel (world_size > 1): heads, kv heads and the FFN hidden size divide by world_size, and
+  the vocabulary (vocab_parallel) or dim (embedding_parallel) too: graphopt.distributed.plan's own
+  checks, called for the first rank's slices;
+- pipeline_split: its stage count (n_stages, or world_size when 0) is between 1 and n_layers.
+
+The model's sizes come from the preset or the checkpoint's config (read_model_args), never its weights,
+and are read only when some run shards. Each failure is one ConfigError naming the file, the run, the
+key and the model's numbers:
+
+    experiments/x.yaml: run 'tp' (key 'runs.0.passes' in x.yaml line 9) with world_size 3 (key 'world_size'
+    in x.yaml line 4): tensor_parallel: n_heads 4 is not divisible by world_size 3; model 'tiny': n_layers 2, ...
+"""
+from __future__ import annotations
+
+from graphopt.model import ModelArgs
+from graphopt.runner.yaml_source import ConfigError, Where
+
+# one weight of each kind whose slice plan.shard_slice checks: heads, FFN hidden size, vocab, dim
+_TP_KEYS = ("layers.0.attention.wq.weight", "layers.0.feed_forward.w1.weight", "output.weight",
+            "tok_embeddings.weight")
+
+
+def _where(cfg) -> Where:
+    return cfg.where if cfg.where is not None else Where(cfg.source, {}, set())
+
+
+def check_devices(cfg) -> None:
+    """device: cuda needs a visible CUDA device, and one per rank when world_size > 1."""
+    if cfg.device != "cuda":
+        return
+    import torch
+
+    where = _where(cfg)
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{cfg.source}: {where(('device',))}: 'cuda' asked for but torch {torch.__version__} "
+                          f"sees no CUDA device here; use device: cpu")
+    count = torch.cuda.device_count()
+    if cfg.world_size > count:
+        raise ConfigError(f"{cfg.source}: {where(('world_size',))}: world_size {cfg.world_size} on cuda needs one "
+                          f"CUDA device per rank, this machine has {count}")
+
+
+def tensor_parallel_problem(args: ModelArgs, world_size: int, vocab_parallel: bool = False,
+                            embedding_parallel: bool = False) -> str | None:
+    """Why tensor_parallel cannot shard a model of `args` over world_size ranks (None: it can), from
+    graphopt.distributed.plan's checks (the ones the pass and the shard loader make)."""
+    from graphopt.distributed.plan import shard_slice
+
+    if world_size == 1:
+        return None
+    # as the pass plans it: a tied table read whole by the LM head is not cut for the lookup
+    embedding_parallel = embedding_parallel and (vocab_parallel or not args.tie_embeddings)
+    try:
+        for key in _TP_KEYS:
+            shard_slice(key, args, world_size, 0, vocab_parallel, embedding_parallel)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def pipeline_split_problem(args: ModelArgs, world_size: int, n_stages: int) -> str | None:
+    """Why pipeline_split cannot cut a model of `args` (None: it can): the pass makes n_stages stages
+    (0: world_size), each at least one layer; one stage or fewer leaves the graph as it is."""
+    n = n_stages or world_size
+    if n <= 1 or n <= args.n_layers:
+        return None
+    given = f"n_stages {n_stages}" if n_stages else f"n_stages 0 (one stage per rank: world_size {world_size})"
+    return f"pipeline_split: {given} must be between 1 and n_layers {args.n_layers}"
+
+
+def _run_problem(args: ModelArgs, world_size: int, passes) -> str | None:
+    for spec in passes:
+        opts = spec.opts
+        if spec.name == "tensor_parallel":
+            problem = tensor_parallel_problem(args, world_size, bool(opts.get("vocab_parallel")),
+                                              bool(opts.get("embedding_parallel")))
+        elif spec.name == "pipeline_split":
+            problem = pipeline_split_problem(args, world_size, int(opts.get("n_stages") or 0))
+        else:
+            problem = None
+        if problem:
+            return problem
+    return None
+
+
+def _passes_key(run) -> tuple:
+    """The config key a run's passes came from: runs.N.passes, reference.passes, sweep.base."""
+    if run.where[:1] in (("runs",), ("reference",)):
+        return tuple(run.where) + ("passes",)
+    return ("sweep", "base")
+
+
+def check_model_fits(cfg, runs=None) -> None:
+    """Every run's sharding passes fit the model's sizes and the world size (see the module doc)."""
+    from graphopt.checkpoints.errors import CheckpointError
+    from graphopt.checkpoints.model_args import describe_model_args, read_model_args
+    from graphopt.runner.sweep import expand
+
+    runs = expand(cfg) if runs is None else runs
+    sharding = [r for r in runs if {"tensor_parallel", "pipeline_split"} & set(r.pass_names)]
+    if not sharding:
+        return
+    where = _where(cfg)
+    try:
+        args = read_model_args(cfg.model)
+    except (CheckpointError, KeyError) as e:
+        raise ConfigError(f"{cfg.source}: {where(('model',))}: cannot read the model's sizes to check run "
+                          f"{sharding[0].name!r}'s sharding: {e}") from None
+    for run in sharding:
+        problem = _run_problem(args, cfg.world_size, run.passes)
+        if problem:
+            raise ConfigError(f"{cfg.source}: run {run.name!r} ({where(_passes_key(run))}) with world_size "
+                              f"{cfg.world_size} ({where(('world_size',))}): {problem}; model {cfg.model!r}: "
+                              f"{describe_model_args(args)}")
+
+
+def preflight(cfg) -> None:
+    """All the checks above; raises the first ConfigError found."""
+    check_devices(cfg)
+    check_model_fits(cfg)
