@@ -1,6 +1,8 @@
-"""`graphopt run CONFIG [--set key=value ...] [--output DIR]`: run an experiment YAML (reference
+"""`graphopt run CONFIG [--set key=value ...] [--output DIR] [--wait]`: run an experiment YAML (reference
 first, each run in its own process, results stored as they finish, finished runs skipped on re-run),
-then print its report."""
+then print its report. Mistakes the model's sizes or the machine reveal (sharding that does not divide,
+too many stages, missing CUDA devices) stop it before the reference runs; so does another `graphopt run`
+holding the same output folder (--wait: queue behind it instead)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per run (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars / worker output")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
+    parser.add_argument("--wait", action="store_true", help="if another graphopt run holds the output folder, "
+                                                            "wait for it to finish (default: fail at once, naming it)")
 
 
 def main(args) -> int:
@@ -35,7 +39,8 @@ def main(args) -> int:
                 print(f"{run.key}  {run.name:24s} capture={run.capture} compiler={run.compiler} "
                       f"dtype={run.dtype} scoring={run.scoring.strategy} passes={run.passes_label()}")
             return 0
-        run_experiment(cfg, retry_errors=args.retry_errors, progress=not args.no_progress, timeout_s=args.timeout)
+        run_experiment(cfg, retry_errors=args.retry_errors, progress=not args.no_progress, timeout_s=args.timeout,
+                       wait=args.wait)
     except ConfigError as e:
         raise UserError(str(e)) from None
     print(report(cfg.out_dir))

@@ -5,6 +5,7 @@ port), so code written for torchrun runs unchanged; the group is nccl on CUDA, g
 collective timeout. The parent collects every rank's return value (list in rank order; rank 0's is
 `results[0]`). A rank that raises writes its traceback and exits 1; the parent then stops every
 other rank (SIGTERM, then SIGKILL) and raises LaunchError with that rank's traceback — never a hang.
+The LaunchError's first line names the cause: 'launch: rank 0 of 3 failed: ValueError: ...'.
 """
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ def _worker(fn, rank: int, world_size: int, port: int, backend: str, timeout_s: 
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def exception_line(traceback_text: str) -> str:
+    """The 'Type: message' line of a formatted traceback (the first unindented line after its last
+    'File ...' frame), so the one-line cause of a failure can head an error message; text that is
+    not a traceback -> its first line."""
+    lines = [line for line in traceback_text.rstrip().splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    after = [line for line in lines[frames[-1] + 1:] if not line[:1].isspace()] if frames else []
+    return (after or lines or [""])[0].strip()
 
 
 def _root_cause(outdir: str, bad: list[int]) -> int:
@@ -128,8 +139,9 @@ def launch(fn, world_size: int, args: tuple = (), backend: str | None = None, ti
             err = Path(outdir) / f"rank{failed}.err"
             text = err.read_text().split("\n", 1)[1] if err.exists() else \
                 f"(rank {failed} exited with code {procs[failed].exitcode} without a traceback: killed or crashed)"
-            raise LaunchError(f"launch: rank {failed} of {world_size} failed:\n{text}", rank=failed,
-                              exitcodes={r: p.exitcode for r, p in enumerate(procs)})
+            # first line: the cause, in one line (a console or a table's error column shows just that)
+            raise LaunchError(f"launch: rank {failed} of {world_size} failed: {exception_line(text)}\n{text}",
+                              rank=failed, exitcodes={r: p.exitcode for r, p in enumerate(procs)})
         results = []
         for r in range(world_size):
             data = (Path(outdir) / f"rank{r}.pt").read_bytes()

@@ -1,7 +1,9 @@
 """Run an experiment: the reference first, then every run in its own subprocess
 (`python -m graphopt.runner.worker`), so a crash, an OOM kill or a compile failure becomes a row with
 status="error" and the sweep goes on. Rows are stored as they finish; runs already in the store (by
-run key) are skipped, so an interrupted sweep resumes where it stopped."""
+run key) are skipped, so an interrupted sweep resumes where it stopped. Before anything runs, the
+preflight checks (model sizes vs sharding, devices) pass and the output folder's lock is taken for the
+whole run (graphopt.runner.lock): two runs into one folder never interleave."""
 from __future__ import annotations
 
 import collections
@@ -22,8 +24,10 @@ from tqdm import tqdm
 
 from graphopt.errors import UserError
 from graphopt.pipeline import pipeline_dtype
+from graphopt.runner.lock import hold_output_dir
+from graphopt.runner.preflight import preflight
 from graphopt.runner.schema import ConfigError, ExperimentConfig, to_dict
-from graphopt.runner.store import COLUMNS, ResultStore
+from graphopt.runner.store import COLUMNS, ResultStore, atomic_write
 from graphopt.runner.sweep import ResolvedRun, expand
 from graphopt.runner.worker import WorkerJob
 
@@ -91,6 +95,7 @@ def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, 
     row = {c: None for c in COLUMNS}
     row.update({
         "order": order, "run": run.name, "run_key": run.key, "is_reference": run.is_reference,
+        "reference_key": run.key if run.is_reference else (ref_row or {}).get("run_key"),
         "capture": run.capture, "passes": run.passes_label(), "compiler": run.compiler,
         "scoring": run.scoring.strategy + (json.dumps(run.scoring.options, sort_keys=True) if run.scoring.options else ""),
         "dtype": pipeline_dtype(run.passes, run.dtype), "device": cfg.device, "world_size": cfg.world_size,
@@ -113,13 +118,21 @@ def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, 
 
 
 def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: bool = True,
-                   timeout_s: float | None = None, log=print) -> pd.DataFrame:
-    """Run every run of `cfg` not yet in its output dir; -> the full results table."""
+                   timeout_s: float | None = None, log=print, wait: bool = False) -> pd.DataFrame:
+    """Run every run of `cfg` not yet in its output dir; -> the full results table. The output dir is
+    locked for the whole run: another run holding it -> FolderBusyError, or with wait=True, wait for it."""
     check_world_size(cfg)
+    preflight(cfg)
+    with hold_output_dir(cfg.out_dir, wait=wait, on_wait=lambda holder: log(f"{cfg.out_dir}: waiting for {holder}")):
+        return _run_locked(cfg, retry_errors, progress, timeout_s, log)
+
+
+def _run_locked(cfg: ExperimentConfig, retry_errors: bool, progress: bool, timeout_s: float | None,
+                log) -> pd.DataFrame:
     runs = expand(cfg)
     store = ResultStore(cfg.out_dir)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.out_dir / "experiment.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str))
+    text = json.dumps(to_dict(cfg), indent=2, default=str)
+    atomic_write(cfg.out_dir / "experiment.json", lambda p: Path(p).write_text(text))
     ref = runs[0]
     assert ref.is_reference
     ref_row = store.get(ref.key)
