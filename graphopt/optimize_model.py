@@ -75,7 +75,7 @@ def optimize_graph(gm: GraphModule, pipeline=(), compiler: str = "none", ctx: Pa
 def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: str = "none", *,
              capture: str = "export", rank: int = 0, world_size: int = 1, model_args=None,
              load_weights: Callable[[GraphModule], None] | None = None, device=None, verify: bool = False,
-             after_each: Callable | None = None, dynamic: bool | None = True) -> Optimized:
+             after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None) -> Optimized:
     """Capture `module` on `example_inputs`, run `pipeline` (a named pipeline, pass names or specs:
     graphopt.pipeline.parse_pipeline), compile with `compiler` (graphopt.compilers.COMPILERS).
     The pipeline is parsed and its order checked before any capture work starts.
@@ -115,7 +115,7 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
         retarget_device(gm, device)
     else:
         gm = capture_graph(module, example_inputs)
-    ctx = PassContext(() if weightless else tuple(example_inputs), model_args, rank, world_size)
+    ctx = PassContext(() if weightless else tuple(example_inputs), model_args, rank, world_size, tokenizer=tokenizer)
     fn, gm, records = optimize_graph(gm, specs, compiler, ctx, verify=verify, after_each=after_each,
                                      load_weights=load_weights, device=device, dynamic=dynamic)
     return Optimized(fn, gm, records, time.perf_counter() - t0, module=module)

@@ -45,6 +45,7 @@ class PassContext:
     rank: int = 0
     world_size: int = 1
     options: dict = field(default_factory=dict)  # this pass's options, filled by the manager
+    tokenizer: Any = None  # the model's tokenizer, when known (prune_structured's calibration text)
 
 
 @dataclass(frozen=True)
@@ -457,7 +458,7 @@ def run_passes(gm: GraphModule, pipeline, ctx: PassContext | None = None, verify
 
 
 def _with_options(ctx: PassContext, options: dict) -> PassContext:
-    return PassContext(ctx.example_inputs, ctx.model_args, ctx.rank, ctx.world_size, options)
+    return PassContext(ctx.example_inputs, ctx.model_args, ctx.rank, ctx.world_size, options, ctx.tokenizer)
 
 
 def _run(gm: GraphModule, inputs: tuple):

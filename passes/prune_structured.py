@@ -1,35 +1,50 @@
-"""prune_structured: L1-magnitude structured pruning of FFN channels and attention heads (exact=False).
+"""prune_structured: structured pruning of FFN channels and attention heads (exact=False), by a
+criterion that may read the model's activations on calibration text.
 
-FFN (per layer): channel j of the SwiGLU is row j of w1 (gate) and w3 (up) and column j of w2 (down);
-its score is |w1[j]|_1 + |w3[j]|_1 + |w2[:, j]|_1. The int(ratio * hidden_dim) lowest are dropped.
+Structures (prune_scores.py): an FFN channel j is row j of w1 (gate) and w3 (up) and column j of w2
+(down); a query head is its rows of wq and columns of wo; a kv head its rows of wk and wv. Each is
+scored by criterion l1 (|W|), wanda (|W| x ||X|| per input channel) or taylor (|W . dL/dW|), summed
+over its weights; the lowest-scoring go. wanda and taylor run the captured graph on `calibration`
+(a .txt / .jsonl file of the user's text, never the evaluation set; _calibration.py), tokenised by
+ctx.tokenizer (graphopt.optimize(tokenizer=...)) or the `tokenizer` option's file.
 
-Attention (per layer): heads are pruned by kv GROUP: a group is one kv head (rows of wk, wv) with the
-n_rep query heads that share it (rows of wq, columns of wo); its score is the L1 of all of those.
-int(ratio * n_kv_heads) groups are dropped (at least one is always kept), so n_rep and the
-repeat_interleave in the graph stay valid; with MHA (n_kv_heads == n_heads) this is per-head pruning.
-With GQA and few kv heads the granularity is coarse (tiny-gqa: 2 groups, ratio < 0.5 drops none).
-Head counts come from the weights (wq rows / head_dim, head_dim from ctx.model_args or the q view).
+ratio, budget per_layer: every layer drops int(ratio * hidden_dim) FFN channels and int(ratio * n_heads)
+query heads, cut GQA-aware (prune_heads.py): whole kv groups (a kv head with its query heads) and/or
+the same number of query heads from every kept group, the largest cut the layout allows not above
+the count. budget global: one budget of int(ratio * all layers' FFN channels) and int(ratio * all
+kv groups) (each FFN channel of a layer, and each kv group, holds the same parameters), spent on the
+lowest scores across layers (each layer keeps one channel / group); stats["layers"] reports each
+layer's result. A ratio > 0 that removes nothing is an error naming the layout, never a no-op.
 
 Only weights (qkv biases too) are replaced: the model's head views are [B, T, -1, D], so they follow.
-The one head count export records as a literal, RoPE's [B, T, H, -1, 2] reshape, takes its input's
-new size when fake values are re-propagated (_edit.refit_vals); a graph that no longer fits is a PassError.
+The head counts export records as literals follow as well: RoPE's [B, T, H, -1, 2] reshape takes its
+input's new size when fake values are re-propagated (_edit.refit_vals), and repeat_interleave's n_rep
+is set when query heads leave every group; a graph that no longer fits is a PassError.
 Weights are found by their Meta checkpoint names (layers.N.attention.wq.weight, ...), so this must
-run before merge_qkv / merge_gate_up, which replace them. The embedding table and the LM head are
-not touched (a tied table stays one tensor).
-stats: params_before, params_after, params_removed, ffn_channels_removed, kv_groups_removed.
+run before merge_qkv / merge_gate_up, which replace them (taylor: before the passes that insert
+graphopt's own ops, which have no gradient). The embedding table and the LM head are not touched.
+stats: params_before, params_after, params_removed, ffn_channels_removed, kv_groups_removed,
+query_heads_removed, layers ({layer: {ffn_channels, query_heads, kv_heads}} kept), criterion, budget,
+calibration_sequences, calibration_tokens.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 from torch.fx import GraphModule
 
+from graphopt.checkpoints.errors import CheckpointError
 from graphopt.graph_attrs import attr, set_attr
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, before, register_pass
+from ._calibration import CalibrationStats, calibration_batches, gather_statistics, read_calibration_text
 from ._edit import refit_vals, splits_last_dim
 from ._ops import LINEAR, RESHAPE, val
 from ._weights import param_count
+from .prune_heads import global_group_budget, head_cut, kv_repeats, select_heads, set_repeats
+from .prune_scores import (CRITERIA, NEEDS_CALIBRATION, ffn_channel_scores, group_scores, head_scores, importance,
+                           lowest_across_layers)
 
 _NEEDS_NAMES = "it finds the weights by their checkpoint names, which the merge replaces"
 
@@ -64,85 +79,195 @@ def _take(gm: GraphModule, target: str, keep: torch.Tensor, dim: int) -> None:
     set_attr(gm, target, t.detach().index_select(dim, keep.to(t.device)).contiguous())
 
 
-def _keep_lowest_dropped(scores: torch.Tensor, n_remove: int) -> torch.Tensor:
+FFN, ATTN = ("w1", "w2", "w3"), ("wq", "wk", "wv", "wo")
+
+
+def _lowest_dropped(scores: torch.Tensor, n_remove: int) -> torch.Tensor:
     """Indices (sorted) of all but the n_remove lowest scores."""
-    order = torch.argsort(scores, stable=True)
-    return torch.sort(order[n_remove:]).values
+    return torch.sort(torch.argsort(scores, stable=True)[n_remove:]).values
 
 
-def _prune_ffn(gm: GraphModule, w: dict[str, str], ratio: float) -> int:
-    w1, w2, w3 = (attr(gm, w[f"{k}.weight"]) for k in ("w1", "w2", "w3"))
-    hidden = w1.shape[0]
-    n_remove = min(int(ratio * hidden), hidden - 1)
-    if n_remove == 0:
-        return 0
-    scores = w1.abs().sum(1).float() + w3.abs().sum(1).float() + w2.abs().sum(0).float()  # [hidden]
-    keep = _keep_lowest_dropped(scores, n_remove)
-    _take(gm, w["w1.weight"], keep, 0)
-    _take(gm, w["w3.weight"], keep, 0)
-    _take(gm, w["w2.weight"], keep, 1)
-    return n_remove
+@dataclass
+class _Attn:
+    """One attention layer's layout and head scores."""
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    q: torch.Tensor | None = None  # [n_heads] query head scores
+    kv: torch.Tensor | None = None  # [n_kv] kv head scores
 
 
-def _prune_heads(gm: GraphModule, w: dict[str, str], ratio: float, head_dim: int) -> int:
-    wq, wk, wv, wo = (attr(gm, w[f"{k}.weight"]) for k in ("wq", "wk", "wv", "wo"))
-    n_kv = wk.shape[0] // head_dim
-    n_rep = wq.shape[0] // (n_kv * head_dim)
-    assert n_kv * head_dim == wk.shape[0] and n_rep * n_kv * head_dim == wq.shape[0], (wq.shape, wk.shape, head_dim)
-    n_remove = min(int(ratio * n_kv), n_kv - 1)
-    if n_remove == 0:
-        return 0
-    # L1 per kv group: [n_kv]
-    q_l1 = wq.abs().float().reshape(n_kv, n_rep * head_dim, -1).sum((1, 2))
-    k_l1 = wk.abs().float().reshape(n_kv, head_dim, -1).sum((1, 2))
-    v_l1 = wv.abs().float().reshape(n_kv, head_dim, -1).sum((1, 2))
-    o_l1 = wo.abs().float().reshape(wo.shape[0], n_kv, n_rep * head_dim).sum((0, 2))
-    groups = _keep_lowest_dropped(q_l1 + k_l1 + v_l1 + o_l1, n_remove)  # kept kv groups
-    kv_rows = (groups[:, None] * head_dim + torch.arange(head_dim)).flatten()
-    q_rows = (groups[:, None] * (n_rep * head_dim) + torch.arange(n_rep * head_dim)).flatten()
-    for key, rows, dim in (("wq", q_rows, 0), ("wk", kv_rows, 0), ("wv", kv_rows, 0), ("wo", q_rows, 1)):
+def _calibrate(gm: GraphModule, ctx: PassContext, targets: set[str]) -> CalibrationStats:
+    o = ctx.options
+    if o["calibration"] is None:
+        raise PassError(f"criterion {o['criterion']} reads the model's activations on calibration text: set the "
+                        f"option calibration: PATH (.txt, one sequence per line, or .jsonl with a 'text' key)")
+    texts = read_calibration_text(o["calibration"], o["n_calibration"])
+    tokenizer = ctx.tokenizer
+    if o["tokenizer"] is not None:
+        from graphopt.checkpoints.tokenizers import load_tokenizer
+        try:
+            tokenizer = load_tokenizer(o["tokenizer"])
+        except CheckpointError as e:
+            raise PassError(f"option tokenizer: {e}") from e
+    if tokenizer is None:
+        raise PassError(f"criterion {o['criterion']} needs the model's tokenizer for the calibration text: set the "
+                        f"option tokenizer: PATH (tokenizer.json / tokenizer.model or its checkpoint directory), "
+                        f"or pass tokenizer= to graphopt.optimize")
+    device = attr(gm, next(iter(targets))).device
+    batches = calibration_batches(texts, tokenizer, o["max_tokens"], device=device)
+    return gather_statistics(gm, batches, targets, grads=o["criterion"] == "taylor")
+
+
+def _check_options(o: dict) -> None:
+    if o["criterion"] not in NEEDS_CALIBRATION:
+        given = [k for k in ("calibration", "tokenizer") if o[k] is not None]
+        if given:
+            raise PassError(f"criterion {o['criterion']} reads no calibration data, but {' and '.join(given)} "
+                            f"{'is' if len(given) == 1 else 'are'} set (criteria that read it: "
+                            f"{', '.join(NEEDS_CALIBRATION)})")
+
+
+def _plan_ffn(layers: dict, hidden: dict, scores: dict, ratio: float, budget: str) -> dict[str, torch.Tensor]:
+    """{layer: kept channel indices} for the layers that drop any."""
+    if budget == "global":
+        names = list(layers)
+        dropped = dict(zip(names, lowest_across_layers([scores[p] for p in names],
+                                                       int(ratio * sum(hidden.values())))))
+    else:
+        dropped = {p: min(int(ratio * hidden[p]), hidden[p] - 1) for p in layers}
+    return {p: _lowest_dropped(scores[p], n) for p, n in dropped.items() if n}
+
+
+def _check_counts(what: str, ratio: float, budget: str, hidden: dict, attn: dict) -> None:
+    """A ratio > 0 that would remove nothing is an error, found before any calibration work."""
+    if ratio == 0:
+        return
+    if what in ("ffn", "both"):
+        total = sum(hidden.values()) if budget == "global" else min(hidden.values())
+        if int(ratio * total) == 0:
+            raise PassError(f"ffn ratio {ratio:g} of {total} FFN channels ({budget}) rounds to none: use ratio >= "
+                            f"{1 / total:.3g}")
+    if what in ("heads", "both"):
+        if budget == "global":
+            global_group_budget([(a.n_heads, a.n_kv) for a in attn.values()], ratio)
+        else:
+            for a in attn.values():
+                head_cut(a.n_heads, a.n_kv, ratio)
+
+
+def _apply_heads(gm: GraphModule, w: dict[str, str], a: _Attn, kept_kv: torch.Tensor, kept_q: torch.Tensor) -> None:
+    hd = a.head_dim
+    rows_q = (kept_q[:, None] * hd + torch.arange(hd)).flatten()
+    rows_kv = (kept_kv[:, None] * hd + torch.arange(hd)).flatten()
+    repeats = kv_repeats(gm, (w["wk.weight"], w["wv.weight"]))
+    for key, rows, dim in (("wq", rows_q, 0), ("wk", rows_kv, 0), ("wv", rows_kv, 0), ("wo", rows_q, 1)):
         _take(gm, w[f"{key}.weight"], rows, dim)
         if dim == 0 and f"{key}.bias" in w:
             _take(gm, w[f"{key}.bias"], rows, 0)
-    return n_remove
+    set_repeats(repeats, a.n_heads // a.n_kv, len(kept_q) // len(kept_kv))
 
 
-@register_pass("prune_structured", "L1-magnitude structured pruning of FFN channels and/or attention heads "
-               "(kv groups); rewrites weights, the graph's head views follow them",
-               options={"ratio": PassOption(float, 0.0, "fraction of FFN channels / kv groups to remove, in [0, 1)",
+@register_pass("prune_structured", "structured pruning of FFN channels and/or attention heads (GQA-aware: kv "
+               "groups, query heads per group) by L1, Wanda or Taylor scores on calibration text; rewrites weights, "
+               "the graph's head views follow them",
+               options={"ratio": PassOption(float, 0.0, "fraction of FFN channels and of query heads (budget global: "
+                                            "of all layers' FFN channels and kv groups) to remove, in [0, 1)",
                                             min=0.0, max=1.0, open_max=True),
                         "what": PassOption(str, "ffn", "what to prune: ffn, heads or both",
-                                           choices=("ffn", "heads", "both"))},
+                                           choices=("ffn", "heads", "both")),
+                        "criterion": PassOption(str, "l1", "score: l1 (|W|), wanda (|W| x ||X||), taylor "
+                                                "(|W . dL/dW|); wanda/taylor read calibration text",
+                                                choices=CRITERIA),
+                        "budget": PassOption(str, "per_layer", "per_layer: ratio in every layer; global: one "
+                                             "budget spent on the lowest scores across layers",
+                                             choices=("per_layer", "global")),
+                        "calibration": PassOption(str, None, "calibration text: .txt (a sequence per line) or "
+                                                  ".jsonl ({\"text\": ...} rows); not the evaluation data"),
+                        "n_calibration": PassOption(int, 128, "calibration sequences used (the file's first)",
+                                                    min=1),
+                        "max_tokens": PassOption(int, 256, "tokens per calibration sequence (longer ones are cut)",
+                                                 min=2),
+                        "tokenizer": PassOption(str, None, "tokenizer file or checkpoint directory for the "
+                                                "calibration text (default: the model's, from graphopt.optimize)")},
                exact=False, order=[before("merge_qkv", _NEEDS_NAMES), before("merge_gate_up", _NEEDS_NAMES)])
 def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
-    ratio, what = ctx.options["ratio"], ctx.options["what"]
+    o = ctx.options
+    ratio, what, criterion, budget = o["ratio"], o["what"], o["criterion"], o["budget"]
+    _check_options(o)
     layers = _weights(gm)
-    need = ([("w1", "w2", "w3")] if what in ("ffn", "both") else []) + \
-           ([("wq", "wk", "wv", "wo")] if what in ("heads", "both") else [])
+    need = ([FFN] if what in ("ffn", "both") else []) + ([ATTN] if what in ("heads", "both") else [])
     for keys in need:
         if not any(all(f"{k}.weight" in w for k in keys) for w in layers.values()):
             raise PassError(f"prune_structured found no {'/'.join(keys)} weights named like Meta checkpoint keys "
                             f"(layers.N.feed_forward.w1/w2/w3, layers.N.attention.wq/wk/wv/wo): run it before "
                             f"merge_qkv / merge_gate_up, which replace them")
+    has = lambda w, keys: all(f"{k}.weight" in w for k in keys)  # noqa: E731
+    ffn = {p: w for p, w in sorted(layers.items()) if what in ("ffn", "both") and has(w, FFN)}
+    attn_w = {p: w for p, w in sorted(layers.items()) if what in ("heads", "both") and has(w, ATTN)}
+    hidden = {p: attr(gm, w["w1.weight"]).shape[0] for p, w in ffn.items()}
+    attn = {}
+    for p, w in attn_w.items():
+        hd = ctx.model_args.head_dim if ctx.model_args else _head_dim(gm, w["wq.weight"])
+        n_heads, n_kv = attr(gm, w["wq.weight"]).shape[0] // hd, attr(gm, w["wk.weight"]).shape[0] // hd
+        assert n_kv * hd == attr(gm, w["wk.weight"]).shape[0] and n_heads % n_kv == 0, (p, n_heads, n_kv, hd)
+        attn[p] = _Attn(n_heads, n_kv, hd)
+    _check_counts(what, ratio, budget, hidden, attn)
     params_before = param_count(gm)
+    stats = {"params_before": params_before, "criterion": criterion, "budget": budget,
+             "calibration_sequences": 0, "calibration_tokens": 0}
+    if ratio == 0:
+        return PassResult(gm, False, {**stats, "matches": 0, "params_after": params_before, "params_removed": 0,
+                                      "ffn_channels_removed": 0, "kv_groups_removed": 0, "query_heads_removed": 0,
+                                      "layers": {}})
+
+    targets = {w[f"{k}.weight"] for w in ffn.values() for k in FFN} | \
+              {w[f"{k}.weight"] for w in attn_w.values() for k in ATTN}
+    calib = _calibrate(gm, ctx, targets) if criterion in NEEDS_CALIBRATION else None
+    if calib is not None:
+        stats.update(calibration_sequences=calib.n_sequences, calibration_tokens=calib.n_tokens)
+    imp = lambda w, keys: {k: importance(criterion, attr(gm, w[f"{k}.weight"]), w[f"{k}.weight"], calib)  # noqa: E731
+                           for k in keys}
+    ffn_scores = {p: ffn_channel_scores(imp(w, FFN)) for p, w in ffn.items()}
+    for p, w in attn_w.items():
+        attn[p].q, attn[p].kv = head_scores(imp(w, ATTN), attn[p].head_dim)
+
     splits = [n for n in gm.graph.nodes if splits_last_dim(n)]  # RoPE's [B, T, H, -1, 2], before H changes
-    ffn_removed = groups_removed = matches = 0
-    for prefix, w in sorted(layers.items()):
-        if what in ("ffn", "both") and all(f"{k}.weight" in w for k in ("w1", "w2", "w3")):
-            removed = _prune_ffn(gm, w, ratio)
-            ffn_removed += removed
-            matches += removed > 0
-        if what in ("heads", "both") and all(f"{k}.weight" in w for k in ("wq", "wk", "wv", "wo")):
-            head_dim = ctx.model_args.head_dim if ctx.model_args else _head_dim(gm, w["wq.weight"])
-            removed = _prune_heads(gm, w, ratio, head_dim)
-            groups_removed += removed
-            matches += removed > 0
+    report = {p: {} for p in sorted(set(ffn) | set(attn))}
+    ffn_removed = groups_removed = q_removed = matches = 0
+    for p, keep in _plan_ffn(ffn, hidden, ffn_scores, ratio, budget).items():
+        w = ffn[p]
+        _take(gm, w["w1.weight"], keep, 0)
+        _take(gm, w["w3.weight"], keep, 0)
+        _take(gm, w["w2.weight"], keep, 1)
+        ffn_removed += hidden[p] - len(keep)
+        matches += 1
+    for p in ffn:
+        report[p]["ffn_channels"] = attr(gm, ffn[p]["w1.weight"]).shape[0]
+
+    if budget == "global" and attn:
+        want = global_group_budget([(a.n_heads, a.n_kv) for a in attn.values()], ratio)
+        dropped = lowest_across_layers([group_scores(a.q, a.kv) for a in attn.values()], want)
+        cuts = {p: (g, 0) for p, g in zip(attn, dropped)}
+    else:
+        cuts = {p: head_cut(a.n_heads, a.n_kv, ratio) for p, a in attn.items()}
+    for p, a in attn.items():
+        g, q = cuts[p]
+        if g or q:
+            kept_kv, kept_q = select_heads(a.q, a.kv, g, q)
+            _apply_heads(gm, attn_w[p], a, kept_kv, kept_q)
+            groups_removed += g
+            q_removed += a.n_heads - len(kept_q)
+            matches += 1
+        report[p].update(query_heads=attr(gm, attn_w[p]["wq.weight"]).shape[0] // a.head_dim,
+                         kv_heads=attr(gm, attn_w[p]["wk.weight"]).shape[0] // a.head_dim)
     if matches:
         try:
             refit_vals(gm, splits)
         except Exception as e:
             raise PassError(f"after pruning, {e}") from e
     params_after = param_count(gm)
-    return PassResult(gm, matches > 0, {"matches": matches, "params_before": params_before, "params_after": params_after,
+    return PassResult(gm, matches > 0, {**stats, "matches": matches, "params_after": params_after,
                                         "params_removed": params_before - params_after,
-                                        "ffn_channels_removed": ffn_removed, "kv_groups_removed": groups_removed})
+                                        "ffn_channels_removed": ffn_removed, "kv_groups_removed": groups_removed,
+                                        "query_heads_removed": q_removed, "layers": report})
