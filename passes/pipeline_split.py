@@ -3,8 +3,13 @@
 stage 0, the final norm + LM head + log-prob in the last stage.
 
 Each node's stage: at least that of its inputs and of the weights it reads (layers.i -> its stage;
-tok_embeddings 0; norm / output last), then pushed down to the earliest stage that uses it, so
-values computed from the inputs alone (RoPE tables, sizes) move as little as possible. The result
+the final norm -> last; the embedding table / LM head weight bound nothing: the lookup reads only
+the ids, and the head follows the final norm), then pushed down to the earliest stage that uses it,
+so values computed from the inputs alone (RoPE tables, sizes) move as little as possible.
+
+Tied embeddings: export names the one table model.output.weight for both readers; the lookup stays
+in stage 0 and the head in the last stage, and the split graph hands the one get_attr to both
+submodules (StagePlan.weights gives it to both stages; drop_other_stages keeps it on both ranks). The result
 is a GraphModule calling submod_0 .. submod_{n-1} in order (runs as is, in one process);
 graphopt.distributed.pipeline_run runs it with micro-batches on several devices or ranks.
 """
@@ -28,7 +33,7 @@ def node_stages(gm: GraphModule, n_stages: int, n_layers: int) -> dict:
         if m:
             return int(m.group(1)) * n_stages // n_layers
         name = target.rsplit(".", 1)[0].split(".")[-1] if "." in target else target
-        return n_stages - 1 if name in ("norm", "output") else 0
+        return n_stages - 1 if name == "norm" else 0  # output / tok_embeddings: maybe one tied table
 
     lb = {}
     for n in gm.graph.nodes:

@@ -8,19 +8,20 @@ graphopt.distributed.plan, which the shard loader uses too); one small function 
   vocab      output (vocab_parallel): rows cut along the vocab; the log_softmax + gather below it (or
              graphopt.logprob / linear_logprob) becomes a log-sum-exp over all-reduces: no full logits.
   embedding  tok_embeddings (embedding_parallel, Meta's layout): cut along dim, all-gather after the lookup.
-             Not with tied embeddings and a whole LM head (no vocab_parallel): the head keeps the whole
-             table on every rank, so the lookup reads it and a cut would only add a copy.
+             Untied models only (a tied table follows the head, below).
+  lookup     tied embeddings with vocab_parallel: the lookup reads the head's [V/ws, D] vocab slice
+             (ids outside it masked to zero rows), then all_reduce(sum): Megatron's vocab-parallel embedding.
   repeat     repeat_interleave's n_rep, the GQA literal: the local ratio where kv heads are replicated
              (n_kv_heads < world_size).
 The model's head views are [B, T, -1, D] and follow the cut weights; RoPE's [B, T, H, -1, 2] takes
 its input's local head count when fake values are re-propagated (_edit.refit_vals).
 
-Tied embeddings: the LM head and the lookup read one [V, D] table, which stays one tensor unless the
-two are cut differently, and then each holds only its own cut: vocab_parallel gives the head a
-[V/ws, D] slice while the lookup reads the whole table (two tensors by design); with
-embedding_parallel too, the lookup gets a [V, D/ws] slice and the whole table is released. A full
-tensor that was cut is dropped under every name nothing reads any more (export also keeps a tied
-table's unread model.tok_embeddings.weight name).
+Tied embeddings: the LM head and the lookup read one [V, D] table, and it stays ONE tensor on every
+rank: replicated whole (no vocab_parallel; embedding_parallel does not apply to a tied table, as the
+head needs every row's whole dim), or with vocab_parallel one [V/ws, D] vocab slice that both the head
+and the lookup read (so the shard loader reads only that slice of the checkpoint's one tensor). A
+full tensor that was cut is dropped under every name nothing reads any more (export also keeps a
+tied table's unread model.tok_embeddings.weight name).
 
 Rank / world size come from ctx; the group is torch.distributed's default group, which must be
 initialised (graphopt.distributed.launch). Weights may be real (sliced here, the full tensor released)
@@ -29,14 +30,14 @@ or on the meta device: graphopt.distributed.load_shard then fills them from gm.m
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.fx import GraphModule, Node
 
 import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.*)
 from graphopt.distributed.collectives import insert_all_gather_last_dim, insert_all_reduce, \
-    insert_vocab_parallel_logprob
+    insert_vocab_parallel_logprob, insert_vocab_parallel_lookup
 from graphopt.distributed.plan import checkpoint_key, head_layout, shard_slice
 from graphopt.graph_attrs import attr, set_attr, targets_holding
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
@@ -52,7 +53,7 @@ _TABLE = ("output.weight", "tok_embeddings.weight")  # read by the LM head and t
 
 @dataclass
 class Site:
-    kind: str  # column | row | vocab | embedding | repeat
+    kind: str  # column | row | vocab | embedding | lookup | repeat
     node: Node  # the linear / graphopt.linear_logprob / embedding / repeat_interleave
     weight: Node | None = None  # get_attr nodes
     bias: Node | None = None
@@ -67,6 +68,7 @@ class World:
     size: int
     rank: int
     group: str
+    cuts: dict = field(default_factory=dict)  # (id of the full tensor, pieces) -> attribute holding that cut
 
 
 def _get_attr(node: Node, i: int, name: str) -> Node | None:
@@ -97,14 +99,17 @@ def _linear_site(lin: Node, sl) -> Site | None:
 
 def plan(gm: GraphModule, args, ws: int, rank: int, vp: bool, ep: bool) -> list[Site]:
     """The nodes rank rewrites, in graph order, with the slice of every weight they read."""
-    ep = ep and (vp or not args.tie_embeddings)  # a whole tied head keeps the whole table: the lookup reads it
+    tied = args.tie_embeddings
+    ep = ep and not tied  # a tied table follows the head: whole, or the head's vocab slice (lookup below)
     sl = lambda key: shard_slice(key, args, ws, rank, vp, ep)
     n_rep = head_layout(args, ws, rank).n_rep
     sites = []
     for n in gm.graph.nodes:
-        if n.target in EMBEDDING and ep and (w := _get_attr(n, 0, "weight")) is not None \
-                and checkpoint_key(w.target) in _TABLE:
-            sites.append(Site("embedding", n, w, keys=("tok_embeddings.weight",), pieces=(sl("tok_embeddings.weight"),)))
+        w = _get_attr(n, 0, "weight") if n.target in EMBEDDING else None
+        if w is not None and checkpoint_key(w.target) in _TABLE and (ep or (tied and vp)):
+            key = "output.weight" if tied else "tok_embeddings.weight"  # tied: the head's cut, one shard
+            sites.append(Site("lookup" if tied else "embedding", n, w, keys=("tok_embeddings.weight",),
+                              pieces=(sl(key),)))
         elif (n.target in LINEAR or n.target == _LINEAR_LOGPROB) and (site := _linear_site(n, sl)):
             sites.append(site)
         elif n.target == aten.repeat_interleave.self_int and n.args[1] == args.n_heads // args.n_kv_heads != n_rep:
@@ -113,10 +118,16 @@ def plan(gm: GraphModule, args, ws: int, rank: int, vp: bool, ep: bool) -> list[
     return sites
 
 
-def _cut(gm: GraphModule, site: Site, wnode: Node, suffix: str = "weight") -> None:
+def _cut(gm: GraphModule, site: Site, wnode: Node, world: World, suffix: str = "weight") -> None:
     """Replace the tensor behind get_attr `wnode` by the shard site.node reads: each part (merged
-    weights stack theirs along dim 0) cut by its piece; recorded in gm.meta["tp_shards"]."""
+    weights stack theirs along dim 0) cut by its piece; recorded in gm.meta["tp_shards"]. A tensor
+    already cut this way for another site (a tied table: lookup and head) is read from that cut."""
     full = attr(gm, wnode.target)
+    done = world.cuts.get((id(full), site.pieces))
+    if done is not None:
+        with gm.graph.inserting_before(site.node):
+            site.node.replace_input_with(wnode, gm.graph.get_attr(done))
+        return
     parts = [p if piece is None else p.narrow(piece[0], piece[1], piece[2] - piece[1])
              for p, piece in zip(full.split(list(site.sizes) or full.shape[0]), site.pieces)]
     new = torch.cat(parts) if len(parts) > 1 else parts[0].clone()  # a copy: the full storage is released
@@ -130,12 +141,13 @@ def _cut(gm: GraphModule, site: Site, wnode: Node, suffix: str = "weight") -> No
         set_attr(gm, target, new)
     keys = [k.rsplit(".", 1)[0] + "." + suffix for k in site.keys]
     gm.meta.setdefault("tp_shards", {})[target] = list(zip(keys, site.pieces))
+    world.cuts[(id(full), site.pieces)] = target
 
 
 def _column(gm: GraphModule, site: Site, world: World) -> dict:
-    _cut(gm, site, site.weight)
+    _cut(gm, site, site.weight, world)
     if site.bias is not None:
-        _cut(gm, site, site.bias, "bias")
+        _cut(gm, site, site.bias, world, "bias")
     if site.sizes:  # merged: the split takes the local part sizes
         split = next(iter(site.node.users))
         split.args = (site.node, [stop - start for _, start, stop in site.pieces], *split.args[2:])
@@ -144,14 +156,21 @@ def _column(gm: GraphModule, site: Site, world: World) -> dict:
 
 def _row(gm: GraphModule, site: Site, world: World) -> dict:
     assert site.bias is None, f"row-parallel {site.keys[0]} with a bias would add it world_size times"
-    _cut(gm, site, site.weight)
+    _cut(gm, site, site.weight, world)
     insert_all_reduce(gm.graph, site.node, "sum", world.group)  # partial sums
     return {"row": 1, "all_reduce": 1}
 
 
 def _embedding(gm: GraphModule, site: Site, world: World) -> dict:
-    _cut(gm, site, site.weight)
+    _cut(gm, site, site.weight, world)
     insert_all_gather_last_dim(gm.graph, site.node, world.size, world.group)
+    return {"embedding": 1}
+
+
+def _lookup(gm: GraphModule, site: Site, world: World) -> dict:
+    _, start, stop = site.pieces[0]
+    _cut(gm, site, site.weight, world)
+    insert_vocab_parallel_lookup(gm.graph, site.node, start, stop - start, world.group)
     return {"embedding": 1}
 
 
@@ -163,7 +182,7 @@ def _repeat(gm: GraphModule, site: Site, world: World) -> dict:
 def _vocab(gm: GraphModule, site: Site, world: World) -> dict:
     g, head, vocab = gm.graph, site.node, attr(gm, site.weight.target).shape[0]
     _, start, stop = site.pieces[0]
-    _cut(gm, site, site.weight)
+    _cut(gm, site, site.weight, world)
 
     def logprob(x: Node, at: Node, tgt: Node, squeeze: bool = False) -> None:  # x [N, V_local] float32
         at.replace_all_uses_with(insert_vocab_parallel_logprob(g, at, x, tgt, world.rank, stop - start, world.group,
@@ -199,7 +218,8 @@ def _vocab(gm: GraphModule, site: Site, world: World) -> dict:
     return {"vocab_logprob": done}
 
 
-REWRITE = {"column": _column, "row": _row, "vocab": _vocab, "embedding": _embedding, "repeat": _repeat}
+REWRITE = {"column": _column, "row": _row, "vocab": _vocab, "embedding": _embedding, "lookup": _lookup,
+           "repeat": _repeat}
 
 
 def _world(ws: int, rank: int) -> World:
@@ -218,8 +238,8 @@ def _world(ws: int, rank: int) -> World:
                options={"vocab_parallel": PassOption(bool, False, "cut the LM head along the vocab and compute the "
                                                      "log-prob with all-reduces of max / sum-exp / target logit"),
                         "embedding_parallel": PassOption(bool, False, "cut tok_embeddings along dim (Meta's shard "
-                                                         "layout) and all-gather after the lookup (a tied "
-                                                         "table stays whole unless vocab_parallel)")},
+                                                         "layout) and all-gather after the lookup (untied "
+                                                         "models: a tied table follows the head's cut)")},
                shards="tensor")
 def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
     if ctx.world_size == 1:

@@ -3,8 +3,8 @@ Qwen2.5) stay ONE tensor through every pass: the lookup and the head read one st
 count_params counts it once, and no second copy is held. Where a pass holds two things by design
 (its docstring says so) the test pins exactly what is held: quantize_int8 on a head that is still a
 linear (int8 codes [D, V] + scales next to the float table the lookup reads), mkldnn_linear (the head
-packed in oneDNN's layout next to the plain table), tensor_parallel with vocab_parallel (a [V/ws, D]
-head slice next to the whole table the lookup reads).
+packed in oneDNN's layout next to the plain table). tensor_parallel with vocab_parallel cuts the one
+table along the vocab: a [V/ws, D] slice that the head and the (vocab-parallel) lookup both read.
 
 Models: tiny-tied (4 heads) and a tied 9-query / 3-kv-head model (SmolLM2-135M's head layout),
 captured by export (which names the table twice, model.tok_embeddings.weight unread) and by dynamo
@@ -182,9 +182,9 @@ def test_optimize_counts_the_tied_table_once(pipeline, method):
 @pytest.mark.distributed
 def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed():
     """tiny-tied on 2 gloo ranks. No cut of the table: one tensor, read by the lookup and the head.
-    vocab_parallel: a [V/2, D] head slice next to the whole table the lookup reads (by design).
-    embedding_parallel alone: the head needs the whole table on each rank, so the lookup reads it
-    (no [V, D/2] copy). Both: the two halves, and the whole table released."""
+    vocab_parallel: one [V/2, D] slice read by the head and the vocab-parallel lookup, the whole table
+    released. embedding_parallel does not apply to a tied table (the head needs whole rows): alone it
+    changes nothing, with vocab_parallel the one vocab slice as above."""
     cases = [{}, {"vocab_parallel": True}, {"embedding_parallel": True},
              {"vocab_parallel": True, "embedding_parallel": True}]
     res = launch(W.tied_tp_worker, 2, args=("tiny-tied", cases), timeout_s=300)
@@ -195,9 +195,9 @@ def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed():
     layers = args.n_layers * (2 * D * q_local * hd + 2 * D * kv_local * hd + 3 * D * args.hidden_dim // ws + 2 * D) + D
     expected = {  # case -> (table storages' shapes, rank's parameters, lookup and head read one storage)
         0: ([(V, D)], layers + V * D, True),
-        1: ([(V // ws, D), (V, D)], layers + V * D + V * D // ws, False),
+        1: ([(V // ws, D)], layers + V * D // ws, True),
         2: ([(V, D)], layers + V * D, True),
-        3: ([(V // ws, D), (V, D // ws)], layers + V * D, False),
+        3: ([(V // ws, D)], layers + V * D // ws, True),
     }
     assert len(res) == ws
     for rank_results in res:
@@ -207,7 +207,7 @@ def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed():
             assert r["table_shapes"] == sorted(shapes), r
             assert r["n_params"] == n, r
             assert r["one_storage"] == shared, r
-            assert r["embedding"] == (1 if i == 3 else 0) and r["vocab_logprob"] == (1 if i in (1, 3) else 0), r
+            assert r["embedding"] == r["vocab_logprob"] == (1 if i in (1, 3) else 0), r
 
 
 @pytest.mark.parametrize("layout,dtype", [("safetensors", "float32"), ("bin", "bfloat16"), ("meta", "float32")])

@@ -1,6 +1,6 @@
 """The collectives the sharding passes insert, as functional-collective ops (traceable by export and
 compile): all_reduce(x, op) = wait_tensor(_c10d_functional.all_reduce(x, op, group_name)), all_gather
-along a dim, and the vocab-parallel log-prob built from all-reduces. Also `graph_collectives(gm)`: the
+along a dim, and the vocab-parallel log-prob and embedding lookup built from all-reduces. Also `graph_collectives(gm)`: the
 collectives in a graph."""
 from __future__ import annotations
 
@@ -63,6 +63,23 @@ def insert_vocab_parallel_logprob(graph: Graph, site: Node, x: Node, tgt: Node, 
         picked = c(WAIT, c(ALL_REDUCE, picked, "sum", group_name))  # [N, 1] target logit (one rank had it)
         out = c(aten.sub.Tensor, picked, lse)
         return c(aten.squeeze.dim, out, -1) if squeeze else out
+
+
+def insert_vocab_parallel_lookup(graph: Graph, lookup: Node, start: int, v_local: int, group_name: str) -> Node:
+    """lookup = embedding(table [V_local, D], ids [B, T]) reading rows [start, start + V_local) of the
+    vocab: ids are shifted into the slice (clamped), rows of ids outside it zeroed, then
+    all_reduce(sum) gives every rank the [B, T, D] embeddings (exactly one rank adds each row).
+    lookup's users read the result, which is returned."""
+    ids = lookup.args[1]
+    c = lambda f, *a: graph.call_function(f, a)
+    with graph.inserting_before(lookup):
+        local = c(aten.sub.Tensor, ids, start)  # [B, T] id within this rank's slice
+        valid = c(aten.logical_and.default, c(aten.ge.Scalar, local, 0), c(aten.lt.Scalar, local, v_local))
+        lookup.args = (lookup.args[0], c(aten.clamp.default, local, 0, v_local - 1), *lookup.args[2:])
+    with graph.inserting_before(lookup.next):
+        mine = c(aten.where.ScalarOther, c(aten.unsqueeze.default, valid, -1), lookup, 0.0)  # [B, T, D]
+    lookup.replace_all_uses_with(mine, delete_user_cb=lambda u: u is not mine)
+    return insert_all_reduce(graph, mine, "sum", group_name)
 
 
 def graph_collectives(gm: GraphModule) -> list[Node]:

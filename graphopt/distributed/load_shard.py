@@ -13,6 +13,12 @@ size and the layout matches Meta's (vocab_parallel + embedding_parallel, kv head
 rank r opens consolidated.{r:02d}.pth only and its tensors are used as they are (memory-mapped, no
 copy). Safetensors (Hugging Face directory or one file with Meta key names): every tensor is read
 as a lazy slice (safe_open(...).get_slice), HF q/k rows un-permuted per local head.
+
+Tied embeddings: the graph holds the table (whole, or tensor_parallel's one vocab slice) as one
+tensor under several names (export keeps model.tok_embeddings.weight unread next to
+model.output.weight); it is read once and every name holding it gets the one loaded tensor, so the
+tie survives and no name is left on the meta device. A checkpoint without output.weight (tied) gives
+the head's rows from tok_embeddings.weight.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from torch.fx import GraphModule
 
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.checkpoints.meta import load_pth, meta_shard_paths, meta_split_dim
-from graphopt.graph_attrs import attr, set_attr
+from graphopt.graph_attrs import attr, replace_tensor, targets_holding
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import model_rope_tables
 
@@ -119,17 +125,17 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
         raise CheckpointError(f"{ckpt}: expected a Meta checkpoint (consolidated.NN.pth) or .safetensors")
     shards = gm.meta.get("tp_shards", {})
     tied = not src.has("output.weight")
-    total, n = 0, 0
+    total, n, done = 0, 0, set()
     for target in sorted({nd.target for nd in gm.graph.nodes if nd.op == "get_attr"}):
         cur = attr(gm, target)
-        if not isinstance(cur, Tensor):
+        if not isinstance(cur, Tensor) or id(cur) in done:  # a tied tensor: already loaded under another name
             continue
         name = target[len("model."):] if target.startswith("model.") else target
         if name in ("rope_cos", "rope_sin"):  # non-persistent: recompute
             cos, sin = model_rope_tables(args, cur.shape[0])
             new = cos if name == "rope_cos" else sin
         else:
-            parts = shards.get(target, [(name, None)])
+            parts = shards.get(target) or _recorded_under_another_name(gm, cur, shards) or [(name, None)]
             tensors = []
             for key, piece in parts:
                 key = "tok_embeddings.weight" if key == "output.weight" and tied else key
@@ -141,10 +147,29 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
             raise CheckpointError(f"{ckpt}: {target!r} for rank {rank}/{world_size} has shape {list(new.shape)}, "
                                   f"the graph expects {list(cur.shape)} (params.json / world size mismatch?)")
         new = new.to(cur.dtype) if new.dtype != cur.dtype else new
-        set_attr(gm, target, new)
+        done.add(id(cur))
+        replace_tensor(gm, cur, new)  # every name holding it: one tensor, tied names included
         total += new.numel() * new.element_size()
         n += 1
-    return {"files_opened": list(src.opened), "bytes_loaded": total, "tensors": n}
+    dropped = _drop_unread_meta(gm)
+    return {"files_opened": list(src.opened), "bytes_loaded": total, "tensors": n, "dropped_unread": dropped}
+
+
+def _recorded_under_another_name(gm: GraphModule, t: Tensor, shards: dict) -> list | None:
+    """tensor_parallel records a cut under the name it gave it; another name of the same tensor reads it too."""
+    return next((shards[name] for name in targets_holding(gm, t) if name in shards), None)
+
+
+def _drop_unread_meta(gm: GraphModule) -> list[str]:
+    """Parameters / buffers still on the meta device are read by no get_attr (every read one was just
+    filled): names a pass left behind. Dropped, so that gm.to(device) has nothing without data to copy."""
+    dropped = []
+    for prefix, module in gm.named_modules(remove_duplicate=False):
+        for slots in (module._parameters, module._buffers):
+            for leaf in [k for k, t in slots.items() if t is not None and t.is_meta]:
+                del slots[leaf]
+                dropped.append(f"{prefix}.{leaf}" if prefix else leaf)
+    return dropped
 
 
 def retarget_device(gm: GraphModule, device) -> int:
