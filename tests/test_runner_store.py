@@ -63,3 +63,42 @@ def test_load_results_errors(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no results"):
         load_results(tmp_path / "empty")
+
+
+def test_speedup_and_tolerance_derived_from_the_stored_reference_row(tmp_path):
+    """Issue #18 item 2: derived columns follow the reference row as stored, even after it is rewritten."""
+    import json
+    store = ResultStore(tmp_path)
+    (tmp_path / "experiment.json").write_text(json.dumps({"tolerance": {"acc_points": 0.5, "max_abs_dloglik": 0.05}}))
+    store.write_row(_row("ref", 0, reference_key="ref", latency_s=2.0, acc=0.50, max_abs_dloglik=0.0))
+    store.write_row(_row("k1", 1, reference_key="ref", latency_s=0.5, acc=0.504, max_abs_dloglik=0.01,
+                         speedup=99.0, within_tolerance=False))  # stored values computed against another reference
+    store.write_row(_row("k2", 2, reference_key="ref", latency_s=1.0, acc=0.40, max_abs_dloglik=0.01,
+                         within_tolerance=True))
+    store.write_row(_row("old", 3, latency_s=1.0, speedup=7.0))  # stored before reference_key existed: as stored
+    store.write_row(_row("bad", 4, status="error", reference_key="ref", latency_s=None))
+    t = store.load().set_index("run_key")
+    assert t.loc["ref", "speedup"] == 1.0 and t.loc["k1", "speedup"] == 4.0 and t.loc["k2", "speedup"] == 2.0
+    assert bool(t.loc["k1", "within_tolerance"]) and not t.loc["k2", "within_tolerance"]  # 0.4 points vs 10
+    assert t.loc["old", "speedup"] == 7.0
+    assert t.loc["bad", "speedup"] != t.loc["bad", "speedup"] and not t.loc["bad", "within_tolerance"]  # NaN, False
+    store.write_row(_row("ref", 0, reference_key="ref", latency_s=4.0, acc=0.40, max_abs_dloglik=0.0))  # re-measured
+    t = store.load().set_index("run_key")
+    assert t.loc["k1", "speedup"] == 8.0 and t.loc["k2", "speedup"] == 4.0
+    assert not t.loc["k1", "within_tolerance"] and bool(t.loc["k2", "within_tolerance"])
+    whole = load_results(tmp_path).set_index("run_key")  # results.parquet's table agrees too
+    assert whole.loc["k1", "speedup"] == 8.0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_stored_files_get_the_umask_mode_not_mkstemps_0600(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        store = ResultStore(tmp_path)
+        store.write_row(_row("k0", 0))
+        store.save_loglik("k0", np.zeros(3))
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    for path in (store.rows_dir / "k0.parquet", tmp_path / "results.parquet", store.loglik_path("k0")):
+        assert path.stat().st_mode & 0o777 == expected, (path, oct(path.stat().st_mode & 0o777), oct(expected))
