@@ -104,7 +104,7 @@ def test_report_on_sweep(sweep):
     out, _, _ = sweep
     text = report(out)
     assert "| run" in text and "padded" in text and "not-applicable" in text and "Failed runs" in text
-    for name in ("latency_vs_accuracy.png", "speedup.png"):
+    for name in ("drift_vs_speedup.png", "speedup.png"):
         assert (out / name).stat().st_size > 1000
 
 
