@@ -11,7 +11,8 @@ COMMANDS = {
     "eval": "score HellaSwag with one model (eager or through a pass pipeline) and print acc / acc_norm / time",
     "passes": "list every registered graph pass with its description and options",
     "inspect": "op counts of a model's captured graph before and after each pass",
-    "report": "print the results table of an experiment directory and write its plots",
+    "report": "print the results table of an experiment directory (120 columns; --wide: all) and write "
+              "results.md / results.csv / plots next to it",
     "cache": "show or clear the compile cache kept across runs",
     "lm-eval": "lm-evaluation-harness's command line with --model graphopt registered (arguments go to lm-eval)",
 }
@@ -24,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphopt",
         description="Graph-optimisation pipeline for LLaMA-family models scoring multiple-choice "
-                    "benchmarks (HellaSwag). With no model or data given, the embedded default "
-                    "(tiny random LLaMA + synthetic HellaSwag-format data) is used.")
+                    "benchmarks (HellaSwag). With no model or data given, the embedded default is used: "
+                    "preset 'default' (a random ~58M-parameter LLaMA, GQA, vocabulary 32000; not the small "
+                    "test preset 'tiny') and synthetic HellaSwag-format data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -89,55 +89,67 @@ def label_points(ax, xs, ys, texts, fontsize=8) -> list:
 
 # ---- figures
 
+def _drift_panel(ax, speed, drift, colors, limit) -> list[float]:
+    """max |Δ loglik| on a log axis; identical log-likelihoods (0) one decade below the smallest drift,
+    labelled "0"; the tolerance as a dashed line. -> the y values drawn."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    positive = [v for v in drift + ([limit] if limit else []) if v > 0]
+    zero = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1e-6
+    drawn = [v if v > 0 else zero for v in drift]
+    ax.set_yscale("log")
+    ax.set_ylim(zero / 2, max(drawn + [limit or 0.0, zero * 10]) * 2)
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=30))  # every decade, so "0" is a tick
+    ax.yaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: "0" if math.isclose(v, zero) else f"$10^{{{math.log10(v):.0f}}}$"))
+    if limit is not None:
+        ax.axhline(limit, color=COLORS["outside"], ls="--", lw=1)
+    ax.scatter(speed, drawn, c=colors, s=30, zorder=3)
+    ax.set_ylabel("max |Δ loglik| vs reference")
+    return drawn
+
+
 def drift_figure(df: pd.DataFrame, tol: dict):
     """max |Δ loglik| (top) and agreement with the reference (bottom) against speed-up, one point per
-    finished run, the max_abs_dloglik tolerance as a dashed line."""
+    finished run (a run without the value is left out of that panel), the max_abs_dloglik tolerance
+    as a dashed line."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    from matplotlib.ticker import FuncFormatter
 
     df = with_speedup(df).reset_index(drop=True)
     df["short"] = short_names([str(n) for n in df["run"]])
     ok = df[(df["status"] == "ok") & df["speedup"].notna()]
+    color = {i: COLORS["within"] if w else COLORS["outside"] for i, w in zip(ok.index, ok["within_tolerance"])}
+    limit = float(tol["max_abs_dloglik"]) if tol.get("max_abs_dloglik") is not None else None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6.5), dpi=DPI, sharex=True, layout="constrained",
                                       height_ratios=[3, 2])
-    colors = [COLORS["within"] if w else COLORS["outside"] for w in ok["within_tolerance"]]
-    drift = [float(v) for v in ok["max_abs_dloglik"].fillna(0.0)]
-    agree = [float(v) * 100 for v in ok["agree"].fillna(1.0)]
-    speed = [float(v) for v in ok["speedup"]]
-    limit = tol.get("max_abs_dloglik")
-    # a log axis with identical log-likelihoods (0) drawn one decade below the smallest drift, labelled "0"
-    positive = [v for v in drift + ([limit] if limit else []) if v > 0]
-    zero = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1e-6
-    drawn = [v if v > 0 else zero for v in drift]
-    top.set_yscale("log")
-    top.set_ylim(zero / 2, max(drawn + [float(limit or 0), zero * 10]) * 2)
-    top.yaxis.set_major_locator(LogLocator(base=10, numticks=30))  # every decade, so "0" is a tick
-    top.yaxis.set_major_formatter(FuncFormatter(
-        lambda v, _: "0" if math.isclose(v, zero) else f"$10^{{{math.log10(v):.0f}}}$"))
-    if limit is not None:
-        top.axhline(float(limit), color=COLORS["outside"], ls="--", lw=1)
-    for ax, ys in ((top, drawn), (bottom, agree)):
-        ax.scatter(speed, ys, c=colors, s=30, zorder=3)
+    d = ok[ok["max_abs_dloglik"].notna()]
+    a = ok[ok["agree"].notna()]
+    drawn = _drift_panel(top, list(d["speedup"]), [float(v) for v in d["max_abs_dloglik"]],
+                         [color[i] for i in d.index], limit)
+    agree = [float(v) * 100 for v in a["agree"]]
+    bottom.scatter(list(a["speedup"]), agree, c=[color[i] for i in a.index], s=30, zorder=3)
+    lo = min(agree + [100.0])
+    bottom.set_ylim(min(lo - 0.05 * (100 - lo) - 0.5, 99.0), 100.5 + 0.02 * (100 - lo))
+    bottom.set_ylabel("answers as reference, %")
+    for ax in (top, bottom):
         ax.axvline(1.0, color="black", lw=0.6)
+    speed = list(ok["speedup"])
     if speed and max(speed) / max(min(speed), 1e-12) > 4:
         top.set_xscale("log")
         times = FuncFormatter(lambda v, _: f"{v:g}x" if f"{v:g}"[0] in "125" else "")
         bottom.xaxis.set_major_formatter(times)  # the axes share x
         bottom.xaxis.set_minor_formatter(times)
-    lo = min(agree) if agree else 100.0
-    bottom.set_ylim(min(lo - 0.05 * (100 - lo) - 0.5, 99.0), 100.5 + 0.02 * (100 - lo))
-    top.set_ylabel("max |Δ loglik| vs reference")
-    bottom.set_ylabel("answers as reference, %")
     bottom.set_xlabel("speed-up vs reference (reference latency / run latency)")
     top.set_title("drift and agreement against speed-up")
     handles = [Line2D([], [], ls="", marker="o", color=COLORS["within"], label="within tolerance"),
-               Line2D([], [], ls="", marker="o", color=COLORS["outside"], label="outside tolerance")]
-    handles.append(Line2D([], [], color=COLORS["outside"], ls="--", label=f"max_abs_dloglik tolerance {limit:g}")
-                   if limit is not None else Line2D([], [], ls="", label="tolerance unknown (no experiment.json)"))
+               Line2D([], [], ls="", marker="o", color=COLORS["outside"], label="outside tolerance"),
+               Line2D([], [], color=COLORS["outside"], ls="--", label=f"max_abs_dloglik tolerance {limit:g}")
+               if limit is not None else Line2D([], [], ls="", label="tolerance not recorded (experiment.json)")]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    label_points(top, speed, drawn, list(ok["short"]))
-    label_points(bottom, speed, agree, list(ok["short"]))
+    label_points(top, list(d["speedup"]), drawn, list(d["short"]))
+    label_points(bottom, list(a["speedup"]), agree, list(a["short"]))
     return fig
 
 
