@@ -149,4 +149,6 @@ def test_exception_line_of_chained_and_multiline_tracebacks():
           with an indented detail line
         """)
     assert exception_line(text) == "ValueError: tensor_parallel: n_heads 4 is not divisible by world_size 3"
+    wrapped = text.replace("ValueError: tensor", "graphopt.pipeline.PassError: tensor")  # a module's exception
+    assert exception_line(wrapped) == "PassError: tensor_parallel: n_heads 4 is not divisible by world_size 3"
     assert exception_line("(rank 2 exited with code -9 without a traceback: killed or crashed)").startswith("(rank 2")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import tempfile
 import time
@@ -67,12 +68,13 @@ def _worker(fn, rank: int, world_size: int, port: int, backend: str, timeout_s: 
 
 def exception_line(traceback_text: str) -> str:
     """The 'Type: message' line of a formatted traceback (the first unindented line after its last
-    'File ...' frame), so the one-line cause of a failure can head an error message; text that is
-    not a traceback -> its first line."""
+    'File ...' frame, the type without its module), so the one-line cause of a failure can head an
+    error message; text that is not a traceback -> its first line."""
     lines = [line for line in traceback_text.rstrip().splitlines() if line.strip()]
     frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
     after = [line for line in lines[frames[-1] + 1:] if not line[:1].isspace()] if frames else []
-    return (after or lines or [""])[0].strip()
+    line = (after or lines or [""])[0].strip()
+    return re.sub(r"^(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*:)", r"\1", line)  # graphopt.pipeline.PassError: -> PassError:
 
 
 def _root_cause(outdir: str, bad: list[int]) -> int:

@@ -44,10 +44,17 @@ def _read(fd: int) -> str:
     return os.read(fd, 65536).decode(errors="replace")
 
 
+def _command_line() -> str:
+    """This process's command line as typed: 'graphopt run x.yaml', 'python -m graphopt run x.yaml'."""
+    prog = Path(sys.argv[0] or "python")
+    head = ["python", "-m", prog.parent.name] if prog.name == "__main__.py" else [prog.name]
+    return shlex.join(head + sys.argv[1:])
+
+
 def _write_holder(fd: int, command: str | None) -> None:
     holder = {"pid": os.getpid(), "host": socket.gethostname(),
               "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": command or shlex.join([os.path.basename(sys.argv[0] or "python")] + sys.argv[1:])}
+              "command": command or _command_line()}
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, (json.dumps(holder) + "\n").encode())
