@@ -90,11 +90,14 @@ def test_report_renders_table_and_writes_files(tmp_path):
     assert "Written: results.md, results.csv, drift_vs_speedup.png, speedup.png" in text
 
 
-def test_every_line_fits_120_columns_with_long_names_and_pass_lists(tmp_path):
+def test_every_line_fits_120_columns_with_long_names_and_pass_lists(tmp_path, capsys):
+    from graphopt.cli import main
     _long_frame(tmp_path)
-    text = report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    text = capsys.readouterr().out  # what the command prints, files written
     too_long = [l for l in text.splitlines() if len(l) > 120]
     assert not too_long, too_long
+    assert "Written: results.md" in text and report(tmp_path) in text  # report() (after `graphopt run`): the same
     table = _table_lines(text)
     assert len(table) == 2 + 9 and [l.split("|")[1].strip() for l in table[2:]] == [f"#{i}" for i in range(9)]
     assert "params" in table[0] and "70.6B" in table[2] and "1.23e+06" not in text  # 1234568 MB prints whole
