@@ -239,3 +239,105 @@ def tied_tp_worker(preset: str, cases):
                     "table_shapes": sorted(tables.values()), "one_storage": reads["lookup"] == reads["head"],
                     "embedding": recs[0].stats["embedding"], "vocab_logprob": recs[0].stats["vocab_logprob"]})
     return out
+
+
+def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
+    """(requests' batches, n_requests, log-likelihoods [n] float64) of a checkpoint loaded whole in this
+    process, the eager model scoring the synthetic HellaSwag set's first `limit` rows."""
+    import warnings
+    from graphopt.checkpoints import load_model
+    from graphopt.data import load_hellaswag
+    from graphopt.scoring.batch import ScoreModule
+    from graphopt.scoring.evaluate import score_requests
+    from graphopt.scoring.requests import build_requests
+    from graphopt.scoring.strategies import build_batches
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no tokenizer file next to the weights: a WordHashTokenizer
+        model, tokenizer = load_model(ckpt)
+    requests = build_requests(load_hellaswag(None, limit=limit), tokenizer)
+    batches = build_batches(requests, strategy)
+    with torch.no_grad():
+        return batches, len(requests), score_requests(ScoreModule(model).eval(), batches, len(requests), False)
+
+
+def _reads(gm, role_ops) -> dict:
+    """role -> the tensor its op's get_attr weight reads, e.g. {"lookup": table, "head": table}."""
+    from graphopt.graph_attrs import attr
+    out = {}
+    for n in gm.graph.nodes:
+        for role, (op, i) in role_ops.items():
+            w = n.args[i] if n.op == "call_function" and n.target is op and len(n.args) > i else None
+            if isinstance(w, torch.fx.Node) and w.op == "get_attr":
+                out[role] = attr(gm, w.target)
+    return out
+
+
+def tied_checkpoint_worker(ckpt: str, cases, limit: int = 3):
+    """The runner's sharded path on a checkpoint directory, per case ("tensor_parallel" options dict,
+    or "pipeline"): the model built on the meta device (load_model_structure), optimize() with
+    worker.load_rank_weights filling only this rank's shard / stage, then every request scored
+    (pipeline: worker.StagePerRank, stage = rank). Reports per case: log-likelihoods, what the
+    embedding lookup and the LM head read (shapes, one tensor or not), held parameters
+    (count_params), bytes loaded, tensors left on meta, the wq / w1 shapes of every layer held."""
+    import warnings
+    from graphopt.checkpoints import load_model_structure
+    from graphopt.optimize_model import optimize
+    from graphopt.runner.worker import StagePerRank, count_params, load_rank_weights
+    from graphopt.scoring.batch import ScoreModule
+    from graphopt.scoring.evaluate import score_requests
+    aten = torch.ops.aten
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    batches, n_req, _ = score_checkpoint(ckpt, limit)  # same requests as the test's single-process run
+    out = []
+    for case in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _ = load_model_structure(ckpt)
+        pipeline = case == "pipeline"
+        passes = ["pipeline_split"] if pipeline else [("tensor_parallel", dict(case))]
+        loaded = {}
+
+        def load(gm):
+            loaded.update(load_rank_weights(gm, ckpt, rank, ws, model.args, one_stage=pipeline))
+        opt = optimize(ScoreModule(model).eval(), batches[0].model_inputs(), passes, "none", rank=rank,
+                       world_size=ws, model_args=model.args, load_weights=load, device="cpu")
+        fn = StagePerRank(opt, ws) if pipeline else opt
+        with torch.no_grad():
+            loglik = score_requests(fn, batches, n_req, False)
+        gm = opt.graph
+        if pipeline:  # the lookup and the head sit in the stage submodules, which read the split's weights
+            reads = {}
+            for name, sub in gm.named_children():
+                if name.startswith("submod_"):
+                    reads.update(_stage_reads(gm, name, sub, last=name == f"submod_{ws - 1}"))
+        else:
+            reads = _reads(gm, {"lookup": (aten.embedding.default, 0), "head": (aten.linear.default, 1)})
+        held = {name: tuple(t.shape) for name, t in gm.named_parameters() if t.numel()}
+        out.append({"case": case, "loglik": loglik,
+                    "lookup": tuple(reads["lookup"].shape) if "lookup" in reads else None,
+                    "head": tuple(reads["head"].shape) if "head" in reads else None,
+                    "one_tensor": "lookup" in reads and reads.get("lookup") is reads.get("head"),
+                    "n_params": count_params(gm), "bytes_loaded": loaded["bytes_loaded"],
+                    "still_meta": [n for n, t in list(gm.named_parameters()) + list(gm.named_buffers()) if t.is_meta],
+                    "wq": sorted(s for n, s in held.items() if n.endswith("attention.wq.weight")),
+                    "wk": sorted(s for n, s in held.items() if n.endswith("attention.wk.weight")),
+                    "w1": sorted(s for n, s in held.items() if n.endswith("feed_forward.w1.weight"))})
+    return out
+
+
+def _stage_reads(split, name: str, sub, last: bool) -> dict:
+    """A pipeline stage submodule's lookup weight, and the last stage's head weight (its last linear):
+    the placeholder traced to the split graph's get_attr that feeds it, where this rank holds it
+    (other stages' weights are empty placeholders)."""
+    from graphopt.graph_attrs import attr
+    aten = torch.ops.aten
+    call = next(n for n in split.graph.nodes if n.op == "call_module" and n.target == name)
+    feed = dict(zip([p for p in sub.graph.nodes if p.op == "placeholder"], call.args))
+    found = {}
+    for n in sub.graph.nodes:
+        if n.op == "call_function" and n.target is aten.embedding.default:
+            found["lookup"] = feed.get(n.args[0])
+        elif n.op == "call_function" and n.target is aten.linear.default and last:
+            found["head"] = feed.get(n.args[1])
+    return {role: attr(split, src.target) for role, src in found.items()
+            if isinstance(src, torch.fx.Node) and src.op == "get_attr" and attr(split, src.target).numel()}

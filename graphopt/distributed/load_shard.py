@@ -113,9 +113,12 @@ def _narrow(t: Tensor, piece: Piece) -> Tensor:
 
 
 def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int, args: ModelArgs) -> dict:
-    """Fill every parameter/buffer that gm's get_attr nodes read with this rank's slice (as recorded
-    by the tensor_parallel pass in gm.meta["tp_shards"]; unrecorded ones in full). Returns stats:
-    files_opened, bytes_loaded, tensors."""
+    """Fill every parameter/buffer that gm's get_attr nodes read and that is still on the meta device
+    with this rank's slice (as recorded by the tensor_parallel pass in gm.meta["tp_shards"];
+    unrecorded ones in full). Real tensors are left as they are (pipeline_run.drop_other_stages puts
+    empty ones where another pipeline stage's weights were). Returns stats: files_opened,
+    bytes_loaded (read from the checkpoint, each tensor once; RoPE tables are recomputed), tensors,
+    dropped_unread (meta names nothing reads, deleted)."""
     ckpt = Path(ckpt_dir)
     if ckpt.is_dir() and any(ckpt.glob("consolidated.*.pth")):
         src = _MetaShards(ckpt, rank)
@@ -128,10 +131,11 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
     total, n, done = 0, 0, set()
     for target in sorted({nd.target for nd in gm.graph.nodes if nd.op == "get_attr"}):
         cur = attr(gm, target)
-        if not isinstance(cur, Tensor) or id(cur) in done:  # a tied tensor: already loaded under another name
-            continue
+        if not isinstance(cur, Tensor) or not cur.is_meta or id(cur) in done:  # real already (a pipeline rank's
+            continue  # placeholders for other stages' weights), or tied: already loaded under another name
         name = target[len("model."):] if target.startswith("model.") else target
-        if name in ("rope_cos", "rope_sin"):  # non-persistent: recompute
+        read = name not in ("rope_cos", "rope_sin")
+        if not read:  # non-persistent: recompute
             cos, sin = model_rope_tables(args, cur.shape[0])
             new = cos if name == "rope_cos" else sin
         else:
@@ -149,7 +153,7 @@ def load_shard(gm: GraphModule, ckpt_dir: str | Path, rank: int, world_size: int
         new = new.to(cur.dtype) if new.dtype != cur.dtype else new
         done.add(id(cur))
         replace_tensor(gm, cur, new)  # every name holding it: one tensor, tied names included
-        total += new.numel() * new.element_size()
+        total += new.numel() * new.element_size() if read else 0
         n += 1
     dropped = _drop_unread_meta(gm)
     return {"files_opened": list(src.opened), "bytes_loaded": total, "tensors": n, "dropped_unread": dropped}

@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.fx import GraphModule, Node
 
+from graphopt.graph_attrs import attr, set_attr
+
 
 def micro_batches(inputs: tuple, n_micro: int) -> list[tuple[tuple, Tensor]]:
     """[(micro-batch inputs, indices into the N scores it produces)] in row order. The packed
@@ -167,24 +169,28 @@ def _recv(src: int, device):
     return buf.view(torch.bool) if dtype == torch.bool else buf
 
 
-def drop_other_stages(split: GraphModule, rank: int) -> None:
-    """Free the weights of the stages this rank does not run (each rank then holds ~1/n of them)."""
+def drop_other_stages(split: GraphModule, rank: int) -> list[str]:
+    """Free the weights of the stages this rank does not run (each rank then holds ~1/n of them): each
+    becomes an empty placeholder of its dtype (real, so gm.to(device) still works on a graph whose
+    weights were never loaded). A weight read by this rank's stage stays, also when another stage
+    reads it too (a tied embedding table: stage 0's lookup and the last stage's head). Returns the
+    targets freed."""
+    mine = stage_weight_targets(split, rank)
+    keep = {id(attr(split, t)) for t in mine}  # a tied tensor under another name stays too
+    freed = []
+    for target in sorted({n.target for n in split.graph.nodes if n.op == "get_attr"} - mine):
+        t = attr(split, target)
+        if isinstance(t, Tensor) and id(t) not in keep and t.numel():
+            set_attr(split, target, torch.empty(0, dtype=t.dtype, device="cpu" if t.is_meta else t.device))
+            freed.append(target)
+    return freed
+
+
+def stage_weight_targets(split: GraphModule, rank: int) -> set[str]:
+    """The get_attr targets stage `rank` reads (its own and those it shares with other stages)."""
     plan = StagePlan(split)
-    mine = {n.target for n in plan.nodes_of[rank] if n.op == "get_attr"} | {
+    return {n.target for n in plan.nodes_of[rank] if n.op == "get_attr"} | {
         a.target for n in plan.nodes_of[rank] for a in n.all_input_nodes if a.op == "get_attr"}
-    for n in split.graph.nodes:
-        if n.op == "get_attr" and n.target not in mine:
-            *path, leaf = n.target.split(".")
-            owner = split
-            for p in path:
-                owner = getattr(owner, p)
-            t = getattr(owner, leaf)
-            if isinstance(t, Tensor) and t.device.type != "meta":
-                empty = torch.empty(t.shape, dtype=t.dtype, device="meta")
-                if leaf in owner._parameters:
-                    owner._parameters[leaf] = torch.nn.Parameter(empty, requires_grad=False)
-                else:
-                    owner._buffers[leaf] = empty
 
 
 def run_pipeline_rank(split: GraphModule, inputs: tuple, n_micro: int = 2) -> Tensor:

@@ -59,10 +59,30 @@ class WorkerJob:
 
 
 def loads_only_its_shard(exp: ExperimentConfig, run: ResolvedRun) -> bool:
-    """A tensor-parallel export run over a checkpoint directory never materialises the full model:
-    each rank captures the model on the meta device, shards the graph, then reads only its slices."""
-    return (exp.world_size > 1 and run.capture == "export" and "tensor" in pipeline_shards(run.passes)
+    """A tensor-parallel or pipeline export run over a checkpoint directory never materialises the full
+    model: each rank captures the model on the meta device, shards / splits the graph, then reads only
+    its slices (tensor_parallel) or its stage's weights (pipeline_split: a tied embedding table is read
+    by the first and the last stage, and each loads it)."""
+    return (exp.world_size > 1 and run.capture == "export" and bool(pipeline_shards(run.passes))
             and os.path.isdir(exp.model))
+
+
+def runs_one_stage_per_rank(exp: ExperimentConfig, run: ResolvedRun) -> bool:
+    """pipeline_split over world_size > 1 ranks (without tensor_parallel): rank r runs stage r only
+    (graphopt.distributed.pipeline_run.run_pipeline_rank, world_size micro-batches); the stages run as
+    captured and split, so the compiler must be none."""
+    shards = pipeline_shards(run.passes)
+    return exp.world_size > 1 and run.capture == "export" and shards == {"pipeline"}
+
+
+def load_rank_weights(gm, ckpt: str, rank: int, world_size: int, args, one_stage: bool) -> dict:
+    """Fill a weightless optimised graph with what this rank holds: its stage's weights (one_stage:
+    the other stages' become empty placeholders first) or its tensor_parallel shard."""
+    from graphopt.distributed.load_shard import load_shard
+    if one_stage:
+        from graphopt.distributed.pipeline_run import drop_other_stages
+        drop_other_stages(gm, rank)
+    return load_shard(gm, ckpt, rank, world_size, args)
 
 
 def count_params(*modules) -> int:
@@ -81,6 +101,23 @@ def count_params(*modules) -> int:
         if total:
             return total
     return 0
+
+
+class StagePerRank:
+    """An optimize() result whose graph pipeline_split cut: calling it runs this rank's stage over the
+    micro-batches (every rank gets the [N] scores); graph / module / records as the result's."""
+
+    def __init__(self, opt, n_micro: int):
+        stages = opt.graph.meta.get("pipeline_stages", 1)
+        if stages != n_micro:
+            raise ValueError(f"pipeline_split made {stages} stages for world_size {n_micro}: one stage per rank "
+                             f"needs n_stages 0 (= world_size) or {n_micro}")
+        self.opt, self.n_micro = opt, n_micro
+        self.graph, self.module, self.records = opt.graph, opt.module, opt.records
+
+    def __call__(self, *inputs):
+        from graphopt.distributed.pipeline_run import run_pipeline_rank
+        return run_pipeline_rank(self.graph, inputs, self.n_micro)
 
 
 def _shape(batch) -> tuple:
@@ -142,14 +179,23 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     n_req = len(requests)
     n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
 
+    one_stage = runs_one_stage_per_rank(exp, run)
+    if one_stage and run.compiler != "none":
+        raise ValueError(f"run {run.name!r}: pipeline_split over world_size {exp.world_size} runs each rank's "
+                         f"stage as split (eager); compiler must be none, got {run.compiler!r}")
     load_weights = None
     if sharded_load:
-        from graphopt.distributed.load_shard import load_shard
-        load_weights = lambda gm: load_shard(gm, exp.model, rank, exp.world_size, model.args)  # noqa: E731
+        load_weights = lambda gm: load_rank_weights(gm, exp.model, rank, exp.world_size, model.args,  # noqa: E731
+                                                    one_stage)
     fn, setup_s = timed(lambda: optimize(ScoreModule(model).eval(), batches[0].model_inputs(), run.passes,
                                          run.compiler, capture=run.capture, rank=rank, world_size=exp.world_size,
                                          model_args=getattr(model, "args", None), load_weights=load_weights,
                                          device=device), device)
+    if one_stage:
+        if not sharded_load:  # the whole model was loaded: keep only this rank's stage
+            from graphopt.distributed.pipeline_run import drop_other_stages
+            drop_other_stages(fn.graph, rank)
+        fn = StagePerRank(fn, exp.world_size)
     # the eager reference (nothing to compile or warm) is scored once: its one pass is its timing
     once = run.is_reference and run.capture == "none" and run.compiler == "none"
     repeats = 1 if once else exp.repeats
