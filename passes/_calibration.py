@@ -117,7 +117,10 @@ class _Observer(Interpreter):
         self.leaves, self.stats, self.valid = leaves, stats, None
 
     def get_attr(self, target, args, kwargs):
-        return self.leaves[target] if target in self.leaves else super().get_attr(target, args, kwargs)
+        if target in self.leaves:
+            return self.leaves[target]
+        value = super().get_attr(target, args, kwargs)
+        return value.detach() if isinstance(value, Tensor) else value  # no gradient into the other weights
 
     def run_node(self, node):
         target = self.watch.get(node)

@@ -26,7 +26,8 @@ def test_json_and_name_filter(capsys):
     assert [r["name"] for r in rows] == ["prune_structured", "cast_dtype"]
     assert rows[0]["exact"] is False
     assert rows[0]["options"]["ratio"] == {"type": "float", "default": 0.0, "choices": [],
-                                           "help": "fraction of FFN channels / kv groups to remove, in [0, 1)"}
+                                           "help": "fraction of FFN channels and of query heads (budget global: "
+                                                   "of all layers' FFN channels and kv groups) to remove, in [0, 1)"}
     assert rows[0]["options"]["what"]["default"] == "ffn"
     assert rows[0]["options"]["what"]["choices"] == ["ffn", "heads", "both"]
     assert rows[1]["options"]["dtype"]["default"] == "bfloat16"

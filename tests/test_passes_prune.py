@@ -22,7 +22,9 @@ _CAPTURED = {}
 
 # 9 query heads in 3 kv groups of 3, tied embeddings: odd head counts
 ODD = {"gqa-9-3": ModelArgs(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=512, multiple_of=32,
-                            max_seq_len=64, tie_embeddings=True)}
+                            max_seq_len=64, tie_embeddings=True),
+       "gqa-6-2": ModelArgs(dim=72, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=64),
+       "mha-8": ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=8, vocab_size=512, multiple_of=32, max_seq_len=64)}
 
 
 def _setup(preset):
