@@ -107,7 +107,8 @@ def test_cuda_world_larger_than_the_devices_fails_at_load(tmp_path, monkeypatch)
     with pytest.raises(ConfigError) as e:
         load()
     msg = str(e.value)
-    assert "key 'world_size'" in msg and "world_size 2 on cuda needs one CUDA device per rank, this machine has 1" in msg
+    assert "key 'world_size'" in msg, msg
+    assert "world_size 2 on cuda needs one CUDA device per rank, this machine has 1" in msg, msg
     assert str(path) in msg
 
 
