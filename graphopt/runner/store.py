@@ -21,8 +21,7 @@ import pandas as pd
 # the columns every row has (in table order); extra keys are kept after them
 COLUMNS = [
     "order", "run", "run_key", "is_reference", "reference_key", "capture", "passes", "compiler", "scoring", "dtype",
-    "device",
-    "world_size", "n_items", "n_requests", "n_tokens", "acc", "acc_norm", "agree", "max_abs_dloglik",
+    "device", "world_size", "n_items", "n_requests", "n_tokens", "acc", "acc_norm", "agree", "max_abs_dloglik",
     "within_tolerance", "latency_s", "items_per_s", "tokens_per_s", "speedup", "compile_s", "peak_mem_mb",
     "n_params", "status", "error", "started_at", "finished_at", "wall_s", "config",
 ]
