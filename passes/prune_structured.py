@@ -105,14 +105,16 @@ def _calibrate(gm: GraphModule, ctx: PassContext, targets: set[str]) -> Calibrat
     texts = read_calibration_text(o["calibration"], o["n_calibration"])
     tokenizer = ctx.tokenizer
     if o["tokenizer"] is not None:
+        from graphopt.checkpoints.gguf import load_gguf_structure
         from graphopt.checkpoints.tokenizers import load_tokenizer
         try:
-            tokenizer = load_tokenizer(o["tokenizer"])
+            gguf = str(o["tokenizer"]).lower().endswith(".gguf")
+            tokenizer = load_gguf_structure(o["tokenizer"])[1] if gguf else load_tokenizer(o["tokenizer"])
         except CheckpointError as e:
             raise PassError(f"option tokenizer: {e}") from e
     if tokenizer is None:
         raise PassError(f"criterion {o['criterion']} needs the model's tokenizer for the calibration text: set the "
-                        f"option tokenizer: PATH (tokenizer.json / tokenizer.model or its checkpoint directory), "
+                        f"option tokenizer: PATH (tokenizer.json / tokenizer.model / .gguf or a checkpoint directory), "
                         f"or pass tokenizer= to graphopt.optimize")
     device = attr(gm, next(iter(targets))).device
     batches = calibration_batches(texts, tokenizer, o["max_tokens"], device=device)
@@ -188,8 +190,9 @@ def _apply_heads(gm: GraphModule, w: dict[str, str], a: _Attn, kept_kv: torch.Te
                                                     min=1),
                         "max_tokens": PassOption(int, 256, "tokens per calibration sequence (longer ones are cut)",
                                                  min=2),
-                        "tokenizer": PassOption(str, None, "tokenizer file or checkpoint directory for the "
-                                                "calibration text (default: the model's, from graphopt.optimize)")},
+                        "tokenizer": PassOption(str, None, "tokenizer.json / tokenizer.model / .gguf file or checkpoint "
+                                                "directory for the calibration text (default: the model's, from "
+                                                "graphopt.optimize)")},
                exact=False, order=[before("merge_qkv", _NEEDS_NAMES), before("merge_gate_up", _NEEDS_NAMES)])
 def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
     o = ctx.options

@@ -17,6 +17,7 @@ from graphopt.passes._calibration import calibration_batches, gather_statistics,
 from graphopt.pipeline import PassContext, PassError, run_passes
 from graphopt.scoring.batch import ScoreModule
 from tests.test_passes_prune import _check, _setup
+from tests.test_tokenizers import hf_tokenizer_json  # noqa: F401  (fixture)
 
 TOL = 1e-5
 WORDS = ("the cat sat on a mat while rain fell over quiet hills and rivers ran to the grey sea "
@@ -292,6 +293,21 @@ def test_global_budget_spends_one_budget_on_the_lowest_scores(calib_file):
     assert len({len(k) for k in keep_ffn.values()}) == 2  # the budget is not split evenly: the scores decide
     assert rec.stats["kv_groups_removed"] == n_groups and rec.stats["ffn_channels_removed"] == n_ffn
     _check(gm, _cut(model, args, keep_ffn=keep_ffn, keep_heads=keep_heads))
+
+
+def test_tokenizer_option_is_the_same_as_the_context_tokenizer(calib_file, hf_tokenizer_json):  # noqa: F811
+    """The runner's YAML names the tokenizer file; graphopt.optimize hands the loaded one: same result."""
+    from graphopt.checkpoints.tokenizers import load_tokenizer
+    from graphopt.scoring.requests import tok_encode
+    args, model, inputs, gm = _setup("tiny-gqa")
+    opts = dict(ratio=0.25, what="ffn", criterion="wanda", calibration=str(calib_file))
+    by_file, (rec,) = _prune(copy.deepcopy(gm), inputs, tokenizer=str(hf_tokenizer_json.parent), **opts)
+    tok = load_tokenizer(hf_tokenizer_json)
+    by_ctx, _ = _prune(gm, inputs, tok, **opts)
+    for name, p in by_ctx.named_parameters():
+        assert torch.equal(p, by_file.get_parameter(name)), name
+    lines = read_calibration_text(calib_file, 128)
+    assert tok.add_bos_token and rec.stats["calibration_tokens"] == sum(len(tok_encode(tok, t)) for t in lines)
 
 
 # ------------------------------------------------------------------------------ option errors
