@@ -91,6 +91,13 @@ def test_pipeline_split_stages_checked_against_the_models_layers(tmp_path):
                                           r"and n_layers 2"):
         _load(tmp_path, world_size=3, passes="[pipeline_split]")[1]()
     assert _load(tmp_path, world_size=1, passes="[{name: pipeline_split, n_stages: 2}]")[1]().world_size == 1
+    # over world_size > 1 ranks the worker runs one stage per rank: stages = world_size, no compiler
+    with pytest.raises(ConfigError, match=r"run 'sharded'.*one stage per rank: n_stages must be 0 \(= world_size\) "
+                                          r"or 2, got 1"):
+        _load(tmp_path, world_size=2, passes="[{name: pipeline_split, n_stages: 1}]")[1]()
+    with pytest.raises(ConfigError, match=r"compiler must be none, got 'inductor'"):
+        _load(tmp_path, world_size=2, passes="[pipeline_split]", overrides=["runs.1.compiler=inductor"])[1]()
+    assert _load(tmp_path, world_size=2, passes="[pipeline_split]")[1]().world_size == 2
 
 
 def test_unreadable_model_config_names_the_model_key(tmp_path):

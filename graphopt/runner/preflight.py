@@ -5,7 +5,9 @@ model's sizes or on this machine rather than on the YAML alone:
 - tensor_parallel (world_size > 1): heads, kv heads and the FFN hidden size divide by world_size, and
   the vocabulary (vocab_parallel) or dim (embedding_parallel) too: graphopt.distributed.plan's own
   checks, called for the first rank's slices;
-- pipeline_split: its stage count (n_stages, or world_size when 0) is between 1 and n_layers.
+- pipeline_split: its stage count (n_stages, or world_size when 0) is between 1 and n_layers; over
+  world_size > 1 ranks (export, no tensor_parallel: one stage per rank, as the worker runs it) it is
+  world_size and the compiler is none.
 
 The model's sizes come from the preset or the checkpoint's config (read_model_args), never its weights,
 and are read only when some run shards. Each failure is one ConfigError naming the file, the run, the
@@ -72,14 +74,33 @@ def pipeline_split_problem(args: ModelArgs, world_size: int, n_stages: int) -> s
     return f"pipeline_split: {given} must be between 1 and n_layers {args.n_layers}"
 
 
-def _run_problem(args: ModelArgs, world_size: int, passes) -> str | None:
-    for spec in passes:
+def stage_per_rank_problem(cfg, run, n_stages: int) -> str | None:
+    """Why a pipeline_split run over world_size > 1 ranks cannot run one stage per rank as the worker
+    does (graphopt.runner.worker.runs_one_stage_per_rank decides when it does); None: it can."""
+    from graphopt.runner.worker import runs_one_stage_per_rank
+
+    if not runs_one_stage_per_rank(cfg, run):
+        return None
+    ws = cfg.world_size
+    if n_stages not in (0, ws):
+        return (f"pipeline_split over world_size {ws} runs one stage per rank: n_stages must be 0 (= world_size) "
+                f"or {ws}, got {n_stages}")
+    if run.compiler != "none":
+        return (f"pipeline_split over world_size {ws} runs each rank's stage as split (eager): compiler must be "
+                f"none, got {run.compiler!r}")
+    return None
+
+
+def _run_problem(cfg, run, args: ModelArgs) -> str | None:
+    for spec in run.passes:
         opts = spec.opts
         if spec.name == "tensor_parallel":
-            problem = tensor_parallel_problem(args, world_size, bool(opts.get("vocab_parallel")),
+            problem = tensor_parallel_problem(args, cfg.world_size, bool(opts.get("vocab_parallel")),
                                               bool(opts.get("embedding_parallel")))
         elif spec.name == "pipeline_split":
-            problem = pipeline_split_problem(args, world_size, int(opts.get("n_stages") or 0))
+            n_stages = int(opts.get("n_stages") or 0)
+            problem = (stage_per_rank_problem(cfg, run, n_stages)
+                       or pipeline_split_problem(args, cfg.world_size, n_stages))
         else:
             problem = None
         if problem:
@@ -111,7 +132,7 @@ def check_model_fits(cfg, runs=None) -> None:
         raise ConfigError(f"{cfg.source}: {where(('model',))}: cannot read the model's sizes to check run "
                           f"{sharding[0].name!r}'s sharding: {e}") from None
     for run in sharding:
-        problem = _run_problem(args, cfg.world_size, run.passes)
+        problem = _run_problem(cfg, run, args)
         if problem:
             raise ConfigError(f"{cfg.source}: run {run.name!r} ({where(_passes_key(run))}) with world_size "
                               f"{cfg.world_size} ({where(('world_size',))}): {problem}; model {cfg.model!r}: "
