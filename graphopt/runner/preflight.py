@@ -54,8 +54,8 @@ def tensor_parallel_problem(args: ModelArgs, world_size: int, vocab_parallel: bo
 
     if world_size == 1:
         return None
-    # as the pass plans it: a tied table read whole by the LM head is not cut for the lookup
-    embedding_parallel = embedding_parallel and (vocab_parallel or not args.tie_embeddings)
+    # as passes/tensor_parallel.py's plan(): a tied table follows the head, never cut along dim
+    embedding_parallel = embedding_parallel and not args.tie_embeddings
     try:
         for key in _TP_KEYS:
             shard_slice(key, args, world_size, 0, vocab_parallel, embedding_parallel)
