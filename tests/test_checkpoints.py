@@ -77,7 +77,7 @@ def _save_bin(hf, d, n_files):
 def test_hf_directory_gives_transformers_logits(llama, variant, weight_file):
     hf, want, root = llama
     assert (root / variant / weight_file).is_file()  # the layout under test really was written
-    model, tok = load_model(str(root / variant))
+    model, tok = load_model(str(root / variant), tokenizer="word-hash")
     assert not model.training
     assert model.args.n_kv_heads == 2 and model.args.vocab_size == V and not model.args.tie_embeddings
     torch.testing.assert_close(_our_logits(model), want, atol=1e-5, rtol=1e-5)
@@ -120,7 +120,7 @@ def test_meta_shards_give_transformers_logits(llama, tmp_path, n_shards):
     assert last["layers.0.feed_forward.w1.weight"].shape == (96 // n_shards, D)        # split dim 0
     assert last["output.weight"].shape == (V // n_shards, D)                           # split dim 0
     assert last["norm.weight"].shape == (D,)                                           # replicated
-    model, _ = load_model(str(tmp_path))
+    model, _ = load_model(str(tmp_path), tokenizer="word-hash")
     torch.testing.assert_close(_our_logits(model), want, atol=1e-5, rtol=1e-5)
 
 
@@ -166,7 +166,7 @@ def test_qwen2_bias_and_tied_embeddings(tmp_path):
                                    tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6)
     hf = _randomize(transformers.Qwen2ForCausalLM(cfg), seed=2)
     hf.save_pretrained(tmp_path)
-    model, _ = load_model(str(tmp_path))
+    model, _ = load_model(str(tmp_path), tokenizer="word-hash")
     assert model.args.qkv_bias and model.args.tie_embeddings and model.args.rope_theta == 1e6
     assert model.output.weight is model.tok_embeddings.weight
     torch.testing.assert_close(_our_logits(model), _hf_logits(hf), atol=1e-5, rtol=1e-5)
@@ -196,7 +196,7 @@ def test_error_missing_directory_and_unknown_preset(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_meta_checkpoint(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="params.json.*config.json"):
-        load_model(str(tmp_path))  # empty directory
+        load_model(str(tmp_path), tokenizer="word-hash")  # empty directory
 
 
 def test_error_missing_and_inconsistent_shards(llama, tmp_path):
@@ -205,7 +205,7 @@ def test_error_missing_and_inconsistent_shards(llama, tmp_path):
     save_meta_checkpoint(model, tmp_path / "gap", n_shards=4)
     (tmp_path / "gap" / "consolidated.01.pth").unlink()
     with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth is missing"):
-        load_model(str(tmp_path / "gap"))
+        load_model(str(tmp_path / "gap"), tokenizer="word-hash")
 
     save_meta_checkpoint(model, tmp_path / "bad", n_shards=2)
     p = tmp_path / "bad" / "consolidated.01.pth"
@@ -213,12 +213,12 @@ def test_error_missing_and_inconsistent_shards(llama, tmp_path):
     state["layers.1.attention.wo.weight"] = state["layers.1.attention.wo.weight"][:-1]  # breaks non-split dim 0
     torch.save(state, p)
     with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth.*layers\.1\.attention\.wo\.weight.*concatenate"):
-        load_model(str(tmp_path / "bad"))
+        load_model(str(tmp_path / "bad"), tokenizer="word-hash")
 
     state.pop("layers.1.attention.wo.weight")
     torch.save(state, p)
     with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth.*layers\.1\.attention\.wo\.weight"):
-        load_model(str(tmp_path / "bad"))
+        load_model(str(tmp_path / "bad"), tokenizer="word-hash")
 
     save_meta_checkpoint(model, tmp_path / "nonorm", n_shards=1)
     p = tmp_path / "nonorm" / "consolidated.00.pth"
@@ -226,7 +226,7 @@ def test_error_missing_and_inconsistent_shards(llama, tmp_path):
     state.pop("norm.weight")
     torch.save(state, p)
     with pytest.raises(CheckpointError, match=r"lacks.*'norm\.weight'"):
-        load_model(str(tmp_path / "nonorm"))
+        load_model(str(tmp_path / "nonorm"), tokenizer="word-hash")
 
 
 def test_error_shape_does_not_match_params_json(llama, tmp_path):
@@ -236,7 +236,7 @@ def test_error_shape_does_not_match_params_json(llama, tmp_path):
     params["n_kv_heads"] = 4
     (tmp_path / "params.json").write_text(json.dumps(params))
     with pytest.raises(CheckpointError, match=r"'layers\.0\.attention\.wk\.weight' has shape \[32, 64\].*params\.json implies \[64, 64\]"):
-        load_model(str(tmp_path))
+        load_model(str(tmp_path), tokenizer="word-hash")
 
 
 def test_error_shape_does_not_match_config_json(llama, tmp_path):
@@ -247,7 +247,7 @@ def test_error_shape_does_not_match_config_json(llama, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"model\.safetensors\['model\.layers\.0\.mlp\.gate_proj\.weight'\].*"
                                               r"\[96, 64\].*config\.json implies \[128, 64\]"):
-        load_model(str(d))
+        load_model(str(d), tokenizer="word-hash")
 
 
 def test_error_not_a_llama_config(llama, tmp_path):
@@ -257,15 +257,15 @@ def test_error_not_a_llama_config(llama, tmp_path):
     cfg["model_type"] = "gpt2"
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"config\.json: model_type 'gpt2'"):
-        load_model(str(d))
+        load_model(str(d), tokenizer="word-hash")
     cfg["model_type"] = "llama"
     cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 5e5, "factor": 8.0}
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"config\.json: RoPE scaling 'yarn'"):
-        load_model(str(d))
+        load_model(str(d), tokenizer="word-hash")
     (d / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
-        load_model(str(d))
+        load_model(str(d), tokenizer="word-hash")
 
 
 def _truncate(path):
@@ -278,15 +278,15 @@ def test_error_truncated_files(llama, tmp_path):
     st = _copy(root / "st", tmp_path / "st")
     _truncate(st / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
-        load_model(str(st))
+        load_model(str(st), tokenizer="word-hash")
     binary = _copy(root / "bin", tmp_path / "bin")
     _truncate(binary / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: not a readable torch checkpoint"):
-        load_model(str(binary))
+        load_model(str(binary), tokenizer="word-hash")
     save_meta_checkpoint(load_hf_checkpoint(root / "st"), tmp_path / "meta", n_shards=2)
     _truncate(tmp_path / "meta" / "consolidated.01.pth")
     with pytest.raises(CheckpointError, match=r"consolidated\.01\.pth: not a readable torch checkpoint"):
-        load_model(str(tmp_path / "meta"))
+        load_model(str(tmp_path / "meta"), tokenizer="word-hash")
 
 
 def test_error_missing_weight_files(llama, tmp_path):
@@ -295,11 +295,11 @@ def test_error_missing_weight_files(llama, tmp_path):
     victim = sorted(sharded.glob("model-*.safetensors"))[1]
     victim.unlink()
     with pytest.raises(CheckpointError, match=rf"index\.json: lists weight file {victim.name}, which does not exist"):
-        load_model(str(sharded))
+        load_model(str(sharded), tokenizer="word-hash")
     st = _copy(root / "st", tmp_path / "st")
     (st / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"no weights found \(expected model\.safetensors"):
-        load_model(str(st))
+        load_model(str(st), tokenizer="word-hash")
 
 
 def test_mistral_config(tmp_path):
@@ -308,7 +308,7 @@ def test_mistral_config(tmp_path):
                                      tie_word_embeddings=False)
     hf = _randomize(transformers.MistralForCausalLM(cfg), seed=4)
     hf.save_pretrained(tmp_path)
-    model, _ = load_model(str(tmp_path))
+    model, _ = load_model(str(tmp_path), tokenizer="word-hash")
     assert model.args.n_kv_heads == 1
     assert model.args.sliding_window == 32 and model.args.max_seq_len == 64  # windowed beyond 32 (test_families)
     torch.testing.assert_close(_our_logits(model), _hf_logits(hf), atol=1e-5, rtol=1e-5)

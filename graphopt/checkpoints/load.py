@@ -3,6 +3,7 @@ GGUF files."""
 from __future__ import annotations
 
 import difflib
+import json
 import warnings
 from pathlib import Path
 
@@ -12,13 +13,20 @@ from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.checkpoints.hf import load_hf_checkpoint, read_hf_config
 from graphopt.checkpoints.meta import load_meta_checkpoint, read_meta_params
-from graphopt.checkpoints.tokenizers import find_tokenizer_file, load_tokenizer
+from graphopt.checkpoints.tokenizers import TOKENIZER_FILES, find_tokenizer_file, load_tokenizer
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.model import PRESETS, ModelArgs, Transformer, init_random_weights
 
 
-def _tokenizer_for(ckpt_dir: Path, vocab_size: int):
-    # Meta's releases keep tokenizer.model next to the size directories (llama/tokenizer.model, llama/30B/)
+def _tokenizer_for(ckpt_dir: Path, vocab_size: int, tokenizer=None):
+    """The tokenizer a checkpoint is scored with: `tokenizer` if given (a tokenizer file or folder,
+    "word-hash" for graphopt's file-free test tokenizer, or a tokenizer object), else the tokenizer
+    file next to the weights or in the parent folder (Meta's releases keep tokenizer.model next to the
+    size folders). None found is an error: a real model scored with hashed words means nothing."""
+    if tokenizer is not None:
+        if isinstance(tokenizer, str) and tokenizer == "word-hash":
+            return WordHashTokenizer(vocab_size)
+        return load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     for d in (ckpt_dir, ckpt_dir.parent):
         found = find_tokenizer_file(d)
         if found is not None:
@@ -28,10 +36,20 @@ def _tokenizer_for(ckpt_dir: Path, vocab_size: int):
     return WordHashTokenizer(vocab_size)
 
 
+def _vocab_size(p: Path, layout: str, read_args) -> int:
+    """The vocabulary size from the config alone (LLaMA-1's params.json says -1: the weights know)."""
+    if layout == "hf":
+        return read_args(p).vocab_size
+    vocab = json.loads((p / "params.json").read_text()).get("vocab_size", -1)
+    return vocab if isinstance(vocab, int) and vocab > 0 else 32000
+
+
 def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32", device="cpu", seed: int = 0,
-               max_seq_len: int | None = None):
+               max_seq_len: int | None = None, tokenizer=None):
     """(model in eval mode, tokenizer) for a preset name (random weights, WordHashTokenizer), a Meta
-    directory (params.json), an HF directory (config.json) or a .gguf file (llama.cpp / Ollama)."""
+    directory (params.json), an HF directory (config.json) or a .gguf file (llama.cpp / Ollama).
+    tokenizer: for a checkpoint directory, a tokenizer file or folder, or "word-hash" (see _tokenizer_for);
+    default: the tokenizer file next to the weights."""
     torch_dtype = parse_dtype(dtype)
     p = Path(path_or_preset)
     if not p.exists() and str(path_or_preset).lower() in PRESETS:
@@ -40,22 +58,25 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
             args.max_seq_len = max_seq_len
         model = init_random_weights(Transformer(args), seed=seed).to(dtype=torch_dtype)
         finish_rope(model, "cpu")  # keep the RoPE tables float32 after .to(dtype)
-        return model.to(device).eval(), WordHashTokenizer(args.vocab_size)
+        return model.to(device).eval(), _tokenizer_for(p, args.vocab_size, tokenizer or "word-hash")
     if p.is_dir():
         if (p / "params.json").is_file():
-            model = load_meta_checkpoint(p, torch_dtype, device, max_seq_len=max_seq_len)
+            layout, read_args, load = "meta", read_meta_params, load_meta_checkpoint
         elif (p / "config.json").is_file():
-            model = load_hf_checkpoint(p, torch_dtype, device, max_seq_len=max_seq_len)
+            layout, read_args, load = "hf", read_hf_config, load_hf_checkpoint
         else:
             raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
-        tokenizer = _tokenizer_for(p, model.args.vocab_size)
+        # the tokenizer first: a missing one is reported before minutes of reading weights
+        tokenizer = _tokenizer_for(p, _vocab_size(p, layout, read_args), tokenizer)
+        model = load(p, torch_dtype, device, max_seq_len=max_seq_len)
         if tokenizer.vocab_size > model.args.vocab_size:
             warnings.warn(f"{p}: tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
                           f"{model.args.vocab_size}; ids beyond it would fail", stacklevel=2)
         return model, tokenizer
     if p.is_file() and p.suffix.lower() == ".gguf":
         from graphopt.checkpoints.gguf import load_gguf
-        return load_gguf(p, torch_dtype, device, max_seq_len=max_seq_len)
+        model, own = load_gguf(p, torch_dtype, device, max_seq_len=max_seq_len)
+        return model, own if tokenizer is None else _tokenizer_for(p, model.args.vocab_size, tokenizer)
     if p.exists():
         raise CheckpointError(f"{p}: expected a checkpoint directory (params.json or config.json) or a .gguf "
                               "file, got another file")
@@ -65,7 +86,7 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
                           f"(presets: {', '.join(PRESETS)})")
 
 
-def load_model_structure(ckpt_dir: str | Path, dtype: str | torch.dtype = "float32"):
+def load_model_structure(ckpt_dir: str | Path, dtype: str | torch.dtype = "float32", tokenizer=None):
     """(model on the meta device — shapes and dtype, no weights —, tokenizer) for a checkpoint
     directory or .gguf file. For a rank that will fill in only its own shard (graphopt.distributed.load_shard)."""
     p = Path(ckpt_dir)
@@ -83,4 +104,4 @@ def load_model_structure(ckpt_dir: str | Path, dtype: str | torch.dtype = "float
         raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
     with torch.device("meta"):
         model = Transformer(args).to(dtype=parse_dtype(dtype))
-    return model.eval(), _tokenizer_for(p, args.vocab_size)
+    return model.eval(), _tokenizer_for(p, args.vocab_size, tokenizer)

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 
 from graphopt.checkpoints.errors import CheckpointError
+from graphopt.checkpoints.word_tokenizer import WORD_HASH_FILE, read_word_hash_tokenizer
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # preferred first
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", WORD_HASH_FILE)  # preferred first
 _BOS_GUESSES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
 _EOS_GUESSES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
 
@@ -118,6 +119,8 @@ def load_tokenizer(dir_or_file: str | Path):
         p = found
     if not p.is_file():
         raise CheckpointError(f"{p}: tokenizer file not found")
+    if p.name == WORD_HASH_FILE:
+        return read_word_hash_tokenizer(p)
     if p.suffix == ".json":
         return HFTokenizer(p)
     if p.suffix == ".model":

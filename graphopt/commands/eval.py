@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model preset (default, tiny, llama-7b, ...: random weights) or a checkpoint "
                              "directory (Meta params.json + consolidated.NN.pth, or Hugging Face config.json "
                              "+ safetensors) (default: %(default)s)")
+    parser.add_argument("--tokenizer", default=None, metavar="PATH",
+                        help="tokenizer.json / tokenizer.model (or a folder holding one) for a checkpoint that "
+                             "keeps it elsewhere (default: the one next to the weights or in the folder above; "
+                             "none found is an error)")
     parser.add_argument("--data", default=None, metavar="PATH",
                         help="HellaSwag: a datasets.save_to_disk directory, a directory of Rowan/hellaswag "
                              "parquet files, one parquet file, or the original hellaswag_val.jsonl "
@@ -112,7 +116,8 @@ def main(args) -> int:
     import graphopt
 
     start = time.perf_counter()
-    model, tokenizer = graphopt.load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = graphopt.load_model(args.model, dtype=args.dtype, device=args.device,
+                                           tokenizer=args.tokenizer)
     load_s = time.perf_counter() - start
     n_params = sum(p.numel() for p in model.parameters())
     data_name = args.data or "synthetic (embedded default)"

@@ -44,7 +44,8 @@ class GraphoptLM(TemplateLM):
         import graphopt
 
         start = time.perf_counter()
-        self.model, self.tok = graphopt.load_model(cfg.pretrained, dtype=cfg.torch_dtype, device=cfg.device)
+        self.model, self.tok = graphopt.load_model(cfg.pretrained, dtype=cfg.torch_dtype, device=cfg.device,
+                                                   tokenizer=cfg.tokenizer)
         self.load_seconds = time.perf_counter() - start
         self._max_length = min(cfg.max_length or self.model.args.max_seq_len, self.model.args.max_seq_len)
         self._device = torch.device(cfg.device)

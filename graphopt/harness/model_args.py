@@ -16,6 +16,7 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 @dataclass
 class GraphoptArgs:
     pretrained: str = "default"  # a checkpoint graphopt loads (HF dir, Meta dir, .gguf) or a preset name
+    tokenizer: str | None = None  # a tokenizer file or folder (default: the one next to the checkpoint)
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (= float32 here: answers equal to the reference)
     device: str = "cpu"
     pipeline: str = "auto"  # auto | none | a named pipeline | pass names joined by '+'
@@ -52,6 +53,7 @@ class GraphoptArgs:
         if self.add_bos_token not in (None, True, False):
             raise UserError(f"--model_args add_bos_token={self.add_bos_token!r}: expected True or False")
         self.pretrained, self.pipeline = str(self.pretrained), str(self.pipeline)
+        self.tokenizer = None if self.tokenizer is None else str(self.tokenizer)
 
     @property
     def torch_dtype(self) -> str:
