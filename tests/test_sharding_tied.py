@@ -118,3 +118,42 @@ def test_tied_checkpoint_world3_odd_gqa(gqa_9_3_tied):
     res = launch(W.tied_checkpoint_worker, 3, args=(gqa_9_3_tied, [{}, {"vocab_parallel": True}], LIMIT),
                  timeout_s=400)
     _check_tp(res, args, 3, ref)
+
+
+RUNNER_YAML = """\
+name: sharded-tied
+model: {ckpt}
+world_size: 2
+data: {{limit: 2}}
+warmup: 0
+repeats: 1
+output_dir: {out}
+reference: {{capture: none, scoring: {{strategy: per_pair}}}}
+scoring: {{strategy: shared_prefix}}
+runs:
+  - {{name: tp, capture: export, passes: [tensor_parallel]}}
+  - {{name: tp vocab, capture: export, passes: [{{name: tensor_parallel, vocab_parallel: true}}]}}
+  - {{name: pipeline, capture: export, passes: [pipeline_split]}}
+"""
+
+
+def test_runner_sweep_on_the_tied_checkpoint(tiny_tied, tmp_path):
+    """graphopt run's path (worker.measure on 2 ranks), where the issue's runs ended in 'Cannot copy out of
+    meta tensor' (tensor_parallel) and 'pipeline_split made stages [1]': every run ok, reading only its
+    shard / stage, with the reference's log-likelihoods and what each rank 0 holds."""
+    from graphopt.runner.execute import run_experiment
+    from graphopt.runner.schema import load_config
+    cfg = tmp_path / "tied.yaml"
+    cfg.write_text(RUNNER_YAML.format(ckpt=tiny_tied, out=tmp_path / "out"))
+    df = run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
+    assert list(df["status"]) == ["ok"] * 4, df[["run", "error"]].to_string()
+    runs = df[~df["is_reference"]].set_index("run")
+    assert (runs["max_abs_dloglik"] <= TOL).all() and (runs["agree"] == 1.0).all(), runs["max_abs_dloglik"]
+    assert list(runs["weights_loaded"]) == ["rank shard"] * 3
+    args = W.model_args("tiny-tied")
+    V, D, L = args.vocab_size, args.dim, args.n_layers
+    layer = sum(p.numel() for p in _meta_model(args).layers[0].parameters())
+    sharded_layer = layer - 2 * D  # norms stay whole
+    assert runs.loc["tp", "n_params"] == V * D + L * (sharded_layer // 2 + 2 * D) + D
+    assert runs.loc["tp vocab", "n_params"] == V * D // 2 + L * (sharded_layer // 2 + 2 * D) + D
+    assert runs.loc["pipeline", "n_params"] == V * D + (L // 2) * layer  # rank 0: the table once, its layers
