@@ -29,6 +29,7 @@ calibration_sequences, calibration_tokens.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -149,7 +150,7 @@ def _check_counts(what: str, ratio: float, budget: str, hidden: dict, attn: dict
         total = sum(hidden.values()) if budget == "global" else min(hidden.values())
         if int(ratio * total) == 0:
             raise PassError(f"ffn ratio {ratio:g} of {total} FFN channels ({budget}) rounds to none: use ratio >= "
-                            f"{1 / total:.3g}")
+                            f"{math.ceil(1000 / total) / 1000:g}")
     if what in ("heads", "both"):
         if budget == "global":
             global_group_budget([(a.n_heads, a.n_kv) for a in attn.values()], ratio)

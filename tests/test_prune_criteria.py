@@ -252,6 +252,7 @@ def test_head_cuts_by_layout(preset, ratio, groups, per_group, criterion, calib_
     ("mha-8", 0.1, "per_layer", r"8 query heads / 8 kv heads .* asks for 0 query head\(s\); .* is 1 .*ratio >= 0.125"),
     ("gqa-6-2", 0.2, "global", r"budget global drops whole kv groups: 0.2 x 4 kv groups \(2 layers of 6 query heads / "
                                r"2 kv heads .*rounds to none: use ratio >= 0.25"),
+    ("mha-8", 0.004, "per_layer", r"ffn ratio 0.004 of 192 FFN channels \(per_layer\) rounds to none: use ratio >= 0.006"),
 ])
 def test_ratio_that_removes_nothing_names_the_layout(preset, ratio, budget, msg, calib_file):
     args, model, inputs, gm = _setup(preset)
