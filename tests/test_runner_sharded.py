@@ -7,6 +7,7 @@ import pytest
 
 from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.model import ModelArgs, Transformer, init_random_weights
+from graphopt.optimize_model import Optimized
 from graphopt.pipeline import parse_pipeline
 from graphopt.runner import worker
 from graphopt.runner.schema import ScoringConfig
@@ -44,14 +45,31 @@ def table(tmp_path_factory):
     return load_config(cfg), run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
 
 
-def test_only_tensor_parallel_export_runs_load_shards(table):
+def test_only_sharding_export_runs_load_shards(table):
     cfg, _ = table
     def run(passes):
         return ResolvedRun("r", "export", parse_pipeline(passes), "none", ScoringConfig(), "float32")
     one = dataclasses.replace(cfg, world_size=1)
     assert worker.loads_only_its_shard(cfg, run(["fuse_rope", "tensor_parallel"]))
+    assert worker.loads_only_its_shard(cfg, run(["fuse_rope", "pipeline_split"]))  # its stage's weights
     assert not worker.loads_only_its_shard(cfg, run(["fuse_rope"]))
     assert not worker.loads_only_its_shard(one, run(["tensor_parallel"]))
+    # stage = rank for a pipeline alone; with tensor_parallel too every rank runs every stage on its shard
+    assert worker.runs_one_stage_per_rank(cfg, run(["pipeline_split"]))
+    assert not worker.runs_one_stage_per_rank(cfg, run(["tensor_parallel", "pipeline_split"]))
+    assert not worker.runs_one_stage_per_rank(one, run(["pipeline_split"]))
+
+
+def test_one_stage_per_rank_needs_one_stage_per_rank():
+    from graphopt.pipeline import PassContext, run_passes
+    from tests import _dist_workers as W
+    args, sm = W.build_score_module("tiny")
+    gm = W.capture_graph(sm, W.example_batch(args))
+    split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))
+    opt = Optimized(split, split)
+    assert worker.StagePerRank(opt, 2).graph is split
+    with pytest.raises(ValueError, match="pipeline_split made 2 stages for world_size 3"):
+        worker.StagePerRank(opt, 3)
 
 
 def test_sharded_runs_match_the_reference(table):
