@@ -89,3 +89,13 @@ def test_lm_eval_backend_refuses_unknown_device_before_loading():
     from graphopt.harness.lm import GraphoptLM
     with pytest.raises(UserError, match="model_args device 'tpu': expected cpu, cuda or cuda:N"):
         GraphoptLM(pretrained="/nonexistent/never-loaded", device="tpu")
+
+
+def test_run_into_an_output_folder_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    cfg = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
+    code = main(["run", str(cfg), "--set", "model=tiny", "--set", "data.limit=1",
+                 "--set", f"output_dir={tmp_path / 'afile' / 'out'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    assert err.endswith(f"output_dir '{tmp_path / 'afile' / 'out'}': '{tmp_path / 'afile'}' is a file, not a folder")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from graphopt.errors import UserError
 from graphopt.pipeline import pipeline_dtype
+from graphopt.env_checks import check_writable_dir
 from graphopt.runner.lock import hold_output_dir
 from graphopt.runner.preflight import preflight
 from graphopt.runner.schema import ConfigError, ExperimentConfig, to_dict
@@ -123,6 +124,7 @@ def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: 
     locked for the whole run: another run holding it -> FolderBusyError, or with wait=True, wait for it."""
     check_world_size(cfg)
     preflight(cfg)
+    check_writable_dir(cfg.out_dir, what="output_dir")  # a read-only or misplaced folder: one line, before any run
     with hold_output_dir(cfg.out_dir, wait=wait, on_wait=lambda holder: log(f"{cfg.out_dir}: waiting for {holder}")):
         return _run_locked(cfg, retry_errors, progress, timeout_s, log)
 

@@ -28,7 +28,10 @@ def _missing(value) -> bool:
 
 
 def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    """Speedup = reference latency / run latency, recomputed from this table's reference row."""
+    """Speedup = reference latency / run latency. Rows that name their reference (reference_key) already
+    have it from store.load's derive_columns; older rows get it from this table's last ok reference."""
+    if "reference_key" in df.columns and df["reference_key"].notna().all():
+        return df
     df = df.copy()
     ref = df[(df["is_reference"] == True) & (df["status"] == "ok")]  # noqa: E712 - pandas bool column
     if len(ref):
