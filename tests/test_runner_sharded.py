@@ -82,3 +82,11 @@ def test_sharded_runs_match_the_reference(table):
     # each rank holds half the sharded layers: fewer parameters than the whole model
     full = sum(p.numel() for p in Transformer(ModelArgs.from_name("tiny")).parameters())
     assert (runs["n_params"] < full).all()
+
+
+def test_pipeline_per_rank_refuses_a_compiler_before_loading(table):
+    cfg, _ = table
+    run = ResolvedRun("pp", "export", parse_pipeline(["pipeline_split"]), "inductor", ScoringConfig(), "float32")
+    with pytest.raises(ValueError, match="run 'pp': pipeline_split over world_size 2 .* compiler must be none, "
+                                         "got 'inductor'"):
+        worker.measure(worker.WorkerJob(cfg, run, "never-written.npy"))

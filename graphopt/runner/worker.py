@@ -158,6 +158,10 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
 
     exp, run = job.experiment, job.run
     device, show = exp.device, job.progress and rank == 0
+    one_stage = runs_one_stage_per_rank(exp, run)
+    if one_stage and run.compiler != "none":
+        raise ValueError(f"run {run.name!r}: pipeline_split over world_size {exp.world_size} runs each rank's "
+                         f"stage as split (eager); compiler must be none, got {run.compiler!r}")
     if device == "cuda":
         device = f"cuda:{rank}"
         torch.cuda.set_device(rank)
@@ -179,10 +183,6 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     n_req = len(requests)
     n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
 
-    one_stage = runs_one_stage_per_rank(exp, run)
-    if one_stage and run.compiler != "none":
-        raise ValueError(f"run {run.name!r}: pipeline_split over world_size {exp.world_size} runs each rank's "
-                         f"stage as split (eager); compiler must be none, got {run.compiler!r}")
     load_weights = None
     if sharded_load:
         load_weights = lambda gm: load_rank_weights(gm, exp.model, rank, exp.world_size, model.args,  # noqa: E731
