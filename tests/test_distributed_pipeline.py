@@ -3,6 +3,7 @@ log-probs (1e-5, fp32) with 1..4 micro-batches, in one process (stages on "devic
 and across a gloo world of 4 processes (stage = rank, send/recv between stages)."""
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -49,6 +50,37 @@ def test_pipeline_split_in_process(preset):
             assert (got - ref).abs().max().item() <= TOL, (n_stages, n_micro)
     with pytest.raises(PassError, match="n_stages 8 must be between 1 and n_layers 4"):
         run_passes(gm, [("pipeline_split", {"n_stages": 8})], PassContext(model_args=args))
+
+
+@pytest.mark.parametrize("preset", ["tiny-tied", "gqa-9-3-tied"])
+def test_pipeline_split_tied_table_reaches_first_and_last_stage(preset):
+    """Export names a tied table model.output.weight for the lookup and the head: the lookup stays in
+    stage 0 (it once dragged everything into the last stage: 'made stages [1]'), the head in the last;
+    both stages get the one tensor, and a rank keeping its stage (drop_other_stages) keeps it whole."""
+    from graphopt.distributed.pipeline_run import drop_other_stages
+    from graphopt.graph_attrs import attr
+    args, sm = W.build_score_module(preset, n_layers=4)
+    inputs = W.example_batch(args, B=4, T=6)
+    gm = W.capture_graph(sm, inputs)
+    table = sm.model.tok_embeddings.weight
+    with torch.no_grad():
+        ref = gm(*inputs)
+    for n_stages in (2, 4):
+        split, recs = run_passes(gm, [("pipeline_split", {"n_stages": n_stages})], PassContext(model_args=args))
+        plan = StagePlan(split)
+        assert plan.n_stages == n_stages and _stage_layers(split)[0] == set(range(4 // n_stages))
+        first, last = plan.weights(0, "cpu"), plan.weights(n_stages - 1, "cpu")
+        shared = [n for n in first if n in last]  # the get_attr both stages read
+        assert [n.target for n in shared] == ["model.output.weight"], [n.target for n in shared]
+        assert torch.equal(first[shared[0]], table) and first[shared[0]].data_ptr() == last[shared[0]].data_ptr()
+        got = run_pipeline(split, inputs, n_micro=3, devices=["cpu"] * n_stages)
+        assert (got - ref).abs().max().item() <= TOL, n_stages
+        for rank in (0, n_stages - 1):
+            mine = copy.deepcopy(split)
+            freed = drop_other_stages(mine, rank)
+            assert attr(mine, "model.output.weight").shape == table.shape, rank
+            assert not any(t.endswith(("output.weight", "tok_embeddings.weight")) for t in freed), (rank, freed)
+            assert sum(1 for t in freed if ".layers." in f".{t}") == 9 * (4 - 4 // n_stages), (rank, freed)
 
 
 def test_micro_batches_cover_every_score_once():
