@@ -18,6 +18,13 @@ from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.model import PRESETS, ModelArgs, Transformer, init_random_weights
 
 
+def checkpoint_tokenizer_file(ckpt_dir: str | Path) -> Path | None:
+    """The tokenizer file next to a checkpoint's weights, or in the folder above (Meta's releases keep
+    tokenizer.model next to the size folders); None if neither has one."""
+    p = Path(ckpt_dir)
+    return next((f for f in (find_tokenizer_file(p), find_tokenizer_file(p.parent)) if f is not None), None)
+
+
 def _tokenizer_for(ckpt_dir: Path, vocab_size: int, tokenizer=None):
     """The tokenizer a checkpoint is scored with: `tokenizer` if given (a tokenizer file or folder,
     "word-hash" for graphopt's file-free test tokenizer, or a tokenizer object), else the tokenizer
@@ -27,10 +34,9 @@ def _tokenizer_for(ckpt_dir: Path, vocab_size: int, tokenizer=None):
         if isinstance(tokenizer, str) and tokenizer == "word-hash":
             return WordHashTokenizer(vocab_size)
         return load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-    for d in (ckpt_dir, ckpt_dir.parent):
-        found = find_tokenizer_file(d)
-        if found is not None:
-            return load_tokenizer(found)
+    found = checkpoint_tokenizer_file(ckpt_dir)
+    if found is not None:
+        return load_tokenizer(found)
     warnings.warn(f"{ckpt_dir}: no tokenizer.json/tokenizer.model here or in the parent directory; "
                   f"using WordHashTokenizer({vocab_size})", stacklevel=3)
     return WordHashTokenizer(vocab_size)

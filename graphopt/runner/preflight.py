@@ -18,6 +18,8 @@ key and the model's numbers:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from graphopt.model import ModelArgs
 from graphopt.runner.yaml_source import ConfigError, Where
 
@@ -137,6 +139,23 @@ def check_model_fits(cfg, runs=None) -> None:
             raise ConfigError(f"{cfg.source}: run {run.name!r} ({where(_passes_key(run))}) with world_size "
                               f"{cfg.world_size} ({where(('world_size',))}): {problem}; model {cfg.model!r}: "
                               f"{describe_model_args(args)}")
+
+
+def check_tokenizer(cfg) -> None:
+    """A checkpoint directory is scored with its own tokenizer: the `tokenizer` key's file, or one next to
+    the weights (or in the folder above). Neither is an error now, not after the reference has run."""
+    from graphopt.checkpoints.load import checkpoint_tokenizer_file
+    where = _where(cfg)
+    if cfg.tokenizer is not None:
+        if cfg.tokenizer != "word-hash" and not Path(cfg.tokenizer).exists():
+            raise ConfigError(f"{cfg.source}: {where(('tokenizer',))}: {cfg.tokenizer!r} does not exist "
+                              f"(a tokenizer.json / tokenizer.model file or a folder holding one)")
+        return
+    model = Path(cfg.model)
+    if model.is_dir() and checkpoint_tokenizer_file(model) is None:
+        raise ConfigError(f"{cfg.source}: {where(('model',))}: checkpoint {cfg.model!r} has no tokenizer file "
+                          f"(tokenizer.json or tokenizer.model) here or in {str(model.parent)!r}; copy the model's "
+                          f"own tokenizer there or give its path as the key 'tokenizer'")
 
 
 def preflight(cfg) -> None:

@@ -88,6 +88,7 @@ class ToleranceConfig:
 class ExperimentConfig:
     name: str = "experiment"
     model: str = "default"  # preset name or checkpoint path
+    tokenizer: str | None = None  # a tokenizer file/folder (default: next to the checkpoint; presets: word-hash)
     dtype: str = "float32"
     device: str = "cpu"
     world_size: int = 1
