@@ -272,7 +272,12 @@ def _reads(gm, role_ops) -> dict:
     return out
 
 
-def tied_checkpoint_worker(ckpt: str, cases, limit: int = 3):
+def tied_checkpoint_worker(jobs, limit: int = 3):
+    """jobs: [(checkpoint directory, cases)] -> one result list per job (tied_checkpoint_cases)."""
+    return [tied_checkpoint_cases(ckpt, cases, limit) for ckpt, cases in jobs]
+
+
+def tied_checkpoint_cases(ckpt: str, cases, limit: int = 3):
     """The runner's sharded path on a checkpoint directory, per case ("tensor_parallel" options dict,
     or "pipeline"): the model built on the meta device (load_model_structure), optimize() with
     worker.load_rank_weights filling only this rank's shard / stage, then every request scored

@@ -89,7 +89,7 @@ def test_tied_checkpoint_world2_tensor_parallel_and_pipeline(tiny_tied):
     args = W.model_args("tiny-tied")
     _, _, ref = W.score_checkpoint(tiny_tied, LIMIT)
     cases = [{}, {"vocab_parallel": True}, "pipeline"]
-    res = launch(W.tied_checkpoint_worker, 2, args=(tiny_tied, cases, LIMIT), timeout_s=400)
+    res = [r[0] for r in launch(W.tied_checkpoint_worker, 2, args=([(tiny_tied, cases)], LIMIT), timeout_s=400)]
     _check_tp([r[:2] for r in res], args, 2, ref)
     V, D, L = args.vocab_size, args.dim, args.n_layers
     per_layer = sum(p.numel() for p in _meta_model(args).layers[0].parameters())
@@ -111,13 +111,28 @@ def gqa_9_3_tied(tmp_path_factory):
     return _save_tied_hf(W.model_args("gqa-9-3-tied"), tmp_path_factory.mktemp("gqa_9_3_tied"), seed=4)
 
 
-def test_tied_checkpoint_world3_odd_gqa(gqa_9_3_tied):
-    """9 query / 3 kv heads on 3 ranks: 3 query heads and 1 kv head each; vocab 513 = 3 x 171."""
+@pytest.fixture(scope="module")
+def gqa_9_3_tied_meta(tmp_path_factory):
+    """The same layout as a Meta checkpoint: 3 consolidated files, tok_embeddings split along dim, no output."""
+    from dataclasses import replace
+    from graphopt.checkpoints import save_meta_checkpoint
+    from graphopt.model.llama import Transformer, init_random_weights
+    path = tmp_path_factory.mktemp("gqa_9_3_tied_meta")
+    args = replace(W.model_args("gqa-9-3-tied"), max_seq_len=256)  # the requests' length
+    save_meta_checkpoint(init_random_weights(Transformer(args), seed=5), path, n_shards=3)
+    return str(path)
+
+
+def test_tied_checkpoint_world3_odd_gqa(gqa_9_3_tied, gqa_9_3_tied_meta):
+    """9 query / 3 kv heads on 3 ranks: 3 query heads and 1 kv head each; vocab 513 = 3 x 171; from a
+    Hugging Face directory and from a 3-file Meta checkpoint (which has no output.weight)."""
     args = W.model_args("gqa-9-3-tied")
-    _, _, ref = W.score_checkpoint(gqa_9_3_tied, LIMIT)
-    res = launch(W.tied_checkpoint_worker, 3, args=(gqa_9_3_tied, [{}, {"vocab_parallel": True}], LIMIT),
-                 timeout_s=400)
-    _check_tp(res, args, 3, ref)
+    ckpts = [gqa_9_3_tied, gqa_9_3_tied_meta]
+    cases = [{}, {"vocab_parallel": True}]
+    res = launch(W.tied_checkpoint_worker, 3, args=([(c, cases) for c in ckpts], LIMIT), timeout_s=400)
+    for i, ckpt in enumerate(ckpts):
+        _, _, ref = W.score_checkpoint(ckpt, LIMIT)
+        _check_tp([r[i] for r in res], args, 3, ref)
 
 
 RUNNER_YAML = """\
