@@ -7,6 +7,9 @@ split, all-reduce after): wo, w2. Heads stay whole: rank r keeps query heads
 n_kv_heads < ws each rank keeps the one kv head its query heads read (kv heads replicated
 ws/n_kv_heads times). output is split along the vocab when vocab_parallel, tok_embeddings along
 dim when embedding_parallel (Meta's ParallelEmbedding layout); both are replicated otherwise.
+Tied embeddings (one table, no output.weight in the checkpoint): the table is cut as `output.weight`
+is, along the vocab when vocab_parallel, else replicated, and never along dim (tensor_parallel asks
+with embedding_parallel=False); the lookup reads that same cut.
 """
 from __future__ import annotations
 
