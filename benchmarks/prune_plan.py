@@ -14,6 +14,9 @@ activations + OVERHEAD_GIB (CUDA context with cuBLAS / Triton modules 0.5 + cach
 Activations: one packed batch of TOKENS tokens (rows of ROW_LEN, graphopt's packed layout), no KV cache,
 every position scored (an upper bound: HellaSwag scores only the endings), through the exact/gpu pipeline
 (merged qkv and gate/up, fused norm/rope/swiglu, SDPA: no [H, T, T] scores). See activation_bytes.
+The figure counts each weight once, as a weightless load holds them (a meta-device capture filled by
+optimize's load_weights, as --check and the sharded runner load); graphopt.load_model + optimize keeps the
+module's q/k/v and gate/up next to merge_qkv / merge_gate_up's concatenations (+5.5 GiB at 12 GiB's Llama).
 The check runs on CPU (no CUDA context): peak RSS above the process's RSS after imports, against
 weights + activations of its own small batch (CHECK_TOKENS), in bfloat16.
 """
@@ -118,6 +121,8 @@ def smallest_fitting(preset: str, pruning: str, budget_gib: float, tokens: int =
 
 
 def _cut_text(r: dict) -> str:
+    if r["ratio"] == 0:
+        return "none (unpruned)"
     out = []
     if r["pruning"] in ("ffn", "both"):
         out.append(f"FFN {r['hidden_dim'] + r['ffn_channels']}→{r['hidden_dim']}")
@@ -133,7 +138,7 @@ def markdown(records: list[dict]) -> str:
     lines = [head]
     for r in records:
         ratio = f"{r['ratio']:.0%}" if r["fits"] else f"none fits (99 %: {r['total_bytes'] / GIB:.2f} GiB)"
-        lines.append(f"| {r['shape']} | {r['pruning']} | {r['budget_gib']} GiB | {ratio} | {_cut_text(r)} | "
+        lines.append(f"| {r['shape']} | {r['pruning']} | {r['budget_gib']:g} GiB | {ratio} | {_cut_text(r)} | "
                      f"{r['params'] / 1e9:.3f} B | {100 * r['params'] / r['params_full']:.1f} % | "
                      f"{r['weight_bytes'] / GIB:.2f} | {r['activation_bytes'] / GIB:.2f} | "
                      f"{r['total_bytes'] / GIB:.2f} |")
