@@ -244,16 +244,13 @@ def tied_tp_worker(preset: str, cases):
 def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
     """(requests' batches, n_requests, log-likelihoods [n] float64) of a checkpoint loaded whole in this
     process, the eager model scoring the synthetic HellaSwag set's first `limit` rows."""
-    import warnings
     from graphopt.checkpoints import load_model
     from graphopt.data import load_hellaswag
     from graphopt.scoring.batch import ScoreModule
     from graphopt.scoring.evaluate import score_requests
     from graphopt.scoring.requests import build_requests
     from graphopt.scoring.strategies import build_batches
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no tokenizer file next to the weights: a WordHashTokenizer
-        model, tokenizer = load_model(ckpt)
+    model, tokenizer = load_model(ckpt, tokenizer="word-hash")  # random weights, no tokenizer file
     requests = build_requests(load_hellaswag(None, limit=limit), tokenizer)
     batches = build_batches(requests, strategy)
     with torch.no_grad():
@@ -284,7 +281,6 @@ def tied_checkpoint_cases(ckpt: str, cases, limit: int = 3):
     (pipeline: worker.StagePerRank, stage = rank). Reports per case: log-likelihoods, what the
     embedding lookup and the LM head read (shapes, one tensor or not), held parameters
     (count_params), bytes loaded, tensors left on meta, the wq / w1 shapes of every layer held."""
-    import warnings
     from graphopt.checkpoints import load_model_structure
     from graphopt.optimize_model import optimize
     from graphopt.runner.worker import StagePerRank, count_params, load_rank_weights
@@ -295,9 +291,7 @@ def tied_checkpoint_cases(ckpt: str, cases, limit: int = 3):
     batches, n_req, _ = score_checkpoint(ckpt, limit)  # same requests as the test's single-process run
     out = []
     for case in cases:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, _ = load_model_structure(ckpt)
+        model, _ = load_model_structure(ckpt, tokenizer="word-hash")
         pipeline = case == "pipeline"
         passes = ["pipeline_split"] if pipeline else [("tensor_parallel", dict(case))]
         loaded = {}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from graphopt.checkpoints.model_args import read_model_args
+from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.schema import ConfigError, config_from_dict, load_config
 
@@ -42,6 +43,7 @@ def _hf_config_dir(tmp_path, **sizes):
     d = tmp_path / "hf"
     d.mkdir(exist_ok=True)
     (d / "config.json").write_text(json.dumps(cfg))
+    write_word_hash_tokenizer(d, cfg["vocab_size"])  # a tokenizer is checked at load too
     return d
 
 
@@ -160,3 +162,22 @@ def test_exception_line_of_chained_and_multiline_tracebacks():
     wrapped = text.replace("ValueError: tensor", "graphopt.pipeline.PassError: tensor")  # a module's exception
     assert exception_line(wrapped) == "PassError: tensor_parallel: n_heads 4 is not divisible by world_size 3"
     assert exception_line("(rank 2 exited with code -9 without a traceback: killed or crashed)").startswith("(rank 2")
+
+
+def test_checkpoint_without_tokenizer_refused_at_load(tmp_path):
+    """A checkpoint directory with no tokenizer file fails when the YAML loads, naming the folder and the key
+    that fixes it; a `tokenizer` key that does not exist is named too."""
+    from graphopt.checkpoints import save_meta_checkpoint
+    from graphopt.model import ModelArgs, Transformer, init_random_weights
+    from graphopt.runner.schema import ConfigError, load_config
+    ckpt = tmp_path / "models" / "ckpt"
+    save_meta_checkpoint(init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=0), ckpt)
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(f"name: x\nmodel: {ckpt}\nruns:\n  - name: a\n")
+    with pytest.raises(ConfigError, match=rf"key 'model' .*checkpoint '{ckpt}' has no tokenizer file .*key 'tokenizer'"):
+        load_config(cfg)
+    cfg.write_text(f"name: x\nmodel: {ckpt}\ntokenizer: {tmp_path / 'nope.json'}\nruns:\n  - name: a\n")
+    with pytest.raises(ConfigError, match=r"key 'tokenizer' .*nope.json' does not exist"):
+        load_config(cfg)
+    cfg.write_text(f"name: x\nmodel: {ckpt}\ntokenizer: word-hash\nruns:\n  - name: a\n")
+    assert load_config(cfg).tokenizer == "word-hash"

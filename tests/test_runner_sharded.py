@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 
 from graphopt.checkpoints import save_meta_checkpoint
+from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import Optimized
 from graphopt.pipeline import parse_pipeline
@@ -40,6 +41,7 @@ def table(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")
     model = init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=4)
     save_meta_checkpoint(model, tmp / "ckpt", n_shards=2)
+    write_word_hash_tokenizer(tmp / "ckpt", model.args.vocab_size)  # random weights: the test tokenizer
     cfg = tmp / "sharded.yaml"
     cfg.write_text(YAML.format(ckpt=tmp / "ckpt", out=tmp / "out"))
     return load_config(cfg), run_experiment(load_config(cfg), progress=False, log=lambda *a: None)

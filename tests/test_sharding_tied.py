@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.distributed.launch import launch
 from graphopt.distributed.plan import head_layout
 from graphopt.model.args import ModelArgs
@@ -42,6 +43,7 @@ def _save_tied_hf(args: ModelArgs, path, seed: int) -> str:
         hf.model.embed_tokens.weight.mul_(0.2)  # the layers see it through RMSNorm, unchanged
     assert hf.lm_head.weight is hf.model.embed_tokens.weight
     hf.save_pretrained(path)
+    write_word_hash_tokenizer(path, args.vocab_size)  # random weights: graphopt's test tokenizer, declared
     return str(path)
 
 
@@ -120,6 +122,7 @@ def gqa_9_3_tied_meta(tmp_path_factory):
     path = tmp_path_factory.mktemp("gqa_9_3_tied_meta")
     args = replace(W.model_args("gqa-9-3-tied"), max_seq_len=256)  # the requests' length
     save_meta_checkpoint(init_random_weights(Transformer(args), seed=5), path, n_shards=3)
+    write_word_hash_tokenizer(path, args.vocab_size)
     return str(path)
 
 

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from graphopt.checkpoints import CheckpointError, load_model, load_tokenizer, save_meta_checkpoint
+from graphopt.checkpoints.load import load_model_structure
+from graphopt.checkpoints.word_tokenizer import WORD_HASH_FILE, WordHashTokenizer, write_word_hash_tokenizer
 
 TEXT = [
     "The quick brown fox jumps over the lazy dog.",
@@ -108,3 +110,29 @@ def test_tokenizer_errors(tmp_path):
     (tmp_path / "vocab.txt").write_text("a b c")
     with pytest.raises(CheckpointError, match=r"vocab\.txt: unknown tokenizer format"):
         load_tokenizer(tmp_path / "vocab.txt")
+
+
+def _tokenizer_free_checkpoint(tmp_path):
+    d = tmp_path / "ckpt" / "7B"
+    save_meta_checkpoint(load_model("tiny")[0], d)
+    return d
+
+
+def test_checkpoint_without_tokenizer_is_an_error_naming_where_it_looked(tmp_path):
+    """A real checkpoint scored with the word-hash tokenizer would give a meaningless accuracy: no fallback."""
+    d = _tokenizer_free_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=rf"{d}: no tokenizer file .*{d.parent}.*tokenizer.json or tokenizer.model"):
+        load_model(str(d))
+    with pytest.raises(CheckpointError, match="no tokenizer file"):
+        load_model_structure(str(d))
+
+
+def test_word_hash_tokenizer_is_chosen_explicitly(tmp_path):
+    d = _tokenizer_free_checkpoint(tmp_path)
+    assert isinstance(load_model(str(d), tokenizer="word-hash")[1], WordHashTokenizer)
+    write_word_hash_tokenizer(d, 512)  # or declared in the checkpoint, as tests and benchmarks do
+    tok = load_model(str(d))[1]
+    assert isinstance(tok, WordHashTokenizer) and tok.vocab_size == 512
+    (d / WORD_HASH_FILE).write_text('{"tokenizer": "bpe"}')
+    with pytest.raises(CheckpointError, match=rf"{WORD_HASH_FILE}: expected"):
+        load_model(str(d))

@@ -37,9 +37,10 @@ def _tokenizer_for(ckpt_dir: Path, vocab_size: int, tokenizer=None):
     found = checkpoint_tokenizer_file(ckpt_dir)
     if found is not None:
         return load_tokenizer(found)
-    warnings.warn(f"{ckpt_dir}: no tokenizer.json/tokenizer.model here or in the parent directory; "
-                  f"using WordHashTokenizer({vocab_size})", stacklevel=3)
-    return WordHashTokenizer(vocab_size)
+    raise CheckpointError(f"{ckpt_dir}: no tokenizer file here or in {ckpt_dir.parent} (expected "
+                          f"{' or '.join(TOKENIZER_FILES[:2])}; copy the model's own tokenizer next to the weights, "
+                          f"or give its path: graphopt eval --tokenizer PATH, YAML key tokenizer: PATH, "
+                          f"lm-eval model_args tokenizer=PATH)")
 
 
 def _vocab_size(p: Path, layout: str, read_args) -> int:

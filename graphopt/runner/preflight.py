@@ -152,7 +152,8 @@ def check_tokenizer(cfg) -> None:
                               f"(a tokenizer.json / tokenizer.model file or a folder holding one)")
         return
     model = Path(cfg.model)
-    if model.is_dir() and checkpoint_tokenizer_file(model) is None:
+    is_checkpoint = model.is_dir() and any((model / f).is_file() for f in ("params.json", "config.json"))
+    if is_checkpoint and checkpoint_tokenizer_file(model) is None:
         raise ConfigError(f"{cfg.source}: {where(('model',))}: checkpoint {cfg.model!r} has no tokenizer file "
                           f"(tokenizer.json or tokenizer.model) here or in {str(model.parent)!r}; copy the model's "
                           f"own tokenizer there or give its path as the key 'tokenizer'")
@@ -161,4 +162,5 @@ def check_tokenizer(cfg) -> None:
 def preflight(cfg) -> None:
     """All the checks above; raises the first ConfigError found."""
     check_devices(cfg)
+    check_tokenizer(cfg)
     check_model_fits(cfg)

@@ -170,9 +170,10 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     t_load = time.perf_counter()
     sharded_load = loads_only_its_shard(exp, run)
     if sharded_load:  # weights are read after sharding, only this rank's part
-        model, tokenizer = load_model_structure(exp.model, dtype=run.dtype)
+        model, tokenizer = load_model_structure(exp.model, dtype=run.dtype, tokenizer=exp.tokenizer)
     else:
-        model, tokenizer = load_model(exp.model, dtype=run.dtype, device=device, seed=exp.seed)
+        model, tokenizer = load_model(exp.model, dtype=run.dtype, device=device, seed=exp.seed,
+                                      tokenizer=exp.tokenizer)
     model.eval()
     load_s = time.perf_counter() - t_load
     rows = load_hellaswag(exp.data.path, split=exp.data.split, limit=exp.data.limit)
