@@ -382,7 +382,8 @@ def test_rope_freqs_survive_to_dict_meta_save_and_load_shard(llama31, tmp_path):
 
     from tests.test_capture import score_inputs
     x = score_inputs(2, 40, 7, vocab=model.args.vocab_size, seed=3)  # positions up to 39: every band in use
-    gm = capture(ScoreModule(init_random_weights(Transformer(model.args), seed=1).eval()), x)
+    gm = capture(ScoreModule(init_random_weights(Transformer(model.args), seed=1).eval()), x).to("meta")
+    # weightless, as a sharded worker's graph: load_shard fills what is on the meta device
     load_shard(gm, tmp_path, 0, 1, model.args)
     with torch.no_grad():
         torch.testing.assert_close(gm(*x), ScoreModule(model)(*x), atol=1e-5, rtol=0)
