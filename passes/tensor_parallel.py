@@ -23,8 +23,9 @@ and the lookup read (so the shard loader reads only that slice of the checkpoint
 full tensor that was cut is dropped under every name nothing reads any more (export also keeps a
 tied table's unread model.tok_embeddings.weight name).
 
-Rank / world size come from ctx; the group is torch.distributed's default group, which must be
-initialised (graphopt.distributed.launch). Weights may be real (sliced here, the full tensor released)
+Rank / world size come from ctx; the group is the "tp" sub-group of the active device mesh
+(graphopt.distributed.mesh: data-parallel replicas each sharded), else torch.distributed's default
+group, which must be initialised (graphopt.distributed.launch, torchrun). Weights may be real (sliced here, the full tensor released)
 or on the meta device: graphopt.distributed.load_shard then fills them from gm.meta["tp_shards"]
 (attribute -> [(checkpoint key, (dim, start, stop)), ...]).
 """
@@ -223,14 +224,19 @@ REWRITE = {"column": _column, "row": _row, "vocab": _vocab, "embedding": _embedd
 
 
 def _world(ws: int, rank: int) -> World:
+    """This rank's tensor-parallel group: the "tp" sub-group of the active device mesh
+    (graphopt.distributed.mesh, data-parallel replicas), else the default group."""
     import torch.distributed as dist
+
+    from graphopt.distributed.mesh import shard_group
     if not dist.is_initialized():
         raise PassError("tensor_parallel needs torch.distributed initialised in this process "
                         "(run under graphopt.distributed.launch or torchrun)")
-    if (dist.get_world_size(), dist.get_rank()) != (ws, rank):
-        raise PassError(f"ctx says rank {rank} of {ws} but the process group is rank {dist.get_rank()} of "
-                        f"{dist.get_world_size()}")
-    return World(ws, rank, dist.group.WORLD.group_name)
+    group = shard_group("tp")
+    if (dist.get_world_size(group), dist.get_rank(group)) != (ws, rank):
+        raise PassError(f"ctx says rank {rank} of {ws} but the tensor-parallel process group is rank "
+                        f"{dist.get_rank(group)} of {dist.get_world_size(group)}")
+    return World(ws, rank, group.group_name)
 
 
 @register_pass("tensor_parallel", "shard the graph over ctx.world_size ranks (Megatron layout: column-parallel "

@@ -194,11 +194,15 @@ def stage_weight_targets(split: GraphModule, rank: int) -> set[str]:
 
 
 def run_pipeline_rank(split: GraphModule, inputs: tuple, n_micro: int = 2) -> Tensor:
-    """Across processes: this rank runs stage `rank` of a split with world_size stages; every rank
-    passes the same inputs and gets the [N] scores (broadcast from the last stage)."""
-    rank, ws = dist.get_rank(), dist.get_world_size()
+    """Across processes: this rank runs stage `rank` (its rank in the pipeline group: the "pp"
+    sub-group of the active device mesh, else the default group) of a split with that group's size
+    stages; every rank passes the same inputs and gets the [N] scores (broadcast from the last stage)."""
+    from graphopt.distributed.mesh import global_rank, shard_group
+    group = shard_group("pp")
+    rank, ws = dist.get_rank(group), dist.get_world_size(group)
+    to_global = lambda r: global_rank(group, r)  # noqa: E731 (send / recv / broadcast take global ranks)
     plan = StagePlan(split)
-    assert plan.n_stages == ws, f"split has {plan.n_stages} stages for a world of {ws}"
+    assert plan.n_stages == ws, f"split has {plan.n_stages} stages for a pipeline group of {ws}"
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     weights = plan.weights(rank, device)
     mbs = micro_batches(tuple(t.to(device) for t in inputs), n_micro)
@@ -208,14 +212,14 @@ def run_pipeline_rank(split: GraphModule, inputs: tuple, n_micro: int = 2) -> Te
         for mb, _ in mbs:
             env = dict(zip(plan.placeholders, mb))
             for node, src in recvs:
-                env[node] = _recv(src, device)
+                env[node] = _recv(to_global(src), device)
             plan.run_stage(rank, env, weights, device)
             for node, dst in sends:
-                _send(env[node], dst, pending)
+                _send(env[node], to_global(dst), pending)
             envs.append(env)
         for work, _ in pending:
             work.wait()
     n = inputs[3].shape[0]
     out = _assemble(plan, envs, mbs, n) if rank == ws - 1 else torch.empty(n, dtype=torch.float32, device=device)
-    dist.broadcast(out, src=ws - 1)
+    dist.broadcast(out, src=to_global(ws - 1), group=group)
     return out

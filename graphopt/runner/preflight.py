@@ -2,7 +2,10 @@
 model's sizes or on this machine rather than on the YAML alone:
 
 - device: cuda is visible, and world_size ranks on cuda have a device each;
-- tensor_parallel (world_size > 1): heads, kv heads and the FFN hidden size divide by world_size, and
+- mesh: data_parallel x tensor_parallel x pipeline_parallel makes world_size (and torchrun's
+  WORLD_SIZE), data_parallel at most the number of questions (graphopt.distributed.mesh);
+- tensor_parallel (world_size > 1): heads, kv heads and the FFN hidden size divide by the run's
+  tensor-parallel size (world_size / data_parallel unless tensor_parallel is set), and
   the vocabulary (vocab_parallel) or dim (embedding_parallel) too: graphopt.distributed.plan's own
   checks, called for the first rank's slices;
 - pipeline_split: its stage count (n_stages, or world_size when 0) is between 1 and n_layers; over
@@ -76,14 +79,53 @@ def pipeline_split_problem(args: ModelArgs, world_size: int, n_stages: int) -> s
     return f"pipeline_split: {given} must be between 1 and n_layers {args.n_layers}"
 
 
+def check_mesh(cfg) -> None:
+    """world_size = data_parallel x tensor_parallel x pipeline_parallel (0: the rest), under torchrun
+    also = its WORLD_SIZE; data_parallel is at most the number of questions (a replica with none to
+    score would have nothing to do)."""
+    import os
+
+    from graphopt.distributed.mesh import mesh_problem
+    where = _where(cfg)
+    problem = mesh_problem(cfg.world_size, cfg.data_parallel, cfg.tensor_parallel, cfg.pipeline_parallel)
+    if problem:
+        raise ConfigError(f"{cfg.source}: {where(('world_size',))}, {where(('data_parallel',))}: {problem}")
+    if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", cfg.world_size)) != cfg.world_size:
+        raise ConfigError(f"{cfg.source}: {where(('world_size',))}: world_size {cfg.world_size}, but torchrun started "
+                          f"WORLD_SIZE={os.environ['WORLD_SIZE']} processes (nnodes x nproc-per-node); make them equal")
+    if cfg.data_parallel > 1:
+        n = question_count(cfg)
+        if n is not None and cfg.data_parallel > n:
+            raise ConfigError(f"{cfg.source}: {where(('data_parallel',))}: data_parallel {cfg.data_parallel} is more "
+                              f"than the {n} questions to score ({where(('data', 'limit'))}); a replica would have "
+                              f"none")
+
+
+def question_count(cfg) -> int | None:
+    """How many questions a run scores, from data.limit and the data file's line count (None: unknown)."""
+    from graphopt.data.synthetic import DEFAULT_N
+    if cfg.data.path is None:
+        total = DEFAULT_N
+    elif Path(cfg.data.path).is_file() and str(cfg.data.path).endswith(".jsonl"):
+        with open(cfg.data.path, "rb") as f:
+            total = sum(1 for line in f if line.strip())
+    else:
+        total = None
+    if cfg.data.limit is None:
+        return total
+    return cfg.data.limit if total is None else min(cfg.data.limit, total)
+
+
 def stage_per_rank_problem(cfg, run, n_stages: int) -> str | None:
     """Why a pipeline_split run over world_size > 1 ranks cannot run one stage per rank as the worker
     does (graphopt.runner.worker.runs_one_stage_per_rank decides when it does); None: it can."""
     from graphopt.runner.worker import runs_one_stage_per_rank
 
+    from graphopt.distributed.mesh import run_mesh
+
     if not runs_one_stage_per_rank(cfg, run):
         return None
-    ws = cfg.world_size
+    ws = run_mesh(cfg, run).pp
     if n_stages not in (0, ws):
         return (f"pipeline_split over world_size {ws} runs one stage per rank: n_stages must be 0 (= world_size) "
                 f"or {ws}, got {n_stages}")
@@ -94,15 +136,18 @@ def stage_per_rank_problem(cfg, run, n_stages: int) -> str | None:
 
 
 def _run_problem(cfg, run, args: ModelArgs) -> str | None:
+    from graphopt.distributed.mesh import run_mesh
+
+    mesh = run_mesh(cfg, run)
     for spec in run.passes:
         opts = spec.opts
         if spec.name == "tensor_parallel":
-            problem = tensor_parallel_problem(args, cfg.world_size, bool(opts.get("vocab_parallel")),
+            problem = tensor_parallel_problem(args, mesh.tp, bool(opts.get("vocab_parallel")),
                                               bool(opts.get("embedding_parallel")))
         elif spec.name == "pipeline_split":
             n_stages = int(opts.get("n_stages") or 0)
             problem = (stage_per_rank_problem(cfg, run, n_stages)
-                       or pipeline_split_problem(args, cfg.world_size, n_stages))
+                       or pipeline_split_problem(args, mesh.model, n_stages))
         else:
             problem = None
         if problem:
@@ -121,6 +166,7 @@ def check_model_fits(cfg, runs=None) -> None:
     """Every run's sharding passes fit the model's sizes and the world size (see the module doc)."""
     from graphopt.checkpoints.errors import CheckpointError
     from graphopt.checkpoints.model_args import describe_model_args, read_model_args
+    from graphopt.distributed.mesh import run_mesh
     from graphopt.runner.sweep import expand
 
     runs = expand(cfg) if runs is None else runs
@@ -136,8 +182,10 @@ def check_model_fits(cfg, runs=None) -> None:
     for run in sharding:
         problem = _run_problem(cfg, run, args)
         if problem:
+            mesh = run_mesh(cfg, run)
             raise ConfigError(f"{cfg.source}: run {run.name!r} ({where(_passes_key(run))}) with world_size "
-                              f"{cfg.world_size} ({where(('world_size',))}): {problem}; model {cfg.model!r}: "
+                              f"{cfg.world_size} ({where(('world_size',))}; mesh data_parallel {mesh.dp} x "
+                              f"tensor_parallel {mesh.tp} x pipeline {mesh.pp}): {problem}; model {cfg.model!r}: "
                               f"{describe_model_args(args)}")
 
 
@@ -162,5 +210,6 @@ def check_tokenizer(cfg) -> None:
 def preflight(cfg) -> None:
     """All the checks above; raises the first ConfigError found."""
     check_devices(cfg)
+    check_mesh(cfg)
     check_tokenizer(cfg)
     check_model_fits(cfg)

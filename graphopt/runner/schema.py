@@ -91,7 +91,10 @@ class ExperimentConfig:
     tokenizer: str | None = None  # a tokenizer file/folder (default: next to the checkpoint; presets: word-hash)
     dtype: str = "float32"
     device: str = "cpu"
-    world_size: int = 1
+    world_size: int = 1  # processes in all (data_parallel x tensor_parallel x pipeline_parallel)
+    data_parallel: int = 1  # replicas, each scoring its share of the questions (graphopt.distributed.mesh)
+    tensor_parallel: int = 0  # ranks per replica for a tensor_parallel run (0: world_size / data_parallel)
+    pipeline_parallel: int = 0  # ranks per replica for a pipeline_split run (0: world_size / data_parallel)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)

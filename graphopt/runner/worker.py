@@ -63,16 +63,18 @@ def loads_only_its_shard(exp: ExperimentConfig, run: ResolvedRun) -> bool:
     model: each rank captures the model on the meta device, shards / splits the graph, then reads only
     its slices (tensor_parallel) or its stage's weights (pipeline_split: a tied embedding table is read
     by the first and the last stage, and each loads it)."""
-    return (exp.world_size > 1 and run.capture == "export" and bool(pipeline_shards(run.passes))
+    from graphopt.distributed.mesh import run_mesh
+    return (run_mesh(exp, run).model > 1 and run.capture == "export" and bool(pipeline_shards(run.passes))
             and os.path.isdir(exp.model))
 
 
 def runs_one_stage_per_rank(exp: ExperimentConfig, run: ResolvedRun) -> bool:
     """pipeline_split over world_size > 1 ranks (without tensor_parallel): rank r runs stage r only
     (graphopt.distributed.pipeline_run.run_pipeline_rank, world_size micro-batches); the stages run as
-    captured and split, so the compiler must be none."""
-    shards = pipeline_shards(run.passes)
-    return exp.world_size > 1 and run.capture == "export" and shards == {"pipeline"}
+    captured and split, so the compiler must be none. With data_parallel replicas: the ranks of one
+    replica's pipeline group (graphopt.distributed.mesh)."""
+    from graphopt.distributed.mesh import run_mesh
+    return run_mesh(exp, run).pp > 1
 
 
 def load_rank_weights(gm, ckpt: str, rank: int, world_size: int, args, one_stage: bool) -> dict:
@@ -146,6 +148,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     import torch
 
     from graphopt.checkpoints import load_model, load_model_structure
+    from graphopt.distributed.mesh import run_mesh
     from graphopt.compile_cache import count_compiles
     from graphopt.data import load_hellaswag
     from graphopt.optimize_model import optimize
@@ -158,13 +161,20 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
 
     exp, run = job.experiment, job.run
     device, show = exp.device, job.progress and rank == 0
+    mesh = run_mesh(exp, run)  # [dp, pp, tp]; this rank: replica `replica`, rank `mrank` of its model group
+    replica, mrank, msize = mesh.replica(rank), mesh.model_rank(rank), mesh.model
     one_stage = runs_one_stage_per_rank(exp, run)
     if one_stage and run.compiler != "none":
-        raise ValueError(f"run {run.name!r}: pipeline_split over world_size {exp.world_size} runs each rank's "
-                         f"stage as split (eager); compiler must be none, got {run.compiler!r}")
+        raise ValueError(f"run {run.name!r}: pipeline_split over world_size {exp.world_size} ({mesh.pp} ranks per "
+                         f"replica) runs each rank's stage as split (eager); compiler must be none, got "
+                         f"{run.compiler!r}")
     if device == "cuda":
-        device = f"cuda:{rank}"
-        torch.cuda.set_device(rank)
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    if exp.world_size > 1:
+        from graphopt.distributed.mesh import activate
+        activate(mesh, device)  # the passes' collectives run on this replica's sub-group
     torch.manual_seed(exp.seed)
     reset_peak_memory(device)
     t_load = time.perf_counter()
@@ -178,25 +188,30 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     load_s = time.perf_counter() - t_load
     rows = load_hellaswag(exp.data.path, split=exp.data.split, limit=exp.data.limit)
     requests = build_requests(rows, tokenizer)
+    all_requests, mine = requests, list(range(len(requests)))
+    if mesh.dp > 1:  # this replica scores its share of the questions (balanced by tokens)
+        from graphopt.distributed.data_parallel import split_by_tokens
+        mine = split_by_tokens(all_requests, mesh.dp)[replica]
+        requests = [all_requests[i] for i in mine]
     batches = build_batches(requests, run.scoring.strategy, **run.scoring.options)
     batches = [b.to(device) for b in batches]
     assert batches, "no batches to score"
-    n_req = len(requests)
-    n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
+    n_req = len(requests)  # this replica's
+    n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in all_requests)  # real tokens, no padding
 
     load_weights = None
     if sharded_load:
-        load_weights = lambda gm: load_rank_weights(gm, exp.model, rank, exp.world_size, model.args,  # noqa: E731
+        load_weights = lambda gm: load_rank_weights(gm, exp.model, mrank, msize, model.args,  # noqa: E731
                                                     one_stage)
     fn, setup_s = timed(lambda: optimize(ScoreModule(model).eval(), batches[0].model_inputs(), run.passes,
-                                         run.compiler, capture=run.capture, rank=rank, world_size=exp.world_size,
+                                         run.compiler, capture=run.capture, rank=mrank, world_size=msize,
                                          model_args=getattr(model, "args", None), load_weights=load_weights,
                                          device=device), device)
     if one_stage:
         if not sharded_load:  # the whole model was loaded: keep only this rank's stage
             from graphopt.distributed.pipeline_run import drop_other_stages
-            drop_other_stages(fn.graph, rank)
-        fn = StagePerRank(fn, exp.world_size)
+            drop_other_stages(fn.graph, mrank)
+        fn = StagePerRank(fn, mesh.pp)
     # the eager reference (nothing to compile or warm) is scored once: its one pass is its timing
     once = run.is_reference and run.capture == "none" and run.compiler == "none"
     repeats = 1 if once else exp.repeats
@@ -205,11 +220,16 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
         for _ in range(0 if once else exp.warmup):
             score_requests(fn, batches, n_req, progress=False, device=device)
         times, loglik = [], None
+        score = lambda desc: score_requests(fn, batches, n_req, show, device, desc).numpy()  # noqa: E731
+        if mesh.dp > 1:  # rank 0 gathers every replica's share, in request order (the gather is timed)
+            score = lambda desc, local=score: gather_shares(local(desc), mine, len(all_requests), mrank)  # noqa: E731
         for i in range(repeats):
-            desc = f"  {run.name} [{i + 1}/{repeats}]"
-            loglik, t = timed(lambda: score_requests(fn, batches, n_req, show, device, desc).numpy(), device)
+            loglik, t = timed(lambda: score(f"  {run.name} [{i + 1}/{repeats}]"), device)
             times.append(t)
     sync(device)
+    if rank != 0:  # rank 0 reports; the others only their memory
+        return {"status": "ok", "error": "", "peak_mem_mb": peak_memory_mb(device)}
+    requests, n_req = all_requests, len(all_requests)
     assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
 
     metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
@@ -220,8 +240,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
         max_d = float(np.abs(ref - loglik).max())
     else:  # this is the reference
         agree, max_d = 1.0, 0.0
-    if rank == 0:
-        np.save(job.loglik_out, loglik)
+    np.save(job.loglik_out, loglik)
     latency = median(times)
     return {
         "status": "ok", "error": "",
@@ -237,6 +256,14 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
         "n_params": count_params(fn.graph, None if sharded_load else fn.module),
         "pass_records": json.dumps([r.summary() for r in fn.records]),
     }
+
+
+def gather_shares(local, mine: list[int], n_requests: int, model_rank: int):
+    """Data parallel: rank 0 gets every replica's scores in request order (None elsewhere); one rank
+    of each replica's model group (model rank 0) sends them."""
+    from graphopt.distributed.data_parallel import gather_loglik
+    mine_or_none = (local, mine) if model_rank == 0 else (None, None)
+    return gather_loglik(*mine_or_none, n_requests)
 
 
 def _measure_rank(job_json: str) -> dict:

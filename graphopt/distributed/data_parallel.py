@@ -1,0 +1,66 @@
+"""Data-parallel scoring: replicas split the questions balanced by token count, score their share,
+and rank 0 gathers the per-request log-likelihoods back into the original order.
+
+A question's requests (its endings) stay on one replica, so shared-prefix / packed batching still
+sees whole questions. Balance: questions by decreasing token count, each to the replica with the
+fewest tokens so far (longest-processing-time first); ties go to the lower replica, so every rank
+computes the same split without talking.
+"""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import torch.distributed as dist
+
+
+def request_tokens(r) -> int:
+    """Tokens a request puts through the model (context + continuation)."""
+    return len(r.context_ids) + len(r.continuation_ids)
+
+
+def split_by_tokens(requests, n_replicas: int) -> list[list[int]]:
+    """[replica] -> indices into `requests` (ascending), whole questions, token counts balanced."""
+    if n_replicas < 1:
+        raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
+    by_question: dict[int, list[int]] = {}
+    for i, r in enumerate(requests):
+        by_question.setdefault(r.question, []).append(i)
+    if len(by_question) < n_replicas:
+        raise ValueError(f"data_parallel {n_replicas} is more than the {len(by_question)} questions to score: "
+                         f"a replica would have nothing to do; lower data_parallel or raise data.limit")
+    cost = {q: sum(request_tokens(requests[i]) for i in idx) for q, idx in by_question.items()}
+    heap = [(0, k) for k in range(n_replicas)]  # (tokens so far, replica)
+    share: list[list[int]] = [[] for _ in range(n_replicas)]
+    for q in sorted(cost, key=lambda q: (-cost[q], q)):
+        tokens, k = heapq.heappop(heap)
+        share[k] += by_question[q]
+        heapq.heappush(heap, (tokens + cost[q], k))
+    return [sorted(s) for s in share]
+
+
+def share_tokens(requests, share: list[list[int]]) -> list[int]:
+    return [sum(request_tokens(requests[i]) for i in s) for s in share]
+
+
+def gather_loglik(local: np.ndarray | None, indices: list[int] | None, n_requests: int) -> np.ndarray | None:
+    """Every rank calls it; ranks that hold a replica's scores pass (local [len(indices)], indices),
+    the others (None, None). Rank 0 gets the [n_requests] log-likelihoods in request order, the
+    others None. Raises if some request was scored by no replica or by two."""
+    part = None if local is None else (np.asarray(indices, dtype=np.int64), np.asarray(local))
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    out = np.full(n_requests, np.nan, dtype=np.float64)
+    count = np.zeros(n_requests, dtype=np.int64)
+    for p in parts:
+        if p is not None:
+            idx, values = p
+            out[idx] = values
+            count[idx] += 1
+    if (count != 1).any():
+        bad = np.nonzero(count != 1)[0][:5].tolist()
+        raise RuntimeError(f"data-parallel gather: requests {bad} were scored {count[bad].tolist()} times "
+                           f"(each must be scored by exactly one replica)")
+    return out
