@@ -58,3 +58,25 @@ def test_unknown_compiler_and_capture():
         graphopt.optimize(_Untraceable(), (), compiler="tvm")
     with pytest.raises(ValueError, match="export, dynamo, none"):
         graphopt.optimize(_Untraceable(), (), capture="jit")
+
+
+def test_merged_weights_share_storage_with_the_callers_model():
+    """merge_qkv / merge_gate_up point the caller's q/k/v and gate/up weights at rows of the merged weight:
+    model + optimised graph hold the parameters once (they held 1.4x before), and the model computes as before."""
+    from graphopt.graph_attrs import held_numel
+    from graphopt.scoring import ScoreModule
+
+    model, _ = graphopt.load_model("tiny-gqa")
+    x = score_inputs(2, 8, 5, vocab=model.args.vocab_size, seed=0)
+    with torch.no_grad():
+        want = ScoreModule(model)(*x)
+    own = held_numel(list(model.parameters()))
+    opt = graphopt.optimize(ScoreModule(model), x, "exact")
+    assert {r.name: r.matches for r in opt.records}["merge_qkv"] == model.args.n_layers
+    assert held_numel(list(model.parameters()) + list(opt.graph.parameters())) == own
+    attn = model.layers[0].attention
+    assert attn.wk.weight.untyped_storage().data_ptr() == attn.wq.weight.untyped_storage().data_ptr()
+    with torch.no_grad():
+        torch.testing.assert_close(ScoreModule(model)(*x), want, atol=0, rtol=0)
+        torch.testing.assert_close(opt(*x), want, atol=1e-5, rtol=0)
+
