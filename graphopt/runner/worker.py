@@ -206,7 +206,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     fn, setup_s = timed(lambda: optimize(ScoreModule(model).eval(), batches[0].model_inputs(), run.passes,
                                          run.compiler, capture=run.capture, rank=mrank, world_size=msize,
                                          model_args=getattr(model, "args", None), load_weights=load_weights,
-                                         device=device), device)
+                                         device=device, tokenizer=tokenizer), device)
     if one_stage:
         if not sharded_load:  # the whole model was loaded: keep only this rank's stage
             from graphopt.distributed.pipeline_run import drop_other_stages
