@@ -2,7 +2,10 @@
 first, each run in its own process, results stored as they finish, finished runs skipped on re-run),
 then print its report. Mistakes the model's sizes or the machine reveal (sharding that does not divide,
 too many stages, missing CUDA devices) stop it before the reference runs; so does another `graphopt run`
-holding the same output folder (--wait: queue behind it instead)."""
+holding the same output folder (--wait: queue behind it instead).
+
+Under torchrun (`torchrun --nnodes N --nproc-per-node G -m graphopt run cfg.yaml`) it joins torchrun's
+world instead of spawning processes: graphopt.distributed.torchrun; only rank 0 writes rows and prints."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +42,10 @@ def main(args) -> int:
                 print(f"{run.key}  {run.name:24s} capture={run.capture} compiler={run.compiler} "
                       f"dtype={run.dtype} scoring={run.scoring.strategy} passes={run.passes_label()}")
             return 0
+        from graphopt.distributed.torchrun import run_under_torchrun, under_torchrun
+        if under_torchrun():
+            return run_under_torchrun(cfg, retry_errors=args.retry_errors, progress=not args.no_progress,
+                                      wait=args.wait)
         run_experiment(cfg, retry_errors=args.retry_errors, progress=not args.no_progress, timeout_s=args.timeout,
                        wait=args.wait)
     except ConfigError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import timedelta
 
 import torch
@@ -23,7 +24,8 @@ def default_backend() -> str:
 
 def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> tuple[int, int]:
     """Join the group described by torchrun's env (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
-    Returns (rank, world_size). Idempotent."""
+    Returns (rank, world_size). Idempotent. Every rank first checks in at the store on MASTER_ADDR:
+    MASTER_PORT; a rank that has not after timeout_s -> TimeoutError naming the missing ranks."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
@@ -34,8 +36,34 @@ def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> tuple[
     backend = backend or default_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+    store = join_store(rank, world, timeout_s)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
     return rank, world
+
+
+def join_store(rank: int, world: int, timeout_s: float):
+    """The TCPStore at MASTER_ADDR:MASTER_PORT (hosted by rank 0, or by torchrun's agent), after every
+    rank has checked in under a key of its own; a prefix store for the process group."""
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it
+    where = f"{addr}:{port}"
+    try:
+        store = dist.TCPStore(addr, port, world, is_master=rank == 0 and not agent,
+                              timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+    except (RuntimeError, dist.DistError) as e:
+        raise TimeoutError(f"rank {rank} of {world} could not reach the group's store at {where} within "
+                           f"{timeout_s:g}s (rank 0 never joined?): {str(e).splitlines()[0]}") from None
+    prefix = f"graphopt/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/"
+    store.set(f"{prefix}joined/{rank}", "1")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        absent = [r for r in range(world) if not store.check([f"{prefix}joined/{r}"])]
+        if not absent:
+            return dist.PrefixStore(prefix + "pg", store)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ranks {absent} of {world} never joined the group at {where} within {timeout_s:g}s "
+                               f"(rank {rank} waited; a node or process that did not start?)")
+        time.sleep(0.05)
 
 
 def device_for_rank(rank: int) -> torch.device:

@@ -119,18 +119,20 @@ def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, 
 
 
 def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: bool = True,
-                   timeout_s: float | None = None, log=print, wait: bool = False) -> pd.DataFrame:
+                   timeout_s: float | None = None, log=print, wait: bool = False, run_job=None) -> pd.DataFrame:
     """Run every run of `cfg` not yet in its output dir; -> the full results table. The output dir is
-    locked for the whole run: another run holding it -> FolderBusyError, or with wait=True, wait for it."""
+    locked for the whole run: another run holding it -> FolderBusyError, or with wait=True, wait for it.
+    run_job(job, workdir, timeout_s) -> result dict measures one run (default: a fresh worker process
+    that spawns the ranks; under torchrun, graphopt.distributed.torchrun runs it on the joined world)."""
     check_world_size(cfg)
     preflight(cfg)
     check_writable_dir(cfg.out_dir, what="output_dir")  # a read-only or misplaced folder: one line, before any run
     with hold_output_dir(cfg.out_dir, wait=wait, on_wait=lambda holder: log(f"{cfg.out_dir}: waiting for {holder}")):
-        return _run_locked(cfg, retry_errors, progress, timeout_s, log)
+        return _run_locked(cfg, retry_errors, progress, timeout_s, log, run_job or _run_worker)
 
 
 def _run_locked(cfg: ExperimentConfig, retry_errors: bool, progress: bool, timeout_s: float | None,
-                log) -> pd.DataFrame:
+                log, run_job) -> pd.DataFrame:
     runs = expand(cfg)
     store = ResultStore(cfg.out_dir)
     text = json.dumps(to_dict(cfg), indent=2, default=str)
@@ -157,7 +159,7 @@ def _run_locked(cfg: ExperimentConfig, retry_errors: bool, progress: bool, timeo
                             reference_loglik=None if run.is_reference else str(store.loglik_path(ref.key)),
                             progress=progress, timeout_s=timeout_s)
             started, t0 = _now(), time.perf_counter()
-            result = _run_worker(job, Path(tmp), timeout_s)
+            result = run_job(job, Path(tmp), timeout_s)
             if result["status"] == "ok":
                 import numpy as np
                 store.save_loglik(run.key, np.load(job.loglik_out))
