@@ -58,8 +58,24 @@ def group_scores(q: Tensor, kv: Tensor) -> Tensor:
     return kv + q.reshape(n_kv, -1).sum(1)
 
 
-def lowest_across_layers(scores: list[Tensor], n: int) -> list[int]:
-    """Per layer, how many of the n lowest scores (over all layers) it holds, each layer keeping one."""
+NORMALIZE = ("mean", "none")
+
+
+def normalised(scores: list[Tensor], how: str) -> list[Tensor]:
+    """Scores made comparable across layers before one global ranking. mean: each layer's scores divided
+    by that layer's mean (a layer whose weights or activations are 100x larger no longer looks 100x more
+    important; a layer with a few much weaker units still gives them up first); none: raw."""
+    if how == "none":
+        return scores
+    assert how == "mean", how
+    return [s / s.mean().clamp_min(torch.finfo(s.dtype).tiny) for s in scores]
+
+
+def lowest_across_layers(scores: list[Tensor], n: int, caps: list[int] | None = None) -> list[int]:
+    """Per layer, how many of the n lowest scores (over all layers) it gives up: each layer at most its
+    cap (default: all but one). Exactly n, which the caller has checked fits under the caps."""
+    caps = [s.shape[0] - 1 for s in scores] if caps is None else [min(c, s.shape[0] - 1) for c, s in zip(caps, scores)]
+    assert n <= sum(caps), (n, caps)
     flat = torch.cat(scores)
     layer_of = torch.cat([torch.full((s.shape[0],), i) for i, s in enumerate(scores)])
     dropped = [0] * len(scores)
@@ -68,7 +84,7 @@ def lowest_across_layers(scores: list[Tensor], n: int) -> list[int]:
         if left == 0:
             break
         layer = int(layer_of[i])
-        if dropped[layer] < scores[layer].shape[0] - 1:
+        if dropped[layer] < caps[layer]:
             dropped[layer] += 1
             left -= 1
     return dropped

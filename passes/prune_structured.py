@@ -13,8 +13,11 @@ query heads, cut GQA-aware (prune_heads.py): whole kv groups (a kv head with its
 the same number of query heads from every kept group, the largest cut the layout allows not above
 the count. budget global: one budget of int(ratio * all layers' FFN channels) and int(ratio * all
 kv groups) (each FFN channel of a layer, and each kv group, holds the same parameters), spent on the
-lowest scores across layers (each layer keeps one channel / group); stats["layers"] reports each
-layer's result. A ratio > 0 that removes nothing is an error naming the layout, never a no-op.
+lowest scores across layers. Raw scores do not compare across layers (a layer with larger weights or
+activations scores higher everywhere), so normalize: mean (default) divides each layer's scores by
+their mean first; and no layer gives up more than int(max_layer_ratio * its channels / kv groups)
+(default 0.5), so none is gutted; a budget the caps cannot hold is an error before any work.
+stats["layers"] reports each layer's result. A ratio > 0 that removes nothing is an error naming the layout, never a no-op.
 
 Only weights (qkv biases too) are replaced: the model's head views are [B, T, -1, D], so they follow.
 The head counts export records as literals follow as well: RoPE's [B, T, H, -1, 2] reshape takes its
@@ -44,8 +47,8 @@ from ._edit import refit_vals, splits_last_dim
 from ._ops import LINEAR, RESHAPE, val
 from ._weights import param_count
 from .prune_heads import global_group_budget, head_cut, kv_repeats, select_heads, set_repeats
-from .prune_scores import (CRITERIA, NEEDS_CALIBRATION, ffn_channel_scores, group_scores, head_scores, importance,
-                           lowest_across_layers)
+from .prune_scores import (CRITERIA, NEEDS_CALIBRATION, NORMALIZE, ffn_channel_scores, group_scores, head_scores,
+                           importance, lowest_across_layers, normalised)
 
 _NEEDS_NAMES = "it finds the weights by their checkpoint names, which the merge replaces"
 
@@ -131,19 +134,35 @@ def _check_options(o: dict) -> None:
                             f"{', '.join(NEEDS_CALIBRATION)})")
 
 
-def _plan_ffn(layers: dict, hidden: dict, scores: dict, ratio: float, budget: str) -> dict[str, torch.Tensor]:
+def _cap(max_layer_ratio: float, n: int) -> int:
+    """The most units of n one layer gives up to a global budget (it keeps one at least)."""
+    return min(int(max_layer_ratio * n), n - 1)
+
+
+def _plan_ffn(layers: dict, hidden: dict, scores: dict, o: dict) -> dict[str, torch.Tensor]:
     """{layer: kept channel indices} for the layers that drop any."""
+    ratio, budget = o["ratio"], o["budget"]
     if budget == "global":
         names = list(layers)
-        dropped = dict(zip(names, lowest_across_layers([scores[p] for p in names],
-                                                       int(ratio * sum(hidden.values())))))
+        caps = [_cap(o["max_layer_ratio"], hidden[p]) for p in names]
+        ranked = normalised([scores[p] for p in names], o["normalize"])
+        dropped = dict(zip(names, lowest_across_layers(ranked, int(ratio * sum(hidden.values())), caps)))
     else:
         dropped = {p: min(int(ratio * hidden[p]), hidden[p] - 1) for p in layers}
     return {p: _lowest_dropped(scores[p], n) for p, n in dropped.items() if n}
 
 
-def _check_counts(what: str, ratio: float, budget: str, hidden: dict, attn: dict) -> None:
-    """A ratio > 0 that would remove nothing is an error, found before any calibration work."""
+def _check_caps(what: str, want: int, caps: list[int], max_layer_ratio: float) -> None:
+    if want > sum(caps):
+        raise PassError(f"budget global asks for {want} {what} but max_layer_ratio {max_layer_ratio:g} lets the "
+                        f"{len(caps)} layers give up at most {sum(caps)} (per layer: {sorted(set(caps))}): raise "
+                        f"max_layer_ratio or lower ratio")
+
+
+def _check_counts(what: str, o: dict, hidden: dict, attn: dict) -> None:
+    """A ratio > 0 that would remove nothing, or a global budget the per-layer caps cannot hold, is an
+    error, found before any calibration work."""
+    ratio, budget, mlr = o["ratio"], o["budget"], o["max_layer_ratio"]
     if ratio == 0:
         return
     if what in ("ffn", "both"):
@@ -151,9 +170,12 @@ def _check_counts(what: str, ratio: float, budget: str, hidden: dict, attn: dict
         if int(ratio * total) == 0:
             raise PassError(f"ffn ratio {ratio:g} of {total} FFN channels ({budget}) rounds to none: use ratio >= "
                             f"{math.ceil(1000 / total) / 1000:g}")
+        if budget == "global":
+            _check_caps("FFN channels", int(ratio * total), [_cap(mlr, h) for h in hidden.values()], mlr)
     if what in ("heads", "both"):
         if budget == "global":
-            global_group_budget([(a.n_heads, a.n_kv) for a in attn.values()], ratio)
+            want = global_group_budget([(a.n_heads, a.n_kv) for a in attn.values()], ratio)
+            _check_caps("kv groups", want, [_cap(mlr, a.n_kv) for a in attn.values()], mlr)
         else:
             for a in attn.values():
                 head_cut(a.n_heads, a.n_kv, ratio)
@@ -185,6 +207,11 @@ def _apply_heads(gm: GraphModule, w: dict[str, str], a: _Attn, kept_kv: torch.Te
                         "budget": PassOption(str, "per_layer", "per_layer: ratio in every layer; global: one "
                                              "budget spent on the lowest scores across layers",
                                              choices=("per_layer", "global")),
+                        "normalize": PassOption(str, "mean", "budget global: each layer's scores divided by their "
+                                                "mean before the global ranking (mean), or raw (none)",
+                                                choices=NORMALIZE),
+                        "max_layer_ratio": PassOption(float, 0.5, "budget global: the most of one layer's FFN "
+                                                      "channels / kv groups the budget may take", min=0.0, max=1.0),
                         "calibration": PassOption(str, None, "calibration text: .txt (a sequence per line) or "
                                                   ".jsonl ({\"text\": ...} rows); not the evaluation data"),
                         "n_calibration": PassOption(int, 128, "calibration sequences used (the file's first)",
@@ -216,7 +243,7 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
         n_heads, n_kv = attr(gm, w["wq.weight"]).shape[0] // hd, attr(gm, w["wk.weight"]).shape[0] // hd
         assert n_kv * hd == attr(gm, w["wk.weight"]).shape[0] and n_heads % n_kv == 0, (p, n_heads, n_kv, hd)
         attn[p] = _Attn(n_heads, n_kv, hd)
-    _check_counts(what, ratio, budget, hidden, attn)
+    _check_counts(what, o, hidden, attn)
     params_before = param_count(gm)
     stats = {"params_before": params_before, "criterion": criterion, "budget": budget,
              "calibration_sequences": 0, "calibration_tokens": 0}
@@ -239,7 +266,7 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
     splits = [n for n in gm.graph.nodes if splits_last_dim(n)]  # RoPE's [B, T, H, -1, 2], before H changes
     report = {p: {} for p in sorted(set(ffn) | set(attn))}
     ffn_removed = groups_removed = q_removed = matches = 0
-    for p, keep in _plan_ffn(ffn, hidden, ffn_scores, ratio, budget).items():
+    for p, keep in _plan_ffn(ffn, hidden, ffn_scores, o).items():
         w = ffn[p]
         _take(gm, w["w1.weight"], keep, 0)
         _take(gm, w["w3.weight"], keep, 0)
@@ -251,7 +278,8 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
 
     if budget == "global" and attn:
         want = global_group_budget([(a.n_heads, a.n_kv) for a in attn.values()], ratio)
-        dropped = lowest_across_layers([group_scores(a.q, a.kv) for a in attn.values()], want)
+        ranked = normalised([group_scores(a.q, a.kv) for a in attn.values()], o["normalize"])
+        dropped = lowest_across_layers(ranked, want, [_cap(o["max_layer_ratio"], a.n_kv) for a in attn.values()])
         cuts = {p: (g, 0) for p, g in zip(attn, dropped)}
     else:
         cuts = {p: head_cut(a.n_heads, a.n_kv, ratio) for p, a in attn.items()}
