@@ -63,13 +63,13 @@ def _torchrun(args, cwd, timeout=400):
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _one_process(tmp_path, world, dp):
+def _one_process(tmp_path):
     cfg = load_config(_yaml(tmp_path, "one", 1, 1))
     return run_experiment(cfg, progress=False, log=lambda *a: None), ResultStore(tmp_path / "one")
 
 
 def _same_as_one_process(tmp_path, name, n_runs=2):
-    df1, s1 = _one_process(tmp_path, 1, 1)
+    df1, s1 = _one_process(tmp_path)
     store = ResultStore(tmp_path / name)
     df = store.load()
     assert list(df["status"]) == ["ok"] * n_runs, df[["run", "error"]].to_string()
