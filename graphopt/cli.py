@@ -9,6 +9,8 @@ import sys
 COMMANDS = {
     "run": "run an experiment YAML: every pass combination, measured against the eager reference",
     "eval": "score HellaSwag with one model (eager or through a pass pipeline) and print acc / acc_norm / time",
+    "prune": "prune FFN channels / attention heads (prune_structured) and save the smaller model as a Hugging "
+             "Face LLaMA directory",
     "passes": "list every registered graph pass with its description and options",
     "inspect": "op counts of a model's captured graph before and after each pass",
     "report": "print the results table of an experiment directory (120 columns; --wide: all) and write "
