@@ -1,7 +1,8 @@
 """Data-parallel replicas x tensor / pipeline sharding on a DeviceMesh (graphopt.distributed.mesh,
 graphopt.distributed.data_parallel): the mesh sizes, the token-balanced split of the questions, the
 checks made at YAML load, and a sweep with data_parallel 2 x tensor_parallel 2 (4 gloo processes)
-giving the same choices and log-likelihoods as one process."""
+and one with data_parallel 2 x 2 pipeline stages (4 gloo processes) giving the same choices and
+log-likelihoods as one process."""
 import numpy as np
 import pytest
 
@@ -74,6 +75,7 @@ reference: {{capture: none, scoring: {{strategy: per_pair}}}}
 scoring: {{strategy: shared_prefix}}
 runs:
   - {{name: tp, capture: export, passes: [tensor_parallel]}}
+  - {{name: pp, capture: export, passes: [pipeline_split]}}
 """
 
 
@@ -97,7 +99,7 @@ def test_load_refuses_more_replicas_than_questions(tmp_path):
 
 
 def test_load_refuses_a_tp_size_that_does_not_divide_the_kv_heads(tmp_path):
-    args = ModelArgs(dim=96, n_layers=1, n_heads=12, n_kv_heads=4, vocab_size=128, multiple_of=32, max_seq_len=64)
+    args = ModelArgs(dim=96, n_layers=2, n_heads=12, n_kv_heads=4, vocab_size=128, multiple_of=32, max_seq_len=64)
     save_meta_checkpoint(init_random_weights(Transformer(args), seed=0), tmp_path / "ckpt")
     write_word_hash_tokenizer(tmp_path / "ckpt", args.vocab_size)
     # world 4 = dp 2 x tp 2: 12 query heads and 4 kv heads split; tp 3 (world 6, dp 2): 4 kv heads do not divide
@@ -108,7 +110,7 @@ def test_load_refuses_a_tp_size_that_does_not_divide_the_kv_heads(tmp_path):
 
 
 @pytest.mark.distributed
-def test_dp2_x_tp2_sweep_equals_one_process(tmp_path):
+def test_dp2_x_tp2_and_dp2_x_pp2_sweep_equals_one_process(tmp_path):
     from graphopt.runner.execute import run_experiment
     model = init_random_weights(Transformer(ModelArgs.from_name("tiny-gqa")), seed=3)
     save_meta_checkpoint(model, tmp_path / "ckpt")
@@ -117,8 +119,10 @@ def test_dp2_x_tp2_sweep_equals_one_process(tmp_path):
                          log=lambda *a: None)
     four = run_experiment(load_config(_write(tmp_path, model=tmp_path / "ckpt", world=4, dp=2)), progress=False,
                           log=lambda *a: None)
-    assert list(four["status"]) == ["ok", "ok"], four[["run", "error"]].to_string()
-    assert list(four["world_size"]) == [4, 4] and list(four["n_requests"]) == [24, 24]
+    assert list(four["status"]) == ["ok"] * 3, four[["run", "error"]].to_string()
+    assert list(four["world_size"]) == [4] * 3 and list(four["n_requests"]) == [24] * 3
+    # replica 0's TP / PP ranks read only their shard / stage of the checkpoint
+    assert list(four["weights_loaded"]) == ["full model", "rank shard", "rank shard"]
     from graphopt.runner.store import ResultStore
     s1, s4 = ResultStore(tmp_path / "out1x1"), ResultStore(tmp_path / "out4x2")
     for k1, k4 in zip(one["run_key"], four["run_key"]):
