@@ -131,3 +131,11 @@ def test_dp2_x_tp2_and_dp2_x_pp2_sweep_equals_one_process(tmp_path):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)  # fp32, gathered back in request order
     assert list(four["acc"]) == list(one["acc"]) and list(four["acc_norm"]) == list(one["acc_norm"])
     assert (four["agree"] == 1.0).all()
+
+
+def test_run_keys_tell_meshes_apart_and_keep_old_keys(tmp_path):
+    from graphopt.runner.sweep import expand
+    dp1, dp2 = (expand(load_config(_write(tmp_path, world=2, dp=dp, limit=4))) for dp in (1, 2))
+    assert [r.key for r in dp1] != [r.key for r in dp2]  # a resumed sweep never mistakes one for the other
+    assert all("mesh" not in r.config for r in dp1)  # default sizes: the key a run had before these keys
+    assert dp2[0].config["mesh"] == {"data_parallel": 2}

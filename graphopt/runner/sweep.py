@@ -58,6 +58,10 @@ def run_key(cfg: ExperimentConfig, run: ResolvedRun) -> tuple[str, dict]:
         "compiler": run.compiler,
         "scoring": to_dict(run.scoring),
     }
+    mesh = {k: getattr(cfg, k) for k in ("data_parallel", "tensor_parallel", "pipeline_parallel")
+            if getattr(cfg, k) != (1 if k == "data_parallel" else 0)}
+    if mesh:  # only when set, so the keys of runs stored before these YAML keys existed stay the same
+        resolved["mesh"] = mesh
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16], resolved
 
