@@ -22,6 +22,13 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "gloo"
 
 
+def collective_timeout_s() -> float:
+    """How long a collective (or a rank checking in) may wait for its peers before it fails: the
+    environment's GRAPHOPT_COLLECTIVE_TIMEOUT_S, default 300 s (data-parallel replicas meet only at
+    the gather, so the slower replica's lag must fit in it)."""
+    return float(os.environ.get("GRAPHOPT_COLLECTIVE_TIMEOUT_S", 300))
+
+
 def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> tuple[int, int]:
     """Join the group described by torchrun's env (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
     Returns (rank, world_size). Idempotent. Every rank first checks in at the store on MASTER_ADDR:

@@ -9,9 +9,10 @@ sub-groups), and only rank 0 writes the row and prints. The other ranks serve jo
 broadcasts None.
 
 Failure: a rank that raises prints its traceback and leaves at once (os._exit(1)); its peers' next
-collective fails (connection closed) or times out after the collective timeout
-(GRAPHOPT_COLLECTIVE_TIMEOUT_S, default 300 s), so every rank ends and torchrun reports the failed
-rank's traceback (@record); no row is written for the run that failed, and a re-run resumes there.
+collective fails (connection closed) or times out (groups.collective_timeout_s:
+GRAPHOPT_COLLECTIVE_TIMEOUT_S, default 300 s), so every rank ends and torchrun reports the failed
+rank; no row is written for the run that failed, and a re-run resumes there. `--timeout` (per run)
+does not apply under torchrun.
 """
 from __future__ import annotations
 
@@ -25,10 +26,6 @@ import torch.distributed as dist
 def under_torchrun() -> bool:
     """True when torchrun (torch.distributed.run) started this process."""
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
-
-
-def collective_timeout_s() -> float:
-    return float(os.environ.get("GRAPHOPT_COLLECTIVE_TIMEOUT_S", 300))
 
 
 def _broadcast(obj):
@@ -58,7 +55,7 @@ def serve_jobs() -> None:
 
 def run_under_torchrun(cfg, retry_errors: bool = False, progress: bool = True, wait: bool = False) -> int:
     """Join torchrun's world and run `cfg` on it (see the module doc); rank 0 prints the report."""
-    from graphopt.distributed.groups import init_from_env
+    from graphopt.distributed.groups import collective_timeout_s, init_from_env
     from graphopt.runner.execute import run_experiment
     from graphopt.runner.report import report
 

@@ -278,8 +278,9 @@ def measure_world(job: WorkerJob) -> dict:
         from graphopt.distributed.launch import launch
     except ImportError as e:
         raise RuntimeError(f"world_size > 1 needs graphopt.distributed ({e})") from None
+    from graphopt.distributed.groups import collective_timeout_s
     results = launch(_measure_rank, job.experiment.world_size, args=(job.to_json(),),
-                     timeout_s=float(job.timeout_s or 24 * 3600))
+                     timeout_s=float(job.timeout_s or 24 * 3600), collective_timeout_s=collective_timeout_s())
     out = dict(results[0])
     out["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
     return out
