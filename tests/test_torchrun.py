@@ -128,3 +128,21 @@ def test_two_nodes_on_one_machine_dp2_x_tp2(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     _same_as_one_process(tmp_path, "nodes")
+
+
+def test_cuda_devices_are_counted_per_node_under_torchrun(tmp_path, monkeypatch):
+    import torch
+
+    from graphopt.runner.schema import ConfigError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    cfg = _yaml(tmp_path, "cuda", world=4, dp=2)
+    cfg.write_text(cfg.read_text() + "device: cuda\n")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 nodes x 2 GPUs: fits
+    assert load_config(cfg).world_size == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 ranks on this node's 2 GPUs: does not
+    with pytest.raises(ConfigError, match="world_size 4 on cuda needs one CUDA device per rank, this machine has 2 "
+                                          "for its 4 ranks"):
+        load_config(cfg)

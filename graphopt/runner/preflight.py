@@ -1,7 +1,8 @@
 """Checks made when an experiment loads, before the reference runs, of everything that depends on the
 model's sizes or on this machine rather than on the YAML alone:
 
-- device: cuda is visible, and world_size ranks on cuda have a device each;
+- device: cuda is visible, and world_size ranks on cuda have a device each (under torchrun: this
+  node's LOCAL_WORLD_SIZE ranks);
 - mesh: data_parallel x tensor_parallel x pipeline_parallel makes world_size (and torchrun's
   WORLD_SIZE), data_parallel at most the number of questions (graphopt.distributed.mesh);
 - tensor_parallel (world_size > 1): heads, kv heads and the FFN hidden size divide by the run's
@@ -21,6 +22,7 @@ key and the model's numbers:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from graphopt.model import ModelArgs
@@ -46,9 +48,12 @@ def check_devices(cfg) -> None:
         raise ConfigError(f"{cfg.source}: {where(('device',))}: 'cuda' asked for but torch {torch.__version__} "
                           f"sees no CUDA device here; use device: cpu")
     count = torch.cuda.device_count()
-    if cfg.world_size > count:
+    local = cfg.world_size
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun: this node's ranks (nproc-per-node), not all nodes'
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.world_size))
+    if local > count:
         raise ConfigError(f"{cfg.source}: {where(('world_size',))}: world_size {cfg.world_size} on cuda needs one "
-                          f"CUDA device per rank, this machine has {count}")
+                          f"CUDA device per rank, this machine has {count} for its {local} ranks")
 
 
 def tensor_parallel_problem(args: ModelArgs, world_size: int, vocab_parallel: bool = False,
@@ -83,8 +88,6 @@ def check_mesh(cfg) -> None:
     """world_size = data_parallel x tensor_parallel x pipeline_parallel (0: the rest), under torchrun
     also = its WORLD_SIZE; data_parallel is at most the number of questions (a replica with none to
     score would have nothing to do)."""
-    import os
-
     from graphopt.distributed.mesh import mesh_problem
     where = _where(cfg)
     problem = mesh_problem(cfg.world_size, cfg.data_parallel, cfg.tensor_parallel, cfg.pipeline_parallel)
