@@ -101,6 +101,7 @@ def run_mesh(exp, run) -> MeshShape:
 
 
 _ACTIVE: dict = {}  # "mesh": the DeviceMesh of the run in this process, "shape": its MeshShape
+_BUILT: dict = {}  # (MeshShape, device type) -> DeviceMesh built in this process
 
 
 def activate(shape: MeshShape, device: str = "cpu"):
@@ -111,14 +112,13 @@ def activate(shape: MeshShape, device: str = "cpu"):
     if shape.world != dist.get_world_size():
         raise ValueError(f"mesh dp {shape.dp} x pp {shape.pp} x tp {shape.tp} = {shape.world} ranks, but the "
                          f"process group has {dist.get_world_size()} (WORLD_SIZE)")
-    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (shape.dp, shape.pp, shape.tp),
-                            mesh_dim_names=("dp", "pp", "tp"))
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    mesh = _BUILT.get((shape, kind))
+    if mesh is None:  # one per shape and process: a torchrun rank measures many runs; groups are not freed
+        mesh = _BUILT[(shape, kind)] = init_device_mesh(kind, (shape.dp, shape.pp, shape.tp),
+                                                        mesh_dim_names=("dp", "pp", "tp"))
     _ACTIVE.update(mesh=mesh, shape=shape)
     return mesh
-
-
-def deactivate() -> None:
-    _ACTIVE.clear()
 
 
 def shard_group(kind: str = "tp"):
