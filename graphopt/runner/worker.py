@@ -148,9 +148,9 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     import torch
 
     from graphopt.checkpoints import load_model, load_model_structure
-    from graphopt.distributed.mesh import run_mesh
     from graphopt.compile_cache import count_compiles
     from graphopt.data import load_hellaswag
+    from graphopt.distributed.mesh import run_mesh
     from graphopt.optimize_model import optimize
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
     from graphopt.scoring.batch import ScoreModule
@@ -272,8 +272,10 @@ def _measure_rank(job_json: str) -> dict:
 
 
 def measure_world(job: WorkerJob) -> dict:
-    """world_size > 1: every rank runs the same measurement on its shard (the passes see ctx.rank and
-    ctx.world_size); rank 0's metrics are reported, with the largest peak memory over ranks."""
+    """world_size > 1: every rank runs the measurement on its shard of its replica's share of the
+    questions (the run's mesh, graphopt.distributed.mesh; the passes see the rank and size of the
+    replica's model group as ctx.rank and ctx.world_size); rank 0 gathers the log-likelihoods and its
+    metrics are reported, with the largest peak memory over ranks."""
     try:
         from graphopt.distributed.launch import launch
     except ImportError as e:
