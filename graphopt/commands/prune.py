@@ -40,7 +40,7 @@ def prune_and_save(model, tokenizer, out_dir, **options) -> dict:
     from graphopt.scoring.batch import ScoreModule
 
     spec = {"name": "prune_structured", **{k: v for k, v in options.items() if v is not None}}
-    opt = optimize(ScoreModule(model), example_inputs(model.args.vocab_size, 1, 8)[:5], [spec], tokenizer=tokenizer)
+    opt = optimize(ScoreModule(model), example_inputs(model.args.vocab_size, 2, 8)[:5], [spec], tokenizer=tokenizer)
     pruned = pruned_transformer(opt.graph, model.args)
     save_hf_checkpoint(pruned, out_dir, tokenizer)
     stats = dict(opt.records[0].stats)
