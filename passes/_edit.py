@@ -146,8 +146,11 @@ def refit_vals(gm: GraphModule, splits) -> int:
         if n.target in ASSERT_META:  # checks, no value (and they name the capture's device)
             continue
         if n in splits:
-            shape, lead = list(n.args[1]), val(n.args[0]).shape[:-1]
+            shape, x_shape = list(n.args[1]), val(n.args[0]).shape
+            lead, last = x_shape[:-1], x_shape[-1]
             new = [d if isinstance(s, int) and isinstance(d, int) else s for s, d in zip(shape, lead)] + shape[-2:]
+            if isinstance(last, int) and isinstance(shape[-1], int):  # the split's -1 spelled out: with a batch
+                new[-2] = last // shape[-1]  # that may be 1 (per-pair), symbolic -1 does not simplify
             if new != shape:
                 n.args = (n.args[0], new, *n.args[2:])
                 changed += 1

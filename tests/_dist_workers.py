@@ -340,3 +340,23 @@ def _stage_reads(split, name: str, sub, last: bool) -> dict:
             found["head"] = feed.get(n.args[1])
     return {role: attr(split, src.target) for role, src in found.items()
             if isinstance(src, torch.fx.Node) and src.op == "get_attr" and attr(split, src.target).numel()}
+
+
+def tp_per_pair_worker(presets):
+    """tensor_parallel on a graph captured from ONE pair (batch 1, as per-pair scoring): the RoPE split's
+    -1 must not stay symbolic in a batch that may be 1. -> [(preset, max |sharded - eager|)] on two pairs."""
+    from graphopt.pipeline import PassContext, run_passes
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    out = []
+    for preset in presets:
+        args, sm = build_score_module(preset)
+        inputs = example_batch(args, B=1, T=7, seed=3)
+        gm = capture_graph(sm, inputs)
+        ctx = PassContext(example_inputs=inputs, model_args=args, rank=rank, world_size=ws)
+        gm, _ = run_passes(gm, ["tensor_parallel"], ctx)
+        diff = 0.0
+        with torch.no_grad():
+            for x in (inputs, example_batch(args, B=1, T=11, seed=4)):
+                diff = max(diff, (gm(*x) - sm(*x)).abs().max().item())
+        out.append((preset, diff))
+    return out

@@ -127,3 +127,12 @@ def test_tp_world3_odd_gqa_tied():
              (p, {"vocab_parallel": True}, ("merge_qkv", "merge_gate_up"))]
     res = launch(W.tp_worker, 3, args=(cases,), timeout_s=300)
     _check(res, 3)
+
+
+def test_tp_on_a_per_pair_capture():
+    """A sharded per-pair reference (the 30B experiment's) captures with batch 1: sharding it used to fail
+    with 'node mul_2 no longer fits its input shapes' (RoPE's [B, T, H, -1, 2] split left symbolic)."""
+    res = launch(W.tp_per_pair_worker, 2, args=(["tiny", "tiny-gqa"],), timeout_s=240)
+    for per_rank in res:
+        assert [p for p, _ in per_rank] == ["tiny", "tiny-gqa"]
+        assert all(d <= TOL for _, d in per_rank), per_rank
