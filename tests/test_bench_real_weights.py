@@ -3,9 +3,12 @@ the reference agrees with itself exactly, the fp32 row agrees within fp32 roundi
 a line per record and the margins table a line per weight set."""
 import json
 
+import pytest
+
 from benchmarks.real_weights import COLUMNS, ROWS, main
 
 
+@pytest.mark.slow  # ~25 s idle (the whole benchmark on the tiny preset): run with -m slow
 def test_table_shape(tmp_path, capsys):
     out = tmp_path / "rw.json"
     assert main(["--model", "tiny", "--questions", "4", "--no-host", "--int8-compiler", "none",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EVAL = [sys.executable, "-m", "graphopt", "eval", "--model", "tiny", "--limit", "4", "--no-progress",
         "--pipeline", "exact", "--compiler", "inductor", "--output", "json"]
 
@@ -47,6 +49,8 @@ def test_second_process_hits_concurrent_fill_and_corrupt_entries(tmp_path):
     assert _run(cache)["cache_hits"] == 1  # rebuilt entries are good again
 
 
+@pytest.mark.slow  # one more inductor compile in a fresh process (~25 s idle); the cache's reuse and
+# corrupt-entry tests above stay in the default run
 def test_a_cache_folder_that_cannot_be_written_compiles_without_it(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
