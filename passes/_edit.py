@@ -136,7 +136,7 @@ def splits_last_dim(node: Node) -> bool:
             and all(not isinstance(s, int) or s == d for s, d in zip(shape, lead)))
 
 
-def refit_vals(gm: GraphModule, splits) -> int:
+def refit_vals(gm: GraphModule, splits, spell_split: bool = False) -> int:
     """propagate_vals after a pass changed weight shapes, each reshape in `splits` (splits_last_dim,
     found before the change) first taking its input's new static leading sizes (heads pruned or
     sharded). A node that no longer fits its inputs raises ValueError naming it. Returns how many
@@ -149,11 +149,12 @@ def refit_vals(gm: GraphModule, splits) -> int:
             shape, x_shape = list(n.args[1]), val(n.args[0]).shape
             lead, last = x_shape[:-1], x_shape[-1]
             new = [d if isinstance(s, int) and isinstance(d, int) else s for s, d in zip(shape, lead)] + shape[-2:]
-            if isinstance(last, int) and isinstance(shape[-1], int):  # the split's -1 spelled out: with a batch
-                new[-2] = last // shape[-1]  # that may be 1 (per-pair), symbolic -1 does not simplify
+            changed += new != shape  # a leading size (the head count) followed the weights
+            if spell_split and isinstance(last, int) and isinstance(shape[-1], int):
+                new[-2] = last // shape[-1]  # the split's -1 spelled out: in a batch that may be 1 (a per-pair
+                # capture) a symbolic -1 over a sharded head count does not simplify
             if new != shape:
                 n.args = (n.args[0], new, *n.args[2:])
-                changed += 1
         try:
             set_val(gm, n)
         except Exception as e:

@@ -266,7 +266,7 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
     drop_unused_attrs(gm, [name for t in {id(t): t for t in full}.values() for name in targets_holding(gm, t)])
     gm.recompile()
     try:
-        stats["views"] += refit_vals(gm, splits)
+        stats["views"] += refit_vals(gm, splits, spell_split=True)
     except ValueError as e:
         raise PassError(f"tensor_parallel: after sharding, {e}") from e
     if vp and not stats["vocab_logprob"]:
