@@ -360,3 +360,12 @@ def tp_per_pair_worker(presets):
                 diff = max(diff, (gm(*x) - sm(*x)).abs().max().item())
         out.append((preset, diff))
     return out
+
+
+def sharded_sweep_yaml(name: str, model, out, world_size: int, limit: int, runs: str, data_parallel: int | None = None) -> str:
+    """An experiment YAML for the sharded runner tests: eager per-pair reference, shared-prefix scoring,
+    no warm-up, one timed pass; `runs` is the YAML text of its runs list (indented items)."""
+    dp = "" if data_parallel is None else f"data_parallel: {data_parallel}\n"
+    return (f"name: {name}\nmodel: {model}\nworld_size: {world_size}\n{dp}data: {{limit: {limit}}}\nwarmup: 0\n"
+            f"repeats: 1\noutput_dir: {out}\nreference: {{capture: none, scoring: {{strategy: per_pair}}}}\n"
+            f"scoring: {{strategy: shared_prefix}}\nruns:\n{runs}")

@@ -13,6 +13,7 @@ from graphopt.distributed.mesh import MeshShape, mesh_problem, mesh_shape
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.runner.schema import ConfigError, load_config
 from graphopt.scoring.batch import Request
+from tests import _dist_workers as W
 
 
 def _request(q: int, c: int, n_ctx: int, n_cont: int) -> Request:
@@ -62,26 +63,15 @@ def test_split_refuses_more_replicas_than_questions():
         split_by_tokens([_request(0, 0, 3, 1), _request(1, 0, 3, 1)], 3)
 
 
-YAML = """\
-name: dp
-model: {model}
-world_size: {world}
-data_parallel: {dp}
-data: {{limit: {limit}}}
-warmup: 0
-repeats: 1
-output_dir: {out}
-reference: {{capture: none, scoring: {{strategy: per_pair}}}}
-scoring: {{strategy: shared_prefix}}
-runs:
-  - {{name: tp, capture: export, passes: [tensor_parallel]}}
-  - {{name: pp, capture: export, passes: [pipeline_split]}}
+RUNS = """\
+  - {name: tp, capture: export, passes: [tensor_parallel]}
+  - {name: pp, capture: export, passes: [pipeline_split]}
 """
 
 
 def _write(tmp_path, model="tiny", world=4, dp=2, limit=6, extra=""):
     cfg = tmp_path / f"dp{world}x{dp}.yaml"
-    cfg.write_text(YAML.format(model=model, world=world, dp=dp, limit=limit, out=tmp_path / f"out{world}x{dp}") + extra)
+    cfg.write_text(W.sharded_sweep_yaml("dp", model, tmp_path / f"out{world}x{dp}", world, limit, RUNS, data_parallel=dp) + extra)
     return cfg
 
 

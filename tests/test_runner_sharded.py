@@ -15,21 +15,12 @@ from graphopt.runner.schema import ScoringConfig
 from graphopt.runner.sweep import ResolvedRun
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.schema import load_config
+from tests import _dist_workers as W
 
 pytestmark = pytest.mark.distributed
 
-YAML = """\
-name: sharded
-model: {ckpt}
-world_size: 2
-data: {{limit: 3}}
-warmup: 0
-repeats: 1
-output_dir: {out}
-reference: {{capture: none, scoring: {{strategy: per_pair}}}}
-scoring: {{strategy: shared_prefix}}
-runs:
-  - {{name: tp, capture: export, passes: [tensor_parallel]}}
+RUNS = """\
+  - {name: tp, capture: export, passes: [tensor_parallel]}
   - name: exact passes + tp
     capture: export
     passes: [prune_lm_head, fused_logprob, fuse_rmsnorm, fuse_rope, fuse_swiglu, sdpa_attention, tensor_parallel]
@@ -43,7 +34,7 @@ def table(tmp_path_factory):
     save_meta_checkpoint(model, tmp / "ckpt", n_shards=2)
     write_word_hash_tokenizer(tmp / "ckpt", model.args.vocab_size)  # random weights: the test tokenizer
     cfg = tmp / "sharded.yaml"
-    cfg.write_text(YAML.format(ckpt=tmp / "ckpt", out=tmp / "out"))
+    cfg.write_text(W.sharded_sweep_yaml("sharded", tmp / "ckpt", tmp / "out", 2, 3, RUNS))
     return load_config(cfg), run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
 
 
@@ -64,7 +55,6 @@ def test_only_sharding_export_runs_load_shards(table):
 
 def test_one_stage_per_rank_needs_one_stage_per_rank():
     from graphopt.pipeline import PassContext, run_passes
-    from tests import _dist_workers as W
     args, sm = W.build_score_module("tiny")
     gm = W.capture_graph(sm, W.example_batch(args))
     split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))

@@ -138,20 +138,10 @@ def test_tied_checkpoint_world3_odd_gqa(gqa_9_3_tied, gqa_9_3_tied_meta):
         _check_tp([r[i] for r in res], args, 3, ref)
 
 
-RUNNER_YAML = """\
-name: sharded-tied
-model: {ckpt}
-world_size: 2
-data: {{limit: 2}}
-warmup: 0
-repeats: 1
-output_dir: {out}
-reference: {{capture: none, scoring: {{strategy: per_pair}}}}
-scoring: {{strategy: shared_prefix}}
-runs:
-  - {{name: tp, capture: export, passes: [tensor_parallel]}}
-  - {{name: tp vocab, capture: export, passes: [{{name: tensor_parallel, vocab_parallel: true}}]}}
-  - {{name: pipeline, capture: export, passes: [pipeline_split]}}
+RUNNER_RUNS = """\
+  - {name: tp, capture: export, passes: [tensor_parallel]}
+  - {name: tp vocab, capture: export, passes: [{name: tensor_parallel, vocab_parallel: true}]}
+  - {name: pipeline, capture: export, passes: [pipeline_split]}
 """
 
 
@@ -162,7 +152,7 @@ def test_runner_sweep_on_the_tied_checkpoint(tiny_tied, tmp_path):
     from graphopt.runner.execute import run_experiment
     from graphopt.runner.schema import load_config
     cfg = tmp_path / "tied.yaml"
-    cfg.write_text(RUNNER_YAML.format(ckpt=tiny_tied, out=tmp_path / "out"))
+    cfg.write_text(W.sharded_sweep_yaml("sharded-tied", tiny_tied, tmp_path / "out", 2, 2, RUNNER_RUNS))
     df = run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
     assert list(df["status"]) == ["ok"] * 4, df[["run", "error"]].to_string()
     runs = df[~df["is_reference"]].set_index("run")
