@@ -222,3 +222,66 @@ def test_command_prints_lm_eval_table_and_writes_its_files(setup, tmp_path, caps
     assert code == 0 and "tiny_arc" in out and "acc_norm" in out
     results = list((tmp_path / "out").rglob("results_*.json"))
     assert len(results) == 1 and "tiny_arc" in json.loads(results[0].read_text())["results"]
+
+
+def test_world_asked_for_is_checked_before_the_model_loads(setup, monkeypatch):
+    """data_parallel / tensor_parallel need torchrun's processes, in the right number, and a head layout
+    the shards divide; pipeline_parallel is refused with the reason."""
+    model_dir = str(setup[0])
+    with pytest.raises(UserError, match=r"data_parallel 2 x tensor_parallel 1 = 2 processes, but this is 1; "
+                                        r"launch .*torchrun --nproc-per-node 2"):
+        GraphoptLM(pretrained=model_dir, data_parallel=2)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(UserError, match=r"data_parallel 3 x tensor_parallel 1 = 3 processes, but torchrun started 4"):
+        GraphoptLM(pretrained=model_dir, data_parallel=3)
+    with pytest.raises(UserError, match=r"tensor_parallel=4: .*n_heads 6 is not divisible by world_size 4"):
+        GraphoptLM(pretrained=model_dir, tensor_parallel=4)
+    with pytest.raises(UserError, match=r"pipeline_parallel=2: not available in the lm-eval backend"):
+        GraphoptLM(pretrained=model_dir, pipeline_parallel=2)
+    with pytest.raises(UserError, match=r"tensor_parallel=2 with pipeline=none"):
+        GraphoptLM(pretrained=model_dir, tensor_parallel=2, pipeline="none")
+
+
+def _samples(out_dir, task):
+    files = list(out_dir.rglob(f"samples_{task}_*.jsonl"))
+    assert len(files) == 1, files
+    rows = sorted((json.loads(line) for line in files[0].read_text().splitlines()), key=lambda s: s["doc_id"])
+    return [float(r[0][0]) if isinstance(r[0], list) else float(r[0]) for s in rows for r in s["resps"]]
+
+
+@pytest.mark.distributed
+def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
+    """`torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt --model_args ...,data_parallel=2,
+    tensor_parallel=2`: two replicas, each sharded two ways (the tensor_parallel pass inside the auto
+    pipeline, each rank reading its shard of the checkpoint); one results file and one printed table
+    (rank 0); per-request log-likelihoods equal to one process within 1e-5, metrics identical."""
+    import os
+    import subprocess
+    import sys
+
+    model_dir, task_dir = setup
+    tasks = "tiny_hellaswag,tiny_wikitext"
+    common = ["--model", "graphopt", "--tasks", tasks, "--include_path", str(task_dir), "--log_samples",
+              "--batch_size", "4", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GRAPHOPT_COLLECTIVE_TIMEOUT_S="120")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "-m", "graphopt", "lm-eval",
+           *common, "--model_args", f"pretrained={model_dir},data_parallel=2,tensor_parallel=2,progress=False",
+           "--output_path", str(tmp_path / "four")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, "\n".join(l for l in done.stderr.splitlines() if "Error" in l or "failed" in l or "rank" in l)[-6000:]
+    assert done.stdout.count("|tiny_hellaswag") == 1, done.stdout  # one table: rank 0's
+    assert len(list((tmp_path / "four").rglob("results_*.json"))) == 1
+
+    from graphopt.cli import main
+    assert main(["lm-eval", *common, "--model_args", f"pretrained={model_dir},progress=False",
+                 "--output_path", str(tmp_path / "one")]) == 0
+    four = json.loads(next((tmp_path / "four").rglob("results_*.json")).read_text())["results"]
+    one = json.loads(next((tmp_path / "one").rglob("results_*.json")).read_text())["results"]
+    for metric in ("acc,none", "acc_norm,none"):
+        assert four["tiny_hellaswag"][metric] == one["tiny_hellaswag"][metric]
+    for task in tasks.split(","):
+        got, want = _samples(tmp_path / "four", task), _samples(tmp_path / "one", task)
+        assert len(got) == len(want) > 0
+        assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-5, task

@@ -6,7 +6,9 @@ generation are refused when the model is graphopt: it scores, it does not genera
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 USAGE = """usage: graphopt lm-eval [lm-eval's arguments]
 
@@ -18,7 +20,11 @@ lm-evaluation-harness with graphopt registered as a model. Example:
 float16), device (cpu, cuda), pipeline (auto: the fastest path whose answers equal the per-pair reference
 in fp32; none: eager per pair, lm-eval's way; a named pipeline: exact, exact-cpu, fast, fast-cpu, int8, gpu;
 or pass names joined by '+'), compiler (none, inductor, inductor-frozen), max_tokens (per batch, default
-4096), row_len, add_bos_token (default: the tokenizer's own, as lm-eval's hf model), max_length, progress.
+4096), row_len, add_bos_token (default: the tokenizer's own, as lm-eval's hf model), max_length, progress,
+data_parallel and tensor_parallel (under torchrun: replicas x shards = the number of processes, e.g.
+  torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt \\
+      --model_args pretrained=DIR,data_parallel=2,tensor_parallel=2 --tasks hellaswag
+the replicas split the requests by token count; only rank 0 prints and writes).
 lm-eval's --batch_size is accepted and not used: graphopt batches by tokens (max_tokens).
 Everything below is lm-eval's own help.
 """
@@ -38,6 +44,23 @@ def run(argv: list[str]) -> int:
     if _value(argv, "--model") == "graphopt":
         from graphopt.harness.tasks import refuse_generative_tasks
         refuse_generative_tasks(_value(argv, "--tasks"), _value(argv, "--include_path"))
+    try:
+        code = _cli_evaluate(argv)
+    except BaseException as e:
+        if _joined_a_group():  # under torchrun: leave at once, peers fail or time out in their collective
+            sys.stderr.write(f"graphopt lm-eval: rank {_rank()} failed: {type(e).__name__}: {e}\n"
+                             f"{traceback.format_exc()}")
+            sys.stderr.flush()
+            os._exit(1)
+        raise
+    if _joined_a_group():  # skip gloo / nccl teardown once peers may have gone (as graphopt run's ranks)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _cli_evaluate(argv: list[str]) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     old = sys.argv
@@ -49,6 +72,16 @@ def run(argv: list[str]) -> int:
     finally:
         sys.argv = old
     return 0
+
+
+def _joined_a_group() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+    return dist.get_rank()
 
 
 def main(args) -> int:

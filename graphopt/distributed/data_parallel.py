@@ -52,15 +52,25 @@ def gather_loglik(local: np.ndarray | None, indices: list[int] | None, n_request
     dist.gather_object(part, parts, dst=0)
     if dist.get_rank() != 0:
         return None
-    out = np.full(n_requests, np.nan, dtype=np.float64)
+    return assemble(parts, n_requests)[0]
+
+
+def assemble(parts, n_requests: int) -> list[np.ndarray]:
+    """parts: (indices, values, ...) per rank, None for a rank that sent nothing -> each values array in
+    request order, [n_requests]. Raises if some request was scored by no replica or by two."""
     count = np.zeros(n_requests, dtype=np.int64)
-    for p in parts:
-        if p is not None:
-            idx, values = p
-            out[idx] = values
-            count[idx] += 1
+    outs: list[np.ndarray] = []
+    for part in parts:
+        if part is None:
+            continue
+        idx, *values = part
+        if not outs:
+            outs = [np.zeros(n_requests, dtype=np.asarray(v).dtype) for v in values]
+        for out, v in zip(outs, values):
+            out[idx] = v
+        count[idx] += 1
     if (count != 1).any():
         bad = np.nonzero(count != 1)[0][:5].tolist()
         raise RuntimeError(f"data-parallel gather: requests {bad} were scored {count[bad].tolist()} times "
                            f"(each must be scored by exactly one replica)")
-    return out
+    return outs

@@ -41,16 +41,41 @@ class GraphoptLM(TemplateLM):
             cfg.device = "cpu"
         check_device(cfg.device, what="model_args device")
         self._check_pipeline(cfg)
+        from graphopt.harness.world import join, plan_world
+
+        self.world = plan_world(cfg, cfg.pretrained)  # None: one process
+        self._answered = False  # see rank
+        if self.world is not None:
+            cfg.device = join(self.world, cfg.device)
         import graphopt
 
         start = time.perf_counter()
-        self.model, self.tok = graphopt.load_model(cfg.pretrained, dtype=cfg.torch_dtype, device=cfg.device,
-                                                   tokenizer=cfg.tokenizer)
+        self._load_weights = None
+        if self._sharded_load():  # a tensor-parallel rank reads only its shard, after the graph is cut
+            from graphopt.checkpoints import load_model_structure
+            from graphopt.distributed.load_shard import load_shard
+            self.model, self.tok = load_model_structure(cfg.pretrained, dtype=cfg.torch_dtype, tokenizer=cfg.tokenizer)
+            self._load_weights = lambda gm: load_shard(gm, cfg.pretrained, self.world.model_rank,  # noqa: E731
+                                                       self.world.tp, self.model.args)
+        else:
+            self.model, self.tok = graphopt.load_model(cfg.pretrained, dtype=cfg.torch_dtype, device=cfg.device,
+                                                       tokenizer=cfg.tokenizer)
         self.load_seconds = time.perf_counter() - start
         self._max_length = min(cfg.max_length or self.model.args.max_seq_len, self.model.args.max_seq_len)
         self._device = torch.device(cfg.device)
         self._scorer = None  # the optimised ScoreModule, captured on the first packed batch
         self.stats = {"load_seconds": self.load_seconds, "setup_seconds": 0.0, "score_seconds": 0.0, "n_batches": 0}
+
+    def _sharded_load(self) -> bool:
+        import os
+        return self.world is not None and self.world.tp > 1 and os.path.isdir(self.config.pretrained)
+
+    @property
+    def rank(self) -> int:
+        """0 until this process has answered requests (lm-eval splits documents by it, and graphopt wants
+        every rank to build every request: graphopt.harness.world), then the global rank, so that only
+        rank 0 returns, prints and writes lm-eval's results."""
+        return self.world.rank if self.world is not None and self._answered else 0
 
     @staticmethod
     def _check_pipeline(cfg: GraphoptArgs) -> None:
@@ -115,6 +140,7 @@ class GraphoptLM(TemplateLM):
         for (pair, _, _), answer in zip(requests, answers):
             if pair is not None:
                 self.cache_hook.add_partial("loglikelihood", pair, answer)
+        self._answered = True
         return answers
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -145,6 +171,13 @@ class GraphoptLM(TemplateLM):
         if spec == "auto":
             spec, auto_compiler = auto_pipeline(cfg.device, self.model.args)
             compiler = compiler or auto_compiler
+        all_requests, mine = requests, None
+        if self.world is not None:  # this replica's share; every rank gets every answer back below
+            from graphopt.harness.world import check_same_requests, my_share
+            check_same_requests(all_requests)
+            mine = my_share(self.world, all_requests)
+            requests = [all_requests[i] for i in mine]
+            progress = progress and self.world.rank == 0
         if spec is None:  # the eager per-pair reference, lm-eval's own way
             batches = build_batches(requests, "per_pair")
             scorer = ScoreModule(self.model, greedy=True).eval()
@@ -157,13 +190,22 @@ class GraphoptLM(TemplateLM):
                                                device=cfg.device, desc="graphopt")
         self.stats["score_seconds"] += time.perf_counter() - start
         self.stats["n_batches"] += len(batches)
+        if self.world is not None:
+            from graphopt.harness.world import gather_everywhere
+            loglik, greedy = gather_everywhere(self.world, mine, loglik.numpy(), greedy.numpy(), len(all_requests))
         return loglik, greedy
 
     def _build_scorer(self, spec, compiler: str, example):
         from graphopt.optimize_model import optimize
 
         start = time.perf_counter()
+        shard = {}
+        if self.world is not None and self.world.tp > 1:  # this rank's shard, on the replica's TP sub-group
+            from graphopt.harness.world import with_tensor_parallel
+            spec = with_tensor_parallel(spec)
+            shard = dict(rank=self.world.model_rank, world_size=self.world.tp, model_args=self.model.args,
+                         load_weights=self._load_weights, device=self.config.device)
         self._scorer = optimize(ScoreModule(self.model, greedy=True).eval(), example.to(self.config.device).model_inputs(),
-                                spec, compiler, capture="export")
+                                spec, compiler, capture="export", **shard)
         self.stats["setup_seconds"] = time.perf_counter() - start
         return self._scorer

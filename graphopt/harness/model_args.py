@@ -26,6 +26,10 @@ class GraphoptArgs:
     add_bos_token: bool | None = None  # None: the tokenizer's default, as lm-eval's hf model
     max_length: int | None = None  # the model's context window (default: its max_seq_len)
     progress: bool = True
+    # under torchrun (graphopt.harness.world): replicas x tensor-parallel shards = WORLD_SIZE
+    data_parallel: int | None = None  # replicas splitting the requests (default: WORLD_SIZE / tensor_parallel)
+    tensor_parallel: int = 1  # ranks sharing one model (the tensor_parallel pass on their sub-group)
+    pipeline_parallel: int = 1  # refused above 1 (see check); accepted so the refusal can say why
     # lm-eval's own flags, accepted as hf accepts them: graphopt batches by tokens (max_tokens), not rows
     batch_size: int | str | None = None
     max_batch_size: int | None = None
@@ -46,12 +50,21 @@ class GraphoptArgs:
     def check(self) -> None:
         if self.dtype not in DTYPES:
             raise UserError(f"--model_args dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
-        for key in ("max_tokens", "row_len", "max_length"):
+        for key in ("max_tokens", "row_len", "max_length", "data_parallel", "tensor_parallel", "pipeline_parallel"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise UserError(f"--model_args {key}={value!r}: expected a positive integer")
         if self.add_bos_token not in (None, True, False):
             raise UserError(f"--model_args add_bos_token={self.add_bos_token!r}: expected True or False")
+        if self.pipeline_parallel > 1:
+            raise UserError(f"--model_args pipeline_parallel={self.pipeline_parallel}: not available in the lm-eval "
+                            "backend (a pipeline-split graph returns log-likelihoods only, and lm-eval asks for "
+                            "is_greedy too); use tensor_parallel and data_parallel here, or `graphopt run` with "
+                            "pipeline_parallel")
+        if self.tensor_parallel > 1 and self.pipeline == "none":
+            raise UserError(f"--model_args tensor_parallel={self.tensor_parallel} with pipeline=none: the eager "
+                            "per-pair reference is not sharded; tensor_parallel needs a captured pipeline (auto, "
+                            "exact, ...)")
         self.pretrained, self.pipeline = str(self.pretrained), str(self.pipeline)
         self.tokenizer = None if self.tokenizer is None else str(self.tokenizer)
 
