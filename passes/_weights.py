@@ -87,6 +87,20 @@ def alias_into(parts: list[torch.Tensor], merged: torch.Tensor) -> bool:
     return ok
 
 
+def record_merged_source(gm: GraphModule, part_targets: list[str], merged_target: str) -> None:
+    """A weightless graph (meta tensors, filled later by graphopt.distributed.load_shard from the
+    checkpoint) must know which checkpoint rows a merged weight holds: each part's record in
+    gm.meta["tp_shards"] (tensor_parallel's cut of it) or the whole part under its own name, in order
+    (load_shard concatenates them along dim 0, as the merge did)."""
+    if not attr(gm, merged_target).is_meta:
+        return
+    shards = gm.meta.setdefault("tp_shards", {})
+    record = []
+    for t in part_targets:
+        record += shards.get(t) or [(t[len("model."):] if t.startswith("model.") else t, None)]
+    shards[merged_target] = record
+
+
 def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
     """Replace linears on one input by one linear on the concatenated weights (and biases) followed by
     a split on the last dim; the new weight is registered next to the old ones as `<name>_weight`.
@@ -101,6 +115,7 @@ def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
     first = first_user_position(group)
     w_target = add_parameter(gm, owner, f"{name}_weight", torch.cat([w.detach() for w in weights], 0))  # [sum out, in]
     alias_into(weights, attr(gm, w_target))
+    record_merged_source(gm, [p[1] for p in parts], w_target)
     with gm.graph.inserting_before(first):
         w_node = gm.graph.get_attr(w_target)
     set_val(gm, w_node, mode)
@@ -109,6 +124,7 @@ def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
         biases = [attr(gm, p[2]) for p in parts]
         b_target = add_parameter(gm, owner, f"{name}_bias", torch.cat([b.detach() for b in biases], 0))
         alias_into(biases, attr(gm, b_target))
+        record_merged_source(gm, [p[2] for p in parts], b_target)
         with gm.graph.inserting_before(first):
             b_node = gm.graph.get_attr(b_target)
         set_val(gm, b_node, mode)

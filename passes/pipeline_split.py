@@ -74,6 +74,8 @@ def split_stages(gm: GraphModule, n_stages: int, n_layers: int | None = None) ->
     got = sorted(int(name[len("submod_"):]) for name, _ in split.named_children() if name.startswith("submod_"))
     assert got == list(range(n_stages)), f"pipeline_split made stages {got}, wanted 0..{n_stages - 1}"
     split.meta["pipeline_stages"] = n_stages
+    for key, value in gm.meta.items():  # what earlier passes recorded (tp_shards: where merged weights come from)
+        split.meta.setdefault(key, value)
     return split
 
 

@@ -142,22 +142,27 @@ RUNNER_RUNS = """\
   - {name: tp, capture: export, passes: [tensor_parallel]}
   - {name: tp vocab, capture: export, passes: [{name: tensor_parallel, vocab_parallel: true}]}
   - {name: pipeline, capture: export, passes: [pipeline_split]}
+  - {name: exact tp, capture: export, passes: [exact, tensor_parallel]}
+  - {name: tp exact, capture: export, passes: [tensor_parallel, exact]}
+  - {name: exact pipeline, capture: export, passes: [exact, pipeline_split]}
 """
 
 
 def test_runner_sweep_on_the_tied_checkpoint(tiny_tied, tmp_path):
     """graphopt run's path (worker.measure on 2 ranks), where the issue's runs ended in 'Cannot copy out of
     meta tensor' (tensor_parallel) and 'pipeline_split made stages [1]': every run ok, reading only its
-    shard / stage, with the reference's log-likelihoods and what each rank 0 holds."""
+    shard / stage, with the reference's log-likelihoods and what each rank 0 holds. With the exact passes
+    before or after the sharding pass (merge_qkv / merge_gate_up on weightless tensors: the merged
+    weight is read from its parts' rows of the checkpoint)."""
     from graphopt.runner.execute import run_experiment
     from graphopt.runner.schema import load_config
     cfg = tmp_path / "tied.yaml"
     cfg.write_text(W.sharded_sweep_yaml("sharded-tied", tiny_tied, tmp_path / "out", 2, 2, RUNNER_RUNS))
     df = run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
-    assert list(df["status"]) == ["ok"] * 4, df[["run", "error"]].to_string()
+    assert list(df["status"]) == ["ok"] * 7, df[["run", "error"]].to_string()
     runs = df[~df["is_reference"]].set_index("run")
     assert (runs["max_abs_dloglik"] <= TOL).all() and (runs["agree"] == 1.0).all(), runs["max_abs_dloglik"]
-    assert list(runs["weights_loaded"]) == ["rank shard"] * 3
+    assert list(runs["weights_loaded"]) == ["rank shard"] * 6
     args = W.model_args("tiny-tied")
     V, D, L = args.vocab_size, args.dim, args.n_layers
     layer = sum(p.numel() for p in _meta_model(args).layers[0].parameters())
