@@ -8,7 +8,9 @@ HEAD_CHUNK rows at a time (so [N, V] logits never exist at once):
     lse = logsumexp_i(logsumexp(mkldnn_linear(h, W_packed_i).float(), -1));  out = (h * W[t]).sum(-1) - lse
 
 On this project's 2-core AVX-512 host, fp32 [1536, 768] x [768, 4096] ran at 177 GFLOP/s through
-F.linear (ATen) and 412 GFLOP/s packed; bf16 821 against 893. The sums are taken in another order,
+F.linear (ATen) and 412 GFLOP/s packed; bf16 821 against 893. A CPU without oneDNN's bf16 path (AVX2
+only) keeps bfloat16 linears as ATen linears, with a warning: bf16 runs several times slower than fp32
+there (9 against 57 GFLOP/s on such a host), and the fp32 pipeline is the fast one. The sums are taken in another order,
 so outputs move by fp32 rounding (the pass is exact: within 1e-4 of the graph before it).
 The packed weights are oneDNN tensors: run the result as the FX graph (compiler none);
 inductor-frozen packs weights itself. Run it after every pass that looks for linears or casts their
@@ -24,6 +26,7 @@ runner's count_params) counts the packed buffers with the parameters.
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 from torch.fx import GraphModule
@@ -57,15 +60,17 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
     if not torch.backends.mkldnn.is_available():
         raise PassError("mkldnn_linear needs a torch build with oneDNN (mkldnn)")
+    dtypes = (torch.float32, torch.bfloat16) if bf16_packable() else (torch.float32,)
     packed: dict[int, str] = {}  # id(weight) -> packed target (a weight under several names is packed once)
-    old, matches = set(), 0
+    old, matches, kept_bf16 = set(), 0, 0
     for node in list(gm.graph.nodes):
         parts = linear_parts(gm, node)
         if parts is None:
             continue
         x, w_target, b_target = parts
         weight = attr(gm, w_target)
-        if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16) or weight.dim() != 2:
+        if weight.device.type != "cpu" or weight.dtype not in dtypes or weight.dim() != 2:
+            kept_bf16 += weight.dtype == torch.bfloat16
             continue
         if id(weight) not in packed:
             packed[id(weight)] = _register_packed(gm, w_target, "mkldnn", _pack(weight))
@@ -81,11 +86,23 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
         matches += 1
     for node in [n for n in gm.graph.nodes if n.op == "call_function"
                  and n.target in (LINEAR_LOGPROB, LINEAR_LOGPROB_GREEDY)]:
-        matches += _packed_head(gm, node)
+        done = _packed_head(gm, node, dtypes)
+        matches += done
+        kept_bf16 += not done and _head_weight_dtype(gm, node) == torch.bfloat16
     for n in [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]:
         gm.graph.erase_node(n)
     drop_unused_attrs(gm, old)  # float weights nothing reads now (a table the embedding reads stays)
-    return PassResult(gm, matches > 0, {"matches": matches})
+    if kept_bf16:
+        warnings.warn(f"mkldnn_linear: this CPU has no oneDNN bfloat16 path (torch reports "
+                      f"{torch.backends.cpu.get_cpu_capability()}; oneDNN needs AVX-512 or AMX for bf16): {kept_bf16} "
+                      f"bfloat16 linears stay ATen linears, several times slower than float32 here; an fp32 "
+                      f"pipeline (exact-cpu) is the fast one on this CPU", stacklevel=2)
+    return PassResult(gm, matches > 0, {"matches": matches, "kept_bf16": kept_bf16})
+
+
+def bf16_packable() -> bool:
+    """Whether oneDNN has a bfloat16 path on this CPU (AVX-512 / AMX; not on AVX2-only CPUs)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _register_packed(gm: GraphModule, target: str, suffix: str, packed: torch.Tensor) -> str:
@@ -95,7 +112,12 @@ def _register_packed(gm: GraphModule, target: str, suffix: str, packed: torch.Te
     return f"{owner}.{leaf}_{suffix}" if owner else f"{leaf}_{suffix}"
 
 
-def _packed_head(gm: GraphModule, node) -> int:
+def _head_weight_dtype(gm: GraphModule, node):
+    w = node.args[1]
+    return attr(gm, w.target).dtype if w.op == "get_attr" else None
+
+
+def _packed_head(gm: GraphModule, node, dtypes: tuple) -> int:
     """graphopt.linear_logprob(h, W, t) with W a CPU float attribute -> the chunked oneDNN form above;
     graphopt.linear_logprob_greedy likewise, its greedy flag from each chunk's max and argmax (the
     first chunk holding the overall maximum wins, as torch.argmax takes the first index)."""
@@ -103,7 +125,7 @@ def _packed_head(gm: GraphModule, node) -> int:
     if not (w_node.op == "get_attr"):
         return 0
     weight = attr(gm, w_node.target)
-    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+    if weight.device.type != "cpu" or weight.dtype not in dtypes:
         return 0
     g, greedy = gm.graph, node.target is LINEAR_LOGPROB_GREEDY
     with g.inserting_before(node):

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from graphopt.passes.mkldnn_linear import bf16_packable
 from graphopt.pipeline import PassContext, PassError, parse_pipeline, run_passes
 from tests.test_passes_dtype import _choices, _setup, _vals
 
@@ -17,6 +18,7 @@ EXACT = [p.name for p in parse_pipeline("exact")]
 @pytest.mark.parametrize("preset", ["tiny", "tiny-tied", "tiny-gqa"])
 @pytest.mark.parametrize("low", [False, True])
 def test_linears_and_head_become_packed_onednn_calls(preset, low):
+    """float32 always; bfloat16 where the CPU has oneDNN's bf16 path (else: the next test)."""
     args, score, inputs, owners, nq, nc, captured = _setup(preset)
     with torch.no_grad():
         ref = captured(*inputs)
@@ -24,15 +26,37 @@ def test_linears_and_head_become_packed_onednn_calls(preset, low):
     gm, _ = run_passes(copy.deepcopy(captured), pipeline, PassContext(example_inputs=inputs))
     n_linears = sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.linear.default)
     assert n_linears == 4 * args.n_layers  # merged qkv, wo, merged gate/up, w2
-    gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
-    assert rec.matches == n_linears + 1  # + the head inside linear_logprob
-    assert len(_vals(gm, LINEAR_POINTWISE)) == n_linears + (args.vocab_size + 8191) // 8192
-    assert not _vals(gm, torch.ops.aten.linear.default) and not _vals(gm, torch.ops.graphopt.linear_logprob.default)
+    if low and not bf16_packable():
+        with pytest.warns(UserWarning, match=r"no oneDNN bfloat16 path .* bfloat16 linears stay ATen linears"):
+            gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
+        assert rec.matches == 0 and rec.stats["kept_bf16"] == n_linears + 1  # + the head
+        assert len(_vals(gm, torch.ops.aten.linear.default)) == n_linears and not _vals(gm, LINEAR_POINTWISE)
+    else:
+        gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
+        assert rec.matches == n_linears + 1  # + the head inside linear_logprob
+        assert len(_vals(gm, LINEAR_POINTWISE)) == n_linears + (args.vocab_size + 8191) // 8192
+        assert not _vals(gm, torch.ops.aten.linear.default)
+        assert not _vals(gm, torch.ops.graphopt.linear_logprob.default)
     with torch.no_grad():
         got = gm(*inputs)
     assert got.dtype == torch.float32
     assert (got - ref).abs().max().item() <= TOL[torch.bfloat16 if low else torch.float32]
     assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+
+
+def test_bf16_linears_stay_aten_where_the_cpu_has_no_onednn_bf16(monkeypatch):
+    """On an AVX2-only CPU oneDNN refuses bf16 weights ('bf16 path needs the cpu support avx512...'): the pass
+    leaves them as ATen linears with a warning instead of failing the pipeline (the quickstart's bf16 row)."""
+    import graphopt.passes.mkldnn_linear as mod
+    monkeypatch.setattr(mod, "bf16_packable", lambda: False)
+    args, score, inputs, owners, nq, nc, captured = _setup("tiny-tied")
+    gm, _ = run_passes(copy.deepcopy(captured), EXACT + ["cast_dtype"], PassContext(example_inputs=inputs))
+    with pytest.warns(UserWarning, match="bfloat16 linears stay ATen linears"):
+        gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
+    assert rec.matches == 0 and rec.stats["kept_bf16"] == 4 * args.n_layers + 1
+    assert not _vals(gm, LINEAR_POINTWISE) and len(_vals(gm, torch.ops.aten.linear.default)) == 4 * args.n_layers
+    with torch.no_grad():
+        assert torch.isfinite(gm(*inputs)).all()
 
 
 def test_a_tied_head_is_packed_once_and_the_embedding_table_stays_one_tensor():
