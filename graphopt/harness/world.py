@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from graphopt.distributed.mesh import MeshShape
 from graphopt.errors import UserError
 
 LAUNCH_HINT = "torchrun --nproc-per-node {n} -m graphopt lm-eval --model graphopt --model_args ..."
@@ -29,22 +30,25 @@ LAUNCH_HINT = "torchrun --nproc-per-node {n} -m graphopt lm-eval --model graphop
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the joined world: global rank, replica, rank inside the replica's TP group."""
+    """This process's place in the joined world: its global rank in a [dp, 1, tp] mesh."""
     rank: int
-    dp: int
-    tp: int
+    shape: MeshShape
 
     @property
-    def size(self) -> int:
-        return self.dp * self.tp
+    def dp(self) -> int:
+        return self.shape.dp
+
+    @property
+    def tp(self) -> int:
+        return self.shape.tp
 
     @property
     def replica(self) -> int:
-        return self.rank // self.tp
+        return self.shape.replica(self.rank)
 
     @property
     def model_rank(self) -> int:
-        return self.rank % self.tp
+        return self.shape.model_rank(self.rank)
 
 
 def plan_world(cfg, model_spec: str) -> World | None:
@@ -67,20 +71,20 @@ def plan_world(cfg, model_spec: str) -> World | None:
         problem = tensor_parallel_problem(read_model_args(model_spec), tp)
         if problem:
             raise UserError(f"--model_args tensor_parallel={tp}: {problem}")
-    return World(int(os.environ["RANK"]), dp, tp)
+    return World(int(os.environ["RANK"]), MeshShape(dp, 1, tp))
 
 
 def join(world: World, device: str) -> str:
     """Join torchrun's process group and build the [dp, 1, tp] device mesh; -> this rank's device."""
     from graphopt.distributed.groups import collective_timeout_s, init_from_env
-    from graphopt.distributed.mesh import MeshShape, activate
+    from graphopt.distributed.mesh import activate
 
     if device.startswith("cuda"):
         local = int(os.environ.get("LOCAL_RANK", world.rank))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     init_from_env(timeout_s=collective_timeout_s())
-    activate(MeshShape(world.dp, 1, world.tp), device)
+    activate(world.shape, device)
     return device
 
 
