@@ -310,7 +310,7 @@ def test_mistral_config(tmp_path):
     hf.save_pretrained(tmp_path)
     model, _ = load_model(str(tmp_path), tokenizer="word-hash")
     assert model.args.n_kv_heads == 1
-    assert model.args.sliding_window == 32 and model.args.max_seq_len == 64  # windowed beyond 32 (test_families)
+    assert model.args.sliding_window == 32 and model.args.max_seq_len == 64  # windowed beyond 32 (test_family_windows)
     torch.testing.assert_close(_our_logits(model), _hf_logits(hf), atol=1e-5, rtol=1e-5)
 
 
