@@ -142,6 +142,8 @@ def _cap(max_layer_ratio: float, n: int) -> int:
 def _plan_ffn(layers: dict, hidden: dict, scores: dict, o: dict) -> dict[str, torch.Tensor]:
     """{layer: kept channel indices} for the layers that drop any."""
     ratio, budget = o["ratio"], o["budget"]
+    if not layers:  # what: heads
+        return {}
     if budget == "global":
         names = list(layers)
         caps = [_cap(o["max_layer_ratio"], hidden[p]) for p in names]

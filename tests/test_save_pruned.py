@@ -1,8 +1,10 @@
 """A uniformly pruned model saved as a Hugging Face LLaMA directory (graphopt.checkpoints.save_hf,
 `graphopt prune`): graphopt.load_model and transformers' LlamaForCausalLM load it and give the pruned
 graph's log-likelihoods (fp32, atol 1e-5) with the smaller shape in config.json; a global (non-uniform)
-cut is refused naming the layers' sizes; the tokenizer travels with the weights."""
+cut is refused naming the layers' sizes (in memory, FFNs of different widths score eagerly); the
+tokenizer travels with the weights."""
 import json
+import re
 
 import pytest
 import torch
@@ -72,6 +74,36 @@ def test_global_cut_is_refused_naming_the_layer_sizes(tmp_path):
     with pytest.raises(CheckpointError, match=rf"pruned layers differ in size .*0: {sizes[0]}/9/3, 1: {sizes[1]}/9/3.*"
                                               r"save a per_layer \(uniform\) cut"):
         pruned_transformer(pruned_gm, args)
+
+
+def test_global_ffn_cut_scores_eagerly_but_is_not_saved(tmp_path):
+    """varying_ffn: each layer's FeedForward at its own width gives the pruned graph's log-probs (fp32,
+    1e-5) with the graph's parameter count; save_hf_checkpoint refuses it, naming the widths. A heads-only
+    global cut (which failed inside the pass with an empty FFN plan before) still cannot be built."""
+    args, model, inputs, gm = _setup("gqa-9-3")
+    for key in ("w1", "w2", "w3"):
+        name = f"model.layers.1.feed_forward.{key}.weight"
+        set_attr(gm, name, attr(gm, name) * 10)
+    pruned_gm, (rec,) = _prune(gm, inputs, ratio=0.3, budget="global", normalize="none")
+    sizes = [rec.stats["layers"][f"model.layers.{i}"]["ffn_channels"] for i in range(2)]
+    eager = pruned_transformer(pruned_gm, args, varying_ffn=True)
+    assert [layer.feed_forward.w1.weight.shape[0] for layer in eager.layers] == sizes and sizes[0] != sizes[1]
+    assert sum(p.numel() for p in eager.parameters()) == rec.stats["params_after"]
+    for B, T, N in ((2, 8, 5), (3, 11, 9)):
+        x = distinct_score_inputs(B, T, N, seed=B + T)
+        with torch.no_grad():
+            torch.testing.assert_close(ScoreModule(eager)(*x), pruned_gm(*x), atol=ATOL, rtol=0)
+    with pytest.raises(CheckpointError, match=re.escape(f"FFN widths differ ({sizes})")):
+        save_hf_checkpoint(eager, tmp_path / "out", WordHashTokenizer(args.vocab_size))
+    gm = _setup("gqa-9-3")[3]  # heads that differ per layer stay refused: attention is built from one count
+    for key in ("wq", "wk", "wv", "wo"):
+        name = f"model.layers.1.attention.{key}.weight"
+        set_attr(gm, name, attr(gm, name) * 10)
+    heads_cut, (rec,) = _prune(gm, inputs, ratio=0.34, what="heads", budget="global", normalize="none",
+                               max_layer_ratio=1.0)
+    assert [rec.stats["layers"][f"model.layers.{i}"]["kv_heads"] for i in range(2)] == [1, 3]
+    with pytest.raises(CheckpointError, match="pruned layers differ in size .*0: 192/3/1, 1: 192/9/3"):
+        pruned_transformer(heads_cut, args, varying_ffn=True)
 
 
 def test_tokenizer_files_travel_with_the_weights(tmp_path, hf_tokenizer_json):  # noqa: F811

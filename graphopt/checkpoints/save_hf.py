@@ -4,8 +4,9 @@ tokenizer, which graphopt.load_model and transformers' LlamaForCausalLM both loa
 A graph pruned by prune_structured with budget per_layer is a regular LLaMA of a smaller shape (one
 intermediate_size, one head count for every layer); pruned_transformer() reads its weights back into an
 eager Transformer of that shape. A global budget leaves layers of different sizes, which a config.json
-(one intermediate_size, one num_attention_heads) cannot describe and graphopt.model does not build:
-that is refused, naming the layers' sizes. head_dim is always written: after a head cut it is no
+(one intermediate_size, one num_attention_heads) cannot describe: saving one is refused, naming the layers'
+sizes. In memory, pruned_transformer(varying_ffn=True) builds FFNs of different widths (each layer's
+FeedForward at its own width; heads must still agree), so such a cut can be scored eagerly. head_dim is always written: after a head cut it is no
 longer hidden_size / num_attention_heads.
 
 HF stores wq / wk with each head's rows in rotate_half order; graphopt keeps Meta's interleaved pairs,
@@ -25,6 +26,7 @@ from torch.fx import GraphModule
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.graph_attrs import attr
 from graphopt.model import ModelArgs, Transformer
+from graphopt.model.llama import FeedForward
 
 _TOP = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
         "output.weight": "lm_head.weight"}
@@ -49,18 +51,25 @@ def _layer_sizes(gm: GraphModule, prefix: str, args: ModelArgs) -> list[tuple[in
     return out
 
 
-def pruned_transformer(gm: GraphModule, args: ModelArgs, prefix: str = "model.") -> Transformer:
+def pruned_transformer(gm: GraphModule, args: ModelArgs, prefix: str = "model.",
+                       varying_ffn: bool = False) -> Transformer:
     """An eager Transformer holding the weights of `gm` (a ScoreModule graph, weights under `prefix` with
-    Meta names), its shape read from them. args: the unpruned model's. Non-uniform layers are an error."""
+    Meta names), its shape read from them. args: the unpruned model's. Non-uniform layers are an error;
+    with varying_ffn, layers whose FFN widths differ (heads alike) get FeedForwards of their own width
+    (args.hidden_dim: the widest), a model for scoring in memory that save_hf_checkpoint refuses."""
     sizes = _layer_sizes(gm, prefix, args)
-    if len(set(sizes)) > 1:
+    differ = {(q, kv) for _, q, kv in sizes} if varying_ffn else set(sizes)
+    if len(differ) > 1:
         per_layer = ", ".join(f"{i}: {f}/{q}/{kv}" for i, (f, q, kv) in enumerate(sizes))
         raise CheckpointError(f"the pruned layers differ in size (layer: ffn channels/query heads/kv heads: {per_layer}); "
                               f"a LLaMA config.json has one intermediate_size and one head count for every layer, so "
                               f"neither transformers nor graphopt.model can hold it: save a per_layer (uniform) cut")
-    hidden, n_heads, n_kv = sizes[0]
+    hidden, n_heads, n_kv = max(f for f, _, _ in sizes), sizes[0][1], sizes[0][2]
     new = replace(args, hidden_dim=hidden, n_heads=n_heads, n_kv_heads=n_kv, head_dim=args.head_dim)
     model = Transformer(new)
+    for layer, (width, _, _) in zip(model.layers, sizes):
+        if width != hidden:
+            layer.feed_forward = FeedForward(replace(new, hidden_dim=width))
     state = {}
     for key, t in model.state_dict().items():
         if key == "output.weight" and new.tie_embeddings:
@@ -130,6 +139,10 @@ def save_hf_checkpoint(model: Transformer, out_dir: str | Path, tokenizer) -> Pa
     from safetensors.torch import save_file
     d = Path(out_dir)
     a = model.args
+    widths = [layer.feed_forward.w1.weight.shape[0] for layer in model.layers]
+    if set(widths) != {a.hidden_dim}:
+        raise CheckpointError(f"the layers' FFN widths differ ({widths}); a LLaMA config.json has one "
+                              f"intermediate_size for every layer: save a per_layer (uniform) cut")
     config = hf_config(a, next(model.parameters()).dtype)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {}
