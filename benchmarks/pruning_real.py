@@ -1,5 +1,6 @@
 """Structured pruning on real weights: SmolLM2-135M's accuracy, size, peak memory, speed and held-out
-perplexity after prune_structured (budget per_layer) by each criterion, against the unpruned model:
+perplexity after prune_structured (budget per_layer, or --budget global) by each criterion, against the unpruned
+model:
 
     nice python -m benchmarks.pruning_real --questions 120 --out pruning_real.json
     python -m benchmarks.pruning_real --model tiny --questions 4 --criteria l1 --grid ffn:0.25   # a quick look
@@ -101,14 +102,16 @@ def capture_scoring_graph(model):
     return optimize(ScoreModule(model), example_inputs(model.args.vocab_size, 2, 8)[:5]).graph
 
 
-def prune(model, graph, tokenizer, what: str, ratio: float, criterion: str, calibration: Path = CALIBRATION):
-    """(pruned eager Transformer, the pass's stats): prune_structured per_layer on a copy of `graph`."""
-    spec = {"name": "prune_structured", "ratio": ratio, "what": what, "criterion": criterion}
+def prune(model, graph, tokenizer, what: str, ratio: float, criterion: str, budget: str = "per_layer",
+          calibration: Path = CALIBRATION):
+    """(pruned eager Transformer, the pass's stats): prune_structured on a copy of `graph`; budget global:
+    FFN widths differ by layer (pruned_transformer's varying_ffn), scored in memory only."""
+    spec = {"name": "prune_structured", "ratio": ratio, "what": what, "criterion": criterion, "budget": budget}
     if criterion != "l1":
         spec["calibration"] = str(calibration)
     gm, (rec,) = run_passes(copy.deepcopy(graph), [spec], PassContext(example_inputs=(), model_args=model.args,
                                                                       tokenizer=tokenizer))
-    return pruned_transformer(gm, model.args), rec.stats
+    return pruned_transformer(gm, model.args, varying_ffn=budget == "global"), rec.stats
 
 
 def score(model, tokenizer, rows, texts) -> dict:
@@ -120,7 +123,8 @@ def score(model, tokenizer, rows, texts) -> dict:
             "ppl_s": time.perf_counter() - t0}
 
 
-def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = None, on_record=None) -> list[dict]:
+def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = None, on_record=None,
+             budget: str = "per_layer") -> list[dict]:
     """The unpruned row, then every (what, ratio) x criterion: one record each (done: records by key, kept).
     prune s: the pass on a copy of the one captured graph (calibration included; the capture is not)."""
     done = dict(done or {})
@@ -130,18 +134,22 @@ def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = 
     plan = [("none", 0.0, "-")] + [(w, r, c) for w, r in grid for c in criteria]
     out = []
     for what, ratio, criterion in plan:
-        key = f"{what} {ratio:g} {criterion}"
+        key = f"{what} {ratio:g} {criterion}" + (" global" if budget == "global" and what != "none" else "")
         if key in done:
             out.append(done[key])
             continue
         t0 = time.perf_counter()
         if what != "none" and graph is None:
             graph = capture_scoring_graph(model)
-        pruned, stats = (model, {}) if what == "none" else prune(model, graph, tokenizer, what, ratio, criterion)
+        pruned, stats = (model, {}) if what == "none" else prune(model, graph, tokenizer, what, ratio, criterion,
+                                                                 budget)
         prune_s = time.perf_counter() - t0
         p = n_params(pruned)
+        widths = [layer.feed_forward.w1.weight.shape[0] for layer in pruned.layers]
         rec = {"key": key, "what": what, "ratio": ratio, "criterion": criterion, "params": p,
-               "removed_pct": 100 * (1 - p / base_params), "hidden_dim": pruned.args.hidden_dim,
+               "budget": budget if what != "none" else "-", "ffn_per_layer": widths,
+               "removed_pct": 100 * (1 - p / base_params),
+               "hidden_dim": widths[0] if len(set(widths)) == 1 else f"{min(widths)}-{max(widths)}",
                "heads": f"{pruned.args.n_heads}/{pruned.args.n_kv_heads}", "prune_s": prune_s,
                "calibration_tokens": stats.get("calibration_tokens", 0), **score(pruned, tokenizer, rows, texts)}
         print(f"  {key}: acc_norm {rec['acc_norm']:.3f} ppl {rec['ppl']:.2f} ({prune_s:.0f} s prune, "
@@ -154,8 +162,9 @@ def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = 
 
 def best_rows(records: list[dict], what: str, ratios) -> list[dict]:
     """The highest-acc_norm record of each ratio of `what` (ties: the first criterion)."""
-    return [max((r for r in records if r["what"] == what and r["ratio"] == ratio), key=lambda r: r["acc_norm"])
-            for ratio in ratios if any(r["what"] == what and r["ratio"] == ratio for r in records)]
+    mine = [r for r in records if r["what"] == what and r.get("budget", "per_layer") == "per_layer"]  # saveable
+    return [max((r for r in mine if r["ratio"] == ratio), key=lambda r: r["acc_norm"])
+            for ratio in ratios if any(r["ratio"] == ratio for r in mine)]
 
 
 def peak_rss_fresh(model_dir: Path, data: Path, limit: int) -> dict:
@@ -176,7 +185,8 @@ def markdown(records: list[dict]) -> str:
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
-        what = "none" if r["what"] == "none" else f"{r['what']} {r['ratio']:g}"
+        what = "none" if r["what"] == "none" else f"{r['what']} {r['ratio']:g}" + (
+            " global" if r.get("budget") == "global" else "")
         lines.append(f"| {what} | {r['criterion']} | {r['hidden_dim']} | {r['heads']} | {r['params'] / 1e6:.1f}M | "
                      f"{r['removed_pct']:.1f} % | {r['acc']:.3f} | {r['acc_norm']:.3f} | {r['ppl']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['prune_s']:.1f} | {rss} |")
@@ -199,6 +209,9 @@ def main(argv=None) -> int:
     p.add_argument("--questions", type=int, default=120, help="real-text questions (graphopt.data.real_text)")
     p.add_argument("--criteria", default=",".join(CRITERIA), help="comma-separated criteria")
     p.add_argument("--grid", default=",".join(f"{w}:{r:g}" for w, r in GRID), help="what:ratio items")
+    p.add_argument("--budget", choices=("per_layer", "global"), default="per_layer",
+                   help="prune_structured's budget; global: one budget across layers (FFN widths differ by layer, "
+                        "scored in memory, never saved)")
     p.add_argument("--heldout", type=int, default=40, help="held-out paragraphs for perplexity")
     p.add_argument("--memory-ratios", default="0.1,0.25", help="FFN ratios whose best row is saved and measured "
                                                                "in a fresh process ('' for none)")
@@ -221,7 +234,7 @@ def main(argv=None) -> int:
                                                          "records": recs}, indent=1))) if args.out else None
     t0 = time.perf_counter()
     records = run_rows(model, tokenizer, rows, texts, _grid(args.grid),
-                       [c.strip() for c in args.criteria.split(",") if c.strip()], done, save)
+                       [c.strip() for c in args.criteria.split(",") if c.strip()], done, save, args.budget)
     ratios = [float(r) for r in args.memory_ratios.split(",") if r.strip()]
     measure = [r for r in records if r["what"] == "none"] + best_rows(records, "ffn", ratios)
     graph = capture_scoring_graph(model) if any("peak_rss_mb" not in r for r in measure[1:]) else None

@@ -44,6 +44,23 @@ def test_table_rows_params_and_best(tiny):
     assert again == records[:2]
 
 
+def test_global_budget_rows_have_their_own_keys_and_are_not_saved(tiny):
+    """--budget global: keys end in 'global', the FFN widths per layer are recorded (their sum is the
+    budget's), the parameter count is theirs, and best_rows (what is saved for the memory column) skips them."""
+    model, tok = tiny
+    a = model.args
+    records = bench.run_rows(model, tok, real_text_hellaswag(2), bench.heldout_texts(2), [("ffn", 0.25)], ["l1"],
+                             budget="global")
+    assert [r["key"] for r in records] == ["none 0 -", "ffn 0.25 l1 global"]
+    g = records[1]
+    widths = g["ffn_per_layer"]
+    assert sum(widths) == a.n_layers * a.hidden_dim - int(0.25 * a.n_layers * a.hidden_dim) and len(set(widths)) == 2  # the scores split it
+    assert g["hidden_dim"] == f"{min(widths)}-{max(widths)}" and g["budget"] == "global"
+    assert records[0]["params"] - g["params"] == 3 * a.dim * (a.n_layers * a.hidden_dim - sum(widths))
+    assert "| ffn 0.25 global | l1 |" in bench.markdown(records)
+    assert bench.best_rows(records, "ffn", [0.25]) == []
+
+
 def test_perplexity_equals_a_direct_computation(tiny):
     model, tok = tiny
     texts = ["the cat sat on a mat while rain fell", "birds sang songs of light"]
