@@ -103,10 +103,11 @@ def capture_scoring_graph(model):
 
 
 def prune(model, graph, tokenizer, what: str, ratio: float, criterion: str, budget: str = "per_layer",
-          calibration: Path = CALIBRATION):
+          calibration: Path = CALIBRATION, **options):
     """(pruned eager Transformer, the pass's stats): prune_structured on a copy of `graph`; budget global:
     FFN widths differ by layer (pruned_transformer's varying_ffn), scored in memory only."""
-    spec = {"name": "prune_structured", "ratio": ratio, "what": what, "criterion": criterion, "budget": budget}
+    spec = {"name": "prune_structured", "ratio": ratio, "what": what, "criterion": criterion, "budget": budget,
+            **options}  # budget global: max_layer_ratio, normalize
     if criterion != "l1":
         spec["calibration"] = str(calibration)
     gm, (rec,) = run_passes(copy.deepcopy(graph), [spec], PassContext(example_inputs=(), model_args=model.args,
@@ -124,7 +125,7 @@ def score(model, tokenizer, rows, texts) -> dict:
 
 
 def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = None, on_record=None,
-             budget: str = "per_layer") -> list[dict]:
+             budget: str = "per_layer", **global_options) -> list[dict]:
     """The unpruned row, then every (what, ratio) x criterion: one record each (done: records by key, kept).
     prune s: the pass on a copy of the one captured graph (calibration included; the capture is not)."""
     done = dict(done or {})
@@ -135,6 +136,8 @@ def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = 
     out = []
     for what, ratio, criterion in plan:
         key = f"{what} {ratio:g} {criterion}" + (" global" if budget == "global" and what != "none" else "")
+        if what != "none" and budget == "global" and global_options:  # non-default global options: own rows
+            key += "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in global_options.items())
         if key in done:
             out.append(done[key])
             continue
@@ -142,7 +145,7 @@ def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = 
         if what != "none" and graph is None:
             graph = capture_scoring_graph(model)
         pruned, stats = (model, {}) if what == "none" else prune(model, graph, tokenizer, what, ratio, criterion,
-                                                                 budget)
+                                                                 budget, **global_options)
         prune_s = time.perf_counter() - t0
         p = n_params(pruned)
         widths = [layer.feed_forward.w1.weight.shape[0] for layer in pruned.layers]
@@ -185,8 +188,7 @@ def markdown(records: list[dict]) -> str:
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
-        what = "none" if r["what"] == "none" else f"{r['what']} {r['ratio']:g}" + (
-            " global" if r.get("budget") == "global" else "")
+        what = "none" if r["what"] == "none" else " ".join(r["key"].split(" ")[:2] + r["key"].split(" ")[3:])
         lines.append(f"| {what} | {r['criterion']} | {r['hidden_dim']} | {r['heads']} | {r['params'] / 1e6:.1f}M | "
                      f"{r['removed_pct']:.1f} % | {r['acc']:.3f} | {r['acc_norm']:.3f} | {r['ppl']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['prune_s']:.1f} | {rss} |")
@@ -212,6 +214,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget", choices=("per_layer", "global"), default="per_layer",
                    help="prune_structured's budget; global: one budget across layers (FFN widths differ by layer, "
                         "scored in memory, never saved)")
+    p.add_argument("--max-layer-ratio", type=float, default=None, help="budget global: prune_structured's "
+                   "max_layer_ratio (default: the pass's)")
+    p.add_argument("--normalize", choices=("mean", "none"), default=None, help="budget global: prune_structured's "
+                   "normalize (default: the pass's)")
     p.add_argument("--heldout", type=int, default=40, help="held-out paragraphs for perplexity")
     p.add_argument("--memory-ratios", default="0.1,0.25", help="FFN ratios whose best row is saved and measured "
                                                                "in a fresh process ('' for none)")
@@ -230,12 +236,18 @@ def main(argv=None) -> int:
     done = {}
     if args.out is not None and args.out.is_file():
         done = {r["key"]: r for r in json.loads(args.out.read_text())["records"]}
+    def with_done(recs: list[dict]) -> list[dict]:  # this run's rows, then the file's other rows, kept
+        return recs + [r for k, r in done.items() if k not in {x["key"] for x in recs}]
+
     save = (lambda recs: args.out.write_text(json.dumps({"model": str(path), "questions": len(rows),
-                                                         "records": recs}, indent=1))) if args.out else None
+                                                         "records": with_done(recs)}, indent=1))) if args.out else None
     t0 = time.perf_counter()
     records = run_rows(model, tokenizer, rows, texts, _grid(args.grid),
-                       [c.strip() for c in args.criteria.split(",") if c.strip()], done, save, args.budget)
+                       [c.strip() for c in args.criteria.split(",") if c.strip()], done, save, args.budget,
+                       **{k: v for k, v in (("max_layer_ratio", args.max_layer_ratio), ("normalize", args.normalize))
+                          if v is not None})
     ratios = [float(r) for r in args.memory_ratios.split(",") if r.strip()]
+    records = with_done(records)  # the memory column and the table cover every row of --out
     measure = [r for r in records if r["what"] == "none"] + best_rows(records, "ffn", ratios)
     graph = capture_scoring_graph(model) if any("peak_rss_mb" not in r for r in measure[1:]) else None
     if measure and any("peak_rss_mb" not in r for r in measure):

@@ -2,6 +2,7 @@
 parameter counts that equal the pruned shapes, the unpruned row first, perplexity that equals a direct
 computation, best-row choice, resumed records kept, and held-out text that is neither calibration text
 nor question text."""
+import json
 import math
 
 import pytest
@@ -90,3 +91,18 @@ def test_heldout_text_is_neither_calibration_nor_questions():
 def test_grid_errors_name_the_item():
     with pytest.raises(SystemExit, match="'layers:0.1'"):
         bench._grid("ffn:0.1,layers:0.1")
+
+
+def test_out_file_keeps_the_rows_of_earlier_runs(tmp_path, capsys):
+    """A second run with another grid adds its rows to --out and keeps the first run's (they were
+    overwritten by the second run's plan before); the table printed at the end shows them all."""
+    out = tmp_path / "rows.json"
+    common = ["--model", "tiny", "--questions", "2", "--heldout", "2", "--criteria", "l1", "--out", str(out)]
+    assert bench.main(common + ["--grid", "ffn:0.25"]) == 0
+    first = json.loads(out.read_text())["records"]
+    assert bench.main(common + ["--grid", "ffn:0.5", "--memory-ratios", ""]) == 0
+    keys = [r["key"] for r in json.loads(out.read_text())["records"]]
+    assert sorted(keys) == ["ffn 0.25 l1", "ffn 0.5 l1", "none 0 -"]
+    kept = {r["key"]: r for r in json.loads(out.read_text())["records"]}
+    assert all(kept[r["key"]] == r for r in first)  # as written, peak RSS included
+    assert "| ffn 0.25 | l1 |" in capsys.readouterr().out.split("# ")[-1]
