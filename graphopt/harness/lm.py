@@ -20,7 +20,7 @@ from graphopt.env_checks import check_device
 from graphopt.errors import UserError
 from graphopt.harness.model_args import GraphoptArgs
 from graphopt.scoring.batch import Request, ScoreModule
-from graphopt.scoring.requests import fit_context, prefix_token_id, tok_encode
+from graphopt.scoring.requests import first_identical, fit_context, prefix_token_id, tok_encode
 from graphopt.scoring.strategies import build_batches
 
 GENERATE_REFUSED = ("graphopt scores log-likelihoods and does not generate text; task(s) {tasks} need "
@@ -193,7 +193,8 @@ class GraphoptLM(TemplateLM):
         if self.world is not None:
             from graphopt.harness.world import gather_everywhere
             loglik, greedy = gather_everywhere(self.world, mine, loglik.numpy(), greedy.numpy(), len(all_requests))
-        return loglik, greedy
+        same = first_identical(all_requests)  # identical requests: one value (exact ties stay ties)
+        return loglik[same], greedy[same]
 
     def _build_scorer(self, spec, compiler: str, example):
         from graphopt.optimize_model import optimize

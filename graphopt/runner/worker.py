@@ -156,7 +156,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     from graphopt.scoring.batch import ScoreModule
     from graphopt.scoring.evaluate import score_requests
     from graphopt.scoring.metrics import choice_metrics, same_choices
-    from graphopt.scoring.requests import build_requests
+    from graphopt.scoring.requests import build_requests, first_identical
     from graphopt.scoring.strategies import build_batches
 
     exp, run = job.experiment, job.run
@@ -231,6 +231,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
         return {"status": "ok", "error": "", "peak_mem_mb": peak_memory_mb(device)}
     requests, n_req = all_requests, len(all_requests)
     assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
+    loglik = loglik[first_identical(requests)]  # identical requests: one value (exact ties stay ties)
 
     metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
     ref = np.load(job.reference_loglik) if job.reference_loglik else None

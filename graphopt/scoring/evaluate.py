@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from graphopt.compile_cache import count_compiles
 from graphopt.scoring.batch import ScoreBatch, ScoreModule, all_by_owner, sum_by_owner
 from graphopt.scoring.metrics import choice_metrics
-from graphopt.scoring.requests import build_requests
+from graphopt.scoring.requests import build_requests, first_identical
 from graphopt.scoring.strategies import build_batches, strategy_options as strategy_options_of
 
 
@@ -127,6 +127,7 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
     start = time.perf_counter()
     with count_compiles() as compiled:
         loglik = score_requests(scorer, batches, len(requests), progress=progress, device=device)
+    loglik = loglik[first_identical(requests)]  # identical requests: one value (exact ties stay ties)
     _sync(device)
     seconds = time.perf_counter() - start
 
