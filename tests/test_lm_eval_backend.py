@@ -167,6 +167,24 @@ def test_is_greedy_matches_hf_on_greedy_continuations(setup):
     assert max(abs(a - b) for (a, _), (b, _) in zip(got, want)) < 1e-4
 
 
+def test_identical_requests_get_one_value(setup):
+    """Repeated (context, continuation) requests give bit-identical answers from the packed path, so a tie
+    between identical choices breaks as lm-eval's hf model breaks it (the first); a scorer whose logits depend
+    on the row offset makes the packed copies' raw scores differ for certain (tests/test_identical_requests.py)."""
+    from graphopt.scoring.batch import ScoreModule
+    from tests.test_identical_requests import OffsetDependent
+
+    model_dir, _ = setup
+    ours = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)
+    ours._scorer = ScoreModule(OffsetDependent(ours.model), greedy=True).eval()
+    rng = random.Random(3)
+    ctx = ours.tok_encode(_text(rng, 12))
+    a, b = ours.tok_encode(" " + _text(rng, 4)), ours.tok_encode(" " + _text(rng, 5))
+    got = ours._loglikelihood_tokens([(("c", "a"), ctx, a), (("c", "b"), ctx, b), (("c", "a"), ctx, a)],
+                                     disable_tqdm=True)
+    assert got[0] == got[2] and got[0][0] != got[1][0]
+
+
 @pytest.mark.parametrize("add_bos_token", [None, True, False])
 def test_token_ids_as_lm_eval_hf_bos_included(setup, add_bos_token):
     """HFLM's tok_encode and pairing, BOS by the tokenizer's default or as forced; graphopt eval's
