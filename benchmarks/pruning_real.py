@@ -133,11 +133,10 @@ def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = 
     evaluate(model, tokenizer, rows[:2], batch_size=SCORE_BATCH, strategy="padded", progress=False)  # warm-up
     graph = None
     plan = [("none", 0.0, "-")] + [(w, r, c) for w, r in grid for c in criteria]
+    variant = _variant(budget, global_options)
     out = []
     for what, ratio, criterion in plan:
-        key = f"{what} {ratio:g} {criterion}" + (" global" if budget == "global" and what != "none" else "")
-        if what != "none" and budget == "global" and global_options:  # non-default global options: own rows
-            key += "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in global_options.items())
+        key = f"{what} {ratio:g} {criterion}" + (f" {variant}" if variant and what != "none" else "")
         if key in done:
             out.append(done[key])
             continue
@@ -150,7 +149,8 @@ def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = 
         p = n_params(pruned)
         widths = [layer.feed_forward.w1.weight.shape[0] for layer in pruned.layers]
         rec = {"key": key, "what": what, "ratio": ratio, "criterion": criterion, "params": p,
-               "budget": budget if what != "none" else "-", "ffn_per_layer": widths,
+               "budget": budget if what != "none" else "-", "variant": variant if what != "none" else "",
+               "ffn_per_layer": widths,
                "removed_pct": 100 * (1 - p / base_params),
                "hidden_dim": widths[0] if len(set(widths)) == 1 else f"{min(widths)}-{max(widths)}",
                "heads": f"{pruned.args.n_heads}/{pruned.args.n_kv_heads}", "prune_s": prune_s,
@@ -161,6 +161,14 @@ def run_rows(model, tokenizer, rows, texts, grid, criteria, done: dict | None = 
         if on_record is not None:
             on_record(out)
     return out
+
+
+def _variant(budget: str, global_options: dict) -> str:
+    """'' (per_layer), 'global', or 'global k=v ...' with non-default global options: rows kept apart."""
+    if budget != "global":
+        return ""
+    return " ".join(["global"] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in global_options.items()])
 
 
 def best_rows(records: list[dict], what: str, ratios) -> list[dict]:
@@ -188,7 +196,8 @@ def markdown(records: list[dict]) -> str:
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
-        what = "none" if r["what"] == "none" else " ".join(r["key"].split(" ")[:2] + r["key"].split(" ")[3:])
+        what = "none" if r["what"] == "none" else " ".join(filter(None, (r["what"], f"{r['ratio']:g}",
+                                                                        r.get("variant", ""))))
         lines.append(f"| {what} | {r['criterion']} | {r['hidden_dim']} | {r['heads']} | {r['params'] / 1e6:.1f}M | "
                      f"{r['removed_pct']:.1f} % | {r['acc']:.3f} | {r['acc_norm']:.3f} | {r['ppl']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['prune_s']:.1f} | {rss} |")

@@ -4,10 +4,10 @@ tokenizer, which graphopt.load_model and transformers' LlamaForCausalLM both loa
 A graph pruned by prune_structured with budget per_layer is a regular LLaMA of a smaller shape (one
 intermediate_size, one head count for every layer); pruned_transformer() reads its weights back into an
 eager Transformer of that shape. A global budget leaves layers of different sizes, which a config.json
-(one intermediate_size, one num_attention_heads) cannot describe: saving one is refused, naming the layers'
-sizes. In memory, pruned_transformer(varying_ffn=True) builds FFNs of different widths (each layer's
-FeedForward at its own width; heads must still agree), so such a cut can be scored eagerly. head_dim is always written: after a head cut it is no
-longer hidden_size / num_attention_heads.
+(one intermediate_size, one num_attention_heads) cannot describe: saving one is refused, naming the
+layers' sizes. In memory, pruned_transformer(varying_ffn=True) builds FFNs of different widths (each
+layer's FeedForward at its own width; heads must still agree), so such a cut can be scored eagerly.
+head_dim is always written: after a head cut it is no longer hidden_size / num_attention_heads.
 
 HF stores wq / wk with each head's rows in rotate_half order; graphopt keeps Meta's interleaved pairs,
 so the rows are permuted on the way out (graphopt.checkpoints.hf.unpermute_qk undoes it on the way in).

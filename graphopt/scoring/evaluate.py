@@ -127,9 +127,9 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
     start = time.perf_counter()
     with count_compiles() as compiled:
         loglik = score_requests(scorer, batches, len(requests), progress=progress, device=device)
-    loglik = loglik[first_identical(requests)]  # identical requests: one value (exact ties stay ties)
     _sync(device)
     seconds = time.perf_counter() - start
+    loglik = loglik[first_identical(requests)]  # identical requests: one value (exact ties stay ties)
 
     result = choice_metrics(rows, requests, loglik)
     result.update(
