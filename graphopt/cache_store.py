@@ -186,7 +186,7 @@ def clear(root: Path | None = None) -> Cleared:
         done.freed += folder_size(p) if p.is_dir() else p.stat().st_size
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         done.removed.append(p.name)
-    if not done.kept:
+    if not done.kept and not root.is_symlink():
         root.rmdir()
     return done
 

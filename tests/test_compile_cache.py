@@ -49,13 +49,13 @@ def test_second_process_hits_concurrent_fill_and_corrupt_entries(tmp_path):
     rebuilt = _run(cache)
     assert rebuilt["cache_hits"] == 0 and (rebuilt["acc"], rebuilt["acc_norm"]) == (warm["acc"], warm["acc_norm"])
 
-    libraries = sorted(folder.glob("*/*.so"), key=lambda p: p.name)
-    truncated, garbage, module = libraries[0], libraries[1], sorted(folder.glob("*/*.py"))[0]
+    kernels = sorted(folder.glob("*/*.main.so"), key=lambda p: p.name)  # the graph's kernels, loaded on a hit
+    truncated, garbage, module = kernels[0], kernels[1], sorted(folder.glob("*/*.py"))[0]
     sizes = {p: p.stat().st_size for p in (truncated, garbage)}
     truncated.write_bytes(truncated.read_bytes()[:4096])  # as a compile killed while gcc wrote it
     garbage.write_bytes(os.urandom(sizes[garbage]))  # same size, other bytes
     module.write_text("garbage(\n")
-    fixed = _run(cache)  # SIGBUS (exit -7) or a traceback before
+    fixed = _run(cache)  # before: SIGBUS (exit 135 from a shell), or a 140-line traceback for the garbage one
     lines = [line for line in fixed["stderr"].splitlines() if "discarded" in line]
     assert len(lines) == 1 and "discarded 3 files of the compile cache" in lines[0], fixed["stderr"][-2000:]
     assert all(p.relative_to(folder).as_posix() in lines[0] for p in (truncated, garbage, module))

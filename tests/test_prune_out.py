@@ -43,10 +43,12 @@ def no_load(monkeypatch):
 def test_out_that_is_the_model_is_refused_and_the_model_kept(source, capsys, inside):
     folder, before = source
     out = folder / "pruned" if inside else folder
-    assert main([*PRUNE, str(folder), "--out", str(out), "--force"]) == 2
+    assert main([*PRUNE, str(folder), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"--out {out}: {'is inside' if inside else 'is'} the model being read ({folder})" in err
     assert len(err.strip().splitlines()) == 1 and _files(folder) == before
+    assert main([*PRUNE, str(folder), "--out", str(out), "--force"]) == 2  # --force does not make it a new folder
+    assert "the model being read" in capsys.readouterr().err and _files(folder) == before
 
 
 def test_out_that_is_a_file_or_cannot_be_written_is_refused_before_loading(tmp_path, capsys, no_load):
