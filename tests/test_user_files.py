@@ -110,8 +110,8 @@ def test_lm_eval_output_keeps_the_users_files(tmp_path, capsys):
     out = tmp_path / "out"
     planted = _plant(out)
     code = main(["lm-eval", "--model", "graphopt", "--model_args", "pretrained=tiny,pipeline=none,progress=False",
-                 "--device", "cpu", "--tasks", "user_files_task", "--include_path", str(tmp_path / "tasks"), "--output_path", str(out),
-                 "--log_samples"])
+                 "--device", "cpu", "--tasks", "user_files_task", "--include_path", str(tmp_path / "tasks"),
+                 "--output_path", str(out), "--log_samples"])
     assert code == 0, capsys.readouterr().err[-2000:]
     assert list(out.rglob("results_*.json")) and list(out.rglob("samples_*.jsonl"))
     _assert_untouched(planted)
