@@ -123,7 +123,7 @@ def get(kind: str, key: str, log=None) -> bytes | None:
     data, problem = _check_entry(raw)
     if data is None:
         path.unlink(missing_ok=True)
-        (log or _warn)(f"graphopt: discarded the corrupt cache entry {path} ({problem}); it is built afresh")
+        (log or warn)(f"graphopt: discarded the corrupt cache entry {path} ({problem}); it is built afresh")
     return data
 
 
@@ -215,5 +215,5 @@ def open_lock(name: str) -> int:
     return os.open(folder / f"{_check_name('lock', name)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     print(message, file=sys.stderr)

@@ -71,7 +71,10 @@ def _load(folder: Path, log) -> dict[str, list]:
         record = json.loads(raw) if raw is not None else {}
     except ValueError:
         record = {}
-    return record.get("files", {}) if isinstance(record, dict) and record.get("folder") == _key(folder) else {}
+    files = record.get("files") if isinstance(record, dict) and record.get("folder") == _key(folder) else None
+    if not isinstance(files, dict):
+        return {}
+    return {rel: v for rel, v in files.items() if isinstance(v, list) and len(v) == 2}  # [size, sha256]
 
 
 def _save(folder: Path, files: dict[str, list]) -> None:
@@ -137,11 +140,11 @@ def verify(folder: Path, log=None) -> list[str]:
     with cache_store.lock(f"{KIND}-{_key(folder)}"):
         files = _load(folder, log)
         on_disk = _files(folder) if folder.is_dir() else {}
+        gone = [rel for rel in files if rel not in on_disk]  # removed by hand or by inductor: nothing to check
+        for rel in gone:
+            del files[rel]
         for rel, (size, sha) in list(files.items()):
-            p = on_disk.get(rel)
-            if p is None:
-                del files[rel]
-                continue
+            p = on_disk[rel]
             got = p.stat().st_size
             why = (f"{got} bytes, {size} recorded" if got != size else
                    "sha256 differs from the recorded one" if _sha256(p) != sha else None)
@@ -154,11 +157,11 @@ def verify(folder: Path, log=None) -> list[str]:
                 if rel not in files:
                     p.unlink(missing_ok=True)
                     removed.append(f"{rel}: not recorded by a finished compile")
-        if removed:
+        if removed or gone:
             _save(folder, files)
     if removed:
         shown = "; ".join(removed[:3]) + (f"; and {len(removed) - 3} more" if len(removed) > 3 else "")
-        (log or cache_store._warn)(f"graphopt: discarded {len(removed)} file{'s' if len(removed) != 1 else ''} of "
+        (log or cache_store.warn)(f"graphopt: discarded {len(removed)} file{'s' if len(removed) != 1 else ''} of "
                                    f"the compile cache {folder} that cannot be trusted ({shown}); compiling "
                                    f"afresh what they held")
     return removed
@@ -177,4 +180,4 @@ def watch(folder: Path, log=None) -> None:
         try:
             record(folder, log)
         except OSError as e:  # a full disk: the files stay unrecorded (and are rebuilt next time), not an error
-            (log or cache_store._warn)(f"graphopt: could not record the compile cache {folder} ({e})")
+            (log or cache_store.warn)(f"graphopt: could not record the compile cache {folder} ({e})")
