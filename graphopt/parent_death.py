@@ -20,9 +20,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def end_with_parent(parent_pid: int | None) -> None:
-    """SIGKILL this process when `parent_pid` (the process that started it) dies; if it already has, exit
-    now. No-op off Linux or without a parent pid."""
-    if parent_pid is None or not sys.platform.startswith("linux"):
+    """SIGKILL this process when its parent dies; if `parent_pid` (the process that started it) already
+    has, exit now (None: the signal only). No-op off Linux."""
+    if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -30,7 +30,7 @@ def end_with_parent(parent_pid: int | None) -> None:
             return
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent_pid:  # died before the signal was set: this process was handed to init
+    if parent_pid is not None and os.getppid() != parent_pid:  # it died before the signal was set
         os._exit(1)
 
 

@@ -81,6 +81,7 @@ def test_a_split_asked_of_one_file_is_a_config_error_naming_the_key(tmp_path):
 
     path = _jsonl(tmp_path / "rows.jsonl", synthetic_raw(3))
     cfg = tmp_path / "x.yaml"
-    cfg.write_text(f"name: x\nmodel: tiny\ndata: {{path: {path}, split: train}}\nruns:\n  - {{name: a, capture: none}}\n")
+    cfg.write_text(f"name: x\nmodel: tiny\ndata: {{path: {path}, split: train}}\n"
+                   "runs:\n  - {name: a, capture: none}\n")
     with pytest.raises(ConfigError, match=r"key 'data\.split' in .*x\.yaml line 3: split 'train': .* is one file"):
         load_config(cfg)

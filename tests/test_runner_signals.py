@@ -1,6 +1,6 @@
 """Stopping `graphopt run` from outside: SIGTERM is handled as Ctrl-C (the worker is stopped, one line says
-so, rows are kept, the temporary files go), and after kill -9 of the sweep its worker ends too, even one
-killed while it was still starting (before it could ask the kernel for a death signal, the way a worker
+so, rows are kept, the temporary files go), and after kill -9 of the sweep its worker ends too (and the
+ranks a worker launches end with it), even one killed while it was still starting (before it could ask the kernel for a death signal, the way a worker
 used to be left running as an orphan). Nothing is left in the system's temporary folder, and the next
 run into the folder clears what kill -9 left there and resumes.
 
@@ -45,8 +45,8 @@ runs:
 """
 
 
-def _workers_of(parent: int) -> list[int]:
-    """Live `graphopt.runner.worker` processes whose parent is `parent` (from /proc)."""
+def _workers_of(parent: int, command: bytes = b"graphopt.runner.worker") -> list[int]:
+    """Live processes whose parent is `parent` and whose command line holds `command` (from /proc)."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -56,7 +56,7 @@ def _workers_of(parent: int) -> list[int]:
             cmdline = (d / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if int(stat[1]) == parent and stat[0] != "Z" and b"graphopt.runner.worker" in cmdline:
+        if int(stat[1]) == parent and stat[0] != "Z" and command in cmdline:
             found.append(int(d.name))
     return found
 
@@ -147,3 +147,31 @@ def test_sigterm_then_kill_9_end_the_worker_keep_the_rows_and_leak_nothing(sweep
     table = run_experiment(load_config(tmp_path / "signals.yaml"), progress=False, log=lambda *a: None)
     assert list(table["run"]) == ["reference", "padded"] and table["finished_at"].tolist()[:1] == reference
     assert not (out / ".graphopt-run-tmp").exists()
+
+
+def sleep_an_hour():
+    """A rank of launch() below (the spawned process imports it by name)."""
+    time.sleep(3600)
+
+
+def test_kill_9_of_a_launcher_ends_its_ranks():
+    """The ranks of a world_size > 1 run are spawned by its worker through launch(): they end with it too."""
+    code = ("from graphopt.distributed.launch import launch; from tests.test_runner_signals import sleep_an_hour; "
+            "launch(sleep_an_hour, 2, timeout_s=3600)")
+    launcher = subprocess.Popen([sys.executable, "-c", code])
+    ranks = []
+    try:
+        _wait_for(lambda: len(_workers_of(launcher.pid, b"spawn_main")) == 2 or launcher.poll() is not None,
+                  "the ranks to start")
+        ranks = _workers_of(launcher.pid, b"spawn_main")
+        assert launcher.poll() is None and len(ranks) == 2
+        launcher.kill()
+        launcher.wait()
+        _wait_for(lambda: not any(map(_alive, ranks)), "the ranks to end with their launcher", limit_s=120)
+    finally:
+        for pid in ranks:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
