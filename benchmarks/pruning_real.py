@@ -41,7 +41,8 @@ from graphopt.checkpoints.save_hf import pruned_transformer, save_hf_checkpoint
 from graphopt.commands.inspect import example_inputs
 from graphopt.data import real_text_hellaswag
 from graphopt.optimize_model import optimize
-from graphopt.pipeline import PassContext, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext
 from graphopt.scoring import evaluate
 from graphopt.scoring.batch import ScoreModule
 

@@ -20,8 +20,8 @@ from torch import nn
 from torch.fx import GraphModule
 
 from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
-from graphopt.pipeline import (PassContext, PassError, PassRecord, check_compiler_fits, check_order,
-                               parse_pipeline, run_passes)
+from graphopt.pass_manager import PassRecord, run_passes
+from graphopt.pipeline import PassContext, PassError, check_compiler_fits, check_order, parse_pipeline
 
 CAPTURES = ("export", "dynamo", "none")
 

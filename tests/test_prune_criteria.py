@@ -15,7 +15,8 @@ from torch import nn
 
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.passes._calibration import calibration_batches, gather_statistics, read_calibration_text
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring.batch import ScoreModule
 from tests.test_passes_prune import _check, _setup
 from tests.test_tokenizers import hf_tokenizer_json  # noqa: F401  (fixture)

@@ -54,7 +54,8 @@ def test_only_sharding_export_runs_load_shards(table):
 
 
 def test_one_stage_per_rank_needs_one_stage_per_rank():
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     args, sm = W.build_score_module("tiny")
     gm = W.capture_graph(sm, W.example_batch(args))
     split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))

@@ -75,7 +75,8 @@ def _load(model: str, dtype: str):
 
 def main(args) -> int:
     import graphopt
-    from graphopt.pipeline import PassError, check_order, count_nodes, parse_pipeline
+    from graphopt.pass_manager import count_nodes
+    from graphopt.pipeline import PassError, check_order, parse_pipeline
     from graphopt.scoring.batch import ScoreModule
 
     try:
