@@ -121,10 +121,8 @@ def question_count(cfg) -> int | None:
 
 def stage_per_rank_problem(cfg, run, n_stages: int) -> str | None:
     """Why a pipeline_split run over world_size > 1 ranks cannot run one stage per rank as the worker
-    does (graphopt.runner.worker.runs_one_stage_per_rank decides when it does); None: it can."""
-    from graphopt.runner.worker import runs_one_stage_per_rank
-
-    from graphopt.distributed.mesh import run_mesh
+    does (graphopt.distributed.mesh.runs_one_stage_per_rank decides when it does); None: it can."""
+    from graphopt.distributed.mesh import run_mesh, runs_one_stage_per_rank
 
     if not runs_one_stage_per_rank(cfg, run):
         return None
