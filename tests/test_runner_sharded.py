@@ -15,7 +15,7 @@ from graphopt.runner import worker
 from graphopt.runner.schema import ScoringConfig
 from graphopt.runner.sweep import ResolvedRun
 from graphopt.runner.execute import run_experiment
-from graphopt.runner.schema import load_config
+from graphopt.runner.config import load_config
 from tests import _dist_workers as W
 
 pytestmark = pytest.mark.distributed

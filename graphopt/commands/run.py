@@ -28,10 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from graphopt.errors import UserError
+    from graphopt.runner.config import load_config
     from graphopt.runner.execute import run_experiment
     from graphopt.runner.report import report
-    from graphopt.runner.schema import ConfigError, load_config
     from graphopt.runner.sweep import expand
+    from graphopt.runner.yaml_source import ConfigError
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -27,7 +27,8 @@ from graphopt.pipeline import pipeline_dtype
 from graphopt.env_checks import check_writable_dir
 from graphopt.runner.lock import hold_output_dir
 from graphopt.runner.preflight import preflight
-from graphopt.runner.schema import ConfigError, ExperimentConfig, to_dict
+from graphopt.runner.schema import ExperimentConfig, to_dict
+from graphopt.runner.yaml_source import ConfigError
 from graphopt.runner.store import COLUMNS, ResultStore, atomic_write
 from graphopt.runner.sweep import ResolvedRun, expand
 from graphopt.runner.worker import WorkerJob

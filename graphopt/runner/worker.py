@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphopt.pipeline import pipeline_shards
-from graphopt.runner.schema import ExperimentConfig, config_from_dict, to_dict
+from graphopt.runner.config import config_from_dict
+from graphopt.runner.schema import ExperimentConfig, to_dict
 from graphopt.runner.sweep import ResolvedRun
 
 
