@@ -1,5 +1,5 @@
 """`torchrun ... -m graphopt run cfg.yaml`: graphopt joins torchrun's world instead of spawning its own
-processes (graphopt.distributed.torchrun); only rank 0 writes rows and prints; the numbers equal one
+processes (graphopt.runner.torchrun); only rank 0 writes rows and prints; the numbers equal one
 process; a rank that fails ends every rank with its traceback and no row; a rank that never joins is
 named. Two "nodes" on one machine (two torchrun invocations, c10d rendezvous on localhost) is `slow`."""
 import os

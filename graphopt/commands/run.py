@@ -5,7 +5,7 @@ too many stages, missing CUDA devices) stop it before the reference runs; so doe
 holding the same output folder (--wait: queue behind it instead).
 
 Under torchrun (`torchrun --nnodes N --nproc-per-node G -m graphopt run cfg.yaml`) it joins torchrun's
-world instead of spawning processes: graphopt.distributed.torchrun; only rank 0 writes rows and prints."""
+world instead of spawning processes: graphopt.runner.torchrun; only rank 0 writes rows and prints."""
 from __future__ import annotations
 
 import argparse
@@ -43,7 +43,8 @@ def main(args) -> int:
                 print(f"{run.key}  {run.name:24s} capture={run.capture} compiler={run.compiler} "
                       f"dtype={run.dtype} scoring={run.scoring.strategy} passes={run.passes_label()}")
             return 0
-        from graphopt.distributed.torchrun import run_under_torchrun, under_torchrun
+        from graphopt.distributed.groups import under_torchrun
+        from graphopt.runner.torchrun import run_under_torchrun
         if under_torchrun():
             return run_under_torchrun(cfg, retry_errors=args.retry_errors, progress=not args.no_progress,
                                       wait=args.wait)

@@ -124,7 +124,7 @@ def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: 
     """Run every run of `cfg` not yet in its output dir; -> the full results table. The output dir is
     locked for the whole run: another run holding it -> FolderBusyError, or with wait=True, wait for it.
     run_job(job, workdir, timeout_s) -> result dict measures one run (default: a fresh worker process
-    that spawns the ranks; under torchrun, graphopt.distributed.torchrun runs it on the joined world)."""
+    that spawns the ranks; under torchrun, graphopt.runner.torchrun runs it on the joined world)."""
     check_world_size(cfg)
     preflight(cfg)
     check_writable_dir(cfg.out_dir, what="output_dir")  # a read-only or misplaced folder: one line, before any run
