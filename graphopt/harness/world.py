@@ -67,7 +67,7 @@ def plan_world(cfg, model_spec: str) -> World | None:
         return None
     if tp > 1:
         from graphopt.checkpoints.model_args import read_model_args
-        from graphopt.runner.preflight import tensor_parallel_problem
+        from graphopt.distributed.plan import tensor_parallel_problem
         problem = tensor_parallel_problem(read_model_args(model_spec), tp)
         if problem:
             raise UserError(f"--model_args tensor_parallel={tp}: {problem}")
