@@ -38,13 +38,12 @@ import torch
 
 import graphopt
 from graphopt.checkpoints.save_hf import pruned_transformer, save_hf_checkpoint
-from graphopt.commands.inspect import example_inputs
 from graphopt.data import real_text_hellaswag
 from graphopt.optimize_model import optimize
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext
 from graphopt.scoring import evaluate
-from graphopt.scoring.batch import ScoreModule
+from graphopt.scoring.batch import ScoreModule, example_inputs
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "experiments" / "data" / "pruning-calibration.txt"
 CRITERIA = ("l1", "wanda", "taylor")
