@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import _ttr_setup as setup
-from benchmarks.time_to_result import OFFLINE, _last_line, cache_env, run_timed
+from benchmarks._common import OFFLINE, cache_env, host, last_line, run_timed
 
 TASKS = ("rt_hellaswag", "rt_arc_easy", "rt_piqa")
 ROWS = {"rt_hellaswag": 100, "rt_arc_easy": 100, "rt_piqa": 150}  # 400 + 400 + 300 requests
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
             run = run_timed(argv_ + ["--output_path", str(run_dir / "out")], cache_env(run_dir / "cache"), args.timeout)
             rec = {"command": label, "argv": " ".join(argv_), "wall_s": run["wall_s"], "rc": run["rc"], "error": None}
             if run["rc"] != 0:
-                rec["error"] = _last_line(run["stderr"]) or f"exit {run['rc']}"
+                rec["error"] = last_line(run["stderr"]) or f"exit {run['rc']}"
             else:
                 try:
                     rec["tasks"] = parse_results(run_dir / "out")
@@ -255,7 +255,6 @@ def main(argv=None) -> int:
         print()
         print(markdown(records, n_requests))
         if args.out:
-            from benchmarks.real_weights import host
             write_json(args.out, model_dir, n_requests, records, host())
     finally:
         if args.workdir is None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 
 import graphopt
+from benchmarks._common import host
 from graphopt.data import real_text_hellaswag
 from graphopt.model import init_random_weights
 from graphopt.scoring import evaluate
@@ -55,16 +55,6 @@ ROWS = [
 COLUMNS = ["weights", "row", "dtype", "acc", "acc_norm", "agree", "changed_acc", "changed_norm", "max_abs_dloglik",
            "setup_s", "score_s", "wall_s", "x_ref_score", "x_ref_wall"]
 MARGINS = (0.1, 0.5)
-
-
-def host() -> dict:
-    """CPU model, threads, torch version and the host's 2048^3 matmul rates (as benchmarks.mfu measures them)."""
-    from benchmarks.time_to_result import host_matmul_gflops
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, **host_matmul_gflops()}
 
 
 def margins(result: dict) -> dict:

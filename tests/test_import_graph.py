@@ -1,5 +1,6 @@
 """graphopt's import graph (graphopt/ and passes/, installed as graphopt.passes): no cycles, every module
-on its floor, the pass library's helper files marked, dynamic imports only where listed.
+on its floor, the pass library's helper files marked, dynamic imports only where listed; and benchmarks/
+share their helpers through benchmarks/_*.py, never by importing another benchmark.
 
 What counts as an edge "A imports B" (read from the source with ast, never by importing it):
 - every `import` / `from ... import` in A's file, at module level or inside a function, a method or an
@@ -204,6 +205,15 @@ def test_no_command_imports_another():
               if a.startswith("graphopt.commands.") for b, line in sorted(graph[a].items())
               if b.startswith("graphopt.commands.")]
     assert not shared, "commands importing commands:\n" + "\n".join(shared)
+
+
+def test_no_benchmark_imports_another():
+    """What benchmarks share (host figures, timed commands, the optimised graph, ...) lives in
+    benchmarks/_*.py (_common.py and the helpers of one job); a benchmark is never another's library."""
+    graph, modules = import_graph({"benchmarks": ROOT / "benchmarks"})
+    crossing = [f"  {a} imports {b} at {modules[a].relative_to(ROOT)} line {line}" for a in sorted(graph)
+                for b, line in sorted(graph[a].items()) if not b.rpartition(".")[2].startswith("_")]
+    assert not crossing, "benchmarks importing benchmarks:\n" + "\n".join(crossing)
 
 
 def _calls(path: Path) -> list[tuple[str, int]]:
