@@ -40,6 +40,7 @@ import graphopt
 from benchmarks._common import host
 from graphopt.data import real_text_hellaswag
 from graphopt.model import init_random_weights
+from graphopt.runner.report_table import markdown_table
 from graphopt.scoring import evaluate
 from graphopt.scoring.metrics import same_choices
 
@@ -93,15 +94,13 @@ def score_rows(model, tokenizer, rows, weights: str, skip: set[str], int8_compil
 
 
 def markdown(records: list[dict], n: int) -> str:
-    lines = ["| weights | row | dtype | acc | acc_norm | agree | changed (acc / norm) | max abs dloglik | setup s | "
-             "score s | × ref score | wall s | × ref wall |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in records:
-        lines.append(f"| {r['weights']} | {r['row']} | {r['dtype']} | {r['acc']:.3f} | {r['acc_norm']:.3f} | "
-                     f"{r['agree']:.3f} | {r['changed_acc']} / {r['changed_norm']} of {n} | {r['max_abs_dloglik']:.2e} | "
-                     f"{r['setup_s']:.1f} | {r['score_s']:.1f} | {r['x_ref_score']:.2f} | {r['wall_s']:.1f} | "
-                     f"{r['x_ref_wall']:.2f} |")
-    return "\n".join(lines)
+    header = ["weights", "row", "dtype", "acc", "acc_norm", "agree", "changed (acc / norm)", "max abs dloglik",
+              "setup s", "score s", "× ref score", "wall s", "× ref wall"]
+    rows = [[r["weights"], r["row"], r["dtype"], f"{r['acc']:.3f}", f"{r['acc_norm']:.3f}", f"{r['agree']:.3f}",
+             f"{r['changed_acc']} / {r['changed_norm']} of {n}", f"{r['max_abs_dloglik']:.2e}", f"{r['setup_s']:.1f}",
+             f"{r['score_s']:.1f}", f"{r['x_ref_score']:.2f}", f"{r['wall_s']:.1f}", f"{r['x_ref_wall']:.2f}"]
+            for r in records]
+    return markdown_table(header, rows, [False] * 3 + [True] * 10, pad=False)
 
 
 def main(argv=None) -> int:

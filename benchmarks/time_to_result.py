@@ -46,6 +46,7 @@ import torch
 
 from benchmarks import _ttr_setup as setup
 from benchmarks._common import OFFLINE, cache_env, host_matmul_gflops, last_line, run_timed
+from graphopt.runner import report_table
 
 REFERENCE = "graphopt --pipeline none"
 GRAPHOPT_RUNS = [  # (label, flags after the common ones); the reference first: the others are compared with it
@@ -203,14 +204,14 @@ def _pair(cold: dict, warm: dict, key: str, fmt: str) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    head = ("| command | wall s cold | wall s warm | × lm-eval cold | × lm-eval warm | acc | acc_norm | "
-            "vs per-pair reference | n_compiles cold / warm | setup s cold / warm | score s cold / warm |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    header = ["command", "wall s cold", "wall s warm", "× lm-eval cold", "× lm-eval warm", "acc", "acc_norm",
+              "vs per-pair reference", "n_compiles cold / warm", "setup s cold / warm", "score s cold / warm"]
+    rows = []
     for r in records:
         c, w = r["cold"], r["warm"]
         if c["error"] or w["error"]:
-            lines.append(f"| {r['command']} | {c['wall_s']:.1f} | {w['wall_s']:.1f} | error: "
-                         f"{(c['error'] or w['error']).replace('|', '/')} | | | | | | | |")
+            rows.append([r["command"], f"{c['wall_s']:.1f}", f"{w['wall_s']:.1f}",
+                         f"error: {(c['error'] or w['error']).replace('|', '/')}"] + [""] * 7)
             continue
         if r["d_acc"] is None:
             agree = "-"
@@ -220,10 +221,10 @@ def markdown_table(records: list[dict]) -> str:
             agree = f"Δ {100 * r['d_acc']:+.1f} / {100 * r['d_acc_norm']:+.1f} pts"
         compiles, setup_s, score_s = (_pair(c, w, key, fmt) for key, fmt in
                                       (("n_compiles", "d"), ("setup_seconds", ".1f"), ("seconds", ".1f")))
-        lines.append(f"| {r['command']} | {c['wall_s']:.1f} | {w['wall_s']:.1f} | {_f(c['x_lm_eval'], '.2f')} | "
-                     f"{_f(w['x_lm_eval'], '.2f')} | {_f(c['acc'], '.3f')} | {_f(c['acc_norm'], '.3f')} | {agree} | "
-                     f"{compiles} | {setup_s} | {score_s} |")
-    return "\n".join(lines)
+        rows.append([r["command"], f"{c['wall_s']:.1f}", f"{w['wall_s']:.1f}", _f(c["x_lm_eval"], ".2f"),
+                     _f(w["x_lm_eval"], ".2f"), _f(c["acc"], ".3f"), _f(c["acc_norm"], ".3f"), agree, compiles,
+                     setup_s, score_s])
+    return report_table.markdown_table(header, rows, [False] + [True] * 6 + [False] + [True] * 3, pad=False)
 
 
 def fastest_batch(records: list[dict]) -> int:
