@@ -16,11 +16,12 @@ import torch
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 
+from graphopt.checkpoints.encode import prefix_token_id, tok_encode
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
 from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
 from graphopt.scoring.batch import Request, ScoreModule
-from graphopt.scoring.requests import first_identical, fit_context, prefix_token_id, tok_encode
+from graphopt.scoring.requests import first_identical, fit_context
 from graphopt.scoring.strategies import build_batches
 
 GENERATE_REFUSED = ("graphopt scores log-likelihoods and does not generate text; task(s) {tasks} need "
