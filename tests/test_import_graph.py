@@ -39,6 +39,7 @@ FLOORS = [
     ["graphopt.compile_backend"],
     ["graphopt.optimize_model"],  # optimize(): every caller's way to a runnable
     ["graphopt.scoring"],
+    ["graphopt.generation"],  # greedy completions through the scoring graph (prefill) and a decode step
     ["graphopt"],  # the public API (lazy)
     ["graphopt.harness", "graphopt.runner"],  # lm-eval's model; the experiment runner
     ["graphopt.commands"],
