@@ -105,23 +105,6 @@ def count_params(*modules) -> int:
     return 0
 
 
-class StagePerRank:
-    """An optimize() result whose graph pipeline_split cut: calling it runs this rank's stage over the
-    micro-batches (every rank gets the [N] scores); graph / module / records as the result's."""
-
-    def __init__(self, opt, n_micro: int):
-        stages = opt.graph.meta.get("pipeline_stages", 1)
-        if stages != n_micro:
-            raise ValueError(f"pipeline_split made {stages} stages for world_size {n_micro}: one stage per rank "
-                             f"needs n_stages 0 (= world_size) or {n_micro}")
-        self.opt, self.n_micro = opt, n_micro
-        self.graph, self.module, self.records = opt.graph, opt.module, opt.records
-
-    def __call__(self, *inputs):
-        from graphopt.distributed.pipeline_run import run_pipeline_rank
-        return run_pipeline_rank(self.graph, inputs, self.n_micro)
-
-
 def _shape(batch) -> tuple:
     return tuple(tuple(t.shape) for t in batch.model_inputs())
 
@@ -145,24 +128,24 @@ def first_calls(fn, batches, device) -> tuple[float, int]:
 
 
 def measure(job: WorkerJob, rank: int = 0) -> dict:
+    """The run's rows scored through one Scorer: load, setup (capture + passes + compile), the first call
+    on each batch shape, warm-up, timed repeats; rank 0 reports the metrics, the others their memory."""
     import torch
 
     from graphopt.checkpoints import load_model, load_model_structure
     from graphopt.compile_cache import count_compiles
     from graphopt.data import load_hellaswag
     from graphopt.distributed.mesh import run_mesh
-    from graphopt.optimize_model import optimize
+    from graphopt.pipeline import CheckedPipeline
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
-    from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.evaluate import score_requests
     from graphopt.scoring.metrics import choice_metrics, same_choices
-    from graphopt.scoring.requests import build_requests, first_identical
-    from graphopt.scoring.strategies import build_batches
+    from graphopt.scoring.requests import build_requests
+    from graphopt.scoring.scorer import Scorer, Sharding
 
     exp, run = job.experiment, job.run
     device, show = exp.device, job.progress and rank == 0
     mesh = run_mesh(exp, run)  # [dp, pp, tp]; this rank: replica `replica`, rank `mrank` of its model group
-    replica, mrank, msize = mesh.replica(rank), mesh.model_rank(rank), mesh.model
+    mrank, msize = mesh.model_rank(rank), mesh.model
     one_stage = runs_one_stage_per_rank(exp, run)
     if one_stage and run.compiler != "none":
         raise ValueError(f"run {run.name!r}: pipeline_split over world_size {exp.world_size} ({mesh.pp} ranks per "
@@ -188,50 +171,38 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     load_s = time.perf_counter() - t_load
     rows = load_hellaswag(exp.data.path, split=exp.data.split, limit=exp.data.limit)
     requests = build_requests(rows, tokenizer)
-    all_requests, mine = requests, list(range(len(requests)))
-    if mesh.dp > 1:  # this replica scores its share of the questions (balanced by tokens)
-        from graphopt.distributed.data_parallel import split_by_tokens
-        mine = split_by_tokens(all_requests, mesh.dp)[replica]
-        requests = [all_requests[i] for i in mine]
-    batches = build_batches(requests, run.scoring.strategy, **run.scoring.options)
-    batches = [b.to(device) for b in batches]
-    assert batches, "no batches to score"
-    n_req = len(requests)  # this replica's
-    n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in all_requests)  # real tokens, no padding
+    n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
 
     load_weights = None
     if sharded_load:
         load_weights = lambda gm: load_rank_weights(gm, exp.model, mrank, msize, model.args,  # noqa: E731
                                                     one_stage)
-    fn, setup_s = timed(lambda: optimize(ScoreModule(model).eval(), batches[0].model_inputs(), run.passes,
-                                         run.compiler, capture=run.capture, rank=mrank, world_size=msize,
-                                         model_args=getattr(model, "args", None), load_weights=load_weights,
-                                         device=device, tokenizer=tokenizer), device)
-    if one_stage:
-        if not sharded_load:  # the whole model was loaded: keep only this rank's stage
-            from graphopt.distributed.pipeline_run import drop_other_stages
-            drop_other_stages(fn.graph, mrank)
-        fn = StagePerRank(fn, mesh.pp)
+    scorer = Scorer(model, CheckedPipeline(tuple(run.passes), run.compiler), run.compiler, device=device,
+                    layout=run.scoring.strategy, layout_options=run.scoring.options, capture=run.capture,
+                    sharding=Sharding(mesh, rank, load_weights), tokenizer=tokenizer)
+    prepared = scorer.prepare(requests, to_device=True)
+    assert prepared.batches, "no batches to score"
+    fn, setup_s = timed(lambda: scorer.setup(prepared), device)
     # the eager reference (nothing to compile or warm) is scored once: its one pass is its timing
     once = run.is_reference and run.capture == "none" and run.compiler == "none"
     repeats = 1 if once else exp.repeats
     with count_compiles() as compiled:
-        first_call_s, n_shapes = (0.0, len({_shape(b) for b in batches})) if once else first_calls(fn, batches, device)
+        if once:
+            first_call_s, n_shapes = 0.0, len({_shape(b) for b in prepared.batches})
+        else:
+            first_call_s, n_shapes = first_calls(fn, prepared.batches, device)
         for _ in range(0 if once else exp.warmup):
-            score_requests(fn, batches, n_req, progress=False, device=device)
+            scorer.run(prepared, progress=False)
         times, loglik = [], None
-        score = lambda desc: score_requests(fn, batches, n_req, show, device, desc).numpy()  # noqa: E731
-        if mesh.dp > 1:  # rank 0 gathers every replica's share, in request order (the gather is timed)
-            score = lambda desc, local=score: gather_shares(local(desc), mine, len(all_requests), mrank)  # noqa: E731
-        for i in range(repeats):
-            loglik, t = timed(lambda: score(f"  {run.name} [{i + 1}/{repeats}]"), device)
+        for i in range(repeats):  # every replica's share gathered, in request order (the gather is timed)
+            (loglik, _), t = timed(lambda: scorer.collect(prepared, *scorer.run(
+                prepared, show, f"  {run.name} [{i + 1}/{repeats}]")), device)
             times.append(t)
     sync(device)
     if rank != 0:  # rank 0 reports; the others only their memory
         return {"status": "ok", "error": "", "peak_mem_mb": peak_memory_mb(device)}
-    requests, n_req = all_requests, len(all_requests)
+    loglik, n_req = loglik.numpy(), len(requests)
     assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
-    loglik = loglik[first_identical(requests)]  # identical requests: one value (exact ties stay ties)
 
     metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
     ref = np.load(job.reference_loglik) if job.reference_loglik else None
@@ -245,7 +216,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     latency = median(times)
     return {
         "status": "ok", "error": "",
-        "n_items": len(rows), "n_requests": n_req, "n_tokens": n_tokens, "n_batches": len(batches),
+        "n_items": len(rows), "n_requests": n_req, "n_tokens": n_tokens, "n_batches": len(prepared.batches),
         "n_shapes": n_shapes, "n_compiles": compiled.compiles, "cache_hits": compiled.cache_hits,
         "timed_passes": repeats,
         "acc": float(metrics["acc"]), "acc_norm": float(metrics["acc_norm"]),
@@ -257,14 +228,6 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
         "n_params": count_params(fn.graph, None if sharded_load else fn.module),
         "pass_records": json.dumps([r.summary() for r in fn.records]),
     }
-
-
-def gather_shares(local, mine: list[int], n_requests: int, model_rank: int):
-    """Data parallel: rank 0 gets every replica's scores in request order (None elsewhere); one rank
-    of each replica's model group (model rank 0) sends them."""
-    from graphopt.distributed.data_parallel import gather_loglik
-    mine_or_none = (local, mine) if model_rank == 0 else (None, None)
-    return gather_loglik(*mine_or_none, n_requests)
 
 
 def _measure_rank(job_json: str) -> dict:
