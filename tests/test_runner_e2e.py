@@ -121,9 +121,12 @@ def test_run_over_time_limit_is_an_error_row_and_a_failed_reference_stops(tmp_pa
 def test_cli_run_resumes_and_prints_report(sweep, capsys):
     from graphopt.cli import main
     out, _, table = sweep
-    assert main(["run", str(out.parent / "e2e.yaml"), "--no-progress"]) == 0  # all done: prints the report only
-    text = capsys.readouterr().out
+    assert main(["run", str(out.parent / "e2e.yaml"), "--no-progress"]) == 1  # all done: prints the report only,
+    printed = capsys.readouterr()                                               # and exits 1: two runs failed
+    text = printed.out
     assert "| reference" in text and "| killed" in text
+    assert printed.err.strip().splitlines()[-1].startswith(
+        "graphopt run: 2 of 4 runs failed (not-applicable, killed); their errors are in the report above")
     assert list(ResultStore(out).load()["finished_at"]) == list(table["finished_at"])
     assert main(["run", str(out.parent / "e2e.yaml"), "--set", "data.limt=3"]) == 2
     assert "did you mean 'limit'" in capsys.readouterr().err

@@ -61,16 +61,39 @@ def _import_gguf():
     return gguf
 
 
+class _PastTheEnd(Exception):
+    """The reader asked for bytes the file does not have."""
+
+
+def _bounded_reader(gguf):
+    """GGUFReader whose every read (header, metadata, tensor infos, tensor data: all go through `_get`)
+    first checks that the file is long enough, so a truncated file is named as such instead of failing
+    later in a numpy reshape. (A gguf version without `_get` reads as before: the generic message.)"""
+    class BoundedReader(gguf.GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            end = int(offset) + np.dtype(dtype).itemsize * int(count)
+            if end > len(self.data):
+                raise _PastTheEnd(end)
+            return super()._get(offset, dtype, count, override_order)
+    return BoundedReader
+
+
 def open_gguf(path: str | Path):
     """gguf.GGUFReader over `path` (memory-mapped copy-on-write, so tensors convert to torch without a
-    copy); a missing, truncated or corrupt file -> CheckpointError naming it."""
+    copy); a missing, empty, truncated or corrupt file -> CheckpointError naming it."""
     gguf = _import_gguf()
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file, not a GGUF file")
     try:
-        return gguf.GGUFReader(path, mode="c")
-    except Exception as e:  # bad magic, truncated header or data, unknown value/tensor type, ...
+        return _bounded_reader(gguf)(path, mode="c")
+    except _PastTheEnd as e:
+        raise CheckpointError(f"{path}: truncated GGUF file: it ends at byte {size} but its contents go on to byte "
+                              f"{e.args[0]} at least (an interrupted download or copy?)") from None
+    except Exception as e:  # bad magic, unknown value/tensor type, ...
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 

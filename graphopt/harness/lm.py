@@ -24,7 +24,7 @@ from lm_eval.api.model import TemplateLM
 
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
-from graphopt.harness.model_args import GraphoptArgs
+from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
 from graphopt.pipeline import PassError, check_pipeline
 from graphopt.scoring.batch import Request
 from graphopt.scoring.requests import fit_context, prefix_token_id, tok_encode
@@ -84,6 +84,16 @@ class GraphoptLM(TemplateLM):
                           sharding=sharding)
         except (PassError, ValueError) as e:
             raise UserError(f"--model_args pipeline={cfg.pipeline!r}: {e}") from e
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "GraphoptLM":
+        """lm-eval's constructor call: --model_args plus its own flags, a --model_args key winning over the
+        flag of the same name (`device=cpu` with lm-eval's --device, given or its default cuda:0)."""
+        return cls(**with_lm_eval_flags(dict(arg_dict), additional_config))
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GraphoptLM":
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
 
     def _sharded_load(self) -> bool:
         import os

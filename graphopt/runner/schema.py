@@ -235,6 +235,10 @@ def _check_semantics(cfg: ExperimentConfig, where: Where) -> None:
     if cfg.data.path is not None and not Path(cfg.data.path).exists():
         raise ConfigError(f"{where(('data', 'path'))}: data path {cfg.data.path!r} does not exist "
                           f"(use null for synthetic data)")
+    from graphopt.data.hellaswag import split_problem
+    split_error = split_problem(cfg.data.path, cfg.data.split)
+    if split_error:
+        raise ConfigError(f"{where(('data', 'split'))}: {split_error}")
     for key in ("world_size", "repeats"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{where((key,))}: must be >= 1, got {getattr(cfg, key)}")

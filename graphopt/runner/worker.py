@@ -17,20 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphopt.parent_death import end_with_parent, take_parent_pid_from_env
 from graphopt.pipeline import pipeline_shards
 from graphopt.runner.schema import ExperimentConfig, config_from_dict, to_dict
 from graphopt.runner.sweep import ResolvedRun
-
-
-def _die_with_parent() -> None:
-    """If the sweep process is killed (even with SIGKILL), take this run down with it (Linux)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
 
 
 @dataclass
@@ -257,7 +247,8 @@ def measure_world(job: WorkerJob) -> dict:
         raise RuntimeError(f"world_size > 1 needs graphopt.distributed ({e})") from None
     from graphopt.distributed.groups import collective_timeout_s
     results = launch(_measure_rank, job.experiment.world_size, args=(job.to_json(),),
-                     timeout_s=float(job.timeout_s or 24 * 3600), collective_timeout_s=collective_timeout_s())
+                     timeout_s=float(job.timeout_s or 24 * 3600), collective_timeout_s=collective_timeout_s(),
+                     workdir=os.path.dirname(job.loglik_out))  # the sweep's folder for this run, cleared with it
     out = dict(results[0])
     out["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
     return out
@@ -265,7 +256,7 @@ def measure_world(job: WorkerJob) -> dict:
 
 def main(argv: list[str]) -> int:
     spec_path, result_path = argv
-    _die_with_parent()
+    end_with_parent(take_parent_pid_from_env())  # the sweep process killed (even kill -9): this run ends too
     faulthandler.enable()
     try:
         with open(spec_path) as f:
