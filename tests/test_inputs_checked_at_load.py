@@ -77,7 +77,8 @@ def test_a_split_is_refused_where_there_is_no_split_to_choose(tmp_path, capsys):
 
 
 def test_a_split_asked_of_one_file_is_a_config_error_naming_the_key(tmp_path):
-    from graphopt.runner.schema import ConfigError, load_config
+    from graphopt.runner.config import load_config
+    from graphopt.runner.yaml_source import ConfigError
 
     path = _jsonl(tmp_path / "rows.jsonl", synthetic_raw(3))
     cfg = tmp_path / "x.yaml"

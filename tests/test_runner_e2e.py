@@ -14,7 +14,7 @@ import pytest
 
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.report import report
-from graphopt.runner.schema import load_config
+from graphopt.runner.config import load_config
 from graphopt.runner.store import COLUMNS, ResultStore
 
 YAML = """\
@@ -40,7 +40,7 @@ def sweep(tmp_path_factory):
     env = dict(os.environ, GRAPHOPT_RUNNER_KILL="killed")
     code = textwrap.dedent(f"""
         from graphopt.runner.execute import run_experiment
-        from graphopt.runner.schema import load_config
+        from graphopt.runner.config import load_config
         run_experiment(load_config({str(cfg_path)!r}), progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)

@@ -10,7 +10,7 @@ import pytest
 from graphopt.errors import UserError
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.same_experiment import differences
-from graphopt.runner.schema import load_config
+from graphopt.runner.config import load_config
 from graphopt.runner.store import ResultStore
 
 YAML = """\

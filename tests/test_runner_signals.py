@@ -139,7 +139,7 @@ def test_sigterm_then_kill_9_end_the_worker_keep_the_rows_and_leak_nothing(sweep
 
     # the next run resumes: the reference is not measured again, what kill -9 left is cleared
     from graphopt.runner.execute import run_experiment
-    from graphopt.runner.schema import load_config
+    from graphopt.runner.config import load_config
     resumed = YAML.format(out=out).replace("pass_modules: [hang.py]\n", "")  # runs and pass modules may change
     (tmp_path / "signals.yaml").write_text(
         resumed.replace("hang, capture: export, passes: [test_hang_for_an_hour]",

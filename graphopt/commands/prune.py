@@ -43,9 +43,8 @@ def prune_and_save(model, tokenizer, out_dir, force: bool = False, source=None, 
     model as an HF directory (force, source, log: as save_hf_checkpoint). -> the pass's stats plus
     out_dir and n_params of the saved model."""
     from graphopt.checkpoints.save_hf import pruned_transformer, save_hf_checkpoint
-    from graphopt.commands.inspect import example_inputs
     from graphopt.optimize_model import optimize
-    from graphopt.scoring.batch import ScoreModule
+    from graphopt.scoring.batch import ScoreModule, example_inputs
 
     spec = {"name": "prune_structured", **{k: v for k, v in options.items() if v is not None}}
     opt = optimize(ScoreModule(model), example_inputs(model.args.vocab_size, 2, 8)[:5], [spec], tokenizer=tokenizer)

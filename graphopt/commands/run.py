@@ -7,7 +7,7 @@ another configuration. SIGTERM is handled as Ctrl-C (rows kept, resumable); the 
 runs failed (the last line names them).
 
 Under torchrun (`torchrun --nnodes N --nproc-per-node G -m graphopt run cfg.yaml`) it joins torchrun's
-world instead of spawning processes: graphopt.distributed.torchrun; only rank 0 writes rows and prints."""
+world instead of spawning processes: graphopt.runner.torchrun; only rank 0 writes rows and prints."""
 from __future__ import annotations
 
 import argparse
@@ -34,10 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from graphopt.errors import UserError
+    from graphopt.runner.config import load_config
     from graphopt.runner.execute import run_experiment
     from graphopt.runner.report import report
-    from graphopt.runner.schema import ConfigError, load_config
     from graphopt.runner.sweep import expand
+    from graphopt.runner.yaml_source import ConfigError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -48,7 +49,8 @@ def main(args) -> int:
                 print(f"{run.key}  {run.name:24s} capture={run.capture} compiler={run.compiler} "
                       f"dtype={run.dtype} scoring={run.scoring.strategy} passes={run.passes_label()}")
             return 0
-        from graphopt.distributed.torchrun import run_under_torchrun, under_torchrun
+        from graphopt.distributed.groups import under_torchrun
+        from graphopt.runner.torchrun import run_under_torchrun
         if under_torchrun():
             return run_under_torchrun(cfg, retry_errors=args.retry_errors, progress=not args.no_progress,
                                       wait=args.wait)

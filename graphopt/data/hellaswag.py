@@ -8,7 +8,8 @@ task does (lm_eval/tasks/hellaswag/utils.py, process_docs):
 
 The model is then asked for log p(" " + ending | query) (target delimiter " ").
 
-Sources (no network, ever):
+Sources (no network, ever; graphopt.data.load.load_hellaswag picks between them and the embedded
+synthetic set):
   - a `datasets` directory written by `save_to_disk` (a Dataset, or a DatasetDict holding the split),
   - a directory with the parquet files of `Rowan/hellaswag` (any *.parquet whose path names the split,
     e.g. data/validation-00000-of-00001.parquet or validation/0000.parquet),
@@ -166,7 +167,7 @@ def _split_files(directory: Path, split: str, suffix: str) -> list[Path]:
     return found
 
 
-def _read_source(path: Path, split: str, limit: int | None) -> tuple[list[dict], str]:
+def read_source(path: Path, split: str, limit: int | None) -> tuple[list[dict], str]:
     """Raw records of `split` from `path`, and the name used for it in error messages."""
     if not path.exists():
         raise FileNotFoundError(f"HellaSwag data not found: {path} (expected a jsonl or parquet file, a "
@@ -203,31 +204,6 @@ def split_problem(path: str | Path | None, split: str) -> str | None:
             f"of a directory (hellaswag_{{train,val,test}}.jsonl, Rowan/hellaswag parquet, datasets.save_to_disk): "
             f"give the directory, or the file of that split without a split")
 
-
-def load_hellaswag(path: str | Path | None = None, split: str = DEFAULT_SPLIT, limit: int | None = None,
-                   *, allow_unlabelled: bool = False) -> list[HellaSwagRow]:
-    """HellaSwag rows of `split` from `path`, formatted as lm-evaluation-harness does.
-
-    path None -> the embedded synthetic set (graphopt.data.synthetic, 200 rows; no files, no network).
-    limit -> the first `limit` rows. `split` picks the split in a directory; for one file or the synthetic
-    set any split but the default is refused (split_problem). A split without answers (the test split: label "") raises
-    ValueError unless allow_unlabelled=True, which gives label -1. A malformed row raises ValueError
-    naming the file, the row index and the field.
-    """
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    problem = split_problem(path, split)
-    if problem:
-        raise ValueError(problem)
-    if path is None:
-        from graphopt.data.synthetic import DEFAULT_N, synthetic_hellaswag
-
-        return synthetic_hellaswag(n=DEFAULT_N if limit is None else limit)
-    path = Path(path).expanduser()
-    docs, where = _read_source(path, split, limit)
-    if limit is not None:
-        docs = docs[:limit]
-    return [format_row(doc, i, where, allow_unlabelled) for i, doc in enumerate(docs)]
 
 
 def write_hellaswag_jsonl(path: str | Path, docs: list[dict]) -> Path:

@@ -25,9 +25,10 @@ from lm_eval.api.model import TemplateLM
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
 from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
+from graphopt.checkpoints.encode import prefix_token_id, tok_encode
 from graphopt.pipeline import PassError, check_pipeline
 from graphopt.scoring.batch import Request
-from graphopt.scoring.requests import fit_context, prefix_token_id, tok_encode
+from graphopt.scoring.requests import fit_context
 from graphopt.scoring.scorer import Scorer, Sharding
 
 GENERATE_REFUSED = ("graphopt scores log-likelihoods and does not generate text; task(s) {tasks} need "

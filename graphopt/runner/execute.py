@@ -32,7 +32,8 @@ from graphopt.parent_death import PARENT_PID_ENV
 from graphopt.runner.lock import hold_output_dir
 from graphopt.runner.preflight import preflight
 from graphopt.runner.same_experiment import RECORD, check_same_experiment
-from graphopt.runner.schema import ConfigError, ExperimentConfig, to_dict
+from graphopt.runner.schema import ExperimentConfig, to_dict
+from graphopt.runner.yaml_source import ConfigError
 from graphopt.runner.store import COLUMNS, ResultStore, atomic_write
 from graphopt.runner.sweep import ResolvedRun, expand
 from graphopt.runner.worker import WorkerJob
@@ -145,7 +146,7 @@ def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: 
     """Run every run of `cfg` not yet in its output dir; -> the full results table. The output dir is
     locked for the whole run: another run holding it -> FolderBusyError, or with wait=True, wait for it.
     run_job(job, workdir, timeout_s) -> result dict measures one run (default: a fresh worker process
-    that spawns the ranks; under torchrun, graphopt.distributed.torchrun runs it on the joined world)."""
+    that spawns the ranks; under torchrun, graphopt.runner.torchrun runs it on the joined world)."""
     check_world_size(cfg)
     preflight(cfg)
     check_writable_dir(cfg.out_dir, what="output_dir")  # a read-only or misplaced folder: one line, before any run

@@ -19,7 +19,8 @@ import numpy as np
 
 from graphopt.parent_death import end_with_parent, take_parent_pid_from_env
 from graphopt.pipeline import pipeline_shards
-from graphopt.runner.schema import ExperimentConfig, config_from_dict, to_dict
+from graphopt.runner.config import config_from_dict
+from graphopt.runner.schema import ExperimentConfig, to_dict
 from graphopt.runner.sweep import ResolvedRun
 
 
@@ -56,15 +57,6 @@ def loads_only_its_shard(exp: ExperimentConfig, run: ResolvedRun) -> bool:
     from graphopt.distributed.mesh import run_mesh
     return (run_mesh(exp, run).model > 1 and run.capture == "export" and bool(pipeline_shards(run.passes))
             and os.path.isdir(exp.model))
-
-
-def runs_one_stage_per_rank(exp: ExperimentConfig, run: ResolvedRun) -> bool:
-    """pipeline_split over world_size > 1 ranks (without tensor_parallel): rank r runs stage r only
-    (graphopt.distributed.pipeline_run.run_pipeline_rank, world_size micro-batches); the stages run as
-    captured and split, so the compiler must be none. With data_parallel replicas: the ranks of one
-    replica's pipeline group (graphopt.distributed.mesh)."""
-    from graphopt.distributed.mesh import run_mesh
-    return run_mesh(exp, run).pp > 1
 
 
 def load_rank_weights(gm, ckpt: str, rank: int, world_size: int, args, one_stage: bool) -> dict:
@@ -121,7 +113,7 @@ def _place(job: WorkerJob, rank: int):
     """This rank's device and mesh ([dp, pp, tp]); joins the mesh's sub-groups, seeds, resets peak memory."""
     import torch
 
-    from graphopt.distributed.mesh import run_mesh
+    from graphopt.distributed.mesh import run_mesh, runs_one_stage_per_rank
     from graphopt.runner.timing import reset_peak_memory
 
     exp, run = job.experiment, job.run
