@@ -3,7 +3,7 @@ the lm-eval backend): the pipeline chosen for the device and compiler, one optim
 answers equal to the per-pair eager reference, and no other module doing its steps."""
 from __future__ import annotations
 
-import re
+import ast
 from pathlib import Path
 
 import pytest
@@ -24,16 +24,18 @@ def tiny():
     return model.eval(), tok, build_requests(load_hellaswag(None, limit=4), tok)
 
 
+def _calls(path: Path) -> set[str]:
+    """Names of the functions a file calls (f(...) or x.f(...)), read with ast."""
+    return {getattr(n.func, "id", None) or getattr(n.func, "attr", None)
+            for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)}
+
+
 def test_the_scoring_steps_are_called_from_the_scorer_only():
-    """first_identical, build_batches( and auto_pipeline( each have one caller module in the package and the
-    benchmarks (besides the module that defines them): the Scorer."""
-    defined = {"first_identical": "graphopt/scoring/requests.py", "build_batches": "graphopt/scoring/strategies.py",
-               "auto_pipeline": "graphopt/scoring/scorer.py"}
+    """first_identical, build_batches and auto_pipeline have one caller module in the package and the
+    benchmarks: the Scorer (benchmarks that time their own runnables take the Scorer's batches)."""
     files = [p for d in ("graphopt", "passes", "benchmarks") for p in (ROOT / d).rglob("*.py")]
-    for name, home in defined.items():
-        callers = {str(p.relative_to(ROOT)) for p in files
-                   if re.search(rf"(?<![\w.]){name}\(|\.{name}\(", re.sub(rf"def {name}\(", "", p.read_text()))}
-        callers.discard(home)
+    for name in ("first_identical", "build_batches", "auto_pipeline"):
+        callers = {str(p.relative_to(ROOT)) for p in files if name in _calls(p)}
         assert callers == {"graphopt/scoring/scorer.py"}, (name, sorted(callers))
 
 
