@@ -11,7 +11,6 @@ import faulthandler
 import json
 import os
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 
@@ -138,6 +137,7 @@ def _load(job: WorkerJob, device: str, mesh, rank: int):
     """-> (model, tokenizer, load_weights): the whole model, or (a tensor-parallel / pipeline run over a
     checkpoint directory) its structure on the meta device and a function filling this rank's weights."""
     from graphopt.checkpoints import load_model, load_model_structure
+    from graphopt.distributed.mesh import runs_one_stage_per_rank
 
     exp, run = job.experiment, job.run
     if not loads_only_its_shard(exp, run):
