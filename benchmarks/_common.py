@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import graphopt
-from graphopt.scoring import ScoreModule
+from graphopt.scoring import ScoreModule, Scorer
 
 # ---------------------------------------------------------------------------------------- this host
 
@@ -82,6 +82,12 @@ def last_line(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ graphopt runs
+
+def layout_batches(model, requests, layout: str, **options) -> list:
+    """The batches the Scorer builds for `requests` in `layout` (a scoring strategy and its options), for a
+    benchmark that times its own runnables on them."""
+    return Scorer(model, None, layout=layout, layout_options=options).prepare(requests).batches
+
 
 def optimised_graph(model, batches, pipeline, compiler: str):
     """graphopt.optimize(ScoreModule(model)) as `graphopt run` builds it: capture (dynamic shapes), the

@@ -26,7 +26,7 @@ import time
 import torch
 
 import graphopt
-from benchmarks._common import peak_tflops
+from benchmarks._common import layout_batches, peak_tflops
 from benchmarks._kernel_profile import kernel_table, markdown
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
@@ -34,7 +34,7 @@ from graphopt.compilers import COMPILERS
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.runner.timing import peak_memory_mb, reset_peak_memory, timed
 from graphopt.runner.worker import first_calls
-from graphopt.scoring import ScoreModule, build_batches, build_requests, score_requests
+from graphopt.scoring import ScoreModule, build_requests, score_requests
 
 HELLASWAG_VAL_QUESTIONS = 10_042
 
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     requests = build_requests(rows, WordHashTokenizer(args.vocab_size))
     prefix = a.device.startswith("cuda") and not a.no_prefix_attention
     row_len = a.row_len or (2048 if prefix else None)
-    batches = [b.to(a.device) for b in build_batches(requests, "packed", row_len=row_len, max_tokens=a.max_tokens)]
+    batches = [b.to(a.device) for b in layout_batches(score_module.model, requests, "packed", row_len=row_len, max_tokens=a.max_tokens)]
     passes = graphopt.parse_pipeline("gpu" if prefix else "exact")
     if a.fuse_residual:
         passes = [graphopt.parse_pipeline([{"name": "fuse_rmsnorm", "fuse_residual": True}])[0]

@@ -19,16 +19,14 @@ from torch.fx import GraphModule
 from graphopt.compilers import check_compiler
 from graphopt.graph_capture import normalise_dynamo_graph
 from graphopt.optimize_graph import optimize_graph
-from graphopt.pipeline import PassContext, check_compiler_fits, check_order, parse_pipeline
+from graphopt.pipeline import PassContext, check_pipeline
 
 
 def backend(pipeline="exact", compiler: str = "inductor", ctx: PassContext | None = None, verify: bool = False,
             atol: float = 1e-4, after_each=None):
     """-> a torch.compile backend `fn(gm, example_inputs) -> callable` running `pipeline` then `compiler`."""
     check_compiler(compiler)
-    specs = parse_pipeline(pipeline)
-    check_order(specs)
-    check_compiler_fits(specs, compiler)
+    specs = list(check_pipeline(pipeline, compiler).specs)
 
     def compile_graph(gm: GraphModule, example_inputs, **_):
         # Normalising re-exports the graph; torch.export cannot run nested in dynamo's compilation (the

@@ -22,7 +22,7 @@ from torch.fx import GraphModule
 from graphopt.compilers import check_compiler, compile_for
 from graphopt.optimize_graph import optimize_graph
 from graphopt.pass_manager import PassRecord
-from graphopt.pipeline import PassContext, PassError, check_compiler_fits, check_order, parse_pipeline
+from graphopt.pipeline import PassContext, PassError, check_pipeline
 
 CAPTURES = ("export", "dynamo", "none")
 
@@ -60,18 +60,17 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
              load_weights: Callable[[GraphModule], None] | None = None, device=None, verify: bool = False,
              after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None) -> Optimized:
     """Capture `module` on `example_inputs`, run `pipeline` (a named pipeline, pass names or specs:
-    graphopt.pipeline.parse_pipeline), compile with `compiler` (graphopt.compilers.COMPILERS).
-    The pipeline is parsed and its order checked before any capture work starts.
+    graphopt.pipeline.parse_pipeline, or a CheckedPipeline), compile with `compiler`
+    (graphopt.compilers.COMPILERS). The pipeline is parsed and its order checked before any capture work
+    starts (a CheckedPipeline for this compiler was checked by the caller: it is taken as it is).
 
     dynamic=True (default): the capture is symbolic in B, T and N, and so is the compile (torch.compile
     dynamic=True): one compilation serves every batch shape. None leaves it to torch (a static
     compile first, a dynamic one on the first new shape)."""
     from graphopt.graph_capture import capture as capture_graph
 
-    specs = parse_pipeline(pipeline)
-    check_order(specs)
     check_compiler(compiler)
-    check_compiler_fits(specs, compiler)
+    specs = list(check_pipeline(pipeline, compiler).specs)  # as it is when the caller checked it already
     if capture not in CAPTURES:
         raise ValueError(f"unknown capture {capture!r}; expected one of {', '.join(CAPTURES)}")
     if model_args is None:

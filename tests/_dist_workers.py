@@ -251,7 +251,7 @@ def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
     from graphopt.checkpoints import load_model
     from graphopt.data import load_hellaswag
     from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.evaluate import score_requests
+    from graphopt.scoring.score_loop import score_requests
     from graphopt.scoring.requests import build_requests
     from graphopt.scoring.strategies import build_batches
     model, tokenizer = load_model(ckpt, tokenizer="word-hash")  # random weights, no tokenizer file
@@ -282,14 +282,15 @@ def tied_checkpoint_cases(ckpt: str, cases, limit: int = 3):
     """The runner's sharded path on a checkpoint directory, per case ("tensor_parallel" options dict,
     or "pipeline"): the model built on the meta device (load_model_structure), optimize() with
     worker.load_rank_weights filling only this rank's shard / stage, then every request scored
-    (pipeline: worker.StagePerRank, stage = rank). Reports per case: log-likelihoods, what the
+    (pipeline: pipeline_run.StagePerRank, stage = rank). Reports per case: log-likelihoods, what the
     embedding lookup and the LM head read (shapes, one tensor or not), held parameters
     (count_params), bytes loaded, tensors left on meta, the wq / w1 shapes of every layer held."""
     from graphopt.checkpoints import load_model_structure
     from graphopt.optimize_model import optimize
-    from graphopt.runner.worker import StagePerRank, count_params, load_rank_weights
+    from graphopt.distributed.pipeline_run import StagePerRank
+    from graphopt.runner.worker import count_params, load_rank_weights
     from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.evaluate import score_requests
+    from graphopt.scoring.score_loop import score_requests
     aten = torch.ops.aten
     rank, ws = dist.get_rank(), dist.get_world_size()
     batches, n_req, _ = score_checkpoint(ckpt, limit)  # same requests as the test's single-process run

@@ -8,6 +8,7 @@ import pytest
 from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.distributed.mesh import runs_one_stage_per_rank
+from graphopt.distributed.pipeline_run import StagePerRank
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import Optimized
 from graphopt.pipeline import parse_pipeline
@@ -61,9 +62,9 @@ def test_one_stage_per_rank_needs_one_stage_per_rank():
     gm = W.capture_graph(sm, W.example_batch(args))
     split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))
     opt = Optimized(split, split)
-    assert worker.StagePerRank(opt, 2).graph is split
+    assert StagePerRank(opt, 2).graph is split
     with pytest.raises(ValueError, match="pipeline_split made 2 stages for world_size 3"):
-        worker.StagePerRank(opt, 3)
+        StagePerRank(opt, 3)
 
 
 def test_sharded_runs_match_the_reference(table):

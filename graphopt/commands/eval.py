@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "as lm-eval 0.4.13's hf model (Llama-2/3 tokenizers add BOS, Qwen2's do not)")
     parser.add_argument("--pipeline", default="auto", metavar="NAME_OR_PASSES",
                         help="auto (default): the fastest path whose answers equal the per-pair reference in "
-                             "fp32 (CPU: exact-cpu, CUDA: gpu; packed rows, no compile); none: the eager model, "
+                             "fp32 (CPU: exact-cpu, CUDA: gpu; packed rows, no compile; with --compiler: exact, "
+                             "the pipeline that compiles); none: the eager model, "
                              "each pair alone (lm-eval's reference); or a named pipeline (exact, fast, fast-cpu, "
                              "int8, ...) or comma-separated pass names, see `graphopt passes`")
     parser.add_argument("--compiler", default=None, choices=("none", "inductor", "inductor-frozen", "eager-fx"),
@@ -94,20 +95,11 @@ def main(args) -> int:
     check_device(args.device)
     if args.strategy is not None and args.strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(STRATEGIES)})")
-    pipeline, compiler, strategy = (None if args.pipeline == "none" else args.pipeline), args.compiler, args.strategy
-    from graphopt.scoring.evaluate import auto_pipeline
-    if pipeline == "auto":
-        pipeline, auto_compiler = auto_pipeline(args.device)
-        compiler = compiler or auto_compiler
-        if args.batch_size != 1 or strategy not in (None, "packed"):  # another layout asked for
-            strategy = strategy or "padded"
-            pipeline = "exact" if pipeline == "gpu" else pipeline  # prefix_attention needs the packed layout
-    compiler = compiler or "none"
-    if pipeline not in (None, "auto"):  # a bad pipeline is reported before anything loads
-        from graphopt.pipeline import PassError, check_compiler_fits, check_order, parse_pipeline
+    pipeline = None if args.pipeline == "none" else args.pipeline
+    if pipeline != "auto" and pipeline is not None:  # a bad pipeline is reported before anything loads
+        from graphopt.pipeline import PassError, check_pipeline
         try:
-            check_order(parse_pipeline(pipeline))
-            check_compiler_fits(parse_pipeline(pipeline), compiler)
+            pipeline = check_pipeline(pipeline, args.compiler or "none")
         except PassError as e:
             raise UserError(f"--pipeline {args.pipeline!r}: {e}") from e
     rows = load_hellaswag(args.data, split=args.split, limit=args.limit)  # data errors first: cheaper
@@ -130,11 +122,9 @@ def main(args) -> int:
               f"loaded in {load_s:.1f}s)")
         print(f"data   {data_name}  " + (f"split={split}  " if split else "") + f"rows={len(rows)}")
 
-    if args.pipeline == "auto" and pipeline == "gpu":  # a sliding-window model gets exact (see auto_pipeline)
-        pipeline = auto_pipeline(args.device, model.args)[0]
-    result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=strategy,
+    result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=args.strategy,
                       device=args.device, progress=not args.no_progress, add_bos=args.add_bos,
-                      pipeline=pipeline, compiler=compiler)
+                      pipeline=pipeline, compiler=args.compiler)
     check = _check(model, tokenizer, rows, args, result) if args.check else {}
     s = result["seconds"]
     if not text:

@@ -8,6 +8,7 @@ cannot load (missing, truncated, no tokenizer, an unsupported family) is one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -49,8 +50,10 @@ def run(argv: list[str]) -> int:
     if _value(argv, "--model") == "graphopt":
         from graphopt.harness.tasks import refuse_generative_tasks
         refuse_generative_tasks(_value(argv, "--tasks"), _value(argv, "--include_path"))
+    argv, quiet = rank0_writes(argv)
     try:
-        code = _cli_evaluate(argv)
+        with contextlib.redirect_stdout(quiet) if quiet is not None else contextlib.nullcontext():
+            code = _cli_evaluate(argv)
     except BaseException as e:
         if _joined_a_group():  # under torchrun: leave at once, peers fail or time out in their collective
             sys.stderr.write(f"graphopt lm-eval: rank {_rank()} failed: {type(e).__name__}: {e}\n"
@@ -65,6 +68,32 @@ def run(argv: list[str]) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+# lm-eval's flags that write files or send results elsewhere (flag -> how many values it takes)
+WRITING_FLAGS = {"--output_path": 1, "-o": 1, "--log_samples": 0, "-s": 0, "--wandb_args": 1,
+                 "--wandb_config_args": 1, "--hf_hub_log_args": 1}
+
+
+def rank0_writes(argv: list[str]):
+    """Under torchrun every process runs lm-eval to the end (each answers every request); only global
+    rank 0 prints and writes its results. lm-eval itself returns results on LOCAL_RANK 0 only (its
+    convention for models that split work themselves and report rank 0, as GraphoptLM does), which is
+    one process per node: the other nodes' LOCAL_RANK 0 processes get argv without the writing flags and
+    stdout to /dev/null. -> (argv, None or the stream that replaces stdout)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return argv, None
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in WRITING_FLAGS:
+            skip = WRITING_FLAGS[flag] if "=" not in arg else 0
+            continue
+        kept.append(arg)
+    return kept, open(os.devnull, "w")
 
 
 def _cli_evaluate(argv: list[str]) -> int:

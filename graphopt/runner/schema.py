@@ -30,7 +30,7 @@ class DataConfig:
 @dataclass
 class ScoringConfig:
     strategy: str = "per_pair"  # per_pair | padded | shared_prefix | packed | bucketed
-    options: dict = field(default_factory=dict)  # passed to build_batches(requests, strategy, **options)
+    options: dict = field(default_factory=dict)  # the strategy's options (graphopt.scoring.STRATEGIES)
 
 
 @dataclass
