@@ -19,6 +19,7 @@ import torch
 
 import graphopt.kernels  # noqa: F401  (registers graphopt::prefix_attention)
 from graphopt.pipeline import PassError, PassResult, register_pass, requires
+from ._cache import cache_input
 from ._edit import fake_mode, insert_call, remove_dead
 from ._ops import aten, is_op, val
 
@@ -39,6 +40,10 @@ def prefix_attention(gm, ctx):
     sites = [n for n in gm.graph.nodes if is_op(n, SDPA)]
     if not sites:
         return PassResult(gm, False, {"matches": 0})
+    if cache_input(gm) is not None:  # the kernel's keys are the row's own tokens
+        raise PassError("prefix_attention: this graph reads a KV cache (input `cache`): graphopt::prefix_attention "
+                        "attends within the packed row only, not to a cached prefix; use a pipeline without it "
+                        "(exact) for cache-reading graphs")
     layout = _layout_placeholders(gm)
     if not layout:
         raise PassError("prefix_attention needs the packed layout's doc_ids and seg_ids as graph inputs: capture "
