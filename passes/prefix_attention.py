@@ -9,7 +9,8 @@ inputs; this pass reads those inputs, so the attention needs no [B, T, T] mask: 
 (CUDA) skips the key blocks no query of a block can see. Padding tokens (doc -1) may attend other
 padding tokens instead of only themselves; they are never scored. Run after sdpa_attention; a graph
 without doc_ids / seg_ids inputs (per_pair or padded scoring, or a dynamo capture, which drops the
-inputs the eager model does not read) is an error.
+inputs the eager model does not read) is an error, and so is a graph that reads a KV cache (its keys
+are the cached prefix then the row; the kernel attends within the row only).
 """
 from __future__ import annotations
 
