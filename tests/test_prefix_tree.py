@@ -126,6 +126,14 @@ def test_small_savings_stay_in_todays_layout():
     assert plan_tree(_reqs(contexts), bytes_per_token=1, min_shared_tokens=27).stats["cached_nodes"] == 1
 
 
+def test_nested_contexts_make_a_deep_tree():
+    """1200 contexts each one token longer than the last (rolling-window-like): a chain of 1200 nodes,
+    planned without recursion; the chain is cached up to the budget."""
+    contexts = [list(range(1, k + 2)) for k in range(1, 1201)]
+    plan = plan_tree(_reqs(contexts, n_endings=1), bytes_per_token=1, budget=600, min_shared_tokens=8)
+    assert plan.capacity == 600 and plan.stats["cached_nodes"] > 500
+
+
 # ---------------------------------------------------------------- scores equal the reference
 
 @pytest.mark.parametrize("preset", ["tiny-gqa", "tiny-tied", "tiny-qwen3", "tiny-window"])

@@ -124,14 +124,16 @@ def _cut_at(root: Node, limit: int) -> None:
                 node.children[first] = _split(child, limit - child.start)
 
 
-def _mark_cached(node: Node, limit: int, min_shared: int) -> int:
-    """Post-order: n_groups, and `cached` per the rule in the module docstring; returns the tokens
-    caching `node` saves (0 when not cached)."""
-    saved_below = sum(_mark_cached(c, limit, min_shared) for c in node.children.values())
-    node.n_groups = len(node.groups) + sum(c.n_groups for c in node.children.values())
-    saved = (node.n_groups - 1) * len(node.tokens) + saved_below
-    node.cached = node.n_groups >= 2 and node.end <= limit and saved >= min_shared and len(node.tokens) > 0
-    return saved if node.cached else 0
+def _mark_cached(root: Node, limit: int, min_shared: int) -> None:
+    """n_groups and `cached` of every node, per the rule in the module docstring (children first;
+    iterative: a long chain of nested contexts is a deep tree)."""
+    saved: dict[int, int] = {}  # id(node) -> tokens that caching it saves (0: not cached)
+    for node in reversed(list(_walk(root))):  # every child before its parent
+        kids = node.children.values()
+        node.n_groups = len(node.groups) + sum(c.n_groups for c in kids)
+        gain = (node.n_groups - 1) * len(node.tokens) + sum(saved[id(c)] for c in kids)
+        node.cached = node.n_groups >= 2 and node.end <= limit and gain >= min_shared and len(node.tokens) > 0
+        saved[id(node)] = gain if node.cached else 0
 
 
 def row_groups(node: Node) -> list[int]:
