@@ -184,6 +184,21 @@ def test_one_graph_fills_and_reads_and_the_root_without_a_plain_graph():
     assert torch.equal(greedy, want_greedy)
 
 
+def test_zero_shot_runs_only_the_plain_graph():
+    """Nothing worth caching: score_cached may be None and only the plain graph runs, on today's layout;
+    requests that do share a long prefix then need score_cached (a clear error)."""
+    model = model_of("tiny-gqa")
+    requests = [Request(q, c, (5, 6, 20 + q, 30 + q), (40 + c, 41), 1) for q in range(6) for c in range(4)]
+    plain = Counting(ScoreModule(model, greedy=True).eval())
+    runners = TreeRunners(None, KVLayout.of_args(model.args), score=plain)
+    loglik, greedy = score_tree(requests, runners, progress=False)
+    want, want_greedy = reference(model, requests)
+    torch.testing.assert_close(loglik, want, atol=ATOL, rtol=0)
+    assert torch.equal(greedy, want_greedy) and plain.calls == 1
+    with pytest.raises(ValueError, match="needs score_cached"):
+        score_tree(few_shot_requests(model), runners, min_shared_tokens=8, progress=False)
+
+
 def test_tokenizer_merging_across_the_boundary(tmp_path):
     """A byte-level BPE (merges whitespace runs): the few-shot prefix string ends in "\\n\\n", which
     tokenises as one token at the end of the prefix alone but splits differently before some

@@ -190,7 +190,9 @@ def plan_tree(requests: Sequence[Request], bytes_per_token: int, budget: int = D
 class TreeRunners:
     """What score_tree runs (graphopt.optimize results, or the eager modules themselves).
 
-    score_cached: ScoreModule(greedy=True) captured with a cache (prefix_cache.cached_example_inputs).
+    score_cached: ScoreModule(greedy=True) captured with a cache (prefix_cache.cached_example_inputs);
+        None is allowed when the plan caches nothing (plan_tree(...).stats["cached_nodes"] == 0, e.g. a
+        zero-shot task) and `score` is given: then only `score` runs, as today.
     layout: the K/V one cached token holds (KVLayout.of_graph(optimized.graph): a tensor-parallel rank's
         or a pruned model's kv heads; KVLayout.of_args(model.args) for an eager model).
     prefill: PrefillModule captured on cached_example_inputs(layout, prefill=True); None: score_cached
@@ -199,7 +201,7 @@ class TreeRunners:
     score: ScoreModule(greedy=True) without a cache, captured on a PackedScoreBatch's model_inputs():
         contexts with no cached prefix are scored by it exactly as today (and prefix_attention may run
         there); None: score_cached reading one hidden slot."""
-    score_cached: Callable
+    score_cached: Callable | None
     layout: KVLayout
     prefill: Callable | None = None
     score: Callable | None = None
@@ -248,6 +250,9 @@ def score_tree(requests: Sequence[Request], runners: TreeRunners, device="cpu", 
     budget: bytes of K/V on one root-to-leaf path. max_tokens: B * T of a batch of rows, and the
     tokens per forward when a cached node is computed. Identical requests get the first one's value."""
     plan = plan_tree(requests, runners.layout.bytes_per_token, budget, min_shared_tokens)
+    if runners.score_cached is None and (plan.stats["cached_nodes"] or runners.score is None):
+        raise ValueError("score_tree: these requests share prefixes worth caching (or no plain graph was given), "
+                         "so TreeRunners needs score_cached")
     n = len(requests)
     total = torch.zeros(n, dtype=torch.float64)
     greedy = torch.ones(n, dtype=torch.bool)
