@@ -258,3 +258,12 @@ def test_optimised_runners_equal_the_reference(pipeline):
     assert torch.equal(greedy, want_greedy)
     eager, _ = score_tree(requests, eager_runners(model), min_shared_tokens=8, progress=False)
     torch.testing.assert_close(loglik, eager, atol=ATOL, rtol=0)
+    # the smallest calls: a 1-token cached node at the root, rows of 1 token after a 2-token one
+    small = [Request(q, c, (1, 50 + q, 7), (60 + c,), 1) for q in range(4) for c in range(3)]
+    small += [Request(9 + q, c, (2, 3, 7 + q), (60 + c,), 1) for q in range(4) for c in range(3)]
+    plan = plan_tree(small, runners.layout.bytes_per_token, min_shared_tokens=2)
+    assert [(n.tokens, n.cached) for n in plan.root.children.values()] == [([1], True), ([2, 3], True)]
+    loglik, greedy = score_tree(small, runners, min_shared_tokens=2, progress=False)
+    want, want_greedy = reference(model, small)
+    torch.testing.assert_close(loglik, want, atol=ATOL, rtol=0)
+    assert torch.equal(greedy, want_greedy)

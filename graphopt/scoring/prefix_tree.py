@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from graphopt.scoring.batch import Request, all_by_owner, sum_by_owner
 from graphopt.scoring.pack_layout import PackedScoreBatch
-from graphopt.scoring.prefix_cache import KVLayout, PathCache, cached_mask, hidden_slot, rows_under_prefix
+from graphopt.scoring.prefix_cache import KVLayout, PathCache, cached_mask, rows_under_prefix, slot_mask
 from graphopt.scoring.requests import first_identical
 
 DEFAULT_BUDGET = 1 << 30  # bytes of K/V on one root-to-leaf path
@@ -200,7 +200,7 @@ class TreeRunners:
         returns its K/V).
     score: ScoreModule(greedy=True) without a cache, captured on a PackedScoreBatch's model_inputs():
         contexts with no cached prefix are scored by it exactly as today (and prefix_attention may run
-        there); None: score_cached reading one hidden slot."""
+        there); None: score_cached reading hidden slots."""
     score_cached: Callable | None
     layout: KVLayout
     prefill: Callable | None = None
@@ -209,13 +209,13 @@ class TreeRunners:
 
 def _prefill(runners: TreeRunners, node: Node, path: PathCache, max_tokens: int, device) -> None:
     """node's tokens -> their K/V in path[node.start:node.end], in chunks of max_tokens, each reading
-    the path before it (a hidden slot at position 0)."""
+    the path before it (at position 0: hidden slots only)."""
     for lo in range(node.start, node.end, max_tokens):
         hi = min(lo + max_tokens, node.end)
         ids = torch.tensor([node.tokens[lo - node.start:hi - node.start]], device=device)  # [1, m]
-        cache = path.read(lo, 1) if lo else hidden_slot(runners.layout, 1, device)
+        cache = path.read(lo, 1)
         causal = torch.ones(hi - lo, hi - lo, dtype=torch.bool, device=device).tril()
-        mask = torch.cat([torch.full((hi - lo, cache.shape[4]), lo > 0, device=device), causal], -1)[None]
+        mask = torch.cat([slot_mask(torch.ones(hi - lo, dtype=torch.bool, device=device), lo), causal], -1)[None]
         positions = torch.arange(lo, hi, device=device)[None]
         if runners.prefill is not None:
             new = runners.prefill(ids, positions, mask, cache)
@@ -225,17 +225,15 @@ def _prefill(runners: TreeRunners, node: Node, path: PathCache, max_tokens: int,
         path.write(lo, new)
 
 
-def _run_rows(runners: TreeRunners, batch: PackedScoreBatch, path: PathCache | None, start: int, device):
+def _run_rows(runners: TreeRunners, batch: PackedScoreBatch, path: PathCache, start: int, device):
     """One batch of rows after `start` cached positions -> (log-probs [N], greedy [N] bool)."""
     batch = batch.to(device)
     if start == 0 and runners.score is not None:
         out = runners.score(*batch.model_inputs())
     else:
-        B = batch.input_ids.shape[0]
-        cache = path.read(start, B) if start else hidden_slot(runners.layout, B, device)
-        mask = cached_mask(batch, cache.shape[4], visible=start > 0)
-        out = runners.score_cached(batch.input_ids, batch.positions, mask, batch.score_idx, batch.targets, None,
-                                   None, cache)
+        cache = path.read(start, batch.input_ids.shape[0])  # start 0: hidden slots only
+        out = runners.score_cached(batch.input_ids, batch.positions, cached_mask(batch, start), batch.score_idx,
+                                   batch.targets, None, None, cache)
     if not (isinstance(out, (tuple, list)) and len(out) >= 2 and out[1].dtype == torch.bool):
         raise TypeError("score_tree needs greedy scoring graphs: ScoreModule(model, greedy=True) returning "
                         "(log-probs, is_greedy)")
@@ -257,7 +255,7 @@ def score_tree(requests: Sequence[Request], runners: TreeRunners, device="cpu", 
     total = torch.zeros(n, dtype=torch.float64)
     greedy = torch.ones(n, dtype=torch.bool)
     seen = torch.zeros(n, dtype=torch.bool)
-    path = PathCache(runners.layout, plan.capacity, device) if plan.capacity else None
+    path = PathCache(runners.layout, plan.capacity, device)
     with torch.inference_mode(), tqdm(total=len(set(plan.unique)), unit="req", desc="scoring (prefix tree)",
                                       disable=not progress, leave=False) as bar:
         stack = [plan.root]
