@@ -1,4 +1,100 @@
-"""Suite-wide settings: tiny models run fastest (and most repeatably) on one thread on a 2-core machine."""
+"""Suite-wide settings and the fixtures several test modules share.
+
+Tiny models run fastest (and most repeatably) on one thread on a 2-core machine. The builders the
+fixtures use are plain functions in tests/_builders.py (spawned ranks import those by name); the
+transformers / GGUF checkpoints are written by tests/_family_models.py and tests/_gguf_files.py.
+Fixtures of the session are read-only: a test that changes what it gets makes its own copy first."""
+import copy
+import warnings
+
+import pytest
 import torch
 
+from graphopt.graph_capture import capture
+from tests._builders import choice_batch, distinct_score_inputs, score_inputs, score_module
+
 torch.set_num_threads(1)
+
+# the example batches a capture is made on: name -> (vocab -> ScoreModule inputs)
+EXAMPLES = {
+    "score": lambda vocab: score_inputs(2, 8, 5),  # B 2, T 8, N 5 random scored positions
+    "distinct": lambda vocab: distinct_score_inputs(2, 8, 5),  # ... distinct scored positions
+    "choices": lambda vocab: choice_batch(vocab=vocab)[0],  # the 8-question, 4-ending set
+}
+
+
+@pytest.fixture(scope="session")
+def captured():
+    """captured(preset, method="export", example="score", dtype=torch.float32) -> (eager ScoreModule
+    (random weights, seed 0), the example inputs, a fresh copy of its captured graph). Capturing is
+    the slow part, so each key is captured once per session and every call gets a deep copy of the
+    graph; the module and the inputs are shared and must not be changed."""
+    cache = {}
+
+    def get(preset: str, method: str = "export", example: str = "score", dtype: torch.dtype = torch.float32):
+        key = (preset, method, example, dtype)
+        if key not in cache:
+            module = score_module(preset).to(dtype)
+            inputs = EXAMPLES[example](module.model.args.vocab_size)
+            if method == "dynamo":
+                torch._dynamo.reset()
+            cache[key] = module, inputs, capture(module, inputs, method=method)
+        module, inputs, gm = cache[key]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return module, inputs, copy.deepcopy(gm)
+    return get
+
+
+# ---------------------------------------------------------------- transformers checkpoints of the families
+
+
+@pytest.fixture(scope="session")
+def hf_rope_scaled(tmp_path_factory):
+    """{kind: (transformers logits on IDS, directory)} for tiny LlamaForCausalLMs with llama3 / linear
+    RoPE scaling."""
+    from tests._family_models import COMMON, LINEAR, LLAMA3, save_hf_model, transformers
+    out = {}
+    for kind, params in (("llama3", LLAMA3), ("linear", LINEAR)):
+        d = tmp_path_factory.mktemp(kind)
+        cfg = transformers.LlamaConfig(**COMMON, rope_parameters=dict(params))
+        out[kind] = save_hf_model(transformers.LlamaForCausalLM, cfg, d, seed=5)[1], d
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_qwen3(tmp_path_factory):
+    """(transformers Qwen3ForCausalLM, its logits on IDS, directory): head_dim 24, q/k norms."""
+    from tests._family_models import COMMON, save_hf_model, transformers
+    d = tmp_path_factory.mktemp("qwen3")
+    cfg = transformers.Qwen3Config(**{**COMMON, "rms_norm_eps": 1e-6}, head_dim=24, rope_theta=1e6,
+                                   attention_bias=False)
+    hf, want = save_hf_model(transformers.Qwen3ForCausalLM, cfg, d, seed=6)
+    return hf, want, d
+
+
+@pytest.fixture(scope="session")
+def hf_mistral(tmp_path_factory):
+    """(transformers logits on IDS, directory) of a MistralForCausalLM with sliding window 8."""
+    from tests._family_models import COMMON, save_hf_model, transformers
+    d = tmp_path_factory.mktemp("mistral")
+    cfg = transformers.MistralConfig(**COMMON, sliding_window=8)
+    return save_hf_model(transformers.MistralForCausalLM, cfg, d, seed=10)[1], d
+
+
+# ---------------------------------------------------------------- GGUF
+
+
+@pytest.fixture(scope="session")
+def gguf_tokenizer():
+    """A byte-level BPE trained here: (tokens, merges, token types, PreTrainedTokenizerFast)."""
+    from tests._gguf_files import train_tokenizer
+    return train_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def gguf_ids(gguf_tokenizer):
+    """[1, 24] token ids of the first two TEXT sentences under gguf_tokenizer."""
+    from tests._gguf_files import TEXT
+    fast = gguf_tokenizer[3]
+    return torch.tensor([fast.encode(" ".join(TEXT[:2]), add_special_tokens=False)[:24]])

@@ -1,0 +1,110 @@
+"""What the tests build again and again: random models of the presets (and of odd layouts the presets
+lack), their ScoreModules, causal example batches, a multiple-choice set, transformers models with
+peaked random weights. Plain functions, so that spawned ranks (tests/_dist_workers.py) import them by
+name as test modules do; the fixtures over them (a session's captures, shared checkpoints) are in
+tests/conftest.py."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from graphopt.model.args import ModelArgs
+from graphopt.model.llama import Transformer, init_random_weights
+from graphopt.scoring.batch import ScoreModule
+
+# layouts the presets lack: odd head counts (9 query heads in 3 kv groups), tied tables, vocab and dims
+# divisible by 3
+ODD_PRESETS = {
+    "gqa-9-3-tied": ModelArgs(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=513, multiple_of=32,
+                              max_seq_len=64, tie_embeddings=True),
+    "gqa-9-3": ModelArgs(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=512, multiple_of=32,
+                         max_seq_len=64, tie_embeddings=True),
+    "gqa-6-2": ModelArgs(dim=72, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=512, multiple_of=32, max_seq_len=64),
+    "mha-8": ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=8, vocab_size=512, multiple_of=32, max_seq_len=64),
+}
+
+
+def model_args(preset: str | ModelArgs, **changes) -> ModelArgs:
+    """A preset's ModelArgs (ModelArgs.from_name or ODD_PRESETS), with `changes` (e.g. n_layers=1)."""
+    args = preset if isinstance(preset, ModelArgs) else ODD_PRESETS.get(preset) or ModelArgs.from_name(preset)
+    return replace(args, **changes) if changes else args
+
+
+def random_model(preset: str | ModelArgs, seed: int = 0, **changes) -> Transformer:
+    """The preset's Transformer with init_random_weights(seed), in eval mode."""
+    return init_random_weights(Transformer(model_args(preset, **changes)), seed=seed).eval()
+
+
+def score_module(preset: str | ModelArgs, seed: int = 0, **changes) -> ScoreModule:
+    """ScoreModule(random_model(...)) in eval mode: what graphopt captures."""
+    return ScoreModule(random_model(preset, seed, **changes)).eval()
+
+
+def _causal(B: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.arange(T).expand(B, T).contiguous()  # [B, T]
+    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()  # [B, T, T]
+    return pos, mask
+
+
+def score_inputs(B: int, T: int, N: int, vocab: int = 512, seed: int = 0) -> tuple:
+    """ScoreModule inputs: random ids [B, T], causal mask, N random scored positions (repeats allowed),
+    random targets [N]."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T), generator=g)
+    pos, mask = _causal(B, T)
+    score_idx = torch.randint(0, B * T, (N,), generator=g)
+    targets = torch.randint(0, vocab, (N,), generator=g)
+    return ids, pos, mask, score_idx, targets
+
+
+def distinct_score_inputs(B: int, T: int, N: int, vocab: int = 512, seed: int = 0) -> tuple:
+    """As score_inputs, but the N scored positions are distinct (as a real layout's are)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T), generator=g)
+    pos, mask = _causal(B, T)
+    idx = torch.randperm(B * T, generator=g)[:N]
+    return ids, pos, mask, idx, torch.randint(0, vocab, (N,), generator=g)
+
+
+def causal_batch(vocab: int, B: int = 2, T: int = 8, seed: int = 1) -> tuple:
+    """Random tokens, causal mask, every position but the last of each row scored against the next token."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T), generator=g)
+    pos, mask = _causal(B, T)
+    score_idx = torch.tensor([b * T + t for b in range(B) for t in range(T - 1)])
+    targets = ids.reshape(-1)[score_idx + 1]
+    return ids, pos, mask, score_idx, targets
+
+
+def choice_batch(n_questions: int = 8, n_choices: int = 4, ctx_len: int = 10, cont_len: int = 4, vocab: int = 512,
+                 seed: int = 0):
+    """A synthetic multiple-choice set, one row per (question, ending): a shared random context, a
+    random ending; the last cont_len next-token predictions are scored.
+    -> (model inputs, owners [N] (row of each scored token), n_questions, n_choices)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, B, T = [], n_questions * n_choices, ctx_len + cont_len - 1
+    for _ in range(n_questions):
+        ctx = torch.randint(0, vocab, (ctx_len,), generator=g)
+        for _ in range(n_choices):
+            rows.append(torch.cat([ctx, torch.randint(0, vocab, (cont_len,), generator=g)]))
+    full = torch.stack(rows)  # [B, T + 1]
+    pos, mask = _causal(B, T)
+    cols = torch.arange(ctx_len - 1, T)  # positions predicting the continuation
+    score_idx = (torch.arange(B)[:, None] * T + cols).flatten()
+    targets = full[:, ctx_len:].flatten()
+    owners = torch.arange(B).repeat_interleave(cont_len)
+    return (full[:, :-1].contiguous(), pos, mask, score_idx, targets), owners, n_questions, n_choices
+
+
+def randomize_hf(model, seed: int):
+    """A transformers model's weights large enough that attention is peaked (a wrong q/k row order
+    changes the logits a lot), norms distinct from 1 (a swapped norm shows)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
+    return model.eval()
