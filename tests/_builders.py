@@ -1,8 +1,8 @@
 """What the tests build again and again: random models of the presets (and of odd layouts the presets
 lack), their ScoreModules, causal example batches, a multiple-choice set, transformers models with
-peaked random weights. Plain functions, so that spawned ranks (tests/_dist_workers.py) import them by
-name as test modules do; the fixtures over them (a session's captures, shared checkpoints) are in
-tests/conftest.py."""
+peaked random weights, a checkpoint's reference log-likelihoods, the sharded runner tests' YAML.
+Plain functions, so that spawned ranks (tests/_dist_workers.py) import them by name as test modules
+do; the fixtures over them (a session's captures, shared checkpoints) are in tests/conftest.py."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -11,7 +11,7 @@ import torch
 
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.scoring.batch import ScoreModule
+from graphopt.scoring.batch import ScoreModule, sum_by_owner
 
 # layouts the presets lack: odd head counts (9 query heads in 3 kv groups), tied tables, vocab and dims
 # divisible by 3
@@ -97,6 +97,12 @@ def choice_batch(n_questions: int = 8, n_choices: int = 4, ctx_len: int = 10, co
     return (full[:, :-1].contiguous(), pos, mask, score_idx, targets), owners, n_questions, n_choices
 
 
+def chosen_endings(token_logprobs: torch.Tensor, owners: torch.Tensor, n_questions: int, n_choices: int) -> torch.Tensor:
+    """The ending each question of a choice_batch picks: per-row sums of the scored tokens' log-probs,
+    argmax over the question's rows -> [n_questions]."""
+    return sum_by_owner(token_logprobs, owners, n_questions * n_choices).view(n_questions, n_choices).argmax(-1)
+
+
 def randomize_hf(model, seed: int):
     """A transformers model's weights large enough that attention is peaked (a wrong q/k row order
     changes the logits a lot), norms distinct from 1 (a swapped norm shows)."""
@@ -108,3 +114,27 @@ def randomize_hf(model, seed: int):
             else:
                 p.copy_(0.15 * torch.randn(p.shape, generator=gen))
     return model.eval()
+
+
+def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
+    """(requests' batches, n_requests, log-likelihoods [n] float64) of a checkpoint loaded whole in this
+    process, the eager model scoring the synthetic HellaSwag set's first `limit` rows."""
+    from graphopt.checkpoints import load_model
+    from graphopt.data import load_hellaswag
+    from graphopt.scoring.evaluate import score_requests
+    from graphopt.scoring.requests import build_requests
+    from graphopt.scoring.strategies import build_batches
+    model, tokenizer = load_model(ckpt, tokenizer="word-hash")  # random weights, no tokenizer file
+    requests = build_requests(load_hellaswag(None, limit=limit), tokenizer)
+    batches = build_batches(requests, strategy)
+    with torch.no_grad():
+        return batches, len(requests), score_requests(ScoreModule(model).eval(), batches, len(requests), False)
+
+
+def sharded_sweep_yaml(name: str, model, out, world_size: int, limit: int, runs: str, data_parallel: int | None = None) -> str:
+    """An experiment YAML for the sharded runner tests: eager per-pair reference, shared-prefix scoring,
+    no warm-up, one timed pass; `runs` is the YAML text of its runs list (indented items)."""
+    dp = "" if data_parallel is None else f"data_parallel: {data_parallel}\n"
+    return (f"name: {name}\nmodel: {model}\nworld_size: {world_size}\n{dp}data: {{limit: {limit}}}\nwarmup: 0\n"
+            f"repeats: 1\noutput_dir: {out}\nreference: {{capture: none, scoring: {{strategy: per_pair}}}}\n"
+            f"scoring: {{strategy: shared_prefix}}\nruns:\n{runs}")

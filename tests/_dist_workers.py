@@ -4,49 +4,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from graphopt.graph_capture import capture
+from tests._builders import causal_batch, score_checkpoint, score_module
+
 
 def echo_rank():
     t = torch.tensor([float(dist.get_rank() + 1)])
     dist.all_reduce(t)
     return {"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": t.item()}
-
-
-# ---------------------------------------------------------------- shared helpers
-
-# odd layouts the presets lack: 9 query heads in 3 kv groups, tied embeddings, vocab and dims divisible by 3
-ODD_PRESETS = {"gqa-9-3-tied": dict(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=513, multiple_of=32,
-                                    max_seq_len=64, tie_embeddings=True)}
-
-
-def model_args(preset: str):
-    from graphopt.model.args import ModelArgs
-    return ModelArgs(**ODD_PRESETS[preset]) if preset in ODD_PRESETS else ModelArgs.from_name(preset)
-
-
-def build_score_module(preset: str, seed: int = 0, n_layers: int | None = None):
-    from dataclasses import replace
-    from graphopt.model.llama import Transformer, init_random_weights
-    from graphopt.scoring.batch import ScoreModule
-    args = model_args(preset)
-    if n_layers is not None:
-        args = replace(args, n_layers=n_layers)
-    return args, ScoreModule(init_random_weights(Transformer(args), seed=seed).eval())
-
-
-def example_batch(args, B: int = 2, T: int = 8, seed: int = 1):
-    """Random tokens, causal mask, every position but the first of each row scored."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, args.vocab_size, (B, T), generator=g)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    score_idx = torch.tensor([b * T + t for b in range(B) for t in range(T - 1)])
-    targets = ids.reshape(-1)[score_idx + 1]
-    return ids, pos, mask, score_idx, targets
-
-
-def capture_graph(module, inputs):
-    from graphopt.graph_capture import capture
-    return capture(module, inputs, method="export", dynamic=True)
 
 
 def _sharded_layer_bytes(gm) -> int:
@@ -70,9 +35,10 @@ def tp_worker(cases):
     out, captured = [], {}
     for preset, options, before in cases:
         if preset not in captured:
-            args, sm = build_score_module(preset)
-            inputs = example_batch(args)
-            captured[preset] = (args, sm, inputs, capture_graph(sm, inputs))
+            sm = score_module(preset)
+            args = sm.model.args
+            inputs = causal_batch(args.vocab_size)
+            captured[preset] = (args, sm, inputs, capture(sm, inputs))
         args, sm, inputs, gm0 = captured[preset]
         gm = copy.deepcopy(gm0)
         with torch.no_grad():
@@ -87,7 +53,7 @@ def tp_worker(cases):
         with torch.no_grad():
             got = gm(*inputs)
             # a second, differently shaped batch through the same (dynamic) sharded graph
-            inputs2 = example_batch(args, B=3, T=5, seed=7)
+            inputs2 = causal_batch(args.vocab_size, B=3, T=5, seed=7)
             got2, ref2 = gm(*inputs2), sm(*inputs2)
         n_ar = sum(1 for n in gm.graph.nodes if n.target is ALL_REDUCE)
         out.append({"preset": preset, "options": dict(options), "before": [str(b) for b in before],
@@ -102,7 +68,8 @@ def tp_worker(cases):
 def dtensor_score_module(preset: str):
     """The peer: the eager model sharded by torch.distributed.tensor.parallel (DTensor), gpt-fast style."""
     from graphopt.distributed.dtensor_peer import parallelize_dtensor
-    args, sm = build_score_module(preset)
+    sm = score_module(preset)
+    args = sm.model.args
     parallelize_dtensor(sm.model)
     return args, sm
 
@@ -114,8 +81,8 @@ def tp_and_peer_worker(cases, peer_presets):
     peers = []
     for preset in peer_presets:
         args, sm = dtensor_score_module(preset)
-        _, ref_sm = build_score_module(preset)
-        inputs = example_batch(args)
+        ref_sm = score_module(preset)
+        inputs = causal_batch(args.vocab_size)
         with torch.no_grad():
             peer, ref = sm(*inputs), ref_sm(*inputs)
         peers.append({"preset": preset, "diff": (peer - ref).abs().max().item()})
@@ -136,11 +103,12 @@ def load_shard_worker(cases):
     from graphopt.scoring.batch import ScoreModule
     rank, ws = dist.get_rank(), dist.get_world_size()
     preset = "tiny"
-    args, ref_sm = build_score_module(preset)
-    inputs = example_batch(args)
+    ref_sm = score_module(preset)
+    args = ref_sm.model.args
+    inputs = causal_batch(args.vocab_size)
     with torch.device("meta"):
         meta_sm = ScoreModule(Transformer(args)).eval()
-    gm0 = capture_graph(meta_sm, tuple(t.to("meta") for t in inputs))
+    gm0 = capture(meta_sm, tuple(t.to("meta") for t in inputs))
     retarget_device(gm0, "cpu")
     out = []
     for ckpt, options in cases:
@@ -188,9 +156,10 @@ def pipeline_worker(preset: str, n_layers: int, n_micro_list):
     from graphopt.distributed.pipeline_run import drop_other_stages, run_pipeline_rank
     from graphopt.pipeline import PassContext, run_passes
     rank, ws = dist.get_rank(), dist.get_world_size()
-    args, sm = build_score_module(preset, n_layers=n_layers)
-    inputs = example_batch(args, B=4, T=6)
-    gm = capture_graph(sm, inputs)
+    sm = score_module(preset, n_layers=n_layers)
+    args = sm.model.args
+    inputs = causal_batch(args.vocab_size, B=4, T=6)
+    gm = capture(sm, inputs)
     with torch.no_grad():
         ref = gm(*inputs)
     full = _sharded_layer_bytes(gm)
@@ -214,11 +183,12 @@ def tied_tp_worker(preset: str, cases):
     from graphopt.runner.worker import count_params
     aten = torch.ops.aten
     rank, ws = dist.get_rank(), dist.get_world_size()
-    args, sm = build_score_module(preset)
+    sm = score_module(preset)
+    args = sm.model.args
     V, D = args.vocab_size, args.dim
     cuts = {(V, D), (V // ws, D), (V, D // ws)}  # whole table, vocab slice (head), dim slice (lookup)
-    inputs = example_batch(args)
-    gm0 = capture_graph(sm, inputs)
+    inputs = causal_batch(args.vocab_size)
+    gm0 = capture(sm, inputs)
     with torch.no_grad():
         ref = gm0(*inputs)
     out = []
@@ -239,22 +209,6 @@ def tied_tp_worker(preset: str, cases):
                     "table_shapes": sorted(tables.values()), "one_storage": reads["lookup"] == reads["head"],
                     "embedding": recs[0].stats["embedding"], "vocab_logprob": recs[0].stats["vocab_logprob"]})
     return out
-
-
-def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
-    """(requests' batches, n_requests, log-likelihoods [n] float64) of a checkpoint loaded whole in this
-    process, the eager model scoring the synthetic HellaSwag set's first `limit` rows."""
-    from graphopt.checkpoints import load_model
-    from graphopt.data import load_hellaswag
-    from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.evaluate import score_requests
-    from graphopt.scoring.requests import build_requests
-    from graphopt.scoring.strategies import build_batches
-    model, tokenizer = load_model(ckpt, tokenizer="word-hash")  # random weights, no tokenizer file
-    requests = build_requests(load_hellaswag(None, limit=limit), tokenizer)
-    batches = build_batches(requests, strategy)
-    with torch.no_grad():
-        return batches, len(requests), score_requests(ScoreModule(model).eval(), batches, len(requests), False)
 
 
 def _reads(gm, role_ops) -> dict:
@@ -349,23 +303,15 @@ def tp_per_pair_worker(presets):
     rank, ws = dist.get_rank(), dist.get_world_size()
     out = []
     for preset in presets:
-        args, sm = build_score_module(preset)
-        inputs = example_batch(args, B=1, T=7, seed=3)
-        gm = capture_graph(sm, inputs)
+        sm = score_module(preset)
+        args = sm.model.args
+        inputs = causal_batch(args.vocab_size, B=1, T=7, seed=3)
+        gm = capture(sm, inputs)
         ctx = PassContext(example_inputs=inputs, model_args=args, rank=rank, world_size=ws)
         gm, _ = run_passes(gm, ["tensor_parallel"], ctx)
         diff = 0.0
         with torch.no_grad():
-            for x in (inputs, example_batch(args, B=1, T=11, seed=4)):
+            for x in (inputs, causal_batch(args.vocab_size, B=1, T=11, seed=4)):
                 diff = max(diff, (gm(*x) - sm(*x)).abs().max().item())
         out.append((preset, diff))
     return out
-
-
-def sharded_sweep_yaml(name: str, model, out, world_size: int, limit: int, runs: str, data_parallel: int | None = None) -> str:
-    """An experiment YAML for the sharded runner tests: eager per-pair reference, shared-prefix scoring,
-    no warm-up, one timed pass; `runs` is the YAML text of its runs list (indented items)."""
-    dp = "" if data_parallel is None else f"data_parallel: {data_parallel}\n"
-    return (f"name: {name}\nmodel: {model}\nworld_size: {world_size}\n{dp}data: {{limit: {limit}}}\nwarmup: 0\n"
-            f"repeats: 1\noutput_dir: {out}\nreference: {{capture: none, scoring: {{strategy: per_pair}}}}\n"
-            f"scoring: {{strategy: shared_prefix}}\nruns:\n{runs}")

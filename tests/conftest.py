@@ -24,8 +24,8 @@ EXAMPLES = {
 
 
 @pytest.fixture(scope="session")
-def captured():
-    """captured(preset, method="export", example="score", dtype=torch.float32) -> (eager ScoreModule
+def captures():
+    """captures(preset, method="export", example="score", dtype=torch.float32) -> (eager ScoreModule
     (random weights, seed 0), the example inputs, a fresh copy of its captured graph). Capturing is
     the slow part, so each key is captured once per session and every call gets a deep copy of the
     graph; the module and the inputs are shared and must not be changed."""

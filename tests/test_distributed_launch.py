@@ -10,6 +10,7 @@ import pytest
 from graphopt.checkpoints.save import save_meta_checkpoint
 from graphopt.distributed.launch import LaunchError, launch
 from tests import _dist_workers as W
+from tests._builders import score_module
 
 TOL = 1e-5
 
@@ -29,7 +30,8 @@ def test_launch_results_and_failing_rank():
 
 def test_load_shard_meta_one_file_per_rank_and_safetensors(tmp_path):
     from safetensors.torch import save_file
-    args, sm = W.build_score_module("tiny")
+    sm = score_module("tiny")
+    args = sm.model.args
     meta_dir = save_meta_checkpoint(sm.model, tmp_path / "meta4", n_shards=4)
     st = tmp_path / "model.safetensors"  # Meta key names, one file: read as lazy slices
     save_file({k: v.contiguous() for k, v in sm.model.state_dict().items()}, str(st))

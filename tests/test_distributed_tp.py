@@ -14,6 +14,7 @@ from graphopt.distributed.plan import head_layout, shard_slice
 from graphopt.model.args import ModelArgs
 from graphopt.pipeline import PassContext, PassError, get_pass, run_passes
 from tests import _dist_workers as W
+from tests._builders import model_args
 
 TOL = 1e-5
 
@@ -49,7 +50,7 @@ def _check(results: list, ws: int) -> None:
     assert len(results) == ws
     for rank_results in results:
         for r in rank_results:
-            args = W.model_args(r["preset"])
+            args = model_args(r["preset"])
             where = f"rank of {ws}, {r['preset']} {r['options']} after {r['before']}"
             assert r["diff"] <= TOL, f"{where}: sharded vs unsharded graph differ by {r['diff']}"
             assert r["diff_eager"] <= TOL, f"{where}: sharded graph vs eager differ by {r['diff_eager']}"
@@ -92,7 +93,7 @@ def test_head_layout_gqa_replication():
 
 
 def test_tensor_parallel_needs_a_process_group():
-    args, sm = W.build_score_module("tiny")
+    args = model_args("tiny")
     gm = torch.fx.symbolic_trace(torch.nn.Linear(2, 2))  # never reached: the check comes first
     with pytest.raises(PassError, match="torch.distributed initialised"):
         run_passes(gm, ["tensor_parallel"], PassContext(model_args=args, rank=0, world_size=2))

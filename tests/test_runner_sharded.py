@@ -7,7 +7,7 @@ import pytest
 
 from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
-from graphopt.model import ModelArgs, Transformer, init_random_weights
+from graphopt.model import ModelArgs, Transformer
 from graphopt.optimize_model import Optimized
 from graphopt.pipeline import parse_pipeline
 from graphopt.runner import worker
@@ -15,7 +15,8 @@ from graphopt.runner.schema import ScoringConfig
 from graphopt.runner.sweep import ResolvedRun
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.schema import load_config
-from tests import _dist_workers as W
+from graphopt.graph_capture import capture
+from tests._builders import causal_batch, random_model, score_module, sharded_sweep_yaml
 
 pytestmark = pytest.mark.distributed
 
@@ -30,11 +31,11 @@ RUNS = """\
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")
-    model = init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=4)
+    model = random_model("tiny", seed=4)
     save_meta_checkpoint(model, tmp / "ckpt", n_shards=2)
     write_word_hash_tokenizer(tmp / "ckpt", model.args.vocab_size)  # random weights: the test tokenizer
     cfg = tmp / "sharded.yaml"
-    cfg.write_text(W.sharded_sweep_yaml("sharded", tmp / "ckpt", tmp / "out", 2, 3, RUNS))
+    cfg.write_text(sharded_sweep_yaml("sharded", tmp / "ckpt", tmp / "out", 2, 3, RUNS))
     return load_config(cfg), run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
 
 
@@ -55,8 +56,9 @@ def test_only_sharding_export_runs_load_shards(table):
 
 def test_one_stage_per_rank_needs_one_stage_per_rank():
     from graphopt.pipeline import PassContext, run_passes
-    args, sm = W.build_score_module("tiny")
-    gm = W.capture_graph(sm, W.example_batch(args))
+    sm = score_module("tiny")
+    args = sm.model.args
+    gm = capture(sm, causal_batch(args.vocab_size))
     split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))
     opt = Optimized(split, split)
     assert worker.StagePerRank(opt, 2).graph is split

@@ -22,7 +22,7 @@ from graphopt.distributed.launch import launch
 from graphopt.distributed.plan import head_layout
 from graphopt.model.args import ModelArgs
 from tests import _dist_workers as W
-from tests.test_checkpoints import _randomize
+from tests._builders import model_args, random_model, randomize_hf, score_checkpoint, sharded_sweep_yaml
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.distributed
@@ -38,7 +38,7 @@ def _save_tied_hf(args: ModelArgs, path, seed: int) -> str:
                                    max_position_embeddings=max(args.max_seq_len, 256),  # the requests' length
                                    tie_word_embeddings=True,
                                    rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta)
-    hf = _randomize(transformers.LlamaForCausalLM(cfg), seed)  # peaked attention: a wrong q/k row order shows
+    hf = randomize_hf(transformers.LlamaForCausalLM(cfg), seed)  # peaked attention: a wrong q/k row order shows
     with torch.no_grad():  # a smaller table: logits ~1/5 (requests ~-30 nats, where fp32 resolves 1e-5 well);
         hf.model.embed_tokens.weight.mul_(0.2)  # the layers see it through RMSNorm, unchanged
     assert hf.lm_head.weight is hf.model.embed_tokens.weight
@@ -49,7 +49,7 @@ def _save_tied_hf(args: ModelArgs, path, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_tied(tmp_path_factory):
-    return _save_tied_hf(W.model_args("tiny-tied"), tmp_path_factory.mktemp("tiny_tied"), seed=3)
+    return _save_tied_hf(model_args("tiny-tied"), tmp_path_factory.mktemp("tiny_tied"), seed=3)
 
 
 def _layer_shapes(args: ModelArgs, ws: int) -> dict:
@@ -88,8 +88,8 @@ def _meta_model(args: ModelArgs):
 
 
 def test_tied_checkpoint_world2_tensor_parallel_and_pipeline(tiny_tied):
-    args = W.model_args("tiny-tied")
-    _, _, ref = W.score_checkpoint(tiny_tied, LIMIT)
+    args = model_args("tiny-tied")
+    _, _, ref = score_checkpoint(tiny_tied, LIMIT)
     cases = [{}, {"vocab_parallel": True}, "pipeline"]
     res = [r[0] for r in launch(W.tied_checkpoint_worker, 2, args=([(tiny_tied, cases)], LIMIT), timeout_s=400)]
     _check_tp([r[:2] for r in res], args, 2, ref)
@@ -110,18 +110,16 @@ def test_tied_checkpoint_world2_tensor_parallel_and_pipeline(tiny_tied):
 
 @pytest.fixture(scope="module")
 def gqa_9_3_tied(tmp_path_factory):
-    return _save_tied_hf(W.model_args("gqa-9-3-tied"), tmp_path_factory.mktemp("gqa_9_3_tied"), seed=4)
+    return _save_tied_hf(model_args("gqa-9-3-tied"), tmp_path_factory.mktemp("gqa_9_3_tied"), seed=4)
 
 
 @pytest.fixture(scope="module")
 def gqa_9_3_tied_meta(tmp_path_factory):
     """The same layout as a Meta checkpoint: 3 consolidated files, tok_embeddings split along dim, no output."""
-    from dataclasses import replace
     from graphopt.checkpoints import save_meta_checkpoint
-    from graphopt.model.llama import Transformer, init_random_weights
     path = tmp_path_factory.mktemp("gqa_9_3_tied_meta")
-    args = replace(W.model_args("gqa-9-3-tied"), max_seq_len=256)  # the requests' length
-    save_meta_checkpoint(init_random_weights(Transformer(args), seed=5), path, n_shards=3)
+    args = model_args("gqa-9-3-tied", max_seq_len=256)  # the requests' length
+    save_meta_checkpoint(random_model(args, seed=5), path, n_shards=3)
     write_word_hash_tokenizer(path, args.vocab_size)
     return str(path)
 
@@ -129,12 +127,12 @@ def gqa_9_3_tied_meta(tmp_path_factory):
 def test_tied_checkpoint_world3_odd_gqa(gqa_9_3_tied, gqa_9_3_tied_meta):
     """9 query / 3 kv heads on 3 ranks: 3 query heads and 1 kv head each; vocab 513 = 3 x 171; from a
     Hugging Face directory and from a 3-file Meta checkpoint (which has no output.weight)."""
-    args = W.model_args("gqa-9-3-tied")
+    args = model_args("gqa-9-3-tied")
     ckpts = [gqa_9_3_tied, gqa_9_3_tied_meta]
     cases = [{}, {"vocab_parallel": True}]
     res = launch(W.tied_checkpoint_worker, 3, args=([(c, cases) for c in ckpts], LIMIT), timeout_s=400)
     for i, ckpt in enumerate(ckpts):
-        _, _, ref = W.score_checkpoint(ckpt, LIMIT)
+        _, _, ref = score_checkpoint(ckpt, LIMIT)
         _check_tp([r[i] for r in res], args, 3, ref)
 
 
@@ -157,13 +155,13 @@ def test_runner_sweep_on_the_tied_checkpoint(tiny_tied, tmp_path):
     from graphopt.runner.execute import run_experiment
     from graphopt.runner.schema import load_config
     cfg = tmp_path / "tied.yaml"
-    cfg.write_text(W.sharded_sweep_yaml("sharded-tied", tiny_tied, tmp_path / "out", 2, 2, RUNNER_RUNS))
+    cfg.write_text(sharded_sweep_yaml("sharded-tied", tiny_tied, tmp_path / "out", 2, 2, RUNNER_RUNS))
     df = run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
     assert list(df["status"]) == ["ok"] * 7, df[["run", "error"]].to_string()
     runs = df[~df["is_reference"]].set_index("run")
     assert (runs["max_abs_dloglik"] <= TOL).all() and (runs["agree"] == 1.0).all(), runs["max_abs_dloglik"]
     assert list(runs["weights_loaded"]) == ["rank shard"] * 6
-    args = W.model_args("tiny-tied")
+    args = model_args("tiny-tied")
     V, D, L = args.vocab_size, args.dim, args.n_layers
     layer = sum(p.numel() for p in _meta_model(args).layers[0].parameters())
     sharded_layer = layer - 2 * D  # norms stay whole

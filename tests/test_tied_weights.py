@@ -26,21 +26,18 @@ from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.distributed.launch import launch
 from graphopt.distributed.plan import head_layout
 from graphopt.graph_attrs import attr, held_numel
-from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pipeline import PassContext, run_passes
 from graphopt.runner.worker import count_params
 from graphopt.scoring.batch import ScoreModule
 from tests import _dist_workers as W
-from tests.test_passes_dtype import _choice_set, _choices
+from tests._builders import choice_batch, chosen_endings, model_args, random_model
 from tests.test_passes_prune import _silenced
 
 aten = torch.ops.aten
 LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
 TOL = {"exact": 1e-4, "bfloat16": 0.1, "int8": 0.3}
 MODELS = ["tiny-tied", "gqa-9-3-tied"]  # gqa-9-3-tied: 9 query / 3 kv heads, dim 72, vocab 513
-_CAPTURED = {}
 
 
 def _n_params(args: ModelArgs) -> int:
@@ -57,18 +54,14 @@ def _layer_channels(args: ModelArgs) -> int:
     return args.n_layers * (args.n_heads * hd + 2 * args.n_kv_heads * hd + 2 * args.dim + 2 * args.hidden_dim)
 
 
-def _setup(name: str, method: str):
-    """(args, eager ScoreModule, inputs, owners, n_questions, n_choices, captured graph), captured once."""
-    if (name, method) not in _CAPTURED:
-        args = W.model_args(name)
-        score = ScoreModule(init_random_weights(Transformer(args)).eval())
-        assert score.model.output.weight is score.model.tok_embeddings.weight
-        assert sum(p.numel() for p in score.parameters()) == _n_params(args)
-        inputs, owners, nq, nc = _choice_set(vocab=args.vocab_size)
-        if method == "dynamo":
-            torch._dynamo.reset()
-        _CAPTURED[name, method] = (args, score, inputs, owners, nq, nc, capture(score, inputs, method=method))
-    return _CAPTURED[name, method]
+def _setup(captures, name: str, method: str):
+    """(args, eager ScoreModule, inputs, owners, n_questions, n_choices, captured graph) on the choice set."""
+    score, inputs, captured = captures(name, method, example="choices")
+    args = score.model.args
+    assert score.model.output.weight is score.model.tok_embeddings.weight
+    assert sum(p.numel() for p in score.parameters()) == _n_params(args)
+    _, owners, nq, nc = choice_batch(vocab=args.vocab_size)
+    return args, score, inputs, owners, nq, nc, captured
 
 
 def _tables(gm, args) -> dict:
@@ -103,7 +96,7 @@ def _check_outputs(got, ref, tol, owners, nq, nc):
     assert got.dtype == torch.float32
     assert (got - ref).abs().max().item() <= TOL[tol], (got - ref).abs().max().item()
     if tol != "exact":
-        assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+        assert torch.equal(chosen_endings(got, owners, nq, nc), chosen_endings(ref, owners, nq, nc))
 
 
 # pipeline -> (tolerance, the table as held afterwards: one entry per storage, elements held beyond the
@@ -129,8 +122,8 @@ PIPELINES = {
 @pytest.mark.parametrize("method", ["export", "dynamo"])
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("case", list(PIPELINES))
-def test_a_pass_keeps_the_tied_table_one_tensor(case, model, method):
-    args, score, inputs, owners, nq, nc, captured = _setup(model, method)
+def test_a_pass_keeps_the_tied_table_one_tensor(captures, case, model, method):
+    args, score, inputs, owners, nq, nc, captured = _setup(captures, model, method)
     pipeline, tol, tables, extra = PIPELINES[case]
     with torch.no_grad():
         ref = captured(*inputs)
@@ -145,8 +138,8 @@ def test_a_pass_keeps_the_tied_table_one_tensor(case, model, method):
 
 @pytest.mark.parametrize("method", ["export", "dynamo"])
 @pytest.mark.parametrize("model", MODELS)
-def test_prune_structured_leaves_the_tied_table_alone(model, method):
-    args, score, inputs, owners, nq, nc, captured = _setup(model, method)
+def test_prune_structured_leaves_the_tied_table_alone(captures, model, method):
+    args, score, inputs, owners, nq, nc, captured = _setup(captures, model, method)
     ratio = 0.4
     gm, (rec,) = run_passes(copy.deepcopy(captured), [("prune_structured", {"ratio": ratio, "what": "both"})],
                             PassContext(example_inputs=inputs, model_args=args))
@@ -166,9 +159,9 @@ def test_prune_structured_leaves_the_tied_table_alone(model, method):
 def test_optimize_counts_the_tied_table_once(pipeline, method):
     """SmolLM2-135M (tied, 9/3 heads) went from 134.5M to 162.8M parameters in a cast_dtype row: its
     vocab x dim counted, and held, twice. The same shape of model through graphopt.optimize."""
-    args = W.model_args("gqa-9-3-tied")
-    model = init_random_weights(Transformer(args)).eval()
-    inputs, owners, nq, nc = _choice_set(vocab=args.vocab_size)
+    args = model_args("gqa-9-3-tied")
+    model = random_model(args)
+    inputs, owners, nq, nc = choice_batch(vocab=args.vocab_size)
     torch._dynamo.reset()
     opt = graphopt.optimize(ScoreModule(model), inputs, pipeline, capture=method)
     with torch.no_grad():
@@ -187,7 +180,7 @@ def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed():
     cases = [{}, {"vocab_parallel": True}, {"embedding_parallel": True},
              {"vocab_parallel": True, "embedding_parallel": True}]
     res = launch(W.tied_tp_worker, 2, args=("tiny-tied", cases), timeout_s=300)
-    args = W.model_args("tiny-tied")
+    args = model_args("tiny-tied")
     V, D, ws, hd = args.vocab_size, args.dim, 2, args.head_dim
     lay = head_layout(args, ws, 0)
     q_local, kv_local = lay.q_heads[1] - lay.q_heads[0], lay.kv_heads[1] - lay.kv_heads[0]
@@ -214,9 +207,9 @@ def test_loaded_tied_checkpoint_holds_one_table(tmp_path, layout, dtype):
     """A tied 9/3-head checkpoint written here (HF: save_pretrained, which stores the table once, or a
     pytorch_model.bin holding lm_head.weight and model.embed_tokens.weight on one storage; Meta: 3
     shards, no output.weight): loaded, the head IS the embedding's Parameter; optimised, one table."""
-    args = W.model_args("gqa-9-3-tied")
+    args = model_args("gqa-9-3-tied")
     if layout == "meta":
-        ref = init_random_weights(Transformer(args), seed=5).eval()
+        ref = random_model(args, seed=5)
         save_meta_checkpoint(ref, tmp_path, n_shards=3)
     else:
         transformers = pytest.importorskip("transformers")
@@ -238,7 +231,7 @@ def test_loaded_tied_checkpoint_holds_one_table(tmp_path, layout, dtype):
     model, _ = graphopt.load_model(str(tmp_path), dtype=dtype, tokenizer="word-hash")  # logits only
     assert model.args.tie_embeddings and model.output.weight is model.tok_embeddings.weight
     assert count_params(model) == _n_params(args) == held_numel(model.parameters())
-    inputs, owners, nq, nc = _choice_set(vocab=args.vocab_size)
+    inputs, owners, nq, nc = choice_batch(vocab=args.vocab_size)
     opt = graphopt.optimize(ScoreModule(model), inputs, ["exact", "cast_dtype"])
     assert count_params(opt.graph) == _n_params(args)
     assert list(_tables(opt.graph, args).values()) == ["bfloat16"]
