@@ -1,6 +1,7 @@
 """What the tests build again and again: random models of the presets (and of odd layouts the presets
 lack), their ScoreModules, causal example batches, a multiple-choice set, transformers models with
-peaked random weights, a checkpoint's reference log-likelihoods, the sharded runner tests' YAML.
+peaked random weights, a tokenizer.json, a checkpoint's reference log-likelihoods, the sharded runner
+tests' YAML.
 Plain functions, so that spawned ranks (tests/_dist_workers.py) import them by name as test modules
 do; the fixtures over them (a session's captures, shared checkpoints) are in tests/conftest.py."""
 from __future__ import annotations
@@ -103,6 +104,11 @@ def chosen_endings(token_logprobs: torch.Tensor, owners: torch.Tensor, n_questio
     return sum_by_owner(token_logprobs, owners, n_questions * n_choices).view(n_questions, n_choices).argmax(-1)
 
 
+def call_nodes(gm, target) -> list:
+    """The call_function nodes of gm calling `target`."""
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is target]
+
+
 def randomize_hf(model, seed: int):
     """A transformers model's weights large enough that attention is peaked (a wrong q/k row order
     changes the logits a lot), norms distinct from 1 (a swapped norm shows)."""
@@ -114,6 +120,32 @@ def randomize_hf(model, seed: int):
             else:
                 p.copy_(0.15 * torch.randn(p.shape, generator=gen))
     return model.eval()
+
+
+# English lines the file tokenizers are trained on
+TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is sitting on a roof. He starts pulling up roofing on a roof.",
+    "Then, the man writes over the snow covering the window of a car.",
+    "The woman is now blow drying the dog. The dog is then shown in a bath.",
+    "Two women are standing in a kitchen, talking about the recipe they are making.",
+    "She puts the cake in the oven and waits for it to bake while reading a book.",
+] * 4
+
+
+def write_hf_tokenizer_json(folder):
+    """folder/tokenizer.json: a byte-level BPE (vocab 300; <unk> <bos> <eos> = 0 1 2) trained on
+    TOKENIZER_TEXT, with a post-processor that adds BOS as Llama-3's does (encode() must not apply it)."""
+    import tokenizers as tk
+    tok = tk.Tokenizer(tk.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>", "<eos>"],
+                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TOKENIZER_TEXT, trainer)
+    tok.post_processor = tk.processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tok.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
 
 
 def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):

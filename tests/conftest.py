@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from graphopt.graph_capture import capture
-from tests._builders import choice_batch, distinct_score_inputs, score_inputs, score_module
+from tests._builders import (choice_batch, distinct_score_inputs, score_inputs, score_module,
+                             write_hf_tokenizer_json)
 
 torch.set_num_threads(1)
 
@@ -44,6 +45,47 @@ def captures():
             warnings.simplefilter("ignore", FutureWarning)
             return module, inputs, copy.deepcopy(gm)
     return get
+
+
+@pytest.fixture(scope="session")
+def choice_captures(captures):
+    """choice_captures(preset, method="export") -> (args, eager ScoreModule, inputs, owners, n_questions,
+    n_choices, a fresh copy of the captured graph): the session's capture on choice_batch's 8-question,
+    4-ending set (tests/_builders.py)."""
+    def get(preset: str, method: str = "export"):
+        score, inputs, gm = captures(preset, method, example="choices")
+        _, owners, nq, nc = choice_batch(vocab=score.model.args.vocab_size)
+        return score.model.args, score, inputs, owners, nq, nc, gm
+    return get
+
+
+@pytest.fixture(scope="session")
+def prune_setup(captures):
+    """prune_setup(preset) -> (args, eager Transformer, example inputs, a fresh copy of the captured graph):
+    the session's capture on distinct scored positions, as the prune tests read it."""
+    def get(preset: str):
+        score, inputs, gm = captures(preset, example="distinct")
+        return score.model.args, score.model, inputs, gm
+    return get
+
+
+# ---------------------------------------------------------------- text files
+
+
+@pytest.fixture
+def calib_file(tmp_path):
+    """A calibration text file of 12 lines of 3..23 words (tests/_prune_oracles.py)."""
+    from tests._prune_oracles import write_calibration_text
+    path = tmp_path / "calib.txt"
+    write_calibration_text(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_json(tmp_path_factory):
+    """A byte-level BPE tokenizer.json trained here (tests/_builders.write_hf_tokenizer_json)."""
+    pytest.importorskip("tokenizers")
+    return write_hf_tokenizer_json(tmp_path_factory.mktemp("hf_tok"))
 
 
 # ---------------------------------------------------------------- transformers checkpoints of the families

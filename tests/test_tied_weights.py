@@ -32,7 +32,7 @@ from graphopt.runner.worker import count_params
 from graphopt.scoring.batch import ScoreModule
 from tests import _dist_workers as W
 from tests._builders import choice_batch, chosen_endings, model_args, random_model
-from tests.test_passes_prune import _silenced
+from tests._prune_oracles import silenced
 
 aten = torch.ops.aten
 LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
@@ -54,14 +54,13 @@ def _layer_channels(args: ModelArgs) -> int:
     return args.n_layers * (args.n_heads * hd + 2 * args.n_kv_heads * hd + 2 * args.dim + 2 * args.hidden_dim)
 
 
-def _setup(captures, name: str, method: str):
+def _setup(choice_captures, name: str, method: str):
     """(args, eager ScoreModule, inputs, owners, n_questions, n_choices, captured graph) on the choice set."""
-    score, inputs, captured = captures(name, method, example="choices")
-    args = score.model.args
+    setup = choice_captures(name, method)
+    args, score = setup[:2]
     assert score.model.output.weight is score.model.tok_embeddings.weight
     assert sum(p.numel() for p in score.parameters()) == _n_params(args)
-    _, owners, nq, nc = choice_batch(vocab=args.vocab_size)
-    return args, score, inputs, owners, nq, nc, captured
+    return setup
 
 
 def _tables(gm, args) -> dict:
@@ -122,8 +121,8 @@ PIPELINES = {
 @pytest.mark.parametrize("method", ["export", "dynamo"])
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("case", list(PIPELINES))
-def test_a_pass_keeps_the_tied_table_one_tensor(captures, case, model, method):
-    args, score, inputs, owners, nq, nc, captured = _setup(captures, model, method)
+def test_a_pass_keeps_the_tied_table_one_tensor(choice_captures, case, model, method):
+    args, score, inputs, owners, nq, nc, captured = _setup(choice_captures, model, method)
     pipeline, tol, tables, extra = PIPELINES[case]
     with torch.no_grad():
         ref = captured(*inputs)
@@ -138,8 +137,8 @@ def test_a_pass_keeps_the_tied_table_one_tensor(captures, case, model, method):
 
 @pytest.mark.parametrize("method", ["export", "dynamo"])
 @pytest.mark.parametrize("model", MODELS)
-def test_prune_structured_leaves_the_tied_table_alone(captures, model, method):
-    args, score, inputs, owners, nq, nc, captured = _setup(captures, model, method)
+def test_prune_structured_leaves_the_tied_table_alone(choice_captures, model, method):
+    args, score, inputs, owners, nq, nc, captured = _setup(choice_captures, model, method)
     ratio = 0.4
     gm, (rec,) = run_passes(copy.deepcopy(captured), [("prune_structured", {"ratio": ratio, "what": "both"})],
                             PassContext(example_inputs=inputs, model_args=args))
@@ -151,7 +150,7 @@ def test_prune_structured_leaves_the_tied_table_alone(captures, model, method):
     assert len({t.untyped_storage().data_ptr() for t in _plain_table_readers(gm, args)}) == 1
     assert count_params(gm) == _n_params(args) - removed
     with torch.no_grad():
-        torch.testing.assert_close(gm(*inputs), _silenced(score.model, args, ratio, ratio)(*inputs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(gm(*inputs), silenced(score.model, args, ratio, ratio)(*inputs), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("pipeline,method", [(["exact", "cast_dtype"], "export"), (["cast_dtype"], "export"),
