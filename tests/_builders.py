@@ -1,14 +1,16 @@
 """What the tests build again and again: random models of the presets (and of odd layouts the presets
-lack), their ScoreModules, causal example batches, a multiple-choice set, transformers models with
-peaked random weights, a tokenizer.json, a checkpoint's reference log-likelihoods, the sharded runner
-tests' YAML.
-Plain functions, so that spawned ranks (tests/_dist_workers.py) import them by name as test modules
-do; the fixtures over them (a session's captures, shared checkpoints) are in tests/conftest.py."""
+lack), their ScoreModules, a model whose logits depend on the row offset, causal example batches, a
+multiple-choice set, transformers models with peaked random weights, a tokenizer.json, a checkpoint's
+reference log-likelihoods, the sharded runner tests' YAML, result stores for the report. Plain
+functions, so that spawned ranks (tests/_dist_workers.py) import them by name as test modules do; the
+fixtures over them (a session's captures, shared checkpoints) are in tests/conftest.py."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import torch
+from torch import nn
 
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
@@ -109,6 +111,20 @@ def call_nodes(gm, target) -> list:
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is target]
 
 
+class OffsetDependent(nn.Module):
+    """The model's logits plus a term that grows with the row offset (not the RoPE position) on odd
+    token ids: the same tokens at another offset of a row score differently."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.args = model, model.args
+
+    def forward(self, input_ids, positions, mask):
+        logits = self.model(input_ids, positions, mask)  # [B, T, V]
+        T, V = logits.shape[1:]
+        return logits + 1e-3 * torch.arange(T)[None, :, None] * (torch.arange(V) % 2)[None, None, :]
+
+
 def randomize_hf(model, seed: int):
     """A transformers model's weights large enough that attention is peaked (a wrong q/k row order
     changes the logits a lot), norms distinct from 1 (a swapped norm shows)."""
@@ -120,6 +136,32 @@ def randomize_hf(model, seed: int):
             else:
                 p.copy_(0.15 * torch.randn(p.shape, generator=gen))
     return model.eval()
+
+
+def store_rows(root, specs: list[dict], tolerance=None):
+    """A ResultStore in `root` with one result row per spec (missing columns None) and experiment.json's
+    tolerance: what `graphopt report` reads."""
+    from graphopt.runner.store import COLUMNS, ResultStore
+    store = ResultStore(root)
+    for i, spec in enumerate(specs):
+        row = {c: None for c in COLUMNS}
+        row.update(order=i, run_key=f"k{i}", is_reference=i == 0, status="ok", error="", finished_at=f"t{i}")
+        row.update(spec)
+        store.write_row(row)
+    tol = tolerance or {"acc_points": 0.5, "max_abs_dloglik": 0.5}
+    (root / "experiment.json").write_text(json.dumps({"tolerance": tol}))
+    return store
+
+
+def four_run_store(tmp_path):
+    """store_rows of a reference, a fast run within tolerance, a bf16 run outside it and a failed run."""
+    specs = [("reference", "ok", 2.0, 0.50, 0.0, True), ("fast", "ok", 0.5, 0.50, 1e-5, True),
+             ("bf16", "ok", 0.25, 0.40, 0.3, False), ("broken", "error", None, None, None, False)]
+    return store_rows(tmp_path, [
+        dict(run=name, status=status, latency_s=lat, acc=acc, acc_norm=acc, max_abs_dloglik=d, within_tolerance=tol,
+             passes="a + b" if i else "-", n_params=172352,
+             error="PassError: no | such pass\ntraceback" if status == "error" else "")
+        for i, (name, status, lat, acc, d, tol) in enumerate(specs)])
 
 
 # English lines the file tokenizers are trained on

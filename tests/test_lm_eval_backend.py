@@ -170,9 +170,9 @@ def test_is_greedy_matches_hf_on_greedy_continuations(setup):
 def test_identical_requests_get_one_value(setup):
     """Repeated (context, continuation) requests give bit-identical answers from the packed path, so a tie
     between identical choices breaks as lm-eval's hf model breaks it (the first); a scorer whose logits depend
-    on the row offset makes the packed copies' raw scores differ for certain (tests/test_identical_requests.py)."""
+    on the row offset makes the packed copies' raw scores differ for certain (tests/_builders.OffsetDependent)."""
     from graphopt.scoring.batch import ScoreModule
-    from tests.test_identical_requests import OffsetDependent
+    from tests._builders import OffsetDependent
 
     model_dir, _ = setup
     ours = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)

@@ -13,6 +13,7 @@ from graphopt.checkpoints.model_args import read_model_args
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.schema import ConfigError, config_from_dict, load_config
+from tests._builders import random_model
 
 YAML = """\
 name: pre
@@ -168,10 +169,9 @@ def test_checkpoint_without_tokenizer_refused_at_load(tmp_path):
     """A checkpoint directory with no tokenizer file fails when the YAML loads, naming the folder and the key
     that fixes it; a `tokenizer` key that does not exist is named too."""
     from graphopt.checkpoints import save_meta_checkpoint
-    from graphopt.model import ModelArgs, Transformer, init_random_weights
     from graphopt.runner.schema import ConfigError, load_config
     ckpt = tmp_path / "models" / "ckpt"
-    save_meta_checkpoint(init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=0), ckpt)
+    save_meta_checkpoint(random_model("tiny"), ckpt)
     cfg = tmp_path / "x.yaml"
     cfg.write_text(f"name: x\nmodel: {ckpt}\nruns:\n  - name: a\n")
     with pytest.raises(ConfigError, match=rf"key 'model' .*checkpoint '{ckpt}' has no tokenizer file .*key 'tokenizer'"):
