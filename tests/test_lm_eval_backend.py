@@ -97,17 +97,23 @@ def _write_tasks(task_dir, rng):
     return task_dir
 
 
-def _evaluate(model, model_args, task_dir, tasks=TASKS):
+def _evaluate(model, model_args, task_manager, tasks=TASKS):
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
     return simple_evaluate(model=model, model_args=model_args, tasks=tasks, batch_size=4, device="cpu",
-                           task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)
+                           task_manager=task_manager, log_samples=True)
 
 
 @pytest.fixture(scope="module")
-def hf_results(setup):
-    model_dir, task_dir = setup
-    return _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_dir)
+def task_manager(setup):
+    """lm-eval's index of its tasks and these (indexing every task YAML lm-eval ships takes seconds)."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=str(setup[1]))
+
+
+@pytest.fixture(scope="module")
+def hf_results(setup, task_manager):
+    model_dir, _ = setup
+    return _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_manager)
 
 
 def _responses(results, task):
@@ -119,12 +125,12 @@ def _responses(results, task):
 
 
 @pytest.mark.parametrize("pipeline", ["auto", "none"])
-def test_same_answers_as_lm_eval_hf(setup, hf_results, pipeline):
+def test_same_answers_as_lm_eval_hf(setup, task_manager, hf_results, pipeline):
     """acc / acc_norm identical, per-request log-likelihoods within 1e-4, is_greedy identical, perplexities
     within 1e-5 relative; the optimised path's graph really has the fused, greedy-aware head."""
     model_dir, task_dir = setup
     lm = GraphoptLM(pretrained=str(model_dir), pipeline=pipeline, progress=False)
-    ours = _evaluate(lm, None, task_dir)
+    ours = _evaluate(lm, None, task_manager)
     for task in TASKS[:3]:
         for metric in ("acc,none", "acc_norm,none"):
             assert ours["results"][task][metric] == hf_results["results"][task][metric], (task, metric)
@@ -218,7 +224,7 @@ def test_unknown_model_arg_is_an_error_naming_it(setup):
         GraphoptLM(pretrained=str(setup[0]), pipeline="exact+nonsense")
 
 
-def test_generate_until_refused_before_any_work(setup, capsys):
+def test_generate_until_refused_before_any_work(setup, task_manager, capsys):
     """The command refuses a generative task before the model loads; the class names the task."""
     from graphopt.cli import main
 
@@ -227,7 +233,7 @@ def test_generate_until_refused_before_any_work(setup, capsys):
                  "tiny_piqa,tiny_generate", "--include_path", str(task_dir)])
     assert code == 2 and "tiny_generate" in capsys.readouterr().err  # (a load would have failed on the path)
     with pytest.raises(UserError, match="tiny_generate"):
-        _evaluate(GraphoptLM(pretrained=str(model_dir), progress=False), None, task_dir, ["tiny_generate"])
+        _evaluate(GraphoptLM(pretrained=str(model_dir), progress=False), None, task_manager, ["tiny_generate"])
 
 
 def test_command_prints_lm_eval_table_and_writes_its_files(setup, tmp_path, capsys):
