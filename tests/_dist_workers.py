@@ -1,11 +1,16 @@
-"""Worker functions run on spawned ranks by the distributed tests (module level so spawn can pickle them)."""
+"""Worker functions run on spawned ranks by the distributed tests (module level so spawn can pickle them),
+and the check of tensor_parallel's results (check_tp_results)."""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
+from graphopt.distributed.plan import head_layout
 from graphopt.graph_capture import capture
-from tests._builders import causal_batch, score_checkpoint, score_module
+from graphopt.model.args import ModelArgs
+from tests._builders import causal_batch, model_args, score_checkpoint, score_module
+
+TP_TOL = 1e-5  # fp32 log-probs: a sharded graph against the unsharded one
 
 
 def echo_rank():
@@ -63,6 +68,60 @@ def tp_worker(cases):
                     "layer_bytes_full": layer_bytes_full, "layer_bytes_shard": _sharded_layer_bytes(gm),
                     "got": got.clone()})
     return out
+
+
+def _expected_layer_bytes(args: ModelArgs, ws: int) -> int:
+    lay = head_layout(args, ws, 0)
+    D, kvl = args.head_dim, lay.kv_heads[1] - lay.kv_heads[0]
+    per_layer = (2 * args.dim * args.n_heads * D // ws  # wq, wo
+                 + 2 * args.dim * kvl * D  # wk, wv (kv heads replicated when n_kv_heads < ws)
+                 + 3 * args.dim * args.hidden_dim // ws)  # w1, w3, w2
+    return 4 * args.n_layers * per_layer
+
+
+def _expected_views(args: ModelArgs, ws: int, before) -> int:
+    """Literals tensor_parallel sets: RoPE's [B, T, H, -1, 2] head counts that change (q always, k
+    unless its one kv head is replicated) and repeat_interleave's n_rep for k and v where the local
+    ratio differs. The model's own head views are [B, T, -1, D] and stay as they are."""
+    lay = head_layout(args, ws, 0)
+    rope = 0 if "fuse_rope" in before else 1 + (lay.kv_heads[1] - lay.kv_heads[0] != args.n_kv_heads)
+    repeat = 0 if "sdpa_attention" in before else 2 * (lay.n_rep != args.n_heads // args.n_kv_heads)
+    return args.n_layers * (rope + repeat)
+
+
+def check_tp_results(results: list, ws: int) -> None:
+    """tp_worker's results on a world of ws: the sharded graphs give the unsharded log-probs (TP_TOL, also
+    on a second batch shape), and the pass's counts, the all-reduces and the bytes per rank are as the
+    plan says."""
+    assert len(results) == ws
+    for rank_results in results:
+        for r in rank_results:
+            args = model_args(r["preset"])
+            where = f"rank of {ws}, {r['preset']} {r['options']} after {r['before']}"
+            assert r["diff"] <= TP_TOL, f"{where}: sharded vs unsharded graph differ by {r['diff']}"
+            assert r["diff_eager"] <= TP_TOL, f"{where}: sharded graph vs eager differ by {r['diff_eager']}"
+            assert r["diff2"] <= TP_TOL, f"{where}: second batch shape differs by {r['diff2']}"
+            vp = r["options"].get("vocab_parallel", False)
+            tied_vp = vp and args.tie_embeddings  # the lookup reads the head's vocab slice: one more all-reduce
+            lookup_cut = tied_vp or (r["options"].get("embedding_parallel", False) and not args.tie_embeddings)
+            st = r["stats"]
+            merged = "merge" in str(r["before"])
+            assert st["column"] == (5 - (1 if "qkv" in str(r["before"]) else 0) * 2
+                                    - (1 if "gate_up" in str(r["before"]) else 0)) * args.n_layers, (where, st)
+            assert (st["merged"] > 0) == merged, (where, st)
+            assert st["row"] == 2 * args.n_layers, (where, st)
+            assert r["n_all_reduce"] == 2 * args.n_layers + (3 if vp else 0) + tied_vp, (where, r["n_all_reduce"])
+            assert st["vocab_logprob"] == (1 if vp else 0), (where, st)
+            assert st["embedding"] == lookup_cut, (where, st)
+            assert st["views"] == _expected_views(args, ws, r["before"]), (where, st)
+            assert r["layer_bytes_full"] == 4 * args.n_layers * (2 * args.dim * args.n_heads * args.head_dim
+                                                                  + 2 * args.dim * args.n_kv_heads * args.head_dim
+                                                                  + 3 * args.dim * args.hidden_dim)
+            assert r["layer_bytes_shard"] == _expected_layer_bytes(args, ws), (where, r["layer_bytes_shard"])
+            if args.n_kv_heads >= ws:  # nothing replicated: exactly 1/ws of the sharded layers
+                assert r["layer_bytes_shard"] * ws == r["layer_bytes_full"]
+            if vp:  # the head's table cut along the vocab (tied: the lookup reads that one slice too)
+                assert st["param_bytes_after"] < st["param_bytes_before"] - 4 * args.dim * args.vocab_size // 2
 
 
 def dtensor_score_module(preset: str):

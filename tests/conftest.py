@@ -69,6 +69,45 @@ def prune_setup(captures):
     return get
 
 
+# ---------------------------------------------------------------- worlds of processes
+
+
+@pytest.fixture(scope="session")
+def failed_launch():
+    """(LaunchError, seconds it took) of launch() on a world of 2 whose rank 1 raises while rank 0 waits
+    in a collective that can never complete (collective timeout 60 s). Launched once: the launch tests
+    and the runner's report of a LaunchError read the same failure."""
+    import time
+
+    from graphopt.distributed.launch import LaunchError, launch
+    from tests import _dist_workers as W
+    t0 = time.monotonic()
+    try:
+        launch(W.raise_on_rank, 2, args=(1,), timeout_s=120, collective_timeout_s=60)
+    except LaunchError as e:
+        return e, time.monotonic() - t0
+    pytest.fail("launch() returned although rank 1 raised")
+
+
+@pytest.fixture(scope="session")
+def world():
+    """world(n) -> a World of n spawned ranks in one gloo group (tests/_world.py), kept up between tests
+    so that each does not pay for n fresh interpreters and a new group. One world at a time (a call
+    for another size closes the current one): tests of one size sit together in their modules."""
+    from tests._world import World
+    current = []
+
+    def get(size: int) -> World:
+        if current and (current[0].size != size or not current[0].alive):
+            current.pop().close()
+        if not current:
+            current.append(World(size))
+        return current[0]
+    yield get
+    for w in current:
+        w.close()
+
+
 # ---------------------------------------------------------------- text files
 
 

@@ -9,7 +9,6 @@ import re
 import pytest
 import torch
 
-from graphopt.distributed.launch import launch
 from graphopt.distributed.pipeline_run import StagePlan, micro_batches, run_pipeline
 from graphopt.graph_capture import capture
 from graphopt.pipeline import PassContext, PassError, run_passes
@@ -96,8 +95,8 @@ def test_micro_batches_cover_every_score_once():
         assert mb[3].max() < mb[0].numel() and torch.equal(mb[4], inputs[4][sel])
 
 
-def test_pipeline_across_4_processes():
-    res = launch(W.pipeline_worker, 4, args=("tiny-gqa", 4, [1, 2, 4]), timeout_s=300)
+def test_pipeline_across_4_processes(world):
+    res = world(4).run(W.pipeline_worker, "tiny-gqa", 4, [1, 2, 4], timeout_s=300)
     for rank, r in enumerate(res):
         assert r["matches"] == 4 and r["stages"] == [f"submod_{i}" for i in range(4)]
         assert max(r["diffs"]) <= TOL, (rank, r["diffs"])

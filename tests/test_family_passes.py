@@ -11,15 +11,13 @@ from tests._family_models import TOL, V, load_dir, max_diff, qwen3_score_module
 
 
 @pytest.mark.distributed
-def test_tensor_parallel_keeps_qk_norms_whole_and_the_window():
+def test_tensor_parallel_keeps_qk_norms_whole_and_the_window(world):
     """tensor_parallel cuts heads; a q/k norm acts per head over head_dim, so every rank keeps all of it
     (it is not a linear the plan cuts), and the window mask is computed from the positions on every rank."""
-    from graphopt.distributed.launch import launch
     from tests import _dist_workers as W
-    from tests.test_distributed_tp import _check
-    res = launch(W.tp_worker, 2, args=([("tiny-qwen3", {}, ()), ("tiny-window", {"vocab_parallel": True}, ())],),
-                 timeout_s=240)
-    _check(res, 2)
+    res = world(2).run(W.tp_worker, [("tiny-qwen3", {}, ()), ("tiny-window", {"vocab_parallel": True}, ())],
+                       timeout_s=240)
+    W.check_tp_results(res, 2)
 
 
 def test_prune_heads_keeps_qk_norms():

@@ -122,19 +122,16 @@ def test_cuda_world_larger_than_the_devices_fails_at_load(tmp_path, monkeypatch)
     assert str(path) in msg
 
 
-def test_launch_error_first_line_carries_the_cause_and_the_report_lists_it(tmp_path):
-    from graphopt.distributed.launch import LaunchError, launch
+def test_launch_error_first_line_carries_the_cause_and_the_report_lists_it(failed_launch, tmp_path):
     from graphopt.runner.report import report
     from graphopt.runner.store import COLUMNS, ResultStore
-    from tests import _dist_workers as W
 
-    with pytest.raises(LaunchError) as e:
-        launch(W.raise_on_rank, 2, args=(1,), timeout_s=120, collective_timeout_s=60)
-    first = str(e.value).splitlines()[0]
+    error, _ = failed_launch
+    first = str(error).splitlines()[0]
     assert first == "launch: rank 1 of 2 failed: ValueError: boom from rank 1", first
-    assert "Traceback" in str(e.value)  # the traceback still follows
+    assert "Traceback" in str(error)  # the traceback still follows
     store = ResultStore(tmp_path)
-    for i, (status, error) in enumerate([("ok", ""), ("error", f"LaunchError: {e.value}")]):  # as worker.main stores it
+    for i, (status, error) in enumerate([("ok", ""), ("error", f"LaunchError: {error}")]):  # as worker.main stores it
         row = {c: None for c in COLUMNS}
         row.update(order=i, run=f"r{i}", run_key=f"k{i}", is_reference=i == 0, status=status, error=error,
                    latency_s=1.0, acc=0.5, finished_at=f"t{i}")

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
-from graphopt.distributed.launch import launch
 from graphopt.distributed.plan import head_layout
 from graphopt.model.args import ModelArgs
 from tests import _dist_workers as W
@@ -87,11 +86,11 @@ def _meta_model(args: ModelArgs):
         return Transformer(args)
 
 
-def test_tied_checkpoint_world2_tensor_parallel_and_pipeline(tiny_tied):
+def test_tied_checkpoint_world2_tensor_parallel_and_pipeline(world, tiny_tied):
     args = model_args("tiny-tied")
     _, _, ref = score_checkpoint(tiny_tied, LIMIT)
     cases = [{}, {"vocab_parallel": True}, "pipeline"]
-    res = [r[0] for r in launch(W.tied_checkpoint_worker, 2, args=([(tiny_tied, cases)], LIMIT), timeout_s=400)]
+    res = [r[0] for r in world(2).run(W.tied_checkpoint_worker, [(tiny_tied, cases)], LIMIT, timeout_s=400)]
     _check_tp([r[:2] for r in res], args, 2, ref)
     V, D, L = args.vocab_size, args.dim, args.n_layers
     per_layer = sum(p.numel() for p in _meta_model(args).layers[0].parameters())
@@ -124,13 +123,13 @@ def gqa_9_3_tied_meta(tmp_path_factory):
     return str(path)
 
 
-def test_tied_checkpoint_world3_odd_gqa(gqa_9_3_tied, gqa_9_3_tied_meta):
+def test_tied_checkpoint_world3_odd_gqa(world, gqa_9_3_tied, gqa_9_3_tied_meta):
     """9 query / 3 kv heads on 3 ranks: 3 query heads and 1 kv head each; vocab 513 = 3 x 171; from a
     Hugging Face directory and from a 3-file Meta checkpoint (which has no output.weight)."""
     args = model_args("gqa-9-3-tied")
     ckpts = [gqa_9_3_tied, gqa_9_3_tied_meta]
     cases = [{}, {"vocab_parallel": True}]
-    res = launch(W.tied_checkpoint_worker, 3, args=([(c, cases) for c in ckpts], LIMIT), timeout_s=400)
+    res = world(3).run(W.tied_checkpoint_worker, [(c, cases) for c in ckpts], LIMIT, timeout_s=400)
     for i, ckpt in enumerate(ckpts):
         _, _, ref = score_checkpoint(ckpt, LIMIT)
         _check_tp([r[i] for r in res], args, 3, ref)

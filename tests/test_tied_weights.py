@@ -23,7 +23,6 @@ import torch
 import graphopt
 import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.linear_logprob)
 from graphopt.checkpoints import save_meta_checkpoint
-from graphopt.distributed.launch import launch
 from graphopt.distributed.plan import head_layout
 from graphopt.graph_attrs import attr, held_numel
 from graphopt.model.args import ModelArgs
@@ -171,14 +170,14 @@ def test_optimize_counts_the_tied_table_once(pipeline, method):
 
 
 @pytest.mark.distributed
-def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed():
+def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed(world):
     """tiny-tied on 2 gloo ranks. No cut of the table: one tensor, read by the lookup and the head.
     vocab_parallel: one [V/2, D] slice read by the head and the vocab-parallel lookup, the whole table
     released. embedding_parallel does not apply to a tied table (the head needs whole rows): alone it
     changes nothing, with vocab_parallel the one vocab slice as above."""
     cases = [{}, {"vocab_parallel": True}, {"embedding_parallel": True},
              {"vocab_parallel": True, "embedding_parallel": True}]
-    res = launch(W.tied_tp_worker, 2, args=("tiny-tied", cases), timeout_s=300)
+    res = world(2).run(W.tied_tp_worker, "tiny-tied", cases, timeout_s=300)
     args = model_args("tiny-tied")
     V, D, ws, hd = args.vocab_size, args.dim, 2, args.head_dim
     lay = head_layout(args, ws, 0)
