@@ -1,18 +1,24 @@
 """Suite-wide settings and the fixtures several test modules share.
 
-Tiny models run fastest (and most repeatably) on one thread on a 2-core machine. The builders the
-fixtures use are plain functions in tests/_builders.py (spawned ranks import those by name); the
-transformers / GGUF checkpoints are written by tests/_family_models.py and tests/_gguf_files.py.
-Fixtures of the session are read-only: a test that changes what it gets makes its own copy first."""
+Tiny models run fastest (and most repeatably) on one thread on a 2-core machine, and inductor compiles
+them fastest without a pool of compile workers. The builders the fixtures use are plain functions in
+tests/_builders.py (spawned ranks import those by name); the transformers / GGUF checkpoints are
+written by tests/_family_models.py and tests/_gguf_files.py. Fixtures of the session are read-only:
+a test that changes what it gets makes its own copy first."""
 import copy
+import os
 import warnings
 
-import pytest
-import torch
+# inductor compiles tiny graphs in-process: a pool of compile workers (2 on a 2-core machine) costs more to
+# start than it saves; set before torch._inductor is imported, and inherited by the tests' subprocesses
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
-from graphopt.graph_capture import capture
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from graphopt.graph_capture import capture  # noqa: E402
 from tests._builders import (choice_batch, distinct_score_inputs, score_inputs, score_module,
-                             write_hf_tokenizer_json)
+                             write_hf_tokenizer_json)  # noqa: E402
 
 torch.set_num_threads(1)
 
