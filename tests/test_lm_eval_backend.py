@@ -236,16 +236,35 @@ def test_generate_until_refused_before_any_work(setup, task_manager, capsys):
         _evaluate(GraphoptLM(pretrained=str(model_dir), progress=False), None, task_manager, ["tiny_generate"])
 
 
-def test_command_prints_lm_eval_table_and_writes_its_files(setup, tmp_path, capsys):
-    from graphopt.cli import main
+COMMAND_TASKS = "tiny_hellaswag,tiny_wikitext"
 
-    model_dir, task_dir = setup
-    code = main(["lm-eval", "--model", "graphopt", "--model_args", f"pretrained={model_dir},pipeline=exact",
-                 "--tasks", "tiny_arc", "--include_path", str(task_dir), "--output_path", str(tmp_path / "out")])
-    out = capsys.readouterr().out
-    assert code == 0 and "tiny_arc" in out and "acc_norm" in out
-    results = list((tmp_path / "out").rglob("results_*.json"))
-    assert len(results) == 1 and "tiny_arc" in json.loads(results[0].read_text())["results"]
+
+def _command_args(setup) -> list[str]:
+    """`graphopt lm-eval` arguments but --model_args and --output_path, on COMMAND_TASKS with samples logged."""
+    return ["--model", "graphopt", "--tasks", COMMAND_TASKS, "--include_path", str(setup[1]), "--log_samples",
+            "--batch_size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def one_process_command(setup, tmp_path_factory):
+    """(exit code, printed output, output folder) of `graphopt lm-eval` in this process: what the command
+    test reads, and the one-process side of the torchrun comparison."""
+    import contextlib
+    import io
+
+    from graphopt.cli import main
+    out_dir, printed = tmp_path_factory.mktemp("one"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["lm-eval", *_command_args(setup), "--model_args",
+                     f"pretrained={setup[0]},pipeline=auto,progress=False", "--output_path", str(out_dir)])
+    return code, printed.getvalue(), out_dir
+
+
+def test_command_prints_lm_eval_table_and_writes_its_files(one_process_command):
+    code, out, out_dir = one_process_command
+    assert code == 0 and "tiny_hellaswag" in out and "acc_norm" in out
+    results = list(out_dir.rglob("results_*.json"))
+    assert len(results) == 1 and "tiny_hellaswag" in json.loads(results[0].read_text())["results"]
 
 
 def test_world_asked_for_is_checked_before_the_model_loads(setup, monkeypatch):
@@ -276,7 +295,7 @@ def _samples(out_dir, task):
 
 
 @pytest.mark.distributed
-def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
+def test_data_parallel_x_tensor_parallel_under_torchrun(setup, one_process_command, tmp_path):
     """`torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt --model_args ...,data_parallel=2,
     tensor_parallel=2`: two replicas, each sharded two ways (the tensor_parallel pass inside the auto
     pipeline, each rank reading its shard of the checkpoint); one results file and one printed table
@@ -285,10 +304,8 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
     import subprocess
     import sys
 
-    model_dir, task_dir = setup
-    tasks = "tiny_hellaswag,tiny_wikitext"
-    common = ["--model", "graphopt", "--tasks", tasks, "--include_path", str(task_dir), "--log_samples",
-              "--batch_size", "4", "--device", "cpu"]
+    model_dir, _ = setup
+    tasks, common = COMMAND_TASKS, _command_args(setup)
     env = dict(os.environ, OMP_NUM_THREADS="1", GRAPHOPT_COLLECTIVE_TIMEOUT_S="120")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "-m", "graphopt", "lm-eval",
            *common, "--model_args", f"pretrained={model_dir},data_parallel=2,tensor_parallel=2,progress=False",
@@ -298,14 +315,13 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
     assert done.stdout.count("|tiny_hellaswag") == 1, done.stdout  # one table: rank 0's
     assert len(list((tmp_path / "four").rglob("results_*.json"))) == 1
 
-    from graphopt.cli import main
-    assert main(["lm-eval", *common, "--model_args", f"pretrained={model_dir},progress=False",
-                 "--output_path", str(tmp_path / "one")]) == 0
+    code, _, one_dir = one_process_command  # the same command in one process
+    assert code == 0
     four = json.loads(next((tmp_path / "four").rglob("results_*.json")).read_text())["results"]
-    one = json.loads(next((tmp_path / "one").rglob("results_*.json")).read_text())["results"]
+    one = json.loads(next(one_dir.rglob("results_*.json")).read_text())["results"]
     for metric in ("acc,none", "acc_norm,none"):
         assert four["tiny_hellaswag"][metric] == one["tiny_hellaswag"][metric]
     for task in tasks.split(","):
-        got, want = _samples(tmp_path / "four", task), _samples(tmp_path / "one", task)
+        got, want = _samples(tmp_path / "four", task), _samples(one_dir, task)
         assert len(got) == len(want) > 0
         assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-5, task
