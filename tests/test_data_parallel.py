@@ -103,7 +103,7 @@ def test_load_refuses_a_tp_size_that_does_not_divide_the_kv_heads(tmp_path):
 def test_dp2_x_tp2_and_dp2_x_pp2_sweep_equals_one_process(tmp_path):
     from graphopt.runner.execute import run_experiment
     model = random_model("tiny-gqa", seed=3)
-    save_meta_checkpoint(model, tmp_path / "ckpt")
+    save_meta_checkpoint(model, tmp_path / "ckpt", n_shards=2)  # a file per rank of a model group of 2
     write_word_hash_tokenizer(tmp_path / "ckpt", model.args.vocab_size)
     one = run_experiment(load_config(_write(tmp_path, model=tmp_path / "ckpt", world=1, dp=1)), progress=False,
                          log=lambda *a: None)

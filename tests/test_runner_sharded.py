@@ -29,18 +29,23 @@ RUNS = """\
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
+def config(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")
     model = random_model("tiny", seed=4)
     save_meta_checkpoint(model, tmp / "ckpt", n_shards=2)
     write_word_hash_tokenizer(tmp / "ckpt", model.args.vocab_size)  # random weights: the test tokenizer
     cfg = tmp / "sharded.yaml"
     cfg.write_text(sharded_sweep_yaml("sharded", tmp / "ckpt", tmp / "out", 2, 3, RUNS))
-    return load_config(cfg), run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
+    return load_config(cfg)
 
 
-def test_only_sharding_export_runs_load_shards(table):
-    cfg, _ = table
+@pytest.fixture(scope="module")
+def table(config):
+    return config, run_experiment(config, progress=False, log=lambda *a: None)
+
+
+def test_only_sharding_export_runs_load_shards(config):
+    cfg = config
     def run(passes):
         return ResolvedRun("r", "export", parse_pipeline(passes), "none", ScoringConfig(), "float32")
     one = dataclasses.replace(cfg, world_size=1)
@@ -66,6 +71,11 @@ def test_one_stage_per_rank_needs_one_stage_per_rank():
         worker.StagePerRank(opt, 3)
 
 
+# The same paths run by default, through the runner on 2 ranks reading only their shard: a Meta checkpoint
+# of as many files as the model group has ranks in test_data_parallel.py::test_dp2_x_tp2_and_dp2_x_pp2_sweep_
+# equals_one_process, and tensor_parallel after the exact passes in test_sharding_tied.py::test_runner_sweep_
+# on_the_tied_checkpoint (which pins each rank's parameter count).
+@pytest.mark.slow
 def test_sharded_runs_match_the_reference(table):
     _, df = table
     assert list(df["status"]) == ["ok"] * 3, df[["run", "error"]].to_string()
@@ -78,8 +88,8 @@ def test_sharded_runs_match_the_reference(table):
     assert (runs["n_params"] < full).all()
 
 
-def test_pipeline_per_rank_refuses_a_compiler_before_loading(table):
-    cfg, _ = table
+def test_pipeline_per_rank_refuses_a_compiler_before_loading(config):
+    cfg = config
     run = ResolvedRun("pp", "export", parse_pipeline(["pipeline_split"]), "inductor", ScoringConfig(), "float32")
     with pytest.raises(ValueError, match="run 'pp': pipeline_split over world_size 2 .* compiler must be none, "
                                          "got 'inductor'"):
