@@ -195,7 +195,7 @@ def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
     process, the eager model scoring the synthetic HellaSwag set's first `limit` rows."""
     from graphopt.checkpoints import load_model
     from graphopt.data import load_hellaswag
-    from graphopt.scoring.evaluate import score_requests
+    from graphopt.scoring.score_loop import score_requests
     from graphopt.scoring.requests import build_requests
     from graphopt.scoring.strategies import build_batches
     model, tokenizer = load_model(ckpt, tokenizer="word-hash")  # random weights, no tokenizer file

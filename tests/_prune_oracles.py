@@ -7,7 +7,8 @@ import copy
 import torch
 from torch import nn
 
-from graphopt.pipeline import PassContext, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext
 from graphopt.scoring.batch import ScoreModule
 from tests._builders import distinct_score_inputs
 

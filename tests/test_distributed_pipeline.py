@@ -11,7 +11,8 @@ import torch
 
 from graphopt.distributed.pipeline_run import StagePlan, micro_batches, run_pipeline
 from graphopt.graph_capture import capture
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from tests import _dist_workers as W
 from tests._builders import causal_batch, model_args, score_module
 

@@ -11,7 +11,8 @@ import torch
 import graphopt.kernels  # noqa: F401
 from graphopt.compile_backend import backend
 from graphopt.graph_capture import capture
-from graphopt.pipeline import PassContext, list_passes, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, list_passes
 from graphopt.scoring.batch import sum_by_owner
 from tests._builders import choice_batch, score_module
 

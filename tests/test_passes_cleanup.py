@@ -3,7 +3,8 @@ and never touch side effects (asserts, guards) or random ops."""
 import torch
 from torch import nn
 
-from graphopt.pipeline import PassContext, count_nodes, run_passes
+from graphopt.pass_manager import count_nodes, run_passes
+from graphopt.pipeline import PassContext
 
 aten = torch.ops.aten
 

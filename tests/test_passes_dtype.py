@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import graphopt.kernels  # noqa: F401
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from tests._builders import call_nodes, chosen_endings
 
 aten = torch.ops.aten

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from graphopt.kernels.int8_linear import int8_linear, padded_int_mm, quantize_rows, quantize_weight
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from tests._builders import call_nodes, chosen_endings
 
 aten = torch.ops.aten

@@ -9,7 +9,8 @@ from torch import nn
 
 import graphopt.kernels  # noqa: F401
 from graphopt.graph_capture import capture
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from tests._builders import distinct_score_inputs
 
 ATOL = 1e-5

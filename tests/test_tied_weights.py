@@ -26,7 +26,8 @@ from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.distributed.plan import head_layout
 from graphopt.graph_attrs import attr, held_numel
 from graphopt.model.args import ModelArgs
-from graphopt.pipeline import PassContext, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext
 from graphopt.runner.worker import count_params
 from graphopt.scoring.batch import ScoreModule
 from tests import _dist_workers as W
