@@ -1,13 +1,16 @@
 """What the tests build again and again: random models of the presets (and of odd layouts the presets
 lack), their ScoreModules, a model whose logits depend on the row offset, causal example batches, a
 multiple-choice set, transformers models with peaked random weights, a tokenizer.json, a checkpoint's
-reference log-likelihoods, the sharded runner tests' YAML, result stores for the report. Plain
+reference log-likelihoods, the sharded runner tests' YAML, result stores for the report, a folder this process cannot write. Plain
 functions, so that spawned ranks (tests/_dist_workers.py) import them by name as test modules do; the
 fixtures over them (a session's captures, shared checkpoints) are in tests/conftest.py."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -212,3 +215,18 @@ def sharded_sweep_yaml(name: str, model, out, world_size: int, limit: int, runs:
     return (f"name: {name}\nmodel: {model}\nworld_size: {world_size}\n{dp}data: {{limit: {limit}}}\nwarmup: 0\n"
             f"repeats: 1\noutput_dir: {out}\nreference: {{capture: none, scoring: {{strategy: per_pair}}}}\n"
             f"scoring: {{strategy: shared_prefix}}\nruns:\n{runs}")
+
+
+def unwritable_folder(tmp_path) -> Path:
+    """A folder this process cannot write: chmod 0555 (ignored by root: then /sys, read-only to it)."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    for candidate in (d, Path("/sys/fs")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(probe)
+    raise AssertionError("no folder on this machine refuses writes to this process; cannot test the refusal")

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from graphopt.graph_capture import capture
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring.prefix_cache import (KVLayout, PrefillModule, cached_example_inputs, cached_score_module,
                                            hidden_slots)
+from tests._builders import random_model
 
 ops, aten = torch.ops.graphopt, torch.ops.aten
 EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
@@ -19,7 +19,7 @@ EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up
 
 
 def build(preset, seed=2):
-    model = init_random_weights(Transformer(ModelArgs.from_name(preset)), seed=seed).eval()
+    model = random_model(preset, seed=seed)
     return model, cached_score_module(model, return_cache=True)
 
 
