@@ -25,7 +25,7 @@ def suites(tmp_path_factory):
     from lm_eval.tasks import TaskManager
     root = tmp_path_factory.mktemp("few_shot")
     names = write_few_shot_tasks(root)
-    manager, out = TaskManager(include_path=str(root)), {}
+    manager, out = TaskManager(include_path=str(root), include_defaults=False), {}
     for suite in names:
         out[suite] = {}
         for name, task in manager.load([suite])["tasks"].items():

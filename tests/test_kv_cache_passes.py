@@ -178,10 +178,10 @@ def tp_cache_worker(presets):
 
 
 @pytest.mark.distributed
-def test_tensor_parallel_shards_the_cache_by_kv_heads():
-    """tiny-gqa (2 kv heads: one per rank) and tiny-gqa1 (1 kv head, replicated on both ranks)."""
-    from graphopt.distributed.launch import launch
-    results = launch(tp_cache_worker, 2, args=(["tiny-gqa", "tiny-gqa1"],), timeout_s=240)
+def test_tensor_parallel_shards_the_cache_by_kv_heads(world):
+    """tiny-gqa (2 kv heads: one per rank) and tiny-gqa1 (1 kv head, replicated on both ranks), on the
+    session's world of 2 ranks."""
+    results = world(2).run(tp_cache_worker, ["tiny-gqa", "tiny-gqa1"], timeout_s=240)
     for rank, per_rank in enumerate(results):
         gqa, gqa1 = per_rank
         assert gqa["kv"] == (rank, rank + 1) and gqa["cache_heads"] == 1

@@ -105,9 +105,10 @@ def _evaluate(model, model_args, task_manager, tasks=TASKS):
 
 @pytest.fixture(scope="module")
 def task_manager(setup):
-    """lm-eval's index of its tasks and these (indexing every task YAML lm-eval ships takes seconds)."""
+    """lm-eval's index of these tasks alone (indexing every task YAML lm-eval ships takes seconds; the
+    command's own index of them all is read by the command tests)."""
     from lm_eval.tasks import TaskManager
-    return TaskManager(include_path=str(setup[1]))
+    return TaskManager(include_path=str(setup[1]), include_defaults=False)
 
 
 @pytest.fixture(scope="module")
