@@ -82,8 +82,26 @@ def test_second_process_hits_concurrent_fill_and_corrupt_entries(one_layer, tmp_
     assert again["cache_hits"] == 1 and "discarded" not in again["stderr"]  # rebuilt entries are good again
 
 
-@pytest.mark.slow  # one more inductor compile in a fresh process (~25 s idle); the cache's reuse and
-# corrupt-entry tests above stay in the default run
+def test_a_cache_folder_that_cannot_be_written_is_said_once_and_not_an_error(tmp_path):
+    """compile_cache.configure() in a fresh process (no compile): the cache is off, a private folder is
+    used instead, and the reason is said once however often a run configures."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = ("import json; from graphopt import compile_cache as c; "
+            "print(json.dumps([c.configure(), c.configure()]))")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(blocker / "cache"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(done.stdout)
+    assert first == second and not first["enabled"] and "NotADirectoryError" in first["reason"], first
+    assert Path(first["dir"]).is_dir() and not Path(first["dir"]).is_relative_to(blocker)
+    assert done.stderr.count("cannot be written") == 1 and "without it" in done.stderr
+    Path(first["dir"]).rmdir()
+
+
+@pytest.mark.slow  # one more inductor compile in a fresh process (~25 s idle); configure()'s fallback is
+# test_a_cache_folder_that_cannot_be_written_is_said_once_and_not_an_error (default), a compile without
+# the cache is every compile the suite runs outside this file
 def test_a_cache_folder_that_cannot_be_written_compiles_without_it(one_layer, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
