@@ -328,17 +328,18 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, one_process_comma
         assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-5, task
 
 
-def test_every_process_reports_rank_0_and_lm_eval_returns_results_on_local_rank_0_only(setup, monkeypatch):
+def test_every_process_reports_rank_0_and_lm_eval_returns_results_on_local_rank_0_only(setup, task_manager,
+                                                                                       monkeypatch):
     """graphopt answers every request in every process and reports rank 0 / world size 1 to lm-eval, lm-eval
     0.4.13's convention for a model that splits work itself; lm-eval then returns results (which its CLI
     prints and writes) on LOCAL_RANK 0 only. Fails when lm-eval stops gating on LOCAL_RANK: `graphopt
     lm-eval` under torchrun would then print and write from every process of a node."""
-    model_dir, task_dir = setup
+    model_dir, _ = setup
     lm = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert _evaluate(lm, None, task_dir, tasks=["tiny_piqa"]) is None
+    assert _evaluate(lm, None, task_manager, tasks=["tiny_piqa"]) is None
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert "acc,none" in _evaluate(lm, None, task_dir, tasks=["tiny_piqa"])["results"]["tiny_piqa"]
+    assert "acc,none" in _evaluate(lm, None, task_manager, tasks=["tiny_piqa"])["results"]["tiny_piqa"]
     assert (lm.rank, lm.world_size) == (0, 1)
 
 
