@@ -32,18 +32,34 @@ def check_device(device: str, what: str = "--device") -> str:
     return device
 
 
+def file_blocking(path: Path) -> Path | None:
+    """The path itself or the first parent of it that exists as a file (so no folder can be made there)."""
+    return next((a for a in [path, *path.parents] if a.exists() and not a.is_dir()), None)
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why no file can be created in the existing folder (one phrase), or None when one can."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
+    return None
+
+
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """Create path (and its parents) if needed and prove a file can be written in it; -> the Path."""
     p = Path(path)
-    blocker = next((a for a in [p, *p.parents] if a.exists() and not a.is_dir()), None)
+    blocker = file_blocking(p)
     if blocker is not None:
         raise UserError(f"{what} {str(p)!r}: {str(blocker)!r} is a file, not a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-check.")
-        os.close(fd)
-        os.unlink(probe)
     except OSError as e:
         reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
         raise UserError(f"{what} {str(p)!r} cannot be written: {reason}") from None
+    reason = write_problem(p)
+    if reason is not None:
+        raise UserError(f"{what} {str(p)!r} cannot be written: {reason}")
     return p

@@ -30,9 +30,9 @@ PACKAGES = {"graphopt": ROOT / "graphopt", "graphopt.passes": ROOT / "passes"}
 # top-level module) and of parts on lower floors; never a part on its own floor or above.
 FLOORS = [
     ["graphopt.errors", "graphopt.model", "graphopt.kernels", "graphopt.graph_attrs", "graphopt.parent_death"],
-    ["graphopt.cache_store"],  # the cache folder: marker, checksummed entries, clear
+    ["graphopt.cache_store", "graphopt.env_checks"],  # the cache folder; checks of the device and of folders
     ["graphopt.inductor_files"],  # inductor's own files, recorded in the cache folder and checked before use
-    ["graphopt.checkpoints", "graphopt.data", "graphopt.env_checks", "graphopt.compilers", "graphopt.compile_cache",
+    ["graphopt.checkpoints", "graphopt.data", "graphopt.compilers", "graphopt.compile_cache",
      "graphopt.pipeline"],  # pipeline: the pass protocol and registry
     ["graphopt.pass_manager", "graphopt.distributed", "graphopt.graph_capture"],
     ["graphopt.passes", "graphopt.optimize_graph"],  # the pass library; passes + compile on a captured graph

@@ -9,14 +9,12 @@ everything else in the folder (notes, results, other models' subfolders) is kept
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from graphopt.checkpoints.errors import CheckpointError
+from graphopt.env_checks import file_blocking, write_problem
 
 _CHECKPOINT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                      "pytorch_model.bin.index.json", "params.json", "tokenizer.json", "tokenizer.model",
@@ -38,17 +36,13 @@ def check_out_dir(out_dir: str | Path, source: str | Path | None = None, force: 
             what = "is" if out.resolve() == src else "is inside"
             raise CheckpointError(f"{out}: {what} the model being read ({source}); writing there would replace it: "
                                   f"name a new folder")
-    blocker = next((a for a in [out, *out.parents] if a.exists() and not a.is_dir()), None)
+    blocker = file_blocking(out)
     if blocker is not None:
         raise CheckpointError(f"{out}: {str(blocker)!r} is a file, not a folder")
     existing = next(a for a in [out, *out.parents] if a.exists())  # the folder a write would start from
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
-        raise CheckpointError(f"{out}: cannot be written ({existing}: {reason})") from None
+    reason = write_problem(existing)
+    if reason is not None:
+        raise CheckpointError(f"{out}: cannot be written ({existing}: {reason})")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held and not force:
         shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
