@@ -145,12 +145,14 @@ def read_results(out: Path) -> dict:
 
 
 def compare(a: dict, b: dict) -> dict:
-    """Two read_results: same metrics, questions whose choices agree, max |Δ loglik|."""
+    """Two read_results: same metrics, questions whose choices agree, max |Δ loglik|, and a's smallest
+    decision margin (a question's best minus second-best log-likelihood: what the drift must stay under)."""
     same = sum(a["choices"][k] == b["choices"].get(k) for k in a["choices"])
     delta = max((abs(x - y) for k in a["logliks"] for x, y in zip(a["logliks"][k], b["logliks"].get(k, []))),
                 default=None)
+    margins = [top[-1] - top[-2] for top in (sorted(ll) for ll in a["logliks"].values()) if len(top) > 1]
     return {"same_metrics": a["metrics"] == b["metrics"], "same_choices": same, "questions": len(a["choices"]),
-            "max_abs_dloglik": delta}
+            "max_abs_dloglik": delta, "min_margin": min(margins, default=None)}
 
 
 def before_tree_checkout(work: Path, rev: str) -> Path:
@@ -337,7 +339,8 @@ def _f(value, spec: str) -> str:
 
 HEADER = ["model", "suite", "questions", "lm-eval hf s (bs)", "graphopt s", "measured ×", "tokens lm-eval",
           "tokens graphopt", "FLOP ratio", "measured / FLOP", "peak RSS MB lm-eval / graphopt", "metric",
-          "lm-eval", "graphopt", "same choices", "max |Δ loglik|"]
+          "lm-eval", "graphopt", "same choices", "max |Δ loglik|",
+          "smallest margin"]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -356,8 +359,8 @@ def markdown(rows: list[dict]) -> str:
                       "acc_norm" if r["suite"] == "bbh" else "acc", _f(r["metric_lm_eval"], ".4f"),
                       _f(r["metric_graphopt"], ".4f"),
                       f"{cmp['same_choices']}/{cmp['questions']}" if ok else "–",
-                      _f(cmp and cmp["max_abs_dloglik"], ".1e")])
-    return markdown_table(HEADER, cells, [False, False] + [True] * 14, pad=False)
+                      _f(cmp and cmp["max_abs_dloglik"], ".1e"), _f(cmp and cmp["min_margin"], ".1e")])
+    return markdown_table(HEADER, cells, [False, False] + [True] * 15, pad=False)
 
 
 if __name__ == "__main__":

@@ -77,10 +77,10 @@ def test_compare_and_the_table():
     go = _results({"t:0": [1, 1], "t:1": [0, 0]}, {"t:0": [-2.0, -1.00002], "t:1": [-1.0, -3.0]}, 0.5)
     c = compare(lm, go)
     assert c["same_metrics"] and c["same_choices"] == 1 and c["questions"] == 2
-    assert abs(c["max_abs_dloglik"] - 2e-5) < 1e-9
+    assert abs(c["max_abs_dloglik"] - 2e-5) < 1e-9 and c["min_margin"] == 1.0  # lm-eval's: -1 vs -2, -1 vs -3
     lm["wall_s"], go["wall_s"] = 300.0, 60.0
     row = {"model": "m", "suite": "mmlu", "batch_size": 8, "lm_eval": lm, "graphopt": go, "compare": c,
            "counts": {"n_questions": 2, "lm_eval": {"tokens": 1000, "flops": 10.0},
                       "graphopt": {"tokens": 200, "flops": 1.0}}, "metric_lm_eval": 0.5, "metric_graphopt": 0.5}
     line = markdown([row]).splitlines()[2]
-    assert "| 300.0 (8) | 60.0 | 5.00 | 1,000 | 200 | 10.00 | 50% |" in line and "| 1/2 |" in line
+    assert "| 300.0 (8) | 60.0 | 5.00 | 1,000 | 200 | 10.00 | 50% |" in line and "| 1/2 | 2.0e-05 | 1.0e+00 |" in line
