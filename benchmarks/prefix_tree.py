@@ -339,7 +339,7 @@ def _f(value, spec: str) -> str:
 
 HEADER = ["model", "suite", "questions", "lm-eval hf s (bs)", "graphopt s", "measured ×", "tokens lm-eval",
           "tokens graphopt", "FLOP ratio", "measured / FLOP", "peak RSS MB lm-eval / graphopt", "metric",
-          "lm-eval", "graphopt", "same choices", "max |Δ loglik|",
+          "lm-eval", "graphopt", "same choices", "max abs Δ loglik",
           "smallest margin"]
 
 
