@@ -1,52 +1,22 @@
-"""Worker functions run on spawned ranks by the distributed tests (module level so spawn can pickle them)."""
+"""Worker functions run on spawned ranks by the distributed tests (module level so spawn can pickle them),
+and the check of tensor_parallel's results (check_tp_results)."""
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
+from graphopt.distributed.plan import head_layout
+from graphopt.graph_capture import capture
+from graphopt.model.args import ModelArgs
+from tests._builders import causal_batch, model_args, score_checkpoint, score_module
+
+TP_TOL = 1e-5  # fp32 log-probs: a sharded graph against the unsharded one
 
 
 def echo_rank():
     t = torch.tensor([float(dist.get_rank() + 1)])
     dist.all_reduce(t)
     return {"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": t.item()}
-
-
-# ---------------------------------------------------------------- shared helpers
-
-# odd layouts the presets lack: 9 query heads in 3 kv groups, tied embeddings, vocab and dims divisible by 3
-ODD_PRESETS = {"gqa-9-3-tied": dict(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=513, multiple_of=32,
-                                    max_seq_len=64, tie_embeddings=True)}
-
-
-def model_args(preset: str):
-    from graphopt.model.args import ModelArgs
-    return ModelArgs(**ODD_PRESETS[preset]) if preset in ODD_PRESETS else ModelArgs.from_name(preset)
-
-
-def build_score_module(preset: str, seed: int = 0, n_layers: int | None = None):
-    from dataclasses import replace
-    from graphopt.model.llama import Transformer, init_random_weights
-    from graphopt.scoring.batch import ScoreModule
-    args = model_args(preset)
-    if n_layers is not None:
-        args = replace(args, n_layers=n_layers)
-    return args, ScoreModule(init_random_weights(Transformer(args), seed=seed).eval())
-
-
-def example_batch(args, B: int = 2, T: int = 8, seed: int = 1):
-    """Random tokens, causal mask, every position but the first of each row scored."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, args.vocab_size, (B, T), generator=g)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    score_idx = torch.tensor([b * T + t for b in range(B) for t in range(T - 1)])
-    targets = ids.reshape(-1)[score_idx + 1]
-    return ids, pos, mask, score_idx, targets
-
-
-def capture_graph(module, inputs):
-    from graphopt.graph_capture import capture
-    return capture(module, inputs, method="export", dynamic=True)
 
 
 def _sharded_layer_bytes(gm) -> int:
@@ -71,9 +41,10 @@ def tp_worker(cases):
     out, captured = [], {}
     for preset, options, before in cases:
         if preset not in captured:
-            args, sm = build_score_module(preset)
-            inputs = example_batch(args)
-            captured[preset] = (args, sm, inputs, capture_graph(sm, inputs))
+            sm = score_module(preset)
+            args = sm.model.args
+            inputs = causal_batch(args.vocab_size)
+            captured[preset] = (args, sm, inputs, capture(sm, inputs))
         args, sm, inputs, gm0 = captured[preset]
         gm = copy.deepcopy(gm0)
         with torch.no_grad():
@@ -88,7 +59,7 @@ def tp_worker(cases):
         with torch.no_grad():
             got = gm(*inputs)
             # a second, differently shaped batch through the same (dynamic) sharded graph
-            inputs2 = example_batch(args, B=3, T=5, seed=7)
+            inputs2 = causal_batch(args.vocab_size, B=3, T=5, seed=7)
             got2, ref2 = gm(*inputs2), sm(*inputs2)
         n_ar = sum(1 for n in gm.graph.nodes if n.target is ALL_REDUCE)
         out.append({"preset": preset, "options": dict(options), "before": [str(b) for b in before],
@@ -100,10 +71,65 @@ def tp_worker(cases):
     return out
 
 
+def _expected_layer_bytes(args: ModelArgs, ws: int) -> int:
+    lay = head_layout(args, ws, 0)
+    D, kvl = args.head_dim, lay.kv_heads[1] - lay.kv_heads[0]
+    per_layer = (2 * args.dim * args.n_heads * D // ws  # wq, wo
+                 + 2 * args.dim * kvl * D  # wk, wv (kv heads replicated when n_kv_heads < ws)
+                 + 3 * args.dim * args.hidden_dim // ws)  # w1, w3, w2
+    return 4 * args.n_layers * per_layer
+
+
+def _expected_views(args: ModelArgs, ws: int, before) -> int:
+    """Literals tensor_parallel sets: RoPE's [B, T, H, -1, 2] head counts that change (q always, k
+    unless its one kv head is replicated) and repeat_interleave's n_rep for k and v where the local
+    ratio differs. The model's own head views are [B, T, -1, D] and stay as they are."""
+    lay = head_layout(args, ws, 0)
+    rope = 0 if "fuse_rope" in before else 1 + (lay.kv_heads[1] - lay.kv_heads[0] != args.n_kv_heads)
+    repeat = 0 if "sdpa_attention" in before else 2 * (lay.n_rep != args.n_heads // args.n_kv_heads)
+    return args.n_layers * (rope + repeat)
+
+
+def check_tp_results(results: list, ws: int) -> None:
+    """tp_worker's results on a world of ws: the sharded graphs give the unsharded log-probs (TP_TOL, also
+    on a second batch shape), and the pass's counts, the all-reduces and the bytes per rank are as the
+    plan says."""
+    assert len(results) == ws
+    for rank_results in results:
+        for r in rank_results:
+            args = model_args(r["preset"])
+            where = f"rank of {ws}, {r['preset']} {r['options']} after {r['before']}"
+            assert r["diff"] <= TP_TOL, f"{where}: sharded vs unsharded graph differ by {r['diff']}"
+            assert r["diff_eager"] <= TP_TOL, f"{where}: sharded graph vs eager differ by {r['diff_eager']}"
+            assert r["diff2"] <= TP_TOL, f"{where}: second batch shape differs by {r['diff2']}"
+            vp = r["options"].get("vocab_parallel", False)
+            tied_vp = vp and args.tie_embeddings  # the lookup reads the head's vocab slice: one more all-reduce
+            lookup_cut = tied_vp or (r["options"].get("embedding_parallel", False) and not args.tie_embeddings)
+            st = r["stats"]
+            merged = "merge" in str(r["before"])
+            assert st["column"] == (5 - (1 if "qkv" in str(r["before"]) else 0) * 2
+                                    - (1 if "gate_up" in str(r["before"]) else 0)) * args.n_layers, (where, st)
+            assert (st["merged"] > 0) == merged, (where, st)
+            assert st["row"] == 2 * args.n_layers, (where, st)
+            assert r["n_all_reduce"] == 2 * args.n_layers + (3 if vp else 0) + tied_vp, (where, r["n_all_reduce"])
+            assert st["vocab_logprob"] == (1 if vp else 0), (where, st)
+            assert st["embedding"] == lookup_cut, (where, st)
+            assert st["views"] == _expected_views(args, ws, r["before"]), (where, st)
+            assert r["layer_bytes_full"] == 4 * args.n_layers * (2 * args.dim * args.n_heads * args.head_dim
+                                                                  + 2 * args.dim * args.n_kv_heads * args.head_dim
+                                                                  + 3 * args.dim * args.hidden_dim)
+            assert r["layer_bytes_shard"] == _expected_layer_bytes(args, ws), (where, r["layer_bytes_shard"])
+            if args.n_kv_heads >= ws:  # nothing replicated: exactly 1/ws of the sharded layers
+                assert r["layer_bytes_shard"] * ws == r["layer_bytes_full"]
+            if vp:  # the head's table cut along the vocab (tied: the lookup reads that one slice too)
+                assert st["param_bytes_after"] < st["param_bytes_before"] - 4 * args.dim * args.vocab_size // 2
+
+
 def dtensor_score_module(preset: str):
     """The peer: the eager model sharded by torch.distributed.tensor.parallel (DTensor), gpt-fast style."""
     from graphopt.distributed.dtensor_peer import parallelize_dtensor
-    args, sm = build_score_module(preset)
+    sm = score_module(preset)
+    args = sm.model.args
     parallelize_dtensor(sm.model)
     return args, sm
 
@@ -115,8 +141,8 @@ def tp_and_peer_worker(cases, peer_presets):
     peers = []
     for preset in peer_presets:
         args, sm = dtensor_score_module(preset)
-        _, ref_sm = build_score_module(preset)
-        inputs = example_batch(args)
+        ref_sm = score_module(preset)
+        inputs = causal_batch(args.vocab_size)
         with torch.no_grad():
             peer, ref = sm(*inputs), ref_sm(*inputs)
         peers.append({"preset": preset, "diff": (peer - ref).abs().max().item()})
@@ -138,11 +164,12 @@ def load_shard_worker(cases):
     from graphopt.scoring.batch import ScoreModule
     rank, ws = dist.get_rank(), dist.get_world_size()
     preset = "tiny"
-    args, ref_sm = build_score_module(preset)
-    inputs = example_batch(args)
+    ref_sm = score_module(preset)
+    args = ref_sm.model.args
+    inputs = causal_batch(args.vocab_size)
     with torch.device("meta"):
         meta_sm = ScoreModule(Transformer(args)).eval()
-    gm0 = capture_graph(meta_sm, tuple(t.to("meta") for t in inputs))
+    gm0 = capture(meta_sm, tuple(t.to("meta") for t in inputs))
     retarget_device(gm0, "cpu")
     out = []
     for ckpt, options in cases:
@@ -191,9 +218,10 @@ def pipeline_worker(preset: str, n_layers: int, n_micro_list):
     from graphopt.pass_manager import run_passes
     from graphopt.pipeline import PassContext
     rank, ws = dist.get_rank(), dist.get_world_size()
-    args, sm = build_score_module(preset, n_layers=n_layers)
-    inputs = example_batch(args, B=4, T=6)
-    gm = capture_graph(sm, inputs)
+    sm = score_module(preset, n_layers=n_layers)
+    args = sm.model.args
+    inputs = causal_batch(args.vocab_size, B=4, T=6)
+    gm = capture(sm, inputs)
     with torch.no_grad():
         ref = gm(*inputs)
     full = _sharded_layer_bytes(gm)
@@ -218,11 +246,12 @@ def tied_tp_worker(preset: str, cases):
     from graphopt.runner.worker import count_params
     aten = torch.ops.aten
     rank, ws = dist.get_rank(), dist.get_world_size()
-    args, sm = build_score_module(preset)
+    sm = score_module(preset)
+    args = sm.model.args
     V, D = args.vocab_size, args.dim
     cuts = {(V, D), (V // ws, D), (V, D // ws)}  # whole table, vocab slice (head), dim slice (lookup)
-    inputs = example_batch(args)
-    gm0 = capture_graph(sm, inputs)
+    inputs = causal_batch(args.vocab_size)
+    gm0 = capture(sm, inputs)
     with torch.no_grad():
         ref = gm0(*inputs)
     out = []
@@ -243,22 +272,6 @@ def tied_tp_worker(preset: str, cases):
                     "table_shapes": sorted(tables.values()), "one_storage": reads["lookup"] == reads["head"],
                     "embedding": recs[0].stats["embedding"], "vocab_logprob": recs[0].stats["vocab_logprob"]})
     return out
-
-
-def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
-    """(requests' batches, n_requests, log-likelihoods [n] float64) of a checkpoint loaded whole in this
-    process, the eager model scoring the synthetic HellaSwag set's first `limit` rows."""
-    from graphopt.checkpoints import load_model
-    from graphopt.data import load_hellaswag
-    from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.score_loop import score_requests
-    from graphopt.scoring.requests import build_requests
-    from graphopt.scoring.strategies import build_batches
-    model, tokenizer = load_model(ckpt, tokenizer="word-hash")  # random weights, no tokenizer file
-    requests = build_requests(load_hellaswag(None, limit=limit), tokenizer)
-    batches = build_batches(requests, strategy)
-    with torch.no_grad():
-        return batches, len(requests), score_requests(ScoreModule(model).eval(), batches, len(requests), False)
 
 
 def _reads(gm, role_ops) -> dict:
@@ -355,23 +368,15 @@ def tp_per_pair_worker(presets):
     rank, ws = dist.get_rank(), dist.get_world_size()
     out = []
     for preset in presets:
-        args, sm = build_score_module(preset)
-        inputs = example_batch(args, B=1, T=7, seed=3)
-        gm = capture_graph(sm, inputs)
+        sm = score_module(preset)
+        args = sm.model.args
+        inputs = causal_batch(args.vocab_size, B=1, T=7, seed=3)
+        gm = capture(sm, inputs)
         ctx = PassContext(example_inputs=inputs, model_args=args, rank=rank, world_size=ws)
         gm, _ = run_passes(gm, ["tensor_parallel"], ctx)
         diff = 0.0
         with torch.no_grad():
-            for x in (inputs, example_batch(args, B=1, T=11, seed=4)):
+            for x in (inputs, causal_batch(args.vocab_size, B=1, T=11, seed=4)):
                 diff = max(diff, (gm(*x) - sm(*x)).abs().max().item())
         out.append((preset, diff))
     return out
-
-
-def sharded_sweep_yaml(name: str, model, out, world_size: int, limit: int, runs: str, data_parallel: int | None = None) -> str:
-    """An experiment YAML for the sharded runner tests: eager per-pair reference, shared-prefix scoring,
-    no warm-up, one timed pass; `runs` is the YAML text of its runs list (indented items)."""
-    dp = "" if data_parallel is None else f"data_parallel: {data_parallel}\n"
-    return (f"name: {name}\nmodel: {model}\nworld_size: {world_size}\n{dp}data: {{limit: {limit}}}\nwarmup: 0\n"
-            f"repeats: 1\noutput_dir: {out}\nreference: {{capture: none, scoring: {{strategy: per_pair}}}}\n"
-            f"scoring: {{strategy: shared_prefix}}\nruns:\n{runs}")

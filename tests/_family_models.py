@@ -1,7 +1,7 @@
 """Tiny LLaMA-family checkpoints shared by the family tests (tests/test_family_*.py): transformers models
 of each family with random weights, saved with save_pretrained, their logits on IDS (longer than the
-tiny original context, 16, and the window, 8), and module-scoped fixtures of the saved directories
-(a test module imports the fixtures it uses)."""
+tiny original context, 16, and the window, 8). The saved directories are session fixtures in
+tests/conftest.py (hf_rope_scaled, hf_qwen3, hf_mistral)."""
 import json
 import shutil
 from dataclasses import replace
@@ -12,9 +12,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from graphopt.checkpoints import load_model  # noqa: E402
-from graphopt.model import ModelArgs, Transformer, init_random_weights  # noqa: E402
+from graphopt.model import Transformer  # noqa: E402
 from graphopt.scoring.batch import ScoreModule  # noqa: E402
-from tests.test_checkpoints import _randomize  # noqa: E402
+from tests._builders import random_model, randomize_hf  # noqa: E402
 
 V, D, T = 96, 64, 40  # T: longer than the tiny original context (16) and the window (8)
 IDS = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(0))
@@ -25,7 +25,7 @@ COMMON = dict(hidden_size=D, intermediate_size=96, num_hidden_layers=2, num_atte
 
 def save_hf_model(hf_cls, cfg, path, seed):
     cfg._attn_implementation = "eager"  # the sliding window is applied as a mask (as graphopt does)
-    hf = _randomize(hf_cls(cfg), seed)
+    hf = randomize_hf(hf_cls(cfg), seed)
     hf.save_pretrained(path)
     with torch.no_grad():
         return hf, hf(input_ids=IDS).logits
@@ -64,36 +64,9 @@ LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq
 LINEAR = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.5}
 
 
-@pytest.fixture(scope="module")
-def scaled(tmp_path_factory):
-    """{kind: (hf logits, directory)} for tiny LlamaForCausalLMs with llama3 / linear RoPE scaling."""
-    out = {}
-    for kind, params in (("llama3", LLAMA3), ("linear", LINEAR)):
-        d = tmp_path_factory.mktemp(kind)
-        cfg = transformers.LlamaConfig(**COMMON, rope_parameters=dict(params))
-        out[kind] = save_hf_model(transformers.LlamaForCausalLM, cfg, d, seed=5)[1], d
-    return out
-
-
-@pytest.fixture(scope="module")
-def qwen3(tmp_path_factory):
-    d = tmp_path_factory.mktemp("qwen3")
-    cfg = transformers.Qwen3Config(**{**COMMON, "rms_norm_eps": 1e-6}, head_dim=24, rope_theta=1e6,
-                                   attention_bias=False)
-    hf, want = save_hf_model(transformers.Qwen3ForCausalLM, cfg, d, seed=6)
-    return hf, want, d
-
-
-@pytest.fixture(scope="module")
-def mistral(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mistral")
-    cfg = transformers.MistralConfig(**COMMON, sliding_window=8)
-    return save_hf_model(transformers.MistralForCausalLM, cfg, d, seed=10)[1], d
-
-
 def qwen3_score_module():
     """tiny-qwen3 with random q/k norm weights (init_random_weights sets norms to 1)."""
-    model = init_random_weights(Transformer(ModelArgs.from_name("tiny-qwen3")), seed=4).eval()
+    model = random_model("tiny-qwen3", seed=4)
     gen = torch.Generator().manual_seed(9)
     with torch.no_grad():
         for name, p in model.named_parameters():

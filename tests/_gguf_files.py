@@ -1,13 +1,15 @@
 """Tiny GGUF files for the GGUF tests (tests/test_gguf*.py), written as llama.cpp's converter writes
 them: transformers models (F32 or Q8_0, permuted q/k for "llama", HF order for "qwen2"/"qwen3") and a
-byte-level BPE vocabulary trained here in the metadata; module-scoped fixtures of the tokenizer and ids
-(a test module imports the fixtures it uses)."""
+byte-level BPE vocabulary trained here in the metadata. The tokenizer and the ids the tests read are
+session fixtures in tests/conftest.py (gguf_tokenizer, gguf_ids)."""
 import numpy as np
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
+
+from tests._builders import randomize_hf  # noqa: E402
 
 Q8 = gguf.GGMLQuantizationType.Q8_0
 F32 = gguf.GGMLQuantizationType.F32
@@ -39,29 +41,17 @@ def train_tokenizer():
     return tokens, merges, types, fast
 
 
-def randomize(model, seed):
-    """Weights large enough that attention is peaked (a wrong q/k row order changes the logits a lot)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
 def hf_model(kind: str, vocab: int, tied: bool):
     common = dict(hidden_size=N_HEADS * HEAD_DIM, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=N_HEADS, num_key_value_heads=N_KV, vocab_size=vocab,
                   max_position_embeddings=64, tie_word_embeddings=tied, rms_norm_eps=1e-5, rope_theta=10000.0,
                   bos_token_id=0, eos_token_id=1)
     if kind == "llama":
-        return randomize(transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)), seed=1)
+        return randomize_hf(transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)), seed=1)
     if kind == "qwen3":
         cfg = transformers.Qwen3Config(**common, head_dim=QWEN3_HEAD_DIM)
-        return randomize(transformers.Qwen3ForCausalLM(cfg), seed=3)
-    return randomize(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)), seed=2)
+        return randomize_hf(transformers.Qwen3ForCausalLM(cfg), seed=3)
+    return randomize_hf(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)), seed=2)
 
 
 def head_dim_of(hf) -> int:
@@ -135,17 +125,6 @@ def write_gguf(path, hf, kind: str, tokenizer, qtype=F32, permute: bool | None =
     w.write_tensors_to_file()
     w.close()
     return path
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def ids(tokenizer):
-    fast = tokenizer[3]
-    return torch.tensor([fast.encode(" ".join(TEXT[:2]), add_special_tokens=False)[:24]])
 
 
 def logits_of(model, ids):

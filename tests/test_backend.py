@@ -1,16 +1,11 @@
 """graphopt.backend as a torch.compile backend: passes run on dynamo's graph (normalised to the export
 IR), then the FX graph ("eager") or inductor; outputs equal eager (fp32, 1e-4), one compilation for
 several shapes, pass records exposed."""
-import dataclasses
-
 import pytest
 import torch
 
 import graphopt
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.scoring.batch import ScoreModule
-from tests.test_capture import score_inputs, score_module
+from tests._builders import score_inputs, score_module
 
 ATOL = 1e-4
 FUSION = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention"]
@@ -39,8 +34,7 @@ def test_backend_rejects_unknown_then():
 def test_backend_inductor_one_layer():
     """Inductor compiles are slow on CPU: one layer, a few passes, two shapes."""
     torch._dynamo.reset()
-    args = dataclasses.replace(ModelArgs.from_name("tiny-gqa"), n_layers=1)
-    module = ScoreModule(init_random_weights(Transformer(args))).eval()
+    module = score_module("tiny-gqa", n_layers=1)
     be = graphopt.backend(pipeline=["fuse_rmsnorm", "fuse_swiglu", "sdpa_attention"], compiler="inductor")
     compiled = torch.compile(module, backend=be, dynamic=True)
     with torch.no_grad():

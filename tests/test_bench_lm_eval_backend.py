@@ -31,7 +31,7 @@ def test_tasks_load_in_lm_eval(tmp_path):
 
     n_requests = write_tasks(tmp_path, seed=1, rows=SMALL)
     assert n_requests == {"rt_hellaswag": 12, "rt_arc_easy": 16, "rt_piqa": 10}
-    tasks = get_task_dict(list(TASKS), TaskManager(include_path=str(tmp_path)))
+    tasks = get_task_dict(list(TASKS), TaskManager(include_path=str(tmp_path), include_defaults=False))
     rows = task_rows(seed=1, rows=SMALL)
     for name in TASKS:
         task = tasks[name]

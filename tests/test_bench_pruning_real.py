@@ -10,16 +10,14 @@ import torch
 
 from benchmarks import pruning_real as bench
 from graphopt.data.real_text import real_text_raw
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.data import real_text_hellaswag
+from tests._builders import random_model
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    args = ModelArgs(dim=72, n_layers=2, n_heads=9, n_kv_heads=3, vocab_size=512, multiple_of=32, max_seq_len=128,
-                     tie_embeddings=True)
-    return init_random_weights(Transformer(args), seed=0).eval(), WordHashTokenizer(512)
+    return random_model("gqa-9-3", max_seq_len=128), WordHashTokenizer(512)  # 9 / 3 heads, tied
 
 
 def test_table_rows_params_and_best(tiny):

@@ -5,56 +5,19 @@ import pytest
 import torch
 
 from graphopt.graph_capture import capture
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.scoring.batch import ScoreModule
+from tests._builders import distinct_score_inputs, random_model, score_inputs, score_module
 
 ATOL = 1e-5  # fp32: the captured graph runs the same ops as eager
-
-
-def score_inputs(B, T, N, vocab=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (B, T), generator=g)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    score_idx = torch.randint(0, B * T, (N,), generator=g)
-    targets = torch.randint(0, vocab, (N,), generator=g)
-    return ids, pos, mask, score_idx, targets
-
-
-def distinct_score_inputs(B, T, N, vocab=512, seed=0):
-    """As score_inputs, but the N scored positions are distinct (as a real layout's are)."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (B, T), generator=g)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    idx = torch.randperm(B * T, generator=g)[:N]
-    return ids, pos, mask, idx, torch.randint(0, vocab, (N,), generator=g)
-
-
-def score_module(preset):
-    return ScoreModule(init_random_weights(Transformer(ModelArgs.from_name(preset)))).eval()
 
 
 def op_counts(gm):
     return Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
 
 
-_CAPTURED = {}
-
-
-def captured(preset, method):
-    """One capture per (preset, method) per session, shared by the tests that only read it."""
-    if (preset, method) not in _CAPTURED:
-        module = score_module(preset)
-        _CAPTURED[preset, method] = module, capture(module, score_inputs(2, 8, 5), method=method)
-    return _CAPTURED[preset, method]
-
-
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
 @pytest.mark.parametrize("method", ["export", "dynamo"])
-def test_capture_matches_eager_and_is_dynamic(preset, method):
-    module, gm = captured(preset, method)
+def test_capture_matches_eager_and_is_dynamic(captures, preset, method):
+    module, _, gm = captures(preset, method)
     stats = gm.meta["capture_stats"]
     assert stats["method"] == method and stats["n_graphs"] == 1 and stats["recompiles"] == 0
     # weights are parameters read by get_attr, named as in the module
@@ -73,12 +36,12 @@ def test_capture_matches_eager_and_is_dynamic(preset, method):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
-def test_dynamo_and_export_give_the_same_ir(preset):
-    assert op_counts(captured(preset, "export")[1]) == op_counts(captured(preset, "dynamo")[1])
+def test_dynamo_and_export_give_the_same_ir(captures, preset):
+    assert op_counts(captures(preset, "export")[2]) == op_counts(captures(preset, "dynamo")[2])
 
 
 def test_capture_bare_transformer():
-    model = init_random_weights(Transformer(ModelArgs.from_name("tiny"))).eval()
+    model = random_model("tiny")
     ids, pos, mask, _, _ = score_inputs(2, 8, 1)
     gm = capture(model, (ids, pos, mask))
     with torch.no_grad():

@@ -11,21 +11,10 @@ transformers = pytest.importorskip("transformers")
 from graphopt.checkpoints import (CheckpointError, load_hf_checkpoint, load_meta_checkpoint,  # noqa: E402
                                   load_model, meta_split_dim, save_meta_checkpoint)
 from graphopt.checkpoints.meta import meta_shard_paths, read_meta_params  # noqa: E402
+from tests._builders import randomize_hf  # noqa: E402
 
 V, D = 96, 64
 IDS = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
-
-
-def _randomize(model, seed):
-    """Weights large enough that attention is peaked (a wrong q/k row order changes the logits a lot)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))  # distinct norms catch a swap
-            else:
-                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 def _hf_logits(hf):
@@ -44,7 +33,7 @@ def llama(tmp_path_factory):
     cfg = transformers.LlamaConfig(hidden_size=D, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, vocab_size=V, max_position_embeddings=64,
                                    tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0)
-    hf = _randomize(transformers.LlamaForCausalLM(cfg), seed=1)
+    hf = randomize_hf(transformers.LlamaForCausalLM(cfg), seed=1)
     root = tmp_path_factory.mktemp("llama")
     hf.save_pretrained(root / "st")
     hf.save_pretrained(root / "st_sharded", max_shard_size="100KB")
@@ -164,7 +153,7 @@ def test_qwen2_bias_and_tied_embeddings(tmp_path):
     cfg = transformers.Qwen2Config(hidden_size=D, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, vocab_size=V, max_position_embeddings=64,
                                    tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6)
-    hf = _randomize(transformers.Qwen2ForCausalLM(cfg), seed=2)
+    hf = randomize_hf(transformers.Qwen2ForCausalLM(cfg), seed=2)
     hf.save_pretrained(tmp_path)
     model, _ = load_model(str(tmp_path), tokenizer="word-hash")
     assert model.args.qkv_bias and model.args.tie_embeddings and model.args.rope_theta == 1e6
@@ -306,7 +295,7 @@ def test_mistral_config(tmp_path):
     cfg = transformers.MistralConfig(hidden_size=D, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
                                      num_key_value_heads=1, vocab_size=V, max_position_embeddings=64, sliding_window=32,
                                      tie_word_embeddings=False)
-    hf = _randomize(transformers.MistralForCausalLM(cfg), seed=4)
+    hf = randomize_hf(transformers.MistralForCausalLM(cfg), seed=4)
     hf.save_pretrained(tmp_path)
     model, _ = load_model(str(tmp_path), tokenizer="word-hash")
     assert model.args.n_kv_heads == 1

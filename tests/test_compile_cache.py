@@ -13,8 +13,24 @@ from pathlib import Path
 
 import pytest
 
-EVAL = [sys.executable, "-m", "graphopt", "eval", "--model", "tiny", "--limit", "4", "--no-progress",
-        "--pipeline", "exact", "--compiler", "inductor", "--output", "json"]
+
+@pytest.fixture(scope="module")
+def one_layer(tmp_path_factory) -> Path:
+    """A one-layer tiny checkpoint (Meta layout, the test tokenizer): inductor compiles it in less time than
+    the two-layer preset, and the cache treats every model alike."""
+    from graphopt.checkpoints import save_meta_checkpoint
+    from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
+    from tests._builders import random_model
+    path = tmp_path_factory.mktemp("one_layer") / "ckpt"
+    model = random_model("tiny", n_layers=1)
+    save_meta_checkpoint(model, path)
+    write_word_hash_tokenizer(path, model.args.vocab_size)
+    return path
+
+
+def _eval(model: Path) -> list[str]:
+    return [sys.executable, "-m", "graphopt", "eval", "--model", str(model), "--limit", "4", "--no-progress",
+            "--pipeline", "exact", "--compiler", "inductor", "--output", "json"]
 
 
 def _env(cache: Path) -> dict:
@@ -22,16 +38,16 @@ def _env(cache: Path) -> dict:
     return dict(env, GRAPHOPT_CACHE_DIR=str(cache))
 
 
-def _run(cache: Path) -> dict:
-    done = subprocess.run(EVAL, env=_env(cache), capture_output=True, text=True, timeout=600)
+def _run(model: Path, cache: Path) -> dict:
+    done = subprocess.run(_eval(model), env=_env(cache), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return {**json.loads(done.stdout), "stderr": done.stderr}
 
 
-def test_second_process_hits_concurrent_fill_and_corrupt_entries(tmp_path):
+def test_second_process_hits_concurrent_fill_and_corrupt_entries(one_layer, tmp_path):
     cache = tmp_path / "cache"
-    procs = [subprocess.Popen(EVAL, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # two processes fill the empty cache at once
+    procs = [subprocess.Popen(_eval(one_layer), env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]  # two processes fill the empty cache at once
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     cold = [json.loads(o[0]) for o in outs]
@@ -39,14 +55,14 @@ def test_second_process_hits_concurrent_fill_and_corrupt_entries(tmp_path):
     folder = next(cache.glob("inductor-torch*"))
     assert list((folder / "fxgraph").rglob("*")), "nothing was written to the FX graph cache"
 
-    warm = _run(cache)
+    warm = _run(one_layer, cache)
     assert warm["n_compiles"] == 1 and warm["cache_hits"] == 1
     assert (warm["acc"], warm["acc_norm"]) == (cold[0]["acc"], cold[0]["acc_norm"])
 
     for f in list((folder / "fxgraph").rglob("*")) + list((folder / "aotautograd").rglob("*")):
         if f.is_file():
             f.write_bytes(b"not a cache entry")
-    rebuilt = _run(cache)
+    rebuilt = _run(one_layer, cache)
     assert rebuilt["cache_hits"] == 0 and (rebuilt["acc"], rebuilt["acc_norm"]) == (warm["acc"], warm["acc_norm"])
 
     kernels = sorted(folder.glob("*/*.main.so"), key=lambda p: p.name)  # the graph's kernels, loaded on a hit
@@ -55,23 +71,41 @@ def test_second_process_hits_concurrent_fill_and_corrupt_entries(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:4096])  # as a compile killed while gcc wrote it
     garbage.write_bytes(os.urandom(sizes[garbage]))  # same size, other bytes
     module.write_text("garbage(\n")
-    fixed = _run(cache)  # before: SIGBUS (exit 135 from a shell), or a 140-line traceback for the garbage one
+    fixed = _run(one_layer, cache)  # before: SIGBUS (exit 135 from a shell), or a 140-line traceback for the garbage one
     lines = [line for line in fixed["stderr"].splitlines() if "discarded" in line]
     assert len(lines) == 1 and "discarded 3 files of the compile cache" in lines[0], fixed["stderr"][-2000:]
     assert all(p.relative_to(folder).as_posix() in lines[0] for p in (truncated, garbage, module))
     assert (fixed["acc"], fixed["acc_norm"]) == (warm["acc"], warm["acc_norm"])
     assert {p: p.stat().st_size for p in sizes} == sizes  # compiled afresh
 
-    again = _run(cache)
+    again = _run(one_layer, cache)
     assert again["cache_hits"] == 1 and "discarded" not in again["stderr"]  # rebuilt entries are good again
 
 
-@pytest.mark.slow  # one more inductor compile in a fresh process (~25 s idle); the cache's reuse and
-# corrupt-entry tests above stay in the default run
-def test_a_cache_folder_that_cannot_be_written_compiles_without_it(tmp_path):
+def test_a_cache_folder_that_cannot_be_written_is_said_once_and_not_an_error(tmp_path):
+    """compile_cache.configure() in a fresh process (no compile): the cache is off, a private folder is
+    used instead, and the reason is said once however often a run configures."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    out = _run(blocker / "cache")  # a folder under a regular file cannot be made
+    code = ("import json; from graphopt import compile_cache as c; "
+            "print(json.dumps([c.configure(), c.configure()]))")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(blocker / "cache"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(done.stdout)
+    assert first == second and not first["enabled"] and "NotADirectoryError" in first["reason"], first
+    assert Path(first["dir"]).is_dir() and not Path(first["dir"]).is_relative_to(blocker)
+    assert done.stderr.count("cannot be written") == 1 and "without it" in done.stderr
+    Path(first["dir"]).rmdir()
+
+
+@pytest.mark.slow  # one more inductor compile in a fresh process (~25 s idle); configure()'s fallback is
+# test_a_cache_folder_that_cannot_be_written_is_said_once_and_not_an_error (default), a compile without
+# the cache is every compile the suite runs outside this file
+def test_a_cache_folder_that_cannot_be_written_compiles_without_it(one_layer, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = _run(one_layer, blocker / "cache")  # a folder under a regular file cannot be made
     assert out["n_compiles"] == 1 and out["cache_hits"] == 0
     assert out["stderr"].count("cannot be written") == 1 and "without it" in out["stderr"]
 

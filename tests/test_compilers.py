@@ -1,24 +1,18 @@
 """graphopt.compilers: every compiler name runs the module and matches it (fp32, 1e-4);
 inductor-frozen really folds the weights in (a weight changed after compiling is not seen), plain
 inductor does not; an unknown name is an error listing the valid ones."""
-import dataclasses
-
 import pytest
 import torch
 
 import graphopt
 from graphopt.compilers import COMPILERS, compile_for
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.scoring.batch import ScoreModule
-from tests.test_capture import score_inputs
+from tests._builders import score_inputs, score_module
 
 ATOL = 1e-4
 
 
 def one_layer_module():
-    args = dataclasses.replace(ModelArgs.from_name("tiny-gqa"), n_layers=1)
-    return ScoreModule(init_random_weights(Transformer(args))).eval()
+    return score_module("tiny-gqa", n_layers=1)
 
 
 @pytest.mark.parametrize("compiler", COMPILERS)

@@ -10,11 +10,11 @@ from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.distributed.data_parallel import share_tokens, split_by_tokens
 from graphopt.distributed.mesh import MeshShape, mesh_problem, mesh_shape
-from graphopt.model import ModelArgs, Transformer, init_random_weights
+from graphopt.model import ModelArgs
 from graphopt.runner.config import load_config
 from graphopt.runner.yaml_source import ConfigError
 from graphopt.scoring.batch import Request
-from tests import _dist_workers as W
+from tests._builders import random_model, sharded_sweep_yaml
 
 
 def _request(q: int, c: int, n_ctx: int, n_cont: int) -> Request:
@@ -72,7 +72,7 @@ RUNS = """\
 
 def _write(tmp_path, model="tiny", world=4, dp=2, limit=6, extra=""):
     cfg = tmp_path / f"dp{world}x{dp}.yaml"
-    cfg.write_text(W.sharded_sweep_yaml("dp", model, tmp_path / f"out{world}x{dp}", world, limit, RUNS, data_parallel=dp) + extra)
+    cfg.write_text(sharded_sweep_yaml("dp", model, tmp_path / f"out{world}x{dp}", world, limit, RUNS, data_parallel=dp) + extra)
     return cfg
 
 
@@ -91,7 +91,7 @@ def test_load_refuses_more_replicas_than_questions(tmp_path):
 
 def test_load_refuses_a_tp_size_that_does_not_divide_the_kv_heads(tmp_path):
     args = ModelArgs(dim=96, n_layers=2, n_heads=12, n_kv_heads=4, vocab_size=128, multiple_of=32, max_seq_len=64)
-    save_meta_checkpoint(init_random_weights(Transformer(args), seed=0), tmp_path / "ckpt")
+    save_meta_checkpoint(random_model(args), tmp_path / "ckpt")
     write_word_hash_tokenizer(tmp_path / "ckpt", args.vocab_size)
     # world 4 = dp 2 x tp 2: 12 query heads and 4 kv heads split; tp 3 (world 6, dp 2): 4 kv heads do not divide
     load_config(_write(tmp_path, model=tmp_path / "ckpt", world=4, dp=2))
@@ -103,8 +103,8 @@ def test_load_refuses_a_tp_size_that_does_not_divide_the_kv_heads(tmp_path):
 @pytest.mark.distributed
 def test_dp2_x_tp2_and_dp2_x_pp2_sweep_equals_one_process(tmp_path):
     from graphopt.runner.execute import run_experiment
-    model = init_random_weights(Transformer(ModelArgs.from_name("tiny-gqa")), seed=3)
-    save_meta_checkpoint(model, tmp_path / "ckpt")
+    model = random_model("tiny-gqa", seed=3)
+    save_meta_checkpoint(model, tmp_path / "ckpt", n_shards=2)  # a file per rank of a model group of 2
     write_word_hash_tokenizer(tmp_path / "ckpt", model.args.vocab_size)
     one = run_experiment(load_config(_write(tmp_path, model=tmp_path / "ckpt", world=1, dp=1)), progress=False,
                          log=lambda *a: None)

@@ -9,11 +9,12 @@ import re
 import pytest
 import torch
 
-from graphopt.distributed.launch import launch
 from graphopt.distributed.pipeline_run import StagePlan, micro_batches, run_pipeline
+from graphopt.graph_capture import capture
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, PassError
 from tests import _dist_workers as W
+from tests._builders import causal_batch, model_args, score_module
 
 TOL = 1e-5
 
@@ -29,9 +30,10 @@ def _stage_layers(split) -> list[set[int]]:
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa", "tiny-gqa1"])
 def test_pipeline_split_in_process(preset):
-    args, sm = W.build_score_module(preset, n_layers=4)
-    inputs = W.example_batch(args, B=4, T=6)
-    gm = W.capture_graph(sm, inputs)
+    sm = score_module(preset, n_layers=4)
+    args = sm.model.args
+    inputs = causal_batch(args.vocab_size, B=4, T=6)
+    gm = capture(sm, inputs)
     with torch.no_grad():
         ref = gm(*inputs)
     for n_stages in (2, 4):
@@ -60,9 +62,10 @@ def test_pipeline_split_tied_table_reaches_first_and_last_stage(preset):
     both stages get the one tensor, and a rank keeping its stage (drop_other_stages) keeps it whole."""
     from graphopt.distributed.pipeline_run import drop_other_stages
     from graphopt.graph_attrs import attr
-    args, sm = W.build_score_module(preset, n_layers=4)
-    inputs = W.example_batch(args, B=4, T=6)
-    gm = W.capture_graph(sm, inputs)
+    sm = score_module(preset, n_layers=4)
+    args = sm.model.args
+    inputs = causal_batch(args.vocab_size, B=4, T=6)
+    gm = capture(sm, inputs)
     table = sm.model.tok_embeddings.weight
     with torch.no_grad():
         ref = gm(*inputs)
@@ -85,8 +88,7 @@ def test_pipeline_split_tied_table_reaches_first_and_last_stage(preset):
 
 
 def test_micro_batches_cover_every_score_once():
-    args, _ = W.build_score_module("tiny")
-    inputs = W.example_batch(args, B=5, T=4)
+    inputs = causal_batch(model_args("tiny").vocab_size, B=5, T=4)
     mbs = micro_batches(inputs, 3)
     assert [mb[0].shape[0] for mb, _ in mbs] == [2, 2, 1]
     assert torch.equal(torch.cat([sel for _, sel in mbs]).sort().values, torch.arange(inputs[3].shape[0]))
@@ -94,8 +96,8 @@ def test_micro_batches_cover_every_score_once():
         assert mb[3].max() < mb[0].numel() and torch.equal(mb[4], inputs[4][sel])
 
 
-def test_pipeline_across_4_processes():
-    res = launch(W.pipeline_worker, 4, args=("tiny-gqa", 4, [1, 2, 4]), timeout_s=300)
+def test_pipeline_across_4_processes(world):
+    res = world(4).run(W.pipeline_worker, "tiny-gqa", 4, [1, 2, 4], timeout_s=300)
     for rank, r in enumerate(res):
         assert r["matches"] == 4 and r["stages"] == [f"submod_{i}" for i in range(4)]
         assert max(r["diffs"]) <= TOL, (rank, r["diffs"])
@@ -106,7 +108,6 @@ def test_pipeline_micro_batches_carry_the_packed_layout_ids():
     """Packed batches hand doc_ids/seg_ids to the graph; micro-batches cut them by rows with the rest,
     and prefix_attention (which reads them) gives the unsplit graph's scores through 2 stages."""
     import graphopt
-    from graphopt.graph_capture import capture
     from graphopt.scoring import ScoreModule, build_batches, build_requests
 
     model, tokenizer = graphopt.load_model("tiny-gqa", seed=1)

@@ -1,7 +1,6 @@
 """Environment mistakes (a device this machine lacks, an output folder that cannot be written) end in
 one line naming the value and the cause, before any model loads — never a traceback."""
 import errno
-import os
 import tempfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from graphopt.cli import main
 from graphopt.env_checks import check_device, check_writable_dir
 from graphopt.errors import UserError
+from tests._builders import unwritable_folder
 
 
 def _eval_error(capsys, *argv) -> str:
@@ -48,23 +48,8 @@ def test_output_folder_under_a_regular_file(tmp_path):
         check_writable_dir(tmp_path / "afile")
 
 
-def _unwritable_folder(tmp_path) -> Path:
-    """A folder this process cannot write: chmod 0555 (ignored by root: then /sys, read-only to it)."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    d.chmod(0o555)
-    for candidate in (d, Path("/sys/fs")):
-        try:
-            fd, probe = tempfile.mkstemp(dir=candidate)
-        except OSError:
-            return candidate
-        os.close(fd)
-        os.unlink(probe)
-    raise AssertionError("no folder on this machine refuses writes to this process; cannot test the refusal")
-
-
 def test_unwritable_output_folder_names_it_and_the_cause(tmp_path):
-    folder = _unwritable_folder(tmp_path)
+    folder = unwritable_folder(tmp_path)
     try:
         with pytest.raises(UserError, match=rf"output folder '{folder}/results' cannot be written: "):
             check_writable_dir(folder / "results")

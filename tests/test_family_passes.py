@@ -4,28 +4,25 @@ RoPE, pipeline_split carries the window mask."""
 import pytest
 import torch
 
-from graphopt.model import Transformer, init_random_weights
+from graphopt.graph_capture import capture
 from graphopt.scoring.batch import ScoreModule
-from tests._family_models import (TOL, V, load_dir, max_diff, qwen3, qwen3_score_module, scaled)  # noqa: F401
-from tests.test_capture import score_inputs
+from tests._builders import causal_batch, score_inputs, score_module
+from tests._family_models import TOL, V, load_dir, max_diff, qwen3_score_module
 
 
 @pytest.mark.distributed
-def test_tensor_parallel_keeps_qk_norms_whole_and_the_window():
+def test_tensor_parallel_keeps_qk_norms_whole_and_the_window(world):
     """tensor_parallel cuts heads; a q/k norm acts per head over head_dim, so every rank keeps all of it
     (it is not a linear the plan cuts), and the window mask is computed from the positions on every rank."""
-    from graphopt.distributed.launch import launch
     from tests import _dist_workers as W
-    from tests.test_distributed_tp import _check
-    res = launch(W.tp_worker, 2, args=([("tiny-qwen3", {}, ()), ("tiny-window", {"vocab_parallel": True}, ())],),
-                 timeout_s=240)
-    _check(res, 2)
+    res = world(2).run(W.tp_worker, [("tiny-qwen3", {}, ()), ("tiny-window", {"vocab_parallel": True}, ())],
+                       timeout_s=240)
+    W.check_tp_results(res, 2)
 
 
 def test_prune_heads_keeps_qk_norms():
     """prune_structured drops kv groups (rows of wq/wk/wv, columns of wo); the q/k norms, over head_dim,
     stay as they are: the pruned graph equals the eager model with the dropped groups' wo columns zeroed."""
-    from graphopt.graph_capture import capture
     from graphopt.pass_manager import run_passes
     from graphopt.pipeline import PassContext
     module = qwen3_score_module()
@@ -52,16 +49,15 @@ def test_prune_heads_keeps_qk_norms():
 
 
 @pytest.mark.parametrize("which", ["qwen3", "llama3"])
-def test_load_shard_fills_qk_norms_and_scaled_rope(qwen3, scaled, which):
+def test_load_shard_fills_qk_norms_and_scaled_rope(hf_qwen3, hf_rope_scaled, which):
     """graphopt.distributed.load_shard (lazy safetensors slices, one rank here) un-permutes the q/k norms
     and rebuilds the RoPE tables with the scaling: the filled graph gives load_model's log-probs."""
     from graphopt.checkpoints import read_hf_config
     from graphopt.distributed.load_shard import load_shard
-    from graphopt.graph_capture import capture
-    d = qwen3[2] if which == "qwen3" else scaled["llama3"][1]
+    d = hf_qwen3[2] if which == "qwen3" else hf_rope_scaled["llama3"][1]
     args = read_hf_config(d)
     x = score_inputs(2, 8, 5, vocab=V, seed=3)
-    gm = capture(ScoreModule(init_random_weights(Transformer(args), seed=1).eval()), x).to("meta")
+    gm = capture(score_module(args, seed=1), x).to("meta")
     # weightless, as a sharded worker's graph: load_shard fills what is on the meta device
     stats = load_shard(gm, d, 0, 1, args)
     assert stats["files_opened"] == ["model.safetensors"]
@@ -77,10 +73,10 @@ def test_pipeline_split_carries_window_mask_and_qk_norms(preset):
     from graphopt.distributed.pipeline_run import run_pipeline
     from graphopt.pass_manager import run_passes
     from graphopt.pipeline import PassContext
-    from tests import _dist_workers as W
-    args, sm = W.build_score_module(preset, n_layers=4)
-    inputs = W.example_batch(args, B=4, T=12)
-    gm = W.capture_graph(sm, inputs)
+    sm = score_module(preset, n_layers=4)
+    args = sm.model.args
+    inputs = causal_batch(args.vocab_size, B=4, T=12)
+    gm = capture(sm, inputs)
     with torch.no_grad():
         ref = sm(*inputs)
         split, recs = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))

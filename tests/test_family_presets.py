@@ -9,7 +9,7 @@ from graphopt.checkpoints import CheckpointError, load_model
 from graphopt.checkpoints.hf import SUPPORTED_MODEL_TYPES
 from graphopt.model import PRESETS, ModelArgs, Transformer
 from graphopt.model.args import RopeScaling
-from tests._family_models import edit_config, mistral, qwen3  # noqa: F401 (fixtures)
+from tests._family_models import edit_config
 
 
 # ---------------------------------------------------------------- presets
@@ -46,16 +46,16 @@ def test_model_args_json_round_trip(name):
 # ---------------------------------------------------------------- refused families
 
 @pytest.mark.parametrize("model_type", ["gemma", "phi3", "gemma2", "mixtral"])
-def test_other_families_are_refused(mistral, tmp_path, model_type):
-    _, d = mistral
+def test_other_families_are_refused(hf_mistral, tmp_path, model_type):
+    _, d = hf_mistral
     d = edit_config(d, tmp_path / "d", model_type=model_type)
     with pytest.raises(CheckpointError, match=rf"config\.json: model_type '{model_type}' is not supported.*"
                                               rf"{', '.join(SUPPORTED_MODEL_TYPES)}"):
         load_model(str(d), tokenizer="word-hash")
 
 
-def test_qwen3_attention_bias_is_refused(qwen3, tmp_path):
-    _, _, d = qwen3
+def test_qwen3_attention_bias_is_refused(hf_qwen3, tmp_path):
+    _, _, d = hf_qwen3
     d = edit_config(d, tmp_path / "d", attention_bias=True)
     with pytest.raises(CheckpointError, match=r"config\.json: attention_bias=true"):
         load_model(str(d), tokenizer="word-hash")

@@ -6,15 +6,13 @@ import torch
 
 import graphopt
 from graphopt.checkpoints import load_meta_checkpoint, save_meta_checkpoint
-from graphopt.model import ModelArgs, Transformer, init_random_weights
-from graphopt.scoring.batch import ScoreModule
-from tests._family_models import (COMMON, D, TOL, load_dir, logits_of, max_diff, qwen3, qwen3_score_module,  # noqa: F401
-                                  save_hf_model, transformers)  # (qwen3: a fixture)
-from tests.test_capture import score_inputs
+from tests._builders import score_inputs, score_module
+from tests._family_models import (COMMON, D, TOL, load_dir, logits_of, max_diff, qwen3_score_module, save_hf_model,
+                                  transformers)
 
 
-def test_qwen3_gives_transformers_logits(qwen3):
-    hf, want, d = qwen3
+def test_qwen3_gives_transformers_logits(hf_qwen3):
+    hf, want, d = hf_qwen3
     model = load_dir(d)
     a = model.args
     assert a.qk_norm and a.head_dim == 24 and not a.qkv_bias and a.rope_theta == 1e6
@@ -29,9 +27,9 @@ def test_qwen3_gives_transformers_logits(qwen3):
     assert diff <= TOL, f"qwen3: max |logit diff| {diff}"
 
 
-def test_qwen3_norm_weights_unpermuted_matter(qwen3):
+def test_qwen3_norm_weights_unpermuted_matter(hf_qwen3):
     """The same weights with the q/k norms left in HF's order give other logits (the test can fail)."""
-    hf, want, d = qwen3
+    hf, want, d = hf_qwen3
     model = load_dir(d)
     with torch.no_grad():
         for layer, hf_layer in zip(model.layers, hf.model.layers):
@@ -70,7 +68,7 @@ def test_optimized_matches_eager(preset, pipeline):
     if preset == "tiny-qwen3":
         module = qwen3_score_module()
     else:
-        module = ScoreModule(init_random_weights(Transformer(ModelArgs.from_name(preset)), seed=4).eval())
+        module = score_module(preset, seed=4)
     opt = graphopt.optimize(module, score_inputs(2, 8, 5, seed=2), pipeline)
     with torch.no_grad():
         for shape in [(2, 8, 5), (3, 11, 7)]:

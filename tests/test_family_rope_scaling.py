@@ -12,8 +12,7 @@ from graphopt.checkpoints import CheckpointError, load_meta_checkpoint, load_mod
 from graphopt.model import ModelArgs, Transformer
 from graphopt.model.args import RopeScaling
 from graphopt.model.llama import rope_tables, scale_inv_freq
-from tests._family_models import (COMMON, LINEAR, LLAMA3, TOL, V, edit_config, load_dir, logits_of, max_diff,
-                                  scaled, transformers)  # noqa: F401 (scaled: a fixture)
+from tests._family_models import COMMON, LINEAR, LLAMA3, TOL, V, edit_config, load_dir, logits_of, max_diff, transformers
 
 
 def test_llama3_scaling_has_all_three_bands():
@@ -54,8 +53,8 @@ def test_freq_factors_scaling_is_a_per_frequency_divisor():
 
 @pytest.mark.parametrize("kind", ["llama3", "linear"])
 @pytest.mark.parametrize("layout", ["v5", "v4"])
-def test_rope_scaling_gives_transformers_logits(scaled, tmp_path, kind, layout):
-    want, d = scaled[kind]
+def test_rope_scaling_gives_transformers_logits(hf_rope_scaled, tmp_path, kind, layout):
+    want, d = hf_rope_scaled[kind]
     params = dict(LLAMA3 if kind == "llama3" else LINEAR)
     if layout == "v4":  # transformers 4's config.json: rope_theta at the top, rope_scaling with "type"
         theta, kind_key = params.pop("rope_theta"), params.pop("rope_type")
@@ -73,8 +72,8 @@ def test_rope_scaling_gives_transformers_logits(scaled, tmp_path, kind, layout):
     assert max_diff(logits_of(plain.eval()), want) > 1e-2
 
 
-def test_llama3_without_original_context_uses_max_position_embeddings(scaled, tmp_path):
-    _, d = scaled["llama3"]
+def test_llama3_without_original_context_uses_max_position_embeddings(hf_rope_scaled, tmp_path):
+    _, d = hf_rope_scaled["llama3"]
     params = {k: v for k, v in LLAMA3.items() if k != "original_max_position_embeddings"}
     model = load_dir(edit_config(d, tmp_path / "d", rope_parameters=params))
     assert model.args.rope_scaling.original_max_seq_len == 64  # as transformers' standardize_rope_params
@@ -88,15 +87,15 @@ def test_llama3_without_original_context_uses_max_position_embeddings(scaled, tm
     ({"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5"),
     ({"full_attention": {"rope_type": "default"}}, "rope_parameters per layer type"),
 ])
-def test_unsupported_rope_is_a_clear_error(scaled, tmp_path, params, match):
-    _, d = scaled["linear"]
+def test_unsupported_rope_is_a_clear_error(hf_rope_scaled, tmp_path, params, match):
+    _, d = hf_rope_scaled["linear"]
     d = edit_config(d, tmp_path / "d", rope_parameters=params)
     with pytest.raises(CheckpointError, match=rf"{d}/config\.json: {match}"):
         load_model(str(d), tokenizer="word-hash")
 
 
-def test_rope_scaling_rebuilt_on_meta_save_and_load(scaled, tmp_path):
-    _, d = scaled["llama3"]
+def test_rope_scaling_rebuilt_on_meta_save_and_load(hf_rope_scaled, tmp_path):
+    _, d = hf_rope_scaled["llama3"]
     model = load_dir(d)
     save_meta_checkpoint(model, tmp_path, n_shards=2)
     assert json.loads((tmp_path / "params.json").read_text())["rope_scaling"]["kind"] == "llama3"

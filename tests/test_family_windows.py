@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from graphopt.checkpoints import CheckpointError, load_meta_checkpoint, load_model, save_meta_checkpoint
-from graphopt.model import ModelArgs, Transformer, init_random_weights
-from tests._family_models import (COMMON, TOL, edit_config, load_dir, logits_of, max_diff, mistral,  # noqa: F401
-                                  save_hf_model, transformers, with_window)  # (mistral: a fixture)
+from graphopt.model import ModelArgs, Transformer
+from tests._builders import random_model
+from tests._family_models import COMMON, TOL, edit_config, load_dir, logits_of, max_diff, save_hf_model, transformers, with_window
 
 
-def test_mistral_sliding_window_gives_transformers_logits(mistral):
-    want, d = mistral
+def test_mistral_sliding_window_gives_transformers_logits(hf_mistral):
+    want, d = hf_mistral
     model = load_dir(d)
     assert (model.args.sliding_window, model.args.window_from_layer, model.args.max_seq_len) == (8, 0, 64)
     diff = max_diff(logits_of(model), want)
@@ -29,7 +29,7 @@ def test_window_follows_positions_not_row_offsets():
     """A shared-prefix row [context | ending 1 | ending 2] (both endings at positions C.., each attending
     the context and itself): ending 2's logits equal those of [context | ending 2] alone, so the window
     is measured in positions, not in row offsets (ending 2 sits 6 slots further from the context)."""
-    model = init_random_weights(Transformer(ModelArgs.from_name("tiny-window")), seed=1).eval()
+    model = random_model("tiny-window", seed=1)
     g = torch.Generator().manual_seed(3)
     ctx, e1, e2 = (torch.randint(0, 512, (1, n), generator=g) for n in (10, 6, 6))
     pos = torch.cat([torch.arange(10), torch.arange(10, 16), torch.arange(10, 16)])[None]
@@ -70,8 +70,8 @@ def test_qwen2_without_use_sliding_window_has_no_window(tmp_path):
     assert max_diff(logits_of(model), want) <= TOL
 
 
-def test_layer_types_graphopt_cannot_express(mistral, tmp_path):
-    _, d = mistral
+def test_layer_types_graphopt_cannot_express(hf_mistral, tmp_path):
+    _, d = hf_mistral
     cfg = json.loads((d / "config.json").read_text())
     d = edit_config(d, tmp_path / "d", model_type="qwen2", use_sliding_window=True, max_window_layers=0,
                      layer_types=["sliding_attention", "full_attention"], architectures=["Qwen2ForCausalLM"])
@@ -80,8 +80,8 @@ def test_layer_types_graphopt_cannot_express(mistral, tmp_path):
         load_model(str(d), tokenizer="word-hash")
 
 
-def test_window_model_meta_round_trip(mistral, tmp_path):
-    _, d = mistral
+def test_window_model_meta_round_trip(hf_mistral, tmp_path):
+    _, d = hf_mistral
     model = load_dir(d)
     save_meta_checkpoint(model, tmp_path)
     back = load_meta_checkpoint(tmp_path)

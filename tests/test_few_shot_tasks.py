@@ -2,7 +2,6 @@
 leaderboard_mmlu_pro and leaderboard_bbh, and the prefix tree over all their requests (tokenised as
 lm-eval does, by a BPE trained on their text) shares each task's few-shot prompt and scores every
 request as each pair alone (fp32, 1e-5)."""
-from dataclasses import replace
 
 import pytest
 import torch
@@ -11,12 +10,12 @@ lm_eval = pytest.importorskip("lm_eval")
 tokenizers = pytest.importorskip("tokenizers")
 
 from graphopt.checkpoints.tokenizers import load_tokenizer  # noqa: E402
-from graphopt.model import ModelArgs, Transformer, init_random_weights  # noqa: E402
 from graphopt.scoring.batch import Request, ScoreModule  # noqa: E402
 from graphopt.scoring.prefix_cache import KVLayout, PrefillModule, cached_score_module  # noqa: E402
 from graphopt.scoring.prefix_tree import TreeRunners, plan_tree, score_tree  # noqa: E402
 from graphopt.scoring.reference import reference_loglik  # noqa: E402
 from graphopt.scoring.requests import encode_pair  # noqa: E402
+from tests._builders import random_model  # noqa: E402
 from tests._few_shot_tasks import write_few_shot_tasks  # noqa: E402
 
 
@@ -26,7 +25,7 @@ def suites(tmp_path_factory):
     from lm_eval.tasks import TaskManager
     root = tmp_path_factory.mktemp("few_shot")
     names = write_few_shot_tasks(root)
-    manager, out = TaskManager(include_path=str(root)), {}
+    manager, out = TaskManager(include_path=str(root), include_defaults=False), {}
     for suite in names:
         out[suite] = {}
         for name, task in manager.load([suite])["tasks"].items():
@@ -84,9 +83,9 @@ def test_prefix_tree_over_a_suite_equals_each_pair_alone(suites, tokenizer, suit
         for k, (doc, ctx, cont) in enumerate(reqs):
             c, x = encode_pair(tokenizer, ctx, cont)
             requests.append(Request(1000 * t + doc, k, tuple(c), tuple(x), len(cont)))
-    args = replace(ModelArgs.from_name("tiny-gqa"), max_seq_len=1024)
+        model = random_model("tiny-gqa", seed=7, max_seq_len=1024)
+    args = model.args
     assert tokenizer.vocab_size <= args.vocab_size
-    model = init_random_weights(Transformer(args), seed=7).eval()
     runners = TreeRunners(cached_score_module(model), KVLayout.of_args(args), PrefillModule(model),
                           ScoreModule(model, greedy=True).eval())
     plan = plan_tree(requests, runners.layout.bytes_per_token)

@@ -6,27 +6,29 @@ import pytest
 import torch
 
 from graphopt.checkpoints import load_model, load_model_structure
-from tests._gguf_files import F32, Q8, TEXT, SAMPLES, N_HEADS, N_KV, HEAD_DIM, gguf, transformers, randomize, hf_model, head_dim_of, write_gguf, tokenizer, ids, logits_of, hf_logits_of  # noqa: F401 (fixtures)
+from tests._builders import randomize_hf
+from tests._gguf_files import (F32, HEAD_DIM, N_HEADS, N_KV, Q8, SAMPLES, TEXT, gguf, head_dim_of, hf_logits_of, hf_model,
+                               logits_of, transformers, write_gguf)
 
 
 @pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False), ("qwen3", True)])
-def test_f32_gguf_gives_transformers_logits(tmp_path, tokenizer, ids, kind, tied):
-    hf = hf_model(kind, len(tokenizer[0]), tied)
-    path = write_gguf(tmp_path / "m.gguf", hf, kind, tokenizer)
+def test_f32_gguf_gives_transformers_logits(tmp_path, gguf_tokenizer, gguf_ids, kind, tied):
+    hf = hf_model(kind, len(gguf_tokenizer[0]), tied)
+    path = write_gguf(tmp_path / "m.gguf", hf, kind, gguf_tokenizer)
     model, _ = load_model(path)
     assert model.args.tie_embeddings == tied and model.args.qkv_bias == (kind == "qwen2")
     assert model.args.qk_norm == (kind == "qwen3")
     assert (model.args.n_heads, model.args.n_kv_heads, model.args.head_dim) == (N_HEADS, N_KV, head_dim_of(hf))
     if tied:
         assert model.output.weight is model.tok_embeddings.weight
-    torch.testing.assert_close(logits_of(model, ids), hf_logits_of(hf, ids), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits_of(model, gguf_ids), hf_logits_of(hf, gguf_ids), atol=1e-4, rtol=0)
 
 
-def test_unpermuted_llama_gguf_is_detected_by_the_logits(tmp_path, tokenizer, ids):
+def test_unpermuted_llama_gguf_is_detected_by_the_logits(tmp_path, gguf_tokenizer, gguf_ids):
     """The comparison above can fail: q/k written in HF's order under "llama" change the logits."""
-    hf = hf_model("llama", len(tokenizer[0]), False)
-    model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer, permute=False))
-    assert (logits_of(model, ids) - hf_logits_of(hf, ids)).abs().max() > 1e-2
+    hf = hf_model("llama", len(gguf_tokenizer[0]), False)
+    model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer, permute=False))
+    assert (logits_of(model, gguf_ids) - hf_logits_of(hf, gguf_ids)).abs().max() > 1e-2
 
 
 def _dequantized_copy(hf, qtype):
@@ -44,23 +46,23 @@ def _dequantized_copy(hf, qtype):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
-def test_q8_0_gguf_gives_the_dequantised_model_logits(tmp_path, tokenizer, ids, kind):
-    hf = hf_model(kind, len(tokenizer[0]), tied=kind == "llama")
-    model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, kind, tokenizer, qtype=Q8))
-    ours = logits_of(model, ids)
-    torch.testing.assert_close(ours, hf_logits_of(_dequantized_copy(hf, Q8), ids), atol=1e-4, rtol=0)
+def test_q8_0_gguf_gives_the_dequantised_model_logits(tmp_path, gguf_tokenizer, gguf_ids, kind):
+    hf = hf_model(kind, len(gguf_tokenizer[0]), tied=kind == "llama")
+    model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, kind, gguf_tokenizer, qtype=Q8))
+    ours = logits_of(model, gguf_ids)
+    torch.testing.assert_close(ours, hf_logits_of(_dequantized_copy(hf, Q8), gguf_ids), atol=1e-4, rtol=0)
     # and the file really was quantised: Q8_0 (|error| <= max|block| / 254, ~0.5% of a weight) moves the
     # logits, by a few % of their range here (the peaked attention of these random weights amplifies it)
-    exact = hf_logits_of(hf, ids)
+    exact = hf_logits_of(hf, gguf_ids)
     gap = (ours - exact).abs().max().item()
     assert 1e-3 < gap < 0.1 * exact.abs().max().item(), (gap, exact.abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_gguf_loads_in_half_precision(tmp_path, tokenizer, dtype):
+def test_gguf_loads_in_half_precision(tmp_path, gguf_tokenizer, dtype):
     """Dequantised to float32, then rounded once to the requested dtype: the float32 load, cast."""
-    hf = hf_model("llama", len(tokenizer[0]), False)
-    path = write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer, qtype=Q8)
+    hf = hf_model("llama", len(gguf_tokenizer[0]), False)
+    path = write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer, qtype=Q8)
     half, full = load_model(path, dtype=dtype)[0].state_dict(), load_model(path)[0].state_dict()
     assert half.keys() == full.keys()
     for key, t in half.items():
@@ -69,24 +71,24 @@ def test_gguf_loads_in_half_precision(tmp_path, tokenizer, dtype):
 
 # not qwen3: transformers' GGUF reader ignores qwen3.attention.key_length (it builds head_dim 128)
 @pytest.mark.parametrize("kind,qtype", [("llama", F32), ("llama", Q8), ("qwen2", F32)])
-def test_transformers_reads_our_test_gguf_as_we_do(tmp_path, tokenizer, ids, kind, qtype):
+def test_transformers_reads_our_test_gguf_as_we_do(tmp_path, gguf_tokenizer, gguf_ids, kind, qtype):
     """transformers' own GGUF reader (which undoes llama.cpp's permutation itself) agrees: the test
     files follow llama.cpp's conventions, and so does the loader."""
-    hf = hf_model(kind, len(tokenizer[0]), False)
-    path = write_gguf(tmp_path / "m.gguf", hf, kind, tokenizer, qtype=qtype)
+    hf = hf_model(kind, len(gguf_tokenizer[0]), False)
+    path = write_gguf(tmp_path / "m.gguf", hf, kind, gguf_tokenizer, qtype=qtype)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name,
                                                                dtype=torch.float32).eval()
     model, tok = load_model(path)
-    torch.testing.assert_close(logits_of(model, ids), hf_logits_of(theirs, ids), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits_of(model, gguf_ids), hf_logits_of(theirs, gguf_ids), atol=1e-4, rtol=0)
     their_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
     for s in SAMPLES:
         assert tok.encode(s) == their_tok.encode(s, add_special_tokens=False)
 
 
-def test_gguf_tokenizer_matches_the_original(tmp_path, tokenizer):
-    tokens, _, _, fast = tokenizer
+def test_gguf_tokenizer_matches_the_original(tmp_path, gguf_tokenizer):
+    tokens, _, _, fast = gguf_tokenizer
     hf = hf_model("llama", len(tokens), True)
-    _, tok = load_model(write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer))
+    _, tok = load_model(write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer))
     assert (tok.bos_id, tok.eos_id, tok.vocab_size, tok.add_bos_token) == (0, 1, len(tokens), False)
     for s in SAMPLES + TEXT:
         ids = tok.encode(s)
@@ -132,26 +134,26 @@ def test_sentencepiece_vocabulary_matches_sentencepiece(tmp_path):
         assert tok.decode(tok.encode(text)) == sp.decode(sp.encode(text))
 
 
-def test_load_model_structure_reads_no_tensors(tmp_path, tokenizer):
-    hf = hf_model("qwen2", len(tokenizer[0]), False)
-    model, tok = load_model_structure(write_gguf(tmp_path / "m.gguf", hf, "qwen2", tokenizer), dtype="bfloat16")
+def test_load_model_structure_reads_no_tensors(tmp_path, gguf_tokenizer):
+    hf = hf_model("qwen2", len(gguf_tokenizer[0]), False)
+    model, tok = load_model_structure(write_gguf(tmp_path / "m.gguf", hf, "qwen2", gguf_tokenizer), dtype="bfloat16")
     assert model.layers[0].attention.wq.weight.is_meta and model.layers[0].attention.wq.bias is not None
-    assert model.tok_embeddings.weight.shape == (len(tokenizer[0]), N_HEADS * HEAD_DIM)
-    assert model.tok_embeddings.weight.dtype == torch.bfloat16 and tok.vocab_size == len(tokenizer[0])
+    assert model.tok_embeddings.weight.shape == (len(gguf_tokenizer[0]), N_HEADS * HEAD_DIM)
+    assert model.tok_embeddings.weight.dtype == torch.bfloat16 and tok.vocab_size == len(gguf_tokenizer[0])
 
 
-def test_linear_rope_scaling(tmp_path, tokenizer, ids):
+def test_linear_rope_scaling(tmp_path, gguf_tokenizer, gguf_ids):
     """llama.cpp writes HF's rope_scaling {linear, factor} as rope.scaling.type / rope.scaling.factor."""
-    vocab = len(tokenizer[0])
+    vocab = len(gguf_tokenizer[0])
     cfg = transformers.LlamaConfig(hidden_size=N_HEADS * HEAD_DIM, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=N_HEADS, num_key_value_heads=N_KV, vocab_size=vocab,
                                    max_position_embeddings=64, rms_norm_eps=1e-5,
                                    rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.5})
-    hf = randomize(transformers.LlamaForCausalLM(cfg), seed=4)
+    hf = randomize_hf(transformers.LlamaForCausalLM(cfg), seed=4)
 
     def linear(w):
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(2.5)
-    model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer, extra=linear))
-    torch.testing.assert_close(logits_of(model, ids), hf_logits_of(hf, ids), atol=1e-4, rtol=0)
+    model, _ = load_model(write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer, extra=linear))
+    torch.testing.assert_close(logits_of(model, gguf_ids), hf_logits_of(hf, gguf_ids), atol=1e-4, rtol=0)
     assert model.args.rope_scaling.kind == "linear" and model.args.rope_scaling.factor == 2.5

@@ -3,13 +3,13 @@ tensor type without a dequantiser, a missing tensor: each one CheckpointError na
 import pytest
 
 from graphopt.checkpoints import CheckpointError, load_model, load_model_structure
-from tests._gguf_files import F32, Q8, gguf, hf_model, write_gguf, tokenizer  # noqa: F401 (fixtures)
+from tests._gguf_files import F32, Q8, gguf, hf_model, write_gguf
 
 
 @pytest.fixture(scope="module")
-def good_file(tmp_path_factory, tokenizer):
-    hf = hf_model("llama", len(tokenizer[0]), False)
-    return write_gguf(tmp_path_factory.mktemp("good") / "m.gguf", hf, "llama", tokenizer, qtype=Q8)
+def good_file(tmp_path_factory, gguf_tokenizer):
+    hf = hf_model("llama", len(gguf_tokenizer[0]), False)
+    return write_gguf(tmp_path_factory.mktemp("good") / "m.gguf", hf, "llama", gguf_tokenizer, qtype=Q8)
 
 
 @pytest.mark.parametrize("cut", [0, 3, 1000, -100])
@@ -30,9 +30,9 @@ def test_not_a_gguf_at_all(tmp_path):
         load_model(bad)
 
 
-def test_unsupported_architecture(tmp_path, tokenizer):
-    hf = hf_model("llama", len(tokenizer[0]), False)
-    path = write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer, arch="falcon")
+def test_unsupported_architecture(tmp_path, gguf_tokenizer):
+    hf = hf_model("llama", len(gguf_tokenizer[0]), False)
+    path = write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer, arch="falcon")
     with pytest.raises(CheckpointError, match=r"m\.gguf: GGUF architecture 'falcon' is not supported"):
         load_model(path)
     with pytest.raises(CheckpointError, match=r"architecture 'falcon'"):
@@ -50,10 +50,10 @@ def test_quantisation_type_without_a_dequantiser(tmp_path, good_file, monkeypatc
         load_model(good_file)
 
 
-def test_integer_tensor_type_is_refused(tmp_path, tokenizer):
+def test_integer_tensor_type_is_refused(tmp_path, gguf_tokenizer):
     """A real type without a dequantiser: I32 (llama.cpp writes no weights in it)."""
-    hf = hf_model("llama", len(tokenizer[0]), False)
-    path = write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer)
+    hf = hf_model("llama", len(gguf_tokenizer[0]), False)
+    path = write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer)
     w = gguf.GGUFReader(path)
     offsets = {t.name: t for t in w.tensors}
     assert offsets["output_norm.weight"].tensor_type == F32
@@ -68,9 +68,9 @@ def test_integer_tensor_type_is_refused(tmp_path, tokenizer):
         load_model(path)
 
 
-def test_missing_tensor_and_wrong_shape_name_the_file(tmp_path, tokenizer):
-    hf = hf_model("llama", len(tokenizer[0]), False)
-    path = write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer)
+def test_missing_tensor_and_wrong_shape_name_the_file(tmp_path, gguf_tokenizer):
+    hf = hf_model("llama", len(gguf_tokenizer[0]), False)
+    path = write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer)
     data = path.read_bytes()
     path.write_bytes(data.replace(b"blk.1.ffn_up.weight", b"blk.1.ffn_XX.weight", 1))
     with pytest.raises(CheckpointError, match=r"m\.gguf: checkpoint lacks 1 tensor.*layers\.1\.feed_forward\.w3"):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from graphopt.checkpoints import CheckpointError, load_model
-from tests._gguf_files import TEXT, N_HEADS, N_KV, HEAD_DIM, transformers, randomize, hf_model, write_gguf, tokenizer, ids, logits_of, hf_logits_of  # noqa: F401 (fixtures)
+from tests._builders import randomize_hf, score_inputs, score_module
+from tests._gguf_files import HEAD_DIM, N_HEADS, N_KV, TEXT, hf_logits_of, hf_model, logits_of, transformers, write_gguf
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -24,18 +25,18 @@ def _llama3_rope_freqs(cfg) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def llama31(tmp_path_factory, tokenizer):
+def llama31(tmp_path_factory, gguf_tokenizer):
     """(hf with llama3 RoPE scaling, its GGUF with rope_freqs.weight, the divisors, 40 token ids)."""
-    vocab = len(tokenizer[0])
+    vocab = len(gguf_tokenizer[0])
     cfg = transformers.LlamaConfig(hidden_size=N_HEADS * HEAD_DIM, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=N_HEADS, num_key_value_heads=N_KV, vocab_size=vocab,
                                    max_position_embeddings=64, rms_norm_eps=1e-5, rope_parameters=dict(LLAMA3_ROPE))
-    hf = randomize(transformers.LlamaForCausalLM(cfg), seed=5)
+    hf = randomize_hf(transformers.LlamaForCausalLM(cfg), seed=5)
     divisors = _llama3_rope_freqs(cfg)
     assert divisors.shape == (HEAD_DIM // 2,) and divisors[0] > 1 and divisors[-1] == 8.0  # a band interpolated
-    path = write_gguf(tmp_path_factory.mktemp("llama31") / "m.gguf", hf, "llama", tokenizer,
+    path = write_gguf(tmp_path_factory.mktemp("llama31") / "m.gguf", hf, "llama", gguf_tokenizer,
                       extra=lambda w: w.add_tensor("rope_freqs.weight", divisors))
-    ids = torch.tensor([tokenizer[3].encode(" ".join(TEXT), add_special_tokens=False)[:40]])
+    ids = torch.tensor([gguf_tokenizer[3].encode(" ".join(TEXT), add_special_tokens=False)[:40]])
     assert ids.shape == (1, 40)
     return hf, path, divisors, ids
 
@@ -67,7 +68,7 @@ def test_rope_freqs_survive_to_dict_meta_save_and_load_shard(llama31, tmp_path):
     from graphopt.checkpoints import load_meta_checkpoint, save_meta_checkpoint
     from graphopt.distributed.load_shard import load_shard
     from graphopt.graph_capture import capture
-    from graphopt.model import ModelArgs, Transformer, init_random_weights
+    from graphopt.model import ModelArgs
     from graphopt.scoring.batch import ScoreModule
 
     _, path, _, ids = llama31
@@ -80,18 +81,17 @@ def test_rope_freqs_survive_to_dict_meta_save_and_load_shard(llama31, tmp_path):
     torch.testing.assert_close(back.rope_cos, model.rope_cos, atol=0, rtol=0)
     torch.testing.assert_close(logits_of(back, ids), logits_of(model, ids), atol=0, rtol=0)
 
-    from tests.test_capture import score_inputs
     x = score_inputs(2, 40, 7, vocab=model.args.vocab_size, seed=3)  # positions up to 39: every band in use
-    gm = capture(ScoreModule(init_random_weights(Transformer(model.args), seed=1).eval()), x).to("meta")
+    gm = capture(score_module(model.args, seed=1), x).to("meta")
     # weightless, as a sharded worker's graph: load_shard fills what is on the meta device
     load_shard(gm, tmp_path, 0, 1, model.args)
     with torch.no_grad():
         torch.testing.assert_close(gm(*x), ScoreModule(model)(*x), atol=1e-5, rtol=0)
 
 
-def test_rope_freqs_of_the_wrong_shape(tmp_path, tokenizer):
-    hf = hf_model("llama", len(tokenizer[0]), False)
-    path = write_gguf(tmp_path / "m.gguf", hf, "llama", tokenizer,
+def test_rope_freqs_of_the_wrong_shape(tmp_path, gguf_tokenizer):
+    hf = hf_model("llama", len(gguf_tokenizer[0]), False)
+    path = write_gguf(tmp_path / "m.gguf", hf, "llama", gguf_tokenizer,
                       extra=lambda w: w.add_tensor("rope_freqs.weight", np.ones(HEAD_DIM, np.float32)))
     with pytest.raises(CheckpointError, match=r"m\.gguf: tensor 'rope_freqs\.weight'.*shape \[16\], expected \[8\]"):
         load_model(path)

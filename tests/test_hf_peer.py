@@ -5,13 +5,13 @@ import torch
 pytest.importorskip("transformers")
 
 from benchmarks._hf_peer import hf_batched_loglik, to_transformers  # noqa: E402
-from graphopt.model import ModelArgs, Transformer, init_random_weights  # noqa: E402
 from graphopt.scoring.batch import Request  # noqa: E402
+from tests._builders import random_model  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["tiny-gqa", "tiny-tied"])
 def test_same_logits_as_ours(name):
-    ours = init_random_weights(Transformer(ModelArgs.from_name(name)), seed=1).eval()
+    ours = random_model(name, seed=1)
     hf = to_transformers(ours)
     ids = torch.randint(0, 512, (2, 11))
     with torch.no_grad():
@@ -19,7 +19,7 @@ def test_same_logits_as_ours(name):
 
 
 def test_batched_loglik_matches_per_pair_scoring():
-    ours = init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=2).eval()
+    ours = random_model("tiny", seed=2)
     hf = to_transformers(ours)
     reqs = [Request(0, 0, (5, 6, 7), (8, 9), 4), Request(0, 1, (5, 6, 7), (10,), 2), Request(1, 0, (1,), (2, 3, 4, 5), 9)]
     got = hf_batched_loglik(hf, reqs, batch_size=2)

@@ -5,29 +5,12 @@ score identical inputs identically and so pick the first. Here a model whose log
 offset makes the copies' raw scores differ for certain."""
 from dataclasses import replace
 
-import torch
-from torch import nn
-
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.data import synthetic_hellaswag
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.scoring import ScoreModule, build_batches, build_requests, evaluate
 from graphopt.scoring.score_loop import score_requests
 from graphopt.scoring.requests import first_identical
-
-
-class OffsetDependent(nn.Module):
-    """The model's logits plus a term that grows with the row offset (not the RoPE position) on odd
-    token ids: the same tokens at another offset of a row score differently."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.args = model, model.args
-
-    def forward(self, input_ids, positions, mask):
-        logits = self.model(input_ids, positions, mask)  # [B, T, V]
-        T, V = logits.shape[1:]
-        return logits + 1e-3 * torch.arange(T)[None, :, None] * (torch.arange(V) % 2)[None, None, :]
+from tests._builders import OffsetDependent, random_model
 
 
 def _rows_with_repeats():
@@ -43,7 +26,7 @@ def test_first_identical_points_at_the_first_copy():
 
 
 def test_packed_rows_give_identical_endings_one_value():
-    model = OffsetDependent(init_random_weights(Transformer(ModelArgs.from_name("tiny-gqa")), seed=1).eval())
+    model = OffsetDependent(random_model("tiny-gqa", seed=1))
     tok, rows = WordHashTokenizer(512), _rows_with_repeats()
     reqs = build_requests(rows, tok)
     raw = score_requests(ScoreModule(model).eval(), build_batches(reqs, "packed"), len(reqs), progress=False)

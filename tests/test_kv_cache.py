@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import optimize, optimize_graph
 from graphopt.pipeline import PassContext
 from graphopt.scoring.batch import Request, ScoreModule
 from graphopt.scoring.prefix_cache import (KVLayout, PrefillModule, cached_example_inputs, cached_mask,
                                            cached_score_module, hidden_slots, rows_under_prefix)
 from graphopt.scoring.reference import reference_loglik
+from tests._builders import random_model
 from tests._family_models import qwen3_score_module
 
 ATOL = 1e-5
@@ -25,7 +25,7 @@ SDPA = torch.ops.aten.scaled_dot_product_attention.default
 def family_model(name):
     if name == "tiny-qwen3":  # random q/k norm weights (init_random_weights sets norms to 1)
         return qwen3_score_module().model
-    return init_random_weights(Transformer(ModelArgs.from_name(name)), seed=3).eval()
+    return random_model(name, seed=3)
 
 
 def ids_of(B, T, seed=0):

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from graphopt.graph_capture import capture
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring.prefix_cache import (KVLayout, PrefillModule, cached_example_inputs, cached_score_module,
                                            hidden_slots)
+from tests._builders import random_model
 
 ops, aten = torch.ops.graphopt, torch.ops.aten
 EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
@@ -19,7 +19,7 @@ EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up
 
 
 def build(preset, seed=2):
-    model = init_random_weights(Transformer(ModelArgs.from_name(preset)), seed=seed).eval()
+    model = random_model(preset, seed=seed)
     return model, cached_score_module(model, return_cache=True)
 
 
@@ -178,10 +178,10 @@ def tp_cache_worker(presets):
 
 
 @pytest.mark.distributed
-def test_tensor_parallel_shards_the_cache_by_kv_heads():
-    """tiny-gqa (2 kv heads: one per rank) and tiny-gqa1 (1 kv head, replicated on both ranks)."""
-    from graphopt.distributed.launch import launch
-    results = launch(tp_cache_worker, 2, args=(["tiny-gqa", "tiny-gqa1"],), timeout_s=240)
+def test_tensor_parallel_shards_the_cache_by_kv_heads(world):
+    """tiny-gqa (2 kv heads: one per rank) and tiny-gqa1 (1 kv head, replicated on both ranks), on the
+    session's world of 2 ranks."""
+    results = world(2).run(tp_cache_worker, ["tiny-gqa", "tiny-gqa1"], timeout_s=240)
     for rank, per_rank in enumerate(results):
         gqa, gqa1 = per_rank
         assert gqa["kv"] == (rank, rank + 1) and gqa["cache_heads"] == 1

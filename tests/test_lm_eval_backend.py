@@ -97,17 +97,24 @@ def _write_tasks(task_dir, rng):
     return task_dir
 
 
-def _evaluate(model, model_args, task_dir, tasks=TASKS):
+def _evaluate(model, model_args, task_manager, tasks=TASKS):
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
     return simple_evaluate(model=model, model_args=model_args, tasks=tasks, batch_size=4, device="cpu",
-                           task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)
+                           task_manager=task_manager, log_samples=True)
 
 
 @pytest.fixture(scope="module")
-def hf_results(setup):
-    model_dir, task_dir = setup
-    return _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_dir)
+def task_manager(setup):
+    """lm-eval's index of these tasks alone (indexing every task YAML lm-eval ships takes seconds; the
+    command's own index of them all is read by the command tests)."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=str(setup[1]), include_defaults=False)
+
+
+@pytest.fixture(scope="module")
+def hf_results(setup, task_manager):
+    model_dir, _ = setup
+    return _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_manager)
 
 
 def _responses(results, task):
@@ -119,12 +126,12 @@ def _responses(results, task):
 
 
 @pytest.mark.parametrize("pipeline", ["auto", "none"])
-def test_same_answers_as_lm_eval_hf(setup, hf_results, pipeline):
+def test_same_answers_as_lm_eval_hf(setup, task_manager, hf_results, pipeline):
     """acc / acc_norm identical, per-request log-likelihoods within 1e-4, is_greedy identical, perplexities
     within 1e-5 relative; the optimised path's graph really has the fused, greedy-aware head."""
     model_dir, task_dir = setup
     lm = GraphoptLM(pretrained=str(model_dir), pipeline=pipeline, progress=False)
-    ours = _evaluate(lm, None, task_dir)
+    ours = _evaluate(lm, None, task_manager)
     for task in TASKS[:3]:
         for metric in ("acc,none", "acc_norm,none"):
             assert ours["results"][task][metric] == hf_results["results"][task][metric], (task, metric)
@@ -170,9 +177,9 @@ def test_is_greedy_matches_hf_on_greedy_continuations(setup):
 def test_identical_requests_get_one_value(setup):
     """Repeated (context, continuation) requests give bit-identical answers from the packed path, so a tie
     between identical choices breaks as lm-eval's hf model breaks it (the first); a scorer whose logits depend
-    on the row offset makes the packed copies' raw scores differ for certain (tests/test_identical_requests.py)."""
+    on the row offset makes the packed copies' raw scores differ for certain (tests/_builders.OffsetDependent)."""
     from graphopt.scoring.batch import ScoreModule
-    from tests.test_identical_requests import OffsetDependent
+    from tests._builders import OffsetDependent
 
     model_dir, _ = setup
     ours = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)
@@ -218,7 +225,7 @@ def test_unknown_model_arg_is_an_error_naming_it(setup):
         GraphoptLM(pretrained=str(setup[0]), pipeline="exact+nonsense")
 
 
-def test_generate_until_refused_before_any_work(setup, capsys):
+def test_generate_until_refused_before_any_work(setup, task_manager, capsys):
     """The command refuses a generative task before the model loads; the class names the task."""
     from graphopt.cli import main
 
@@ -227,19 +234,38 @@ def test_generate_until_refused_before_any_work(setup, capsys):
                  "tiny_piqa,tiny_generate", "--include_path", str(task_dir)])
     assert code == 2 and "tiny_generate" in capsys.readouterr().err  # (a load would have failed on the path)
     with pytest.raises(UserError, match="tiny_generate"):
-        _evaluate(GraphoptLM(pretrained=str(model_dir), progress=False), None, task_dir, ["tiny_generate"])
+        _evaluate(GraphoptLM(pretrained=str(model_dir), progress=False), None, task_manager, ["tiny_generate"])
 
 
-def test_command_prints_lm_eval_table_and_writes_its_files(setup, tmp_path, capsys):
+COMMAND_TASKS = "tiny_hellaswag,tiny_wikitext"
+
+
+def _command_args(setup) -> list[str]:
+    """`graphopt lm-eval` arguments but --model_args and --output_path, on COMMAND_TASKS with samples logged."""
+    return ["--model", "graphopt", "--tasks", COMMAND_TASKS, "--include_path", str(setup[1]), "--log_samples",
+            "--batch_size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def one_process_command(setup, tmp_path_factory):
+    """(exit code, printed output, output folder) of `graphopt lm-eval` in this process: what the command
+    test reads, and the one-process side of the torchrun comparison."""
+    import contextlib
+    import io
+
     from graphopt.cli import main
+    out_dir, printed = tmp_path_factory.mktemp("one"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["lm-eval", *_command_args(setup), "--model_args",
+                     f"pretrained={setup[0]},pipeline=auto,progress=False", "--output_path", str(out_dir)])
+    return code, printed.getvalue(), out_dir
 
-    model_dir, task_dir = setup
-    code = main(["lm-eval", "--model", "graphopt", "--model_args", f"pretrained={model_dir},pipeline=exact",
-                 "--tasks", "tiny_arc", "--include_path", str(task_dir), "--output_path", str(tmp_path / "out")])
-    out = capsys.readouterr().out
-    assert code == 0 and "tiny_arc" in out and "acc_norm" in out
-    results = list((tmp_path / "out").rglob("results_*.json"))
-    assert len(results) == 1 and "tiny_arc" in json.loads(results[0].read_text())["results"]
+
+def test_command_prints_lm_eval_table_and_writes_its_files(one_process_command):
+    code, out, out_dir = one_process_command
+    assert code == 0 and "tiny_hellaswag" in out and "acc_norm" in out
+    results = list(out_dir.rglob("results_*.json"))
+    assert len(results) == 1 and "tiny_hellaswag" in json.loads(results[0].read_text())["results"]
 
 
 def test_world_asked_for_is_checked_before_the_model_loads(setup, monkeypatch):
@@ -270,7 +296,7 @@ def _samples(out_dir, task):
 
 
 @pytest.mark.distributed
-def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
+def test_data_parallel_x_tensor_parallel_under_torchrun(setup, one_process_command, tmp_path):
     """`torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt --model_args ...,data_parallel=2,
     tensor_parallel=2`: two replicas, each sharded two ways (the tensor_parallel pass inside the auto
     pipeline, each rank reading its shard of the checkpoint); one results file and one printed table
@@ -279,10 +305,8 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
     import subprocess
     import sys
 
-    model_dir, task_dir = setup
-    tasks = "tiny_hellaswag,tiny_wikitext"
-    common = ["--model", "graphopt", "--tasks", tasks, "--include_path", str(task_dir), "--log_samples",
-              "--batch_size", "4", "--device", "cpu"]
+    model_dir, _ = setup
+    tasks, common = COMMAND_TASKS, _command_args(setup)
     env = dict(os.environ, OMP_NUM_THREADS="1", GRAPHOPT_COLLECTIVE_TIMEOUT_S="120")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "-m", "graphopt", "lm-eval",
            *common, "--model_args", f"pretrained={model_dir},data_parallel=2,tensor_parallel=2,progress=False",
@@ -292,30 +316,30 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
     assert done.stdout.count("|tiny_hellaswag") == 1, done.stdout  # one table: rank 0's
     assert len(list((tmp_path / "four").rglob("results_*.json"))) == 1
 
-    from graphopt.cli import main
-    assert main(["lm-eval", *common, "--model_args", f"pretrained={model_dir},progress=False",
-                 "--output_path", str(tmp_path / "one")]) == 0
+    code, _, one_dir = one_process_command  # the same command in one process
+    assert code == 0
     four = json.loads(next((tmp_path / "four").rglob("results_*.json")).read_text())["results"]
-    one = json.loads(next((tmp_path / "one").rglob("results_*.json")).read_text())["results"]
+    one = json.loads(next(one_dir.rglob("results_*.json")).read_text())["results"]
     for metric in ("acc,none", "acc_norm,none"):
         assert four["tiny_hellaswag"][metric] == one["tiny_hellaswag"][metric]
     for task in tasks.split(","):
-        got, want = _samples(tmp_path / "four", task), _samples(tmp_path / "one", task)
+        got, want = _samples(tmp_path / "four", task), _samples(one_dir, task)
         assert len(got) == len(want) > 0
         assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-5, task
 
 
-def test_every_process_reports_rank_0_and_lm_eval_returns_results_on_local_rank_0_only(setup, monkeypatch):
+def test_every_process_reports_rank_0_and_lm_eval_returns_results_on_local_rank_0_only(setup, task_manager,
+                                                                                       monkeypatch):
     """graphopt answers every request in every process and reports rank 0 / world size 1 to lm-eval, lm-eval
     0.4.13's convention for a model that splits work itself; lm-eval then returns results (which its CLI
     prints and writes) on LOCAL_RANK 0 only. Fails when lm-eval stops gating on LOCAL_RANK: `graphopt
     lm-eval` under torchrun would then print and write from every process of a node."""
-    model_dir, task_dir = setup
+    model_dir, _ = setup
     lm = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert _evaluate(lm, None, task_dir, tasks=["tiny_piqa"]) is None
+    assert _evaluate(lm, None, task_manager, tasks=["tiny_piqa"]) is None
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert "acc,none" in _evaluate(lm, None, task_dir, tasks=["tiny_piqa"])["results"]["tiny_piqa"]
+    assert "acc,none" in _evaluate(lm, None, task_manager, tasks=["tiny_piqa"])["results"]["tiny_piqa"]
     assert (lm.rank, lm.world_size) == (0, 1)
 
 

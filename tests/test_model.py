@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from graphopt.model import ModelArgs, Transformer, init_random_weights, llama_ffn_hidden_dim
+from graphopt.model import ModelArgs, Transformer, llama_ffn_hidden_dim
+from tests._builders import random_model
 
 
 @pytest.mark.parametrize("name, hidden", [("llama-7b", 11008), ("llama-13b", 13824), ("llama-30b", 17920),
@@ -37,13 +38,9 @@ def test_default_preset_size():
     assert 20e6 <= n <= 60e6
 
 
-def _model(name, seed=0):
-    return init_random_weights(Transformer(ModelArgs.from_name(name)), seed).eval()
-
-
 @pytest.mark.parametrize("name", ["tiny", "tiny-gqa", "tiny-tied", "tiny-qwen"])
 def test_forward_shapes_and_hidden(name):
-    m = _model(name)
+    m = random_model(name)
     ids = torch.randint(0, m.args.vocab_size, (2, 7))
     logits = m(ids)
     assert logits.shape == (2, 7, m.args.vocab_size)
@@ -53,12 +50,12 @@ def test_forward_shapes_and_hidden(name):
 
 
 def test_tied_embeddings_share_storage():
-    m = _model("tiny-tied")
+    m = random_model("tiny-tied")
     assert m.output.weight is m.tok_embeddings.weight
 
 
 def test_default_mask_is_causal_and_explicit_mask_matches():
-    m = _model("tiny-gqa")
+    m = random_model("tiny-gqa")
     ids = torch.randint(0, 512, (1, 9))
     causal = torch.ones(9, 9, dtype=torch.bool).tril()[None]
     pos = torch.arange(9)[None]
@@ -69,7 +66,7 @@ def test_default_mask_is_causal_and_explicit_mask_matches():
 
 
 def test_rope_is_relative_shift_invariant_but_order_sensitive():
-    m = _model("tiny")
+    m = random_model("tiny")
     ids = torch.randint(0, 512, (1, 6))
     base = m(ids)
     # RoPE encodes relative positions: a constant shift leaves the scores unchanged
@@ -79,7 +76,7 @@ def test_rope_is_relative_shift_invariant_but_order_sensitive():
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
-    gqa = _model("tiny-gqa")
+    gqa = random_model("tiny-gqa")
     mha = Transformer(ModelArgs.from_name("tiny")).eval()
     sd = gqa.state_dict()
     hd = gqa.args.head_dim
@@ -95,7 +92,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 def test_head_counts_follow_the_weights():
     """Cutting kv group 1 out of wq/wk/wv/wo (as prune_structured and tensor_parallel do) needs no other
     change: the same as the full model with that group's wo columns zeroed."""
-    cut, ref = _model("tiny-gqa"), _model("tiny-gqa")  # 4 query heads in 2 kv groups
+    cut, ref = random_model("tiny-gqa"), random_model("tiny-gqa")  # 4 query heads in 2 kv groups
     hd = cut.args.head_dim
     q_rows = 2 * hd  # one kv group: 2 query heads
     with torch.no_grad():
@@ -112,7 +109,7 @@ def test_head_counts_follow_the_weights():
 def test_export_records_no_head_count_in_the_views():
     """export keeps -1 in the [B, T, H, D] views; n_rep (repeat_interleave) and RoPE's [B, T, H, -1, 2]
     stay literals, which the passes that change head counts set."""
-    m = _model("tiny-gqa")
+    m = random_model("tiny-gqa")
     gm = torch.export.export(m, (torch.randint(0, 512, (2, 8)),), strict=False).module()
     views = [n.args[1] for n in gm.graph.nodes if n.target is torch.ops.aten.view.default]
     assert views[:3] == [[2, 8, -1, m.args.head_dim]] * 3
@@ -120,7 +117,7 @@ def test_export_records_no_head_count_in_the_views():
 
 
 def test_exports_with_dynamic_length():
-    m = _model("tiny-gqa")
+    m = random_model("tiny-gqa")
     # Dim.DYNAMIC: must stay symbolic (export fails if the model specialises T); torch 2.11 cannot prove
     # a GQA guard on a named Dim with bounds (graphopt.capture falls back the same way)
     ep = torch.export.export(m, (torch.randint(0, 512, (1, 8)),), dynamic_shapes=({1: torch.export.Dim.DYNAMIC},),
@@ -130,6 +127,6 @@ def test_exports_with_dynamic_length():
 
 
 def test_random_init_deterministic():
-    a, b = _model("tiny", seed=3), _model("tiny", seed=3)
+    a, b = random_model("tiny", seed=3), random_model("tiny", seed=3)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)

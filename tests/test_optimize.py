@@ -5,7 +5,7 @@ import torch
 
 import graphopt
 from graphopt.pipeline import PassError, parse_pipeline
-from tests.test_capture import score_inputs, score_module
+from tests._builders import score_inputs, score_module
 
 ATOL = 1e-4
 

@@ -11,11 +11,10 @@ import torch
 import graphopt.kernels  # noqa: F401
 from graphopt.compile_backend import backend
 from graphopt.graph_capture import capture
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, list_passes
-from graphopt.scoring.batch import ScoreModule, sum_by_owner
+from graphopt.scoring.batch import sum_by_owner
+from tests._builders import choice_batch, score_module
 
 ATOL = 1e-4
 # need world_size > 1, or the packed layout's doc_ids/seg_ids inputs, or lower the graph to backend
@@ -35,24 +34,10 @@ def _exact_passes(order):
     return [n for n in order if n in names] + sorted(set(names) - set(order))
 
 
-def _choice_batch(n_questions=3, n_choices=4, ctx_len=7, cont_len=3, vocab=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows, B, T = [], n_questions * n_choices, ctx_len + cont_len - 1
-    for _ in range(n_questions):
-        ctx = torch.randint(0, vocab, (ctx_len,), generator=g)
-        rows += [torch.cat([ctx, torch.randint(0, vocab, (cont_len,), generator=g)]) for _ in range(n_choices)]
-    full = torch.stack(rows)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    score_idx = (torch.arange(B)[:, None] * T + torch.arange(ctx_len - 1, T)).flatten()
-    inputs = (full[:, :-1].contiguous(), pos, mask, score_idx, full[:, ctx_len:].flatten())
-    return inputs, torch.arange(B).repeat_interleave(cont_len), n_questions, n_choices
-
-
 def _compare(run, score):
     """On the capture shape and a second one (dynamic B, T, N)."""
     for seed, shape in ((0, (3, 4, 7, 3)), (1, (2, 4, 9, 2))):
-        inputs, owners, nq, nc = _choice_batch(*shape, seed=seed)
+        inputs, owners, nq, nc = choice_batch(*shape, seed=seed)
         with torch.no_grad():
             ref = sum_by_owner(score(*inputs), owners, nq * nc)
             got = sum_by_owner(run(*inputs), owners, nq * nc)
@@ -61,8 +46,8 @@ def _compare(run, score):
 
 
 def _score(preset):
-    args = ModelArgs.from_name(preset)
-    return args, ScoreModule(init_random_weights(Transformer(args)).eval())
+    score = score_module(preset)
+    return score.model.args, score
 
 
 def _check_records(records):
@@ -82,7 +67,7 @@ def _check_records(records):
     pytest.param("tiny", "export", ORDER_FUSE_FIRST, marks=pytest.mark.slow)])
 def test_all_exact_passes_keep_loglikelihoods(preset, method, order):
     args, score = _score(preset)
-    inputs = _choice_batch()[0]
+    inputs = choice_batch(3, 4, 7, 3)[0]
     gm = capture(score, inputs, method=method)
     gm, records = run_passes(gm, _exact_passes(order), PassContext(example_inputs=inputs, model_args=args),
                              verify=True, atol=ATOL)

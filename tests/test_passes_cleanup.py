@@ -1,43 +1,20 @@
 """dce and cse: they remove exactly the dead / duplicated nodes, report how many, keep outputs bit-equal,
 and never touch side effects (asserts, guards) or random ops."""
-import copy
-
 import torch
 from torch import nn
 
-from graphopt.graph_capture import capture
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pass_manager import count_nodes, run_passes
 from graphopt.pipeline import PassContext
-from graphopt.scoring.batch import ScoreModule
 
 aten = torch.ops.aten
-_CAPTURED = {}
-
-
-def _inputs(B=2, T=8, N=5, vocab=512):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (B, T), generator=g)
-    pos = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    return ids, pos, mask, torch.randperm(B * T, generator=g)[:N], torch.randint(0, vocab, (N,), generator=g)
-
-
-def _tiny_graph():
-    if "tiny" not in _CAPTURED:
-        model = init_random_weights(Transformer(ModelArgs.from_name("tiny"))).eval()
-        _CAPTURED["tiny"] = (_inputs(), capture(ScoreModule(model), _inputs(), method="export"))
-    inputs, gm = _CAPTURED["tiny"]
-    return inputs, copy.deepcopy(gm)
 
 
 def _impure(gm):
     return [n.name for n in gm.graph.nodes if n.op not in ("placeholder", "output") and n.is_impure()]
 
 
-def test_cse_merges_duplicated_rope_unsqueezes():
-    inputs, gm = _tiny_graph()
+def test_cse_merges_duplicated_rope_unsqueezes(captures):
+    _, inputs, gm = captures("tiny", example="distinct")
     with torch.no_grad():
         ref = gm(*inputs)
     impure = _impure(gm)
@@ -71,8 +48,8 @@ def test_cse_never_merges_random_ops():
     assert len([n for n in gm.graph.nodes if n.target is aten.sin.default]) == 1
 
 
-def test_dce_removes_exactly_the_dead_nodes():
-    inputs, gm = _tiny_graph()
+def test_dce_removes_exactly_the_dead_nodes(captures):
+    _, inputs, gm = captures("tiny", example="distinct")
     with torch.no_grad():
         ref = gm(*inputs)
     impure = _impure(gm)
@@ -92,8 +69,8 @@ def test_dce_removes_exactly_the_dead_nodes():
         assert torch.equal(gm(*inputs), ref)
 
 
-def test_dce_drops_parameters_nothing_reads():
-    inputs, gm = _tiny_graph()
+def test_dce_drops_parameters_nothing_reads(captures):
+    _, inputs, gm = captures("tiny", example="distinct")
     with torch.no_grad():
         ref = gm(*inputs)
     gm.register_parameter("unused_w", nn.Parameter(torch.ones(3)))

@@ -2,8 +2,6 @@
 captured tiny ScoreModule graphs: the rewrite happened (op counts), outputs stay equal (fp32: 1e-5 per
 pass, 1e-4 for all passes together; bf16: 0.1 absolute on log-probs against bf16 eager), and a graph
 without the pattern is left alone (modified=False, matches=0)."""
-import copy
-import warnings
 from collections import Counter
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 from graphopt.graph_capture import capture
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, get_pass
-from tests.test_capture import score_inputs, score_module
+from tests._builders import score_inputs
 
 FP32_ATOL = 1e-5
 ALL_ATOL = 1e-4
@@ -20,21 +18,6 @@ BF16_ATOL = 0.1  # bf16 log-probs of |value| ~ 5-10: a few bf16 ulps; bf16 eager
 FUSION = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention"]
 N_LAYERS = 2
 EXAMPLE, OTHER = (2, 8, 5), (3, 11, 7)
-
-_CACHE = {}
-
-
-def captured(preset, dtype=torch.float32):
-    """(eager module, a fresh copy of its captured graph): one capture per preset/dtype per session."""
-    key = (preset, dtype)
-    if key not in _CACHE:
-        module = score_module(preset).to(dtype)
-        _CACHE[key] = (module, capture(module, score_inputs(*EXAMPLE)))
-    module, gm = _CACHE[key]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return module, copy.deepcopy(gm)
-
 
 def ops(gm):
     return Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
@@ -64,8 +47,8 @@ EXPECT = {
 
 
 @pytest.mark.parametrize("name", FUSION)
-def test_pass_rewrites_and_keeps_outputs(name):
-    module, gm = captured("tiny-gqa")
+def test_pass_rewrites_and_keeps_outputs(captures, name):
+    module, _, gm = captures("tiny-gqa")
     before = ops(gm)
     gm, (record,) = run(gm, [name])
     matches, new_op, gone = EXPECT[name]
@@ -80,8 +63,8 @@ def test_pass_rewrites_and_keeps_outputs(name):
     assert_same_outputs(gm, module, FP32_ATOL)
 
 
-def test_merges_remove_old_weights_and_split_gqa_sizes():
-    module, gm = captured("tiny-qwen")  # GQA (4 q heads, 2 kv heads) with q/k/v biases
+def test_merges_remove_old_weights_and_split_gqa_sizes(captures):
+    module, _, gm = captures("tiny-qwen")  # GQA (4 q heads, 2 kv heads) with q/k/v biases
     gm, records = run(gm, ["merge_qkv", "merge_gate_up"])
     assert [r.matches for r in records] == [N_LAYERS, N_LAYERS]
     attn = gm.get_submodule("model.layers.0.attention")
@@ -98,8 +81,8 @@ def test_merges_remove_old_weights_and_split_gqa_sizes():
     assert_same_outputs(gm, module, FP32_ATOL)
 
 
-def test_fuse_rmsnorm_residual_option():
-    module, gm = captured("tiny-gqa")
+def test_fuse_rmsnorm_residual_option(captures):
+    module, _, gm = captures("tiny-gqa")
     gm, (record,) = run(gm, [("fuse_rmsnorm", {"fuse_residual": True})])
     counts = ops(gm)
     # every norm but the first (fed by the embedding) and the last (its add has no other reader)
@@ -109,8 +92,8 @@ def test_fuse_rmsnorm_residual_option():
     assert_same_outputs(gm, module, FP32_ATOL)
 
 
-def test_sdpa_keep_repeat_option():
-    module, gm = captured("tiny-gqa")
+def test_sdpa_keep_repeat_option(captures):
+    module, _, gm = captures("tiny-gqa")
     gm, (record,) = run(gm, [("sdpa_attention", {"keep_repeat": True})])
     assert record.matches == N_LAYERS and ops(gm)["aten.repeat_interleave.self_int"] == 2 * N_LAYERS
     sdpa = [n for n in gm.graph.nodes if n.target == torch.ops.aten.scaled_dot_product_attention.default]
@@ -120,8 +103,8 @@ def test_sdpa_keep_repeat_option():
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa", "tiny-qwen"])
-def test_all_fusion_passes_together(preset):
-    module, gm = captured(preset)
+def test_all_fusion_passes_together(captures, preset):
+    module, _, gm = captures(preset)
     n_before = len(gm.graph.nodes)
     gm, records = run(gm, [("fuse_rmsnorm", {"fuse_residual": True})] + FUSION[1:])
     assert all(r.matches > 0 for r in records), [(r.name, r.matches) for r in records]
@@ -129,8 +112,8 @@ def test_all_fusion_passes_together(preset):
     assert_same_outputs(gm, module, ALL_ATOL)
 
 
-def test_all_fusion_passes_bf16():
-    module, gm = captured("tiny-gqa", torch.bfloat16)
+def test_all_fusion_passes_bf16(captures):
+    module, _, gm = captures("tiny-gqa", dtype=torch.bfloat16)
     gm, records = run(gm, FUSION)
     assert [r.matches for r in records] == [EXPECT[n][0] for n in FUSION]
     assert_same_outputs(gm, module, BF16_ATOL)

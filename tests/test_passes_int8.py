@@ -13,7 +13,7 @@ import torch
 from graphopt.kernels.int8_linear import int8_linear, padded_int_mm, quantize_rows, quantize_weight
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, PassError
-from tests.test_passes_dtype import _choices, _setup, _vals
+from tests._builders import call_nodes, chosen_endings
 
 aten = torch.ops.aten
 INT8_LINEAR = torch.ops.graphopt.int8_linear.default
@@ -69,8 +69,8 @@ def test_padded_int_mm_equals_the_exact_int32_product(M, K, N, layout, monkeypat
     assert torch.equal(out, q.int() @ w.int())
 
 
-def test_quantize_int8_rewrites_every_linear_and_keeps_choices():
-    args, score, inputs, owners, nq, nc, captured = _setup()
+def test_quantize_int8_rewrites_every_linear_and_keeps_choices(choice_captures):
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny")
     gm = copy.deepcopy(captured)
     with torch.no_grad():
         ref = gm(*inputs)
@@ -79,8 +79,8 @@ def test_quantize_int8_rewrites_every_linear_and_keeps_choices():
     rec = recs[-2]
     per_layer = 4  # merged qkv, wo, merged gate/up, w2
     assert rec.modified and rec.matches == args.n_layers * per_layer
-    assert not _vals(gm, aten.linear.default)
-    nodes = _vals(gm, INT8_LINEAR)
+    assert not call_nodes(gm, aten.linear.default)
+    nodes = call_nodes(gm, INT8_LINEAR)
     assert len(nodes) == args.n_layers * per_layer
     for n in nodes:  # int8 weights [K, N], bf16 activations in and out (attention stays bf16)
         assert n.args[1].meta["val"].dtype == torch.int8 and n.args[2].meta["val"].dtype == torch.float32
@@ -92,27 +92,27 @@ def test_quantize_int8_rewrites_every_linear_and_keeps_choices():
         got = gm(*inputs)
     diff = (got - ref).abs().max().item()
     assert got.dtype == torch.float32 and 0 < diff <= GRAPH_TOL, diff
-    assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+    assert torch.equal(chosen_endings(got, owners, nq, nc), chosen_endings(ref, owners, nq, nc))
 
 
-def test_exclude_keeps_named_linears_in_float():
-    args, score, inputs, owners, nq, nc, captured = _setup()
+def test_exclude_keeps_named_linears_in_float(choice_captures):
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny")
     gm = copy.deepcopy(captured)
     gm, recs = run_passes(gm, [{"name": "quantize_int8", "exclude": "feed_forward, output"}],
                           PassContext(example_inputs=inputs))
     assert recs[0].matches == args.n_layers * 4  # wq, wk, wv, wo; not w1/w2/w3 nor the LM head
-    kept = {n.args[1].target.rsplit(".", 2)[-2] for n in _vals(gm, aten.linear.default)}
+    kept = {n.args[1].target.rsplit(".", 2)[-2] for n in call_nodes(gm, aten.linear.default)}
     assert kept == {"w1", "w2", "w3", "output"}
     with torch.no_grad():  # float32 graph: int8_linear returns float32
-        assert all(n.meta["val"].dtype == torch.float32 for n in _vals(gm, INT8_LINEAR))
+        assert all(n.meta["val"].dtype == torch.float32 for n in call_nodes(gm, INT8_LINEAR))
         assert (gm(*inputs) - captured(*inputs)).abs().max().item() <= GRAPH_TOL
 
 
-def test_compiled_int8_graph_keeps_the_int8_matmuls():
+def test_compiled_int8_graph_keeps_the_int8_matmuls(choice_captures):
     """inductor traces through the composite op: every int8 matmul stays an int8 matmul (the
     quantisation is fused into the kernels around it) and the outputs keep the FX graph's fidelity."""
     from torch._inductor.utils import run_and_get_code
-    args, score, inputs, owners, nq, nc, captured = _setup()
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny")
     gm, _ = run_passes(copy.deepcopy(captured), SCORING + ["cast_dtype", "quantize_int8"],
                        PassContext(example_inputs=inputs))
     with torch.no_grad():
@@ -120,11 +120,11 @@ def test_compiled_int8_graph_keeps_the_int8_matmuls():
         got, codes = run_and_get_code(torch.compile(gm, backend="inductor"), *inputs)
     assert "".join(codes).count("extern_kernels._int_mm(") == args.n_layers * 4
     assert (got - ref).abs().max().item() <= GRAPH_TOL
-    assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+    assert torch.equal(chosen_endings(got, owners, nq, nc), chosen_endings(ref, owners, nq, nc))
 
 
 @pytest.mark.parametrize("later", ["merge_qkv", "merge_gate_up", "prune_lm_head", "fused_logprob", "prune_structured"])
-def test_linear_passes_after_quantize_int8_are_an_error(later):
-    args, score, inputs, owners, nq, nc, captured = _setup()
+def test_linear_passes_after_quantize_int8_are_an_error(choice_captures, later):
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny")
     with pytest.raises(PassError, match=f"{later} must run before quantize_int8"):
         run_passes(copy.deepcopy(captured), ["quantize_int8", later], PassContext(example_inputs=inputs))

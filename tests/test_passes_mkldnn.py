@@ -9,7 +9,7 @@ import torch
 from graphopt.passes.mkldnn_linear import bf16_packable
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, PassError, parse_pipeline
-from tests.test_passes_dtype import _choices, _setup, _vals
+from tests._builders import call_nodes, chosen_endings
 
 LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
 TOL = {torch.float32: 1e-4, torch.bfloat16: 0.3}  # bf16: against the fp32 graph, as cast_dtype's tests
@@ -18,9 +18,9 @@ EXACT = [p.name for p in parse_pipeline("exact")]
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-tied", "tiny-gqa"])
 @pytest.mark.parametrize("low", [False, True])
-def test_linears_and_head_become_packed_onednn_calls(preset, low):
+def test_linears_and_head_become_packed_onednn_calls(choice_captures, preset, low):
     """float32 always; bfloat16 where the CPU has oneDNN's bf16 path (else: the next test)."""
-    args, score, inputs, owners, nq, nc, captured = _setup(preset)
+    args, score, inputs, owners, nq, nc, captured = choice_captures(preset)
     with torch.no_grad():
         ref = captured(*inputs)
     pipeline = EXACT + (["cast_dtype"] if low else [])
@@ -31,54 +31,54 @@ def test_linears_and_head_become_packed_onednn_calls(preset, low):
         with pytest.warns(UserWarning, match=r"no oneDNN bfloat16 path .* bfloat16 linears stay ATen linears"):
             gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
         assert rec.matches == 0 and rec.stats["kept_bf16"] == n_linears + 1  # + the head
-        assert len(_vals(gm, torch.ops.aten.linear.default)) == n_linears and not _vals(gm, LINEAR_POINTWISE)
+        assert len(call_nodes(gm, torch.ops.aten.linear.default)) == n_linears and not call_nodes(gm, LINEAR_POINTWISE)
     else:
         gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
         assert rec.matches == n_linears + 1  # + the head inside linear_logprob
-        assert len(_vals(gm, LINEAR_POINTWISE)) == n_linears + (args.vocab_size + 8191) // 8192
-        assert not _vals(gm, torch.ops.aten.linear.default)
-        assert not _vals(gm, torch.ops.graphopt.linear_logprob.default)
+        assert len(call_nodes(gm, LINEAR_POINTWISE)) == n_linears + (args.vocab_size + 8191) // 8192
+        assert not call_nodes(gm, torch.ops.aten.linear.default)
+        assert not call_nodes(gm, torch.ops.graphopt.linear_logprob.default)
     with torch.no_grad():
         got = gm(*inputs)
     assert got.dtype == torch.float32
     assert (got - ref).abs().max().item() <= TOL[torch.bfloat16 if low else torch.float32]
-    assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+    assert torch.equal(chosen_endings(got, owners, nq, nc), chosen_endings(ref, owners, nq, nc))
 
 
-def test_bf16_linears_stay_aten_where_the_cpu_has_no_onednn_bf16(monkeypatch):
+def test_bf16_linears_stay_aten_where_the_cpu_has_no_onednn_bf16(choice_captures, monkeypatch):
     """On an AVX2-only CPU oneDNN refuses bf16 weights ('bf16 path needs the cpu support avx512...'): the pass
     leaves them as ATen linears with a warning instead of failing the pipeline (the quickstart's bf16 row)."""
     import graphopt.passes.mkldnn_linear as mod
     monkeypatch.setattr(mod, "bf16_packable", lambda: False)
-    args, score, inputs, owners, nq, nc, captured = _setup("tiny-tied")
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny-tied")
     gm, _ = run_passes(copy.deepcopy(captured), EXACT + ["cast_dtype"], PassContext(example_inputs=inputs))
     with pytest.warns(UserWarning, match="bfloat16 linears stay ATen linears"):
         gm, (rec,) = run_passes(gm, ["mkldnn_linear"], PassContext(example_inputs=inputs))
     assert rec.matches == 0 and rec.stats["kept_bf16"] == 4 * args.n_layers + 1
-    assert not _vals(gm, LINEAR_POINTWISE) and len(_vals(gm, torch.ops.aten.linear.default)) == 4 * args.n_layers
+    assert not call_nodes(gm, LINEAR_POINTWISE) and len(call_nodes(gm, torch.ops.aten.linear.default)) == 4 * args.n_layers
     with torch.no_grad():
         assert torch.isfinite(gm(*inputs)).all()
 
 
-def test_a_tied_head_is_packed_once_and_the_embedding_table_stays_one_tensor():
-    args, score, inputs, owners, nq, nc, captured = _setup("tiny-tied")
+def test_a_tied_head_is_packed_once_and_the_embedding_table_stays_one_tensor(choice_captures):
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny-tied")
     gm, _ = run_passes(copy.deepcopy(captured), ["prune_lm_head", "mkldnn_linear"], PassContext(example_inputs=inputs))
     packed = [n.target for n in gm.graph.nodes if n.op == "get_attr" and n.target.endswith("_mkldnn")]
     assert len(packed) == len(set(packed))  # each weight packed once, however many nodes read it
-    table = [n.args[0].target for n in _vals(gm, torch.ops.aten.embedding.default)]
+    table = [n.args[0].target for n in call_nodes(gm, torch.ops.aten.embedding.default)]
     assert len(set(table)) == 1  # the token lookup and the head's target-row gather read one tensor
     assert torch.equal(gm.get_parameter(table[0]), score.model.tok_embeddings.weight)
 
 
-def test_before_a_linear_pass_is_refused_up_front():
-    args, score, inputs, owners, nq, nc, captured = _setup("tiny")
+def test_before_a_linear_pass_is_refused_up_front(choice_captures):
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny")
     with pytest.raises(PassError, match="merge_qkv must run before mkldnn_linear"):
         run_passes(copy.deepcopy(captured), ["mkldnn_linear", "merge_qkv"], PassContext(example_inputs=inputs))
 
 
-def test_a_compiler_that_cannot_run_it_is_refused_up_front():
+def test_a_compiler_that_cannot_run_it_is_refused_up_front(choice_captures):
     """inductor (unfrozen) cannot lower the oneDNN-packed weights; the pass says so when it registers."""
     import graphopt
-    args, score, inputs, owners, nq, nc, captured = _setup("tiny")
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny")
     with pytest.raises(PassError, match="mkldnn_linear' runs only with compiler none or inductor-frozen, not 'inductor'"):
         graphopt.optimize(score, inputs, "exact-cpu", compiler="inductor")

@@ -2,8 +2,6 @@
 unsqueeze one user, keeping real casts, without changing outputs; restore puts the graph back; patterns
 trace into the export IR with their number inputs and symbolic sizes as placeholders; replace_all
 rewrites what its filter accepts, with eps read from the graph and meta["val"] on the new nodes."""
-import copy
-import warnings
 from collections import Counter
 
 import pytest
@@ -17,29 +15,17 @@ from graphopt.model.llama import RMSNorm
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, get_pass
 from graphopt.passes._patterns import canonicalise, restore, trace
-from tests.test_capture import score_inputs, score_module
+from tests._builders import score_inputs
 
 aten = torch.ops.aten
 F32 = torch.float32
-_CAPTURED = {}
-
-
-def _captured(dtype):
-    if dtype not in _CAPTURED:
-        module = score_module("tiny").to(dtype)
-        _CAPTURED[dtype] = module, capture(module, score_inputs(2, 8, 5))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return _CAPTURED[dtype][0], copy.deepcopy(_CAPTURED[dtype][1])
-
-
 def _ops(gm):
     return Counter(n.target for n in gm.graph.nodes if n.op == "call_function")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_canonicalise_and_restore_keep_outputs(dtype):
-    _, gm = _captured(dtype)
+def test_canonicalise_and_restore_keep_outputs(captures, dtype):
+    _, _, gm = captures("tiny", dtype=dtype)
     x = score_inputs(3, 11, 7, seed=1)
     before, ref = _ops(gm), gm(*x)
     undo = canonicalise(gm)
@@ -70,8 +56,8 @@ def test_trace_turns_numbers_and_sizes_into_placeholders():
     assert aten.sym_size.int not in _ops(rope)
 
 
-def test_fuse_rope_after_cse_shares_cos_sin():
-    module, gm = _captured(torch.float32)
+def test_fuse_rope_after_cse_shares_cos_sin(captures):
+    module, _, gm = captures("tiny")
     x = score_inputs(2, 8, 5)
     gm, (_, rope) = run_passes(gm, ["cse", "fuse_rope"], PassContext(example_inputs=x))
     assert rope.matches == 4 and _ops(gm)[torch.ops.graphopt.rope.default] == 4

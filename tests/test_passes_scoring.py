@@ -9,32 +9,19 @@ from torch import nn
 
 import graphopt.kernels  # noqa: F401
 from graphopt.graph_capture import capture
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, PassError
-from graphopt.scoring.batch import ScoreModule
-from tests.test_capture import distinct_score_inputs
+from tests._builders import distinct_score_inputs
 
 ATOL = 1e-5
 aten = torch.ops.aten
-_CAPTURED = {}
-
-
-def _setup(preset):
-    """(args, score module, example inputs, captured graph); captured once per preset (capture is the slow
-    part), every test works on a deep copy."""
-    if preset not in _CAPTURED:
-        args = ModelArgs.from_name(preset)
-        score = ScoreModule(init_random_weights(Transformer(args)).eval())
-        inputs = distinct_score_inputs(2, 8, 5)
-        _CAPTURED[preset] = (args, score, inputs, capture(score, inputs, method="export"))
-    return _CAPTURED[preset]
 
 
 @pytest.fixture(params=["tiny"])
-def setup(request):
-    return _setup(request.param)
+def setup(request, captures):
+    """(args, score module, example inputs, a fresh captured graph): the session's capture of the preset."""
+    score, inputs, captured = captures(request.param, example="distinct")
+    return score.model.args, score, inputs, captured
 
 
 def _fresh(setup):

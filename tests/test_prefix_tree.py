@@ -8,13 +8,13 @@ import random
 import pytest
 import torch
 
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import optimize
 from graphopt.scoring.batch import Request, ScoreModule
 from graphopt.scoring.prefix_cache import KVLayout, PrefillModule, cached_example_inputs, cached_score_module
 from graphopt.scoring.prefix_tree import TreeRunners, build_tree, plan_tree, row_groups, score_tree
 from graphopt.scoring.reference import reference_loglik
 from graphopt.scoring.shared_prefix import shared_prefix_batches
+from tests._builders import random_model
 from tests._family_models import qwen3_score_module
 
 ATOL = 1e-5
@@ -23,7 +23,7 @@ ATOL = 1e-5
 def model_of(preset):
     if preset == "tiny-qwen3":
         return qwen3_score_module().model
-    return init_random_weights(Transformer(ModelArgs.from_name(preset)), seed=3).eval()
+    return random_model(preset, seed=3)
 
 
 def few_shot_requests(model, seed=0, n_subjects=2, n_questions=4, shots=70):

@@ -1,7 +1,7 @@
 """prune_structured's global budget: one budget spent on the lowest scores across layers (wanda, raw scores:
 the graph equals an eager model cut where this file's own scores say), lowest_across_layers with mean
-normalisation and per-layer caps, a layer scaled 100x, and a budget over the caps as an error. Helpers
-and the calibration fixture: tests/test_prune_criteria.py."""
+normalisation and per-layer caps, a layer scaled 100x, and a budget over the caps as an error. Oracles:
+tests/_prune_oracles.py; the calibration file: conftest's calib_file."""
 import copy
 
 import pytest
@@ -12,17 +12,16 @@ from graphopt.graph_attrs import attr, set_attr
 from graphopt.passes._calibration import calibration_batches, read_calibration_text
 from graphopt.passes._prune_scores import lowest_across_layers, normalised
 from graphopt.pipeline import PassError
-from tests.test_passes_prune import _check, _setup
-from tests.test_prune_criteria import _cut, _eager_stats, _importance, _prune, calib_file  # noqa: F401 (fixture)
+from tests._prune_oracles import check_pruned, cut, eager_stats, importance, prune
 
 
-def test_global_budget_spends_one_budget_on_the_lowest_scores(calib_file):
-    args, model, inputs, gm = _setup("gqa-9-3")
+def test_global_budget_spends_one_budget_on_the_lowest_scores(prune_setup, calib_file):
+    args, model, inputs, gm = prune_setup("gqa-9-3")
     tok, ratio = WordHashTokenizer(512), 0.3
-    gm, (rec,) = _prune(gm, inputs, tok, ratio=ratio, what="both", budget="global", criterion="wanda",
+    gm, (rec,) = prune(gm, inputs, tok, ratio=ratio, what="both", budget="global", criterion="wanda",
                         calibration=str(calib_file), normalize="none", max_layer_ratio=1.0)  # raw scores, no cap
     batches = calibration_batches(read_calibration_text(calib_file, 128), tok, 256)
-    imp = _importance(model, "wanda", *_eager_stats(model, batches, grads=False))
+    imp = importance(model, "wanda", *eager_stats(model, batches, grads=False))
     hd, L = args.head_dim, args.n_layers
     ffn = [(imp[f"model.layers.{i}.feed_forward.w1.weight"].sum(1) + imp[f"model.layers.{i}.feed_forward.w3.weight"].sum(1)
             + imp[f"model.layers.{i}.feed_forward.w2.weight"].sum(0)) for i in range(L)]
@@ -47,7 +46,7 @@ def test_global_budget_spends_one_budget_on_the_lowest_scores(calib_file):
     assert sum(len(k) for k in keep_ffn.values()) == L * args.hidden_dim - n_ffn
     assert len({len(k) for k in keep_ffn.values()}) == 2  # the budget is not split evenly: the scores decide
     assert rec.stats["kv_groups_removed"] == n_groups and rec.stats["ffn_channels_removed"] == n_ffn
-    _check(gm, _cut(model, args, keep_ffn=keep_ffn, keep_heads=keep_heads))
+    check_pruned(gm, cut(model, args, keep_ffn=keep_ffn, keep_heads=keep_heads))
 
 
 def test_lowest_across_layers_normalised_spreads_a_100x_layer_and_keeps_the_cap():
@@ -67,12 +66,12 @@ def test_lowest_across_layers_normalised_spreads_a_100x_layer_and_keeps_the_cap(
     assert lowest_across_layers(normalised([weak, scores[1]], "mean"), 30, caps=[15, 20]) == [15, 15]
 
 
-def test_global_budget_normalised_on_a_layer_scaled_100x():
+def test_global_budget_normalised_on_a_layer_scaled_100x(prune_setup):
     """The pass on a model whose layer-1 FFN weights are x10 (its L1 scores x10): with normalize mean
     both layers lose channels, exactly the budget, none above max_layer_ratio, and the graph equals the
     eager model cut to the channels this test picks from its own normalised scores; raw (none) cuts
     only layer 0, as far as the cap allows."""
-    args, model, inputs, gm = _setup("gqa-9-3")
+    args, model, inputs, gm = prune_setup("gqa-9-3")
     model = copy.deepcopy(model)
     with torch.no_grad():
         for w in (model.layers[1].feed_forward.w1, model.layers[1].feed_forward.w3, model.layers[1].feed_forward.w2):
@@ -82,10 +81,10 @@ def test_global_budget_normalised_on_a_layer_scaled_100x():
         set_attr(gm, name, attr(gm, name) * 10)
     H, ratio = args.hidden_dim, 0.3
     n = int(ratio * 2 * H)
-    raw, (rec_raw,) = _prune(copy.deepcopy(gm), inputs, ratio=ratio, budget="global", normalize="none",
+    raw, (rec_raw,) = prune(copy.deepcopy(gm), inputs, ratio=ratio, budget="global", normalize="none",
                              max_layer_ratio=0.5)
     assert [rec_raw.stats["layers"][f"model.layers.{i}"]["ffn_channels"] for i in range(2)] == [H - H // 2, H - (n - H // 2)]
-    pruned, (rec,) = _prune(gm, inputs, ratio=ratio, budget="global", max_layer_ratio=0.5)
+    pruned, (rec,) = prune(gm, inputs, ratio=ratio, budget="global", max_layer_ratio=0.5)
     kept = [rec.stats["layers"][f"model.layers.{i}"]["ffn_channels"] for i in range(2)]
     assert rec.stats["ffn_channels_removed"] == n == 2 * H - sum(kept)
     assert all(H - k <= H // 2 for k in kept) and all(k < H for k in kept), kept
@@ -95,13 +94,13 @@ def test_global_budget_normalised_on_a_layer_scaled_100x():
     cutoff = torch.cat(norm).sort().values[n - 1]
     keep_ffn = {i: (s > cutoff).nonzero().squeeze(1).tolist() for i, s in enumerate(norm)}
     assert [len(k) for k in keep_ffn.values()] == kept
-    _check(pruned, _cut(model, args, keep_ffn=keep_ffn))
+    check_pruned(pruned, cut(model, args, keep_ffn=keep_ffn))
 
 
 @pytest.mark.parametrize("what,ratio,msg", [
     ("ffn", 0.6, r"budget global asks for \d+ FFN channels but max_layer_ratio 0.5 lets the 2 layers give up at most"),
     ("heads", 0.5, r"budget global asks for 3 kv groups but max_layer_ratio 0.5 lets the 2 layers give up at most 2")])
-def test_global_budget_over_the_layer_caps_is_an_error(what, ratio, msg):
-    args, model, inputs, gm = _setup("gqa-9-3")
+def test_global_budget_over_the_layer_caps_is_an_error(prune_setup, what, ratio, msg):
+    args, model, inputs, gm = prune_setup("gqa-9-3")
     with pytest.raises(PassError, match=msg):
-        _prune(gm, inputs, ratio=ratio, what=what, budget="global")
+        prune(gm, inputs, ratio=ratio, what=what, budget="global")

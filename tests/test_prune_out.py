@@ -12,7 +12,7 @@ import torch
 import graphopt
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.cli import main
-from tests.test_env_checks import _unwritable_folder
+from tests._builders import unwritable_folder
 
 PRUNE = ["prune", "--ratio", "0.25"]
 
@@ -57,7 +57,7 @@ def test_out_that_is_a_file_or_cannot_be_written_is_refused_before_loading(tmp_p
                      (tmp_path / "afile" / "sub", "is a file, not a folder")):
         assert main([*PRUNE, "tiny", "--out", str(out)]) == 2
         assert msg in capsys.readouterr().err
-    folder = _unwritable_folder(tmp_path)
+    folder = unwritable_folder(tmp_path)
     try:
         assert main([*PRUNE, "tiny", "--out", str(folder / "pruned")]) == 2
         assert f"--out {folder / 'pruned'}: cannot be written" in capsys.readouterr().err

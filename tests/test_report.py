@@ -3,7 +3,6 @@
 wide table in results.md / results.csv, failed runs listed, and a folder that cannot be written still
 gets its table, then one line naming the folder and the OS error (exit status 1)."""
 import argparse
-import json
 import os
 import stat
 
@@ -12,30 +11,8 @@ import pytest
 
 from graphopt.runner.report import report, to_markdown, with_speedup
 from graphopt.runner.report_table import legend, markdown_table, screen_table, short_names
-from graphopt.runner.store import COLUMNS, ResultStore
-
-
-def store_rows(root, specs: list[dict], tolerance=None) -> ResultStore:
-    """Write one result row per spec (missing columns None) and experiment.json's tolerance into `root`."""
-    store = ResultStore(root)
-    for i, spec in enumerate(specs):
-        row = {c: None for c in COLUMNS}
-        row.update(order=i, run_key=f"k{i}", is_reference=i == 0, status="ok", error="", finished_at=f"t{i}")
-        row.update(spec)
-        store.write_row(row)
-    tol = tolerance or {"acc_points": 0.5, "max_abs_dloglik": 0.5}
-    (root / "experiment.json").write_text(json.dumps({"tolerance": tol}))
-    return store
-
-
-def _fill(tmp_path):
-    specs = [("reference", "ok", 2.0, 0.50, 0.0, True), ("fast", "ok", 0.5, 0.50, 1e-5, True),
-             ("bf16", "ok", 0.25, 0.40, 0.3, False), ("broken", "error", None, None, None, False)]
-    return store_rows(tmp_path, [
-        dict(run=name, status=status, latency_s=lat, acc=acc, acc_norm=acc, max_abs_dloglik=d, within_tolerance=tol,
-             passes="a + b" if i else "-", n_params=172352,
-             error="PassError: no | such pass\ntraceback" if status == "error" else "")
-        for i, (name, status, lat, acc, d, tol) in enumerate(specs)])
+from graphopt.runner.store import ResultStore
+from tests._builders import four_run_store, store_rows
 
 
 def _long_frame(tmp_path, n_runs=9):
@@ -62,13 +39,13 @@ def _table_lines(text: str) -> list[str]:
 
 
 def test_speedup_against_reference(tmp_path):
-    df = with_speedup(_fill(tmp_path).load()).set_index("run")
+    df = with_speedup(four_run_store(tmp_path).load()).set_index("run")
     assert df.loc["reference", "speedup"] == 1.0 and df.loc["fast", "speedup"] == 4.0
     assert df.loc["bf16", "speedup"] == 8.0 and df.loc["broken", "speedup"] != df.loc["broken", "speedup"]  # NaN
 
 
 def test_report_renders_table_and_writes_files(tmp_path):
-    _fill(tmp_path)
+    four_run_store(tmp_path)
     text = report(tmp_path)
     table = _table_lines(text)
     assert len(table) == 2 + 4 and len({len(l) for l in table}) == 1  # aligned: every row as wide as the header
@@ -119,7 +96,7 @@ def test_too_wide_columns_are_dropped_and_named(tmp_path, monkeypatch):
 
 
 def test_legend_states_changes_from_the_row_above(tmp_path):
-    df = _fill(tmp_path).load()
+    df = four_run_store(tmp_path).load()
     df["passes"] = ["-", "a + b", "a + c", "c + a"]
     df["dtype"] = ["float32", "float32", "bfloat16", "bfloat16"]
     lines = legend(df)
@@ -136,7 +113,7 @@ def test_short_names_keep_short_names_and_never_collide():
 
 def test_report_command(tmp_path, capsys):
     from graphopt.commands import report as cmd
-    _fill(tmp_path)
+    four_run_store(tmp_path)
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
     assert cmd.main(parser.parse_args([str(tmp_path)])) == 0
@@ -164,7 +141,7 @@ def test_unwritable_folder_prints_table_then_one_line(tmp_path, capsys):
     from graphopt.cli import main
     results = tmp_path / "results"
     results.mkdir()
-    _fill(results)
+    four_run_store(results)
     args, target, error = [str(results)], results, "PermissionError"
     try:
         if not _unwritable(results):
@@ -187,7 +164,7 @@ def test_report_after_a_run_says_why_files_were_not_written(tmp_path):
     """report() (what `graphopt run` prints): a file that cannot be written ends the text with one line
     naming the folder and the OS error, after the whole table (here results.md is a directory, which
     stops root as well)."""
-    _fill(tmp_path)
+    four_run_store(tmp_path)
     (tmp_path / "results.md").mkdir()
     lines = report(tmp_path).splitlines()
     assert len(_table_lines("\n".join(lines))) == 2 + 4
@@ -197,7 +174,7 @@ def test_report_after_a_run_says_why_files_were_not_written(tmp_path):
 
 def test_out_writes_files_elsewhere(tmp_path, capsys):
     from graphopt.cli import main
-    _fill(tmp_path)
+    four_run_store(tmp_path)
     out = tmp_path / "elsewhere" / "plots"
     assert main(["report", str(tmp_path), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["drift_vs_speedup.png", "results.csv", "results.md",

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from matplotlib.text import Annotation, Text  # noqa: E402
 
 from graphopt.runner.report_plots import PLOT_FILES, drift_figure, speedup_figure, tolerance, write_plots  # noqa: E402
-from tests.test_report import _fill, store_rows  # noqa: E402
+from tests._builders import four_run_store, store_rows  # noqa: E402
 
 
 def _close_points(tmp_path):
@@ -129,7 +129,7 @@ def test_drift_plot_without_experiment_record_says_so(tmp_path):
 
 
 def test_write_plots_file_names(tmp_path):
-    _fill(tmp_path)
+    four_run_store(tmp_path)
     from graphopt.runner.store import load_results
     paths = write_plots(load_results(tmp_path), tmp_path)
     assert [p.name for p in paths] == list(PLOT_FILES) == ["drift_vs_speedup.png", "speedup.png"]

@@ -14,6 +14,7 @@ from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.config import config_from_dict, load_config
 from graphopt.runner.yaml_source import ConfigError
+from tests._builders import random_model
 
 YAML = """\
 name: pre
@@ -122,19 +123,16 @@ def test_cuda_world_larger_than_the_devices_fails_at_load(tmp_path, monkeypatch)
     assert str(path) in msg
 
 
-def test_launch_error_first_line_carries_the_cause_and_the_report_lists_it(tmp_path):
-    from graphopt.distributed.launch import LaunchError, launch
+def test_launch_error_first_line_carries_the_cause_and_the_report_lists_it(failed_launch, tmp_path):
     from graphopt.runner.report import report
     from graphopt.runner.store import COLUMNS, ResultStore
-    from tests import _dist_workers as W
 
-    with pytest.raises(LaunchError) as e:
-        launch(W.raise_on_rank, 2, args=(1,), timeout_s=120, collective_timeout_s=60)
-    first = str(e.value).splitlines()[0]
+    error, _ = failed_launch
+    first = str(error).splitlines()[0]
     assert first == "launch: rank 1 of 2 failed: ValueError: boom from rank 1", first
-    assert "Traceback" in str(e.value)  # the traceback still follows
+    assert "Traceback" in str(error)  # the traceback still follows
     store = ResultStore(tmp_path)
-    for i, (status, error) in enumerate([("ok", ""), ("error", f"LaunchError: {e.value}")]):  # as worker.main stores it
+    for i, (status, error) in enumerate([("ok", ""), ("error", f"LaunchError: {error}")]):  # as worker.main stores it
         row = {c: None for c in COLUMNS}
         row.update(order=i, run=f"r{i}", run_key=f"k{i}", is_reference=i == 0, status=status, error=error,
                    latency_s=1.0, acc=0.5, finished_at=f"t{i}")
@@ -169,11 +167,10 @@ def test_checkpoint_without_tokenizer_refused_at_load(tmp_path):
     """A checkpoint directory with no tokenizer file fails when the YAML loads, naming the folder and the key
     that fixes it; a `tokenizer` key that does not exist is named too."""
     from graphopt.checkpoints import save_meta_checkpoint
-    from graphopt.model import ModelArgs, Transformer, init_random_weights
     from graphopt.runner.config import load_config
     from graphopt.runner.yaml_source import ConfigError
     ckpt = tmp_path / "models" / "ckpt"
-    save_meta_checkpoint(init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=0), ckpt)
+    save_meta_checkpoint(random_model("tiny"), ckpt)
     cfg = tmp_path / "x.yaml"
     cfg.write_text(f"name: x\nmodel: {ckpt}\nruns:\n  - name: a\n")
     with pytest.raises(ConfigError, match=rf"key 'model' .*checkpoint '{ckpt}' has no tokenizer file .*key 'tokenizer'"):

@@ -9,7 +9,7 @@ from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.distributed.mesh import runs_one_stage_per_rank
 from graphopt.distributed.pipeline_run import StagePerRank
-from graphopt.model import ModelArgs, Transformer, init_random_weights
+from graphopt.model import ModelArgs, Transformer
 from graphopt.optimize_model import Optimized
 from graphopt.pipeline import parse_pipeline
 from graphopt.runner import worker
@@ -17,7 +17,8 @@ from graphopt.runner.schema import ScoringConfig
 from graphopt.runner.sweep import ResolvedRun
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.config import load_config
-from tests import _dist_workers as W
+from graphopt.graph_capture import capture
+from tests._builders import causal_batch, random_model, score_module, sharded_sweep_yaml
 
 pytestmark = pytest.mark.distributed
 
@@ -30,18 +31,23 @@ RUNS = """\
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
+def config(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharded")
-    model = init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=4)
+    model = random_model("tiny", seed=4)
     save_meta_checkpoint(model, tmp / "ckpt", n_shards=2)
     write_word_hash_tokenizer(tmp / "ckpt", model.args.vocab_size)  # random weights: the test tokenizer
     cfg = tmp / "sharded.yaml"
-    cfg.write_text(W.sharded_sweep_yaml("sharded", tmp / "ckpt", tmp / "out", 2, 3, RUNS))
-    return load_config(cfg), run_experiment(load_config(cfg), progress=False, log=lambda *a: None)
+    cfg.write_text(sharded_sweep_yaml("sharded", tmp / "ckpt", tmp / "out", 2, 3, RUNS))
+    return load_config(cfg)
 
 
-def test_only_sharding_export_runs_load_shards(table):
-    cfg, _ = table
+@pytest.fixture(scope="module")
+def table(config):
+    return config, run_experiment(config, progress=False, log=lambda *a: None)
+
+
+def test_only_sharding_export_runs_load_shards(config):
+    cfg = config
     def run(passes):
         return ResolvedRun("r", "export", parse_pipeline(passes), "none", ScoringConfig(), "float32")
     one = dataclasses.replace(cfg, world_size=1)
@@ -58,8 +64,9 @@ def test_only_sharding_export_runs_load_shards(table):
 def test_one_stage_per_rank_needs_one_stage_per_rank():
     from graphopt.pass_manager import run_passes
     from graphopt.pipeline import PassContext
-    args, sm = W.build_score_module("tiny")
-    gm = W.capture_graph(sm, W.example_batch(args))
+    sm = score_module("tiny")
+    args = sm.model.args
+    gm = capture(sm, causal_batch(args.vocab_size))
     split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))
     opt = Optimized(split, split)
     assert StagePerRank(opt, 2).graph is split
@@ -67,6 +74,11 @@ def test_one_stage_per_rank_needs_one_stage_per_rank():
         StagePerRank(opt, 3)
 
 
+# The same paths run by default, through the runner on 2 ranks reading only their shard: a Meta checkpoint
+# of as many files as the model group has ranks in test_data_parallel.py::test_dp2_x_tp2_and_dp2_x_pp2_sweep_
+# equals_one_process, and tensor_parallel after the exact passes in test_sharding_tied.py::test_runner_sweep_
+# on_the_tied_checkpoint (which pins each rank's parameter count).
+@pytest.mark.slow
 def test_sharded_runs_match_the_reference(table):
     _, df = table
     assert list(df["status"]) == ["ok"] * 3, df[["run", "error"]].to_string()
@@ -79,8 +91,8 @@ def test_sharded_runs_match_the_reference(table):
     assert (runs["n_params"] < full).all()
 
 
-def test_pipeline_per_rank_refuses_a_compiler_before_loading(table):
-    cfg, _ = table
+def test_pipeline_per_rank_refuses_a_compiler_before_loading(config):
+    cfg = config
     run = ResolvedRun("pp", "export", parse_pipeline(["pipeline_split"]), "inductor", ScoringConfig(), "float32")
     with pytest.raises(ValueError, match="run 'pp': pipeline_split over world_size 2 .* compiler must be none, "
                                          "got 'inductor'"):

@@ -21,9 +21,8 @@ from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext
 from graphopt.commands.prune import prune_and_save
 from graphopt.scoring.batch import ScoreModule
-from tests.test_capture import distinct_score_inputs
-from tests.test_passes_prune import _prune, _setup
-from tests.test_tokenizers import hf_tokenizer_json  # noqa: F401  (fixture)
+from tests._builders import distinct_score_inputs
+from tests._prune_oracles import prune
 
 ATOL = 1e-5
 
@@ -40,10 +39,10 @@ def _hf_logprobs(hf_model, inputs):
     ("gqa-9-3", "both", 0.34, {"num_attention_heads": 6, "num_key_value_heads": 2}),  # tied, 9/3 -> 6/2
     ("gqa-6-2", "heads", 0.5, {"num_attention_heads": 3, "num_key_value_heads": 1}),
     ("gqa-6-2", "ffn", 0.25, {"num_attention_heads": 6, "num_key_value_heads": 2})])
-def test_saved_pruned_model_loads_in_graphopt_and_transformers(tmp_path, preset, what, ratio, shape):
+def test_saved_pruned_model_loads_in_graphopt_and_transformers(prune_setup, tmp_path, preset, what, ratio, shape):
     transformers = pytest.importorskip("transformers")
-    args, model, inputs, gm = _setup(preset)
-    pruned_gm, (rec,) = _prune(gm, inputs, ratio=ratio, what=what)
+    args, model, inputs, gm = prune_setup(preset)
+    pruned_gm, (rec,) = prune(gm, inputs, ratio=ratio, what=what)
     eager = pruned_transformer(pruned_gm, args)
     out = save_hf_checkpoint(eager, tmp_path / "pruned", WordHashTokenizer(args.vocab_size))
     config = json.loads((out / "config.json").read_text())
@@ -64,12 +63,12 @@ def test_saved_pruned_model_loads_in_graphopt_and_transformers(tmp_path, preset,
         torch.testing.assert_close(_hf_logprobs(hf, x), want, atol=ATOL, rtol=0)
 
 
-def test_global_cut_is_refused_naming_the_layer_sizes(tmp_path):
-    args, model, inputs, gm = _setup("gqa-9-3")
+def test_global_cut_is_refused_naming_the_layer_sizes(prune_setup, tmp_path):
+    args, model, inputs, gm = prune_setup("gqa-9-3")
     for key in ("w1", "w2", "w3"):  # layer 1's weights x10: the raw global budget cuts the layers unevenly
         name = f"model.layers.1.feed_forward.{key}.weight"
         set_attr(gm, name, attr(gm, name) * 10)
-    pruned_gm, (rec,) = _prune(gm, inputs, ratio=0.3, budget="global", normalize="none")
+    pruned_gm, (rec,) = prune(gm, inputs, ratio=0.3, budget="global", normalize="none")
     sizes = [rec.stats["layers"][f"model.layers.{i}"]["ffn_channels"] for i in range(2)]
     assert sizes[0] != sizes[1]
     with pytest.raises(CheckpointError, match=rf"pruned layers differ in size .*0: {sizes[0]}/9/3, 1: {sizes[1]}/9/3.*"
@@ -77,15 +76,15 @@ def test_global_cut_is_refused_naming_the_layer_sizes(tmp_path):
         pruned_transformer(pruned_gm, args)
 
 
-def test_global_ffn_cut_scores_eagerly_but_is_not_saved(tmp_path):
+def test_global_ffn_cut_scores_eagerly_but_is_not_saved(prune_setup, tmp_path):
     """varying_ffn: each layer's FeedForward at its own width gives the pruned graph's log-probs (fp32,
     1e-5) with the graph's parameter count; save_hf_checkpoint refuses it, naming the widths. A heads-only
     global cut (which failed inside the pass with an empty FFN plan before) still cannot be built."""
-    args, model, inputs, gm = _setup("gqa-9-3")
+    args, model, inputs, gm = prune_setup("gqa-9-3")
     for key in ("w1", "w2", "w3"):
         name = f"model.layers.1.feed_forward.{key}.weight"
         set_attr(gm, name, attr(gm, name) * 10)
-    pruned_gm, (rec,) = _prune(gm, inputs, ratio=0.3, budget="global", normalize="none")
+    pruned_gm, (rec,) = prune(gm, inputs, ratio=0.3, budget="global", normalize="none")
     sizes = [rec.stats["layers"][f"model.layers.{i}"]["ffn_channels"] for i in range(2)]
     eager = pruned_transformer(pruned_gm, args, varying_ffn=True)
     assert [layer.feed_forward.w1.weight.shape[0] for layer in eager.layers] == sizes and sizes[0] != sizes[1]
@@ -96,11 +95,11 @@ def test_global_ffn_cut_scores_eagerly_but_is_not_saved(tmp_path):
             torch.testing.assert_close(ScoreModule(eager)(*x), pruned_gm(*x), atol=ATOL, rtol=0)
     with pytest.raises(CheckpointError, match=re.escape(f"FFN widths differ ({sizes})")):
         save_hf_checkpoint(eager, tmp_path / "out", WordHashTokenizer(args.vocab_size))
-    gm = _setup("gqa-9-3")[3]  # heads that differ per layer stay refused: attention is built from one count
+    gm = prune_setup("gqa-9-3")[3]  # heads that differ per layer stay refused: attention is built from one count
     for key in ("wq", "wk", "wv", "wo"):
         name = f"model.layers.1.attention.{key}.weight"
         set_attr(gm, name, attr(gm, name) * 10)
-    heads_cut, (rec,) = _prune(gm, inputs, ratio=0.34, what="heads", budget="global", normalize="none",
+    heads_cut, (rec,) = prune(gm, inputs, ratio=0.34, what="heads", budget="global", normalize="none",
                                max_layer_ratio=1.0)
     assert [rec.stats["layers"][f"model.layers.{i}"]["kv_heads"] for i in range(2)] == [1, 3]
     with pytest.raises(CheckpointError, match="pruned layers differ in size .*0: 192/3/1, 1: 192/9/3"):
@@ -143,9 +142,9 @@ def test_prune_command_bad_options_name_the_cause(tmp_path, capsys, argv, msg):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_merged_graph_is_refused_naming_the_merge(tmp_path):
-    args, model, inputs, gm = _setup("gqa-6-2")
-    pruned_gm, _ = _prune(gm, inputs, ratio=0.25, what="ffn")
+def test_a_merged_graph_is_refused_naming_the_merge(prune_setup, tmp_path):
+    args, model, inputs, gm = prune_setup("gqa-6-2")
+    pruned_gm, _ = prune(gm, inputs, ratio=0.25, what="ffn")
     merged, _ = run_passes(pruned_gm, ["merge_qkv", "merge_gate_up"], PassContext(example_inputs=inputs))
     with pytest.raises(CheckpointError, match="save it before merge_qkv / merge_gate_up"):
         prune_and_save  # noqa: B018  (the command's function: one import path for the CLI and benchmarks)

@@ -7,21 +7,19 @@ import torch
 
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.data import HellaSwagRow, synthetic_hellaswag
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.scoring import (STRATEGIES, Request, ScoreBatch, ScoreModule, build_batches, build_requests, choice_metrics, evaluate,
                               reference_loglik, same_choices, score_requests)
 from graphopt.scoring.reference import PAD_ID, padded_batches, per_pair_batches
 from graphopt.scoring.requests import encode_pair
+from tests._builders import random_model
 
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    args = ModelArgs.from_name("tiny-gqa")
-    model = init_random_weights(Transformer(args), seed=1).eval()
-    return model, WordHashTokenizer(args.vocab_size)
+    model = random_model("tiny-gqa", seed=1)
+    return model, WordHashTokenizer(model.args.vocab_size)
 
 
 @pytest.fixture(scope="module")

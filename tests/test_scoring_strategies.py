@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from graphopt.kernels.prefix_attention import prefix_mask
-from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.scoring.batch import Request, ScoreModule, sum_by_owner
 from graphopt.scoring.buckets import DEFAULT_N_FRACTIONS, batch_shapes, bucketed_batches
 from graphopt.scoring.pack_layout import layout_stats, pair_segments
 from graphopt.scoring.row_packing import packed_batches
 from graphopt.scoring.shared_prefix import shared_prefix_batches, shared_prefix_layout
+from tests._builders import random_model
 
 ATOL = 1e-4
 BUCKETS = (16, 32, 64, 128)
@@ -20,7 +19,7 @@ BUCKETS = (16, 32, 64, 128)
 @pytest.fixture(scope="module", params=["tiny", "tiny-gqa"])
 def model(request):
     torch.manual_seed(0)
-    return init_random_weights(Transformer(ModelArgs.from_name(request.param)), seed=1).eval()
+    return random_model(request.param, seed=1)
 
 
 def make_requests(spec, seed=0, vocab=512):

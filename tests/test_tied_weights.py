@@ -23,25 +23,21 @@ import torch
 import graphopt
 import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.linear_logprob)
 from graphopt.checkpoints import save_meta_checkpoint
-from graphopt.distributed.launch import launch
 from graphopt.distributed.plan import head_layout
 from graphopt.graph_attrs import attr, held_numel
-from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
-from graphopt.model.llama import Transformer, init_random_weights
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext
 from graphopt.runner.worker import count_params
 from graphopt.scoring.batch import ScoreModule
 from tests import _dist_workers as W
-from tests.test_passes_dtype import _choice_set, _choices
-from tests.test_passes_prune import _silenced
+from tests._builders import choice_batch, chosen_endings, model_args, random_model
+from tests._prune_oracles import silenced
 
 aten = torch.ops.aten
 LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
 TOL = {"exact": 1e-4, "bfloat16": 0.1, "int8": 0.3}
 MODELS = ["tiny-tied", "gqa-9-3-tied"]  # gqa-9-3-tied: 9 query / 3 kv heads, dim 72, vocab 513
-_CAPTURED = {}
 
 
 def _n_params(args: ModelArgs) -> int:
@@ -58,18 +54,13 @@ def _layer_channels(args: ModelArgs) -> int:
     return args.n_layers * (args.n_heads * hd + 2 * args.n_kv_heads * hd + 2 * args.dim + 2 * args.hidden_dim)
 
 
-def _setup(name: str, method: str):
-    """(args, eager ScoreModule, inputs, owners, n_questions, n_choices, captured graph), captured once."""
-    if (name, method) not in _CAPTURED:
-        args = W.model_args(name)
-        score = ScoreModule(init_random_weights(Transformer(args)).eval())
-        assert score.model.output.weight is score.model.tok_embeddings.weight
-        assert sum(p.numel() for p in score.parameters()) == _n_params(args)
-        inputs, owners, nq, nc = _choice_set(vocab=args.vocab_size)
-        if method == "dynamo":
-            torch._dynamo.reset()
-        _CAPTURED[name, method] = (args, score, inputs, owners, nq, nc, capture(score, inputs, method=method))
-    return _CAPTURED[name, method]
+def _setup(choice_captures, name: str, method: str):
+    """(args, eager ScoreModule, inputs, owners, n_questions, n_choices, captured graph) on the choice set."""
+    setup = choice_captures(name, method)
+    args, score = setup[:2]
+    assert score.model.output.weight is score.model.tok_embeddings.weight
+    assert sum(p.numel() for p in score.parameters()) == _n_params(args)
+    return setup
 
 
 def _tables(gm, args) -> dict:
@@ -104,7 +95,7 @@ def _check_outputs(got, ref, tol, owners, nq, nc):
     assert got.dtype == torch.float32
     assert (got - ref).abs().max().item() <= TOL[tol], (got - ref).abs().max().item()
     if tol != "exact":
-        assert torch.equal(_choices(got, owners, nq, nc), _choices(ref, owners, nq, nc))
+        assert torch.equal(chosen_endings(got, owners, nq, nc), chosen_endings(ref, owners, nq, nc))
 
 
 # pipeline -> (tolerance, the table as held afterwards: one entry per storage, elements held beyond the
@@ -130,8 +121,8 @@ PIPELINES = {
 @pytest.mark.parametrize("method", ["export", "dynamo"])
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("case", list(PIPELINES))
-def test_a_pass_keeps_the_tied_table_one_tensor(case, model, method):
-    args, score, inputs, owners, nq, nc, captured = _setup(model, method)
+def test_a_pass_keeps_the_tied_table_one_tensor(choice_captures, case, model, method):
+    args, score, inputs, owners, nq, nc, captured = _setup(choice_captures, model, method)
     pipeline, tol, tables, extra = PIPELINES[case]
     with torch.no_grad():
         ref = captured(*inputs)
@@ -146,8 +137,8 @@ def test_a_pass_keeps_the_tied_table_one_tensor(case, model, method):
 
 @pytest.mark.parametrize("method", ["export", "dynamo"])
 @pytest.mark.parametrize("model", MODELS)
-def test_prune_structured_leaves_the_tied_table_alone(model, method):
-    args, score, inputs, owners, nq, nc, captured = _setup(model, method)
+def test_prune_structured_leaves_the_tied_table_alone(choice_captures, model, method):
+    args, score, inputs, owners, nq, nc, captured = _setup(choice_captures, model, method)
     ratio = 0.4
     gm, (rec,) = run_passes(copy.deepcopy(captured), [("prune_structured", {"ratio": ratio, "what": "both"})],
                             PassContext(example_inputs=inputs, model_args=args))
@@ -159,7 +150,7 @@ def test_prune_structured_leaves_the_tied_table_alone(model, method):
     assert len({t.untyped_storage().data_ptr() for t in _plain_table_readers(gm, args)}) == 1
     assert count_params(gm) == _n_params(args) - removed
     with torch.no_grad():
-        torch.testing.assert_close(gm(*inputs), _silenced(score.model, args, ratio, ratio)(*inputs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(gm(*inputs), silenced(score.model, args, ratio, ratio)(*inputs), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("pipeline,method", [(["exact", "cast_dtype"], "export"), (["cast_dtype"], "export"),
@@ -167,9 +158,9 @@ def test_prune_structured_leaves_the_tied_table_alone(model, method):
 def test_optimize_counts_the_tied_table_once(pipeline, method):
     """SmolLM2-135M (tied, 9/3 heads) went from 134.5M to 162.8M parameters in a cast_dtype row: its
     vocab x dim counted, and held, twice. The same shape of model through graphopt.optimize."""
-    args = W.model_args("gqa-9-3-tied")
-    model = init_random_weights(Transformer(args)).eval()
-    inputs, owners, nq, nc = _choice_set(vocab=args.vocab_size)
+    args = model_args("gqa-9-3-tied")
+    model = random_model(args)
+    inputs, owners, nq, nc = choice_batch(vocab=args.vocab_size)
     torch._dynamo.reset()
     opt = graphopt.optimize(ScoreModule(model), inputs, pipeline, capture=method)
     with torch.no_grad():
@@ -180,15 +171,15 @@ def test_optimize_counts_the_tied_table_once(pipeline, method):
 
 
 @pytest.mark.distributed
-def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed():
+def test_tensor_parallel_world2_holds_the_tied_table_once_or_as_designed(world):
     """tiny-tied on 2 gloo ranks. No cut of the table: one tensor, read by the lookup and the head.
     vocab_parallel: one [V/2, D] slice read by the head and the vocab-parallel lookup, the whole table
     released. embedding_parallel does not apply to a tied table (the head needs whole rows): alone it
     changes nothing, with vocab_parallel the one vocab slice as above."""
     cases = [{}, {"vocab_parallel": True}, {"embedding_parallel": True},
              {"vocab_parallel": True, "embedding_parallel": True}]
-    res = launch(W.tied_tp_worker, 2, args=("tiny-tied", cases), timeout_s=300)
-    args = W.model_args("tiny-tied")
+    res = world(2).run(W.tied_tp_worker, "tiny-tied", cases, timeout_s=300)
+    args = model_args("tiny-tied")
     V, D, ws, hd = args.vocab_size, args.dim, 2, args.head_dim
     lay = head_layout(args, ws, 0)
     q_local, kv_local = lay.q_heads[1] - lay.q_heads[0], lay.kv_heads[1] - lay.kv_heads[0]
@@ -215,9 +206,9 @@ def test_loaded_tied_checkpoint_holds_one_table(tmp_path, layout, dtype):
     """A tied 9/3-head checkpoint written here (HF: save_pretrained, which stores the table once, or a
     pytorch_model.bin holding lm_head.weight and model.embed_tokens.weight on one storage; Meta: 3
     shards, no output.weight): loaded, the head IS the embedding's Parameter; optimised, one table."""
-    args = W.model_args("gqa-9-3-tied")
+    args = model_args("gqa-9-3-tied")
     if layout == "meta":
-        ref = init_random_weights(Transformer(args), seed=5).eval()
+        ref = random_model(args, seed=5)
         save_meta_checkpoint(ref, tmp_path, n_shards=3)
     else:
         transformers = pytest.importorskip("transformers")
@@ -239,7 +230,7 @@ def test_loaded_tied_checkpoint_holds_one_table(tmp_path, layout, dtype):
     model, _ = graphopt.load_model(str(tmp_path), dtype=dtype, tokenizer="word-hash")  # logits only
     assert model.args.tie_embeddings and model.output.weight is model.tok_embeddings.weight
     assert count_params(model) == _n_params(args) == held_numel(model.parameters())
-    inputs, owners, nq, nc = _choice_set(vocab=args.vocab_size)
+    inputs, owners, nq, nc = choice_batch(vocab=args.vocab_size)
     opt = graphopt.optimize(ScoreModule(model), inputs, ["exact", "cast_dtype"])
     assert count_params(opt.graph) == _n_params(args)
     assert list(_tables(opt.graph, args).values()) == ["bfloat16"]

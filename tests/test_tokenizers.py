@@ -7,15 +7,8 @@ import torch
 from graphopt.checkpoints import CheckpointError, load_model, load_tokenizer, save_meta_checkpoint
 from graphopt.checkpoints.load import load_model_structure
 from graphopt.checkpoints.word_tokenizer import WORD_HASH_FILE, WordHashTokenizer, write_word_hash_tokenizer
+from tests._builders import TOKENIZER_TEXT
 
-TEXT = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A man is sitting on a roof. He starts pulling up roofing on a roof.",
-    "Then, the man writes over the snow covering the window of a car.",
-    "The woman is now blow drying the dog. The dog is then shown in a bath.",
-    "Two women are standing in a kitchen, talking about the recipe they are making.",
-    "She puts the cake in the oven and waits for it to bake while reading a book.",
-] * 4
 SAMPLES = ["The dog sits on a roof.", " the man", "Hello, world!  Two  spaces", ""]
 
 
@@ -23,26 +16,10 @@ SAMPLES = ["The dog sits on a roof.", " the man", "Hello, world!  Two  spaces", 
 def spm_model(tmp_path_factory):
     spm = pytest.importorskip("sentencepiece")
     d = tmp_path_factory.mktemp("spm")
-    (d / "corpus.txt").write_text("\n".join(TEXT) + "\n")
+    (d / "corpus.txt").write_text("\n".join(TOKENIZER_TEXT) + "\n")
     spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=60,
                                    model_type="bpe", character_coverage=1.0, minloglevel=2)
     return d / "tokenizer.model"
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer_json(tmp_path_factory):
-    tk = pytest.importorskip("tokenizers")
-    tok = tk.Tokenizer(tk.models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tk.decoders.ByteLevel()
-    trainer = tk.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>", "<eos>"],
-                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXT, trainer)
-    # a post-processor that adds BOS, as Llama-3's does: encode() must not apply it
-    tok.post_processor = tk.processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    d = tmp_path_factory.mktemp("hf_tok")
-    tok.save(str(d / "tokenizer.json"))
-    return d / "tokenizer.json"
 
 
 def test_sentencepiece_matches_library_without_bos(spm_model):
