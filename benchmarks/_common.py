@@ -54,6 +54,12 @@ def host() -> dict:
     return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, **host_matmul_gflops()}
 
 
+def layer_param_counts(args) -> list[int]:
+    """Weights of one layer's matmuls (a graphopt ModelArgs): q, k, v, o, gate, up, down."""
+    d, hd, kv = args.dim, args.head_dim, args.n_kv_heads
+    return [d * d, d * kv * hd, d * kv * hd, d * d, d * args.hidden_dim, d * args.hidden_dim, args.hidden_dim * d]
+
+
 # ---------------------------------------------------------------- whole commands in fresh processes
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -22,10 +22,10 @@ WIKIHOW_SHARE = 0.35  # as the validation set: about a third of the rows come fr
 TOKENIZER_VOCAB = 512
 
 
-def train_tokenizer(out_dir: Path, vocab_size: int):
+def train_tokenizer(out_dir: Path, vocab_size: int, corpus: list[str] | None = None):
     """A byte-level BPE tokenizer.json (no BOS added on encode, so add_special_tokens does not matter)
-    trained on graphopt's synthetic HellaSwag text, saved with transformers' PreTrainedTokenizerFast
-    (tokenizer.json + tokenizer_config.json). -> the PreTrainedTokenizerFast."""
+    trained on `corpus` (default: graphopt's synthetic HellaSwag text), saved with transformers'
+    PreTrainedTokenizerFast (tokenizer.json + tokenizer_config.json). -> the PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -34,18 +34,24 @@ def train_tokenizer(out_dir: Path, vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = []
-    for doc in synthetic_raw(1000, seed=12345):
-        corpus += [doc["activity_label"] + ": " + doc["ctx"]] + [" " + e for e in doc["endings"]]
+    if corpus is None:
+        corpus = []
+        for doc in synthetic_raw(1000, seed=12345):
+            corpus += [doc["activity_label"] + ": " + doc["ctx"]] + [" " + e for e in doc["endings"]]
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.save_pretrained(str(out_dir))
     return fast
 
 
-def write_model_dir(out_dir: Path, preset: str, tokenizer_vocab: int = TOKENIZER_VOCAB) -> Path:
+def write_model_dir(out_dir: Path, preset: str, tokenizer_vocab: int = TOKENIZER_VOCAB,
+                    corpus: list[str] | None = None, max_seq_len: int | None = None) -> Path:
     """graphopt's `preset` (random weights) as a transformers LlamaForCausalLM directory (safetensors)
-    plus a tokenizer that fits its vocabulary. Idempotent: an existing complete directory is kept."""
+    plus a tokenizer that fits its vocabulary (trained on `corpus`, default graphopt's synthetic text);
+    max_seq_len: the context length written (default: the preset's). Idempotent: an existing complete
+    directory is kept."""
+    import dataclasses
+
     import graphopt
     from benchmarks._hf_peer import to_transformers
 
@@ -53,6 +59,8 @@ def write_model_dir(out_dir: Path, preset: str, tokenizer_vocab: int = TOKENIZER
     if (out_dir / "config.json").is_file() and (out_dir / "tokenizer.json").is_file():
         return out_dir
     model, _ = graphopt.load_model(preset)
+    if max_seq_len is not None:
+        model.args = dataclasses.replace(model.args, max_seq_len=max_seq_len)
     hf = to_transformers(model)
     hf.config.bos_token_id, hf.config.eos_token_id, hf.config.pad_token_id = 0, 1, 2  # SPECIAL_TOKENS
     hf.generation_config.bos_token_id, hf.generation_config.eos_token_id = 0, 1
@@ -60,7 +68,7 @@ def write_model_dir(out_dir: Path, preset: str, tokenizer_vocab: int = TOKENIZER
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     hf.save_pretrained(str(tmp))
-    train_tokenizer(tmp, min(tokenizer_vocab, model.args.vocab_size))
+    train_tokenizer(tmp, min(tokenizer_vocab, model.args.vocab_size), corpus)
     tmp.rename(out_dir)
     return out_dir
 

@@ -26,7 +26,7 @@ import time
 import torch
 
 import graphopt
-from benchmarks._common import layout_batches, peak_tflops
+from benchmarks._common import layer_param_counts, layout_batches, peak_tflops
 from benchmarks._kernel_profile import kernel_table, markdown
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
@@ -60,12 +60,6 @@ def model_flops(args: ModelArgs, batches) -> float:
         visible = int(b.mask.sum())  # padding tokens see themselves only: a rounding error
         total += 2 * body * real + 2 * head * scored + 4 * args.dim * visible * args.n_layers
     return total
-
-
-def layer_param_counts(args: ModelArgs) -> list[int]:
-    """Weights of one layer's matmuls: q, k, v, o, gate, up, down."""
-    d, hd, kv = args.dim, args.head_dim, args.n_kv_heads
-    return [d * d, d * kv * hd, d * kv * hd, d * d, d * args.hidden_dim, d * args.hidden_dim, args.hidden_dim * d]
 
 
 def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:

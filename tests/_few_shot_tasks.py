@@ -9,15 +9,15 @@ offline (`dataset_path: json`): `write_few_shot_tasks(dir)` -> {group or task na
 - leaderboard_bbh: the installed `_fewshot_template_yaml` (acc_norm, first_n 3-shot) and the
   subtasks' own YAML (description, choices, the 3 shots written in it) with local test data:
   boolean_expressions and web_of_lies generated (their answers computed), sports_understanding written.
+The YAML writers and the bbh generators are benchmarks/_few_shot_data.py's (the prefix-tree benchmark writes
+the same shapes at scale).
 """
 from __future__ import annotations
 
-import json
 import random
-import shutil
 from pathlib import Path
 
-import yaml
+from benchmarks._few_shot_data import boolean_expressions, mmlu_pro_row, web_of_lies, write_bbh, write_mmlu, write_mmlu_pro
 
 MMLU = {  # subject -> (dev: 5 shots, test) rows of (question, [A, B, C, D], answer index)
     "high_school_geography": (
@@ -109,121 +109,28 @@ SPORTS = [("Is the following sentence plausible? \"The goalkeeper caught the bal
           ("Is the following sentence plausible? \"The pitcher struck out the batter with a curveball.\"", "yes"),
           ("Is the following sentence plausible? \"The golfer scored a slam dunk on the eighteenth hole.\"", "no"),
           ("Is the following sentence plausible? \"The point guard made a three-pointer at the buzzer.\"", "yes")]
-NAMES = ["Fidel", "Jerry", "Vina", "Millicent", "Raymond", "Kristian", "Millie", "Maybelle", "Leda", "Osvaldo"]
 
 
-def _boolean_expressions(rng: random.Random, n: int) -> list[dict]:
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(["True", "False"])]
-        for _ in range(rng.randrange(1, 4)):
-            words += [rng.choice(["and", "or"]), *(["not"] * rng.randrange(0, 2)), rng.choice(["True", "False"])]
-        expr = " ".join(words)
-        rows.append({"input": f"{expr} is", "target": str(eval(expr))})  # noqa: S307 (our own True/False/and/or)
-    return rows
+def _mmlu_rows(rows) -> list[dict]:
+    return [{"question": q, "choices": c, "answer": a} for q, c, a in rows]
 
 
-def _web_of_lies(rng: random.Random, n: int) -> list[dict]:
-    rows = []
-    for _ in range(n):
-        names = rng.sample(NAMES, 5)
-        truth = rng.random() < 0.5
-        text = [f"{names[0]} {'tells the truth' if truth else 'lies'}."]
-        for a, b in zip(names, names[1:]):
-            says_truth = rng.random() < 0.5
-            text.append(f"{b} says {a} {'tells the truth' if says_truth else 'lies'}.")
-            truth = truth == says_truth
-        rows.append({"input": f"Question: {' '.join(text)} Does {names[-1]} tell the truth?",
-                     "target": "Yes" if truth else "No"})
-    return rows
-
-
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return json.dumps(str(path))
-
-
-def _installed(*parts) -> Path:
-    import lm_eval
-    return Path(lm_eval.__file__).parent / "tasks" / Path(*parts)
-
-
-def _local(template: str, data_files: dict[str, str]) -> str:
-    """An installed YAML's text with its hub dataset replaced by local json files."""
-    lines = [ln for ln in template.splitlines() if not ln.startswith(("dataset_path:", "dataset_name:"))]
-    files = "".join(f"    {split}: {path}\n" for split, path in data_files.items())
-    return "dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n" + files + "\n".join(lines) + "\n"
-
-
-def write_mmlu(root: Path) -> list[str]:
-    d = root / "mmlu"
-    d.mkdir()
-    data, names = {}, []
-    for subject, (dev, test) in MMLU.items():
-        for split, rows in (("dev", dev), ("test", test)):
-            data[subject, split] = _jsonl(d / f"{subject}_{split}.jsonl",
-                                          [{"question": q, "subject": subject, "choices": c, "answer": a}
-                                           for q, c, a in rows])
-    template = _installed("mmlu", "default", "_default_template_yaml").read_text()
-    (d / "_default_template_yaml").write_text(template.replace("dataset_path: cais/mmlu", "dataset_path: json")
-                                              + "num_fewshot: 5\n")
-    for subject in MMLU:  # lm-eval's per-subject YAML; the subject's local files instead of a hub config
-        task = f"local_mmlu_{subject}"
-        (d / f"{task}.yaml").write_text(yaml.safe_dump({
-            "dataset_name": None, "dataset_kwargs": {"data_files": {"test": json.loads(data[subject, "test"]),
-                                                                    "dev": json.loads(data[subject, "dev"])}},
-            "description": f"The following are multiple choice questions (with answers) about "
-                           f"{subject.replace('_', ' ')}.\n\n",
-            "include": "_default_template_yaml", "task": task, "task_alias": subject}, sort_keys=False))
-        names.append(task)
-    (d / "_local_mmlu.yaml").write_text(yaml.safe_dump({"group": "local_mmlu", "task": names,
-                                                         "aggregate_metric_list": [{"metric": "acc",
-                                                                                    "weight_by_size": True}]}))
-    return names
-
-
-def write_mmlu_pro(root: Path) -> list[str]:
-    d = root / "mmlu_pro"
-    d.mkdir()
+def _mmlu_pro_rows() -> list[dict]:
     rows = []
     for i, (question, answer) in enumerate(MMLU_PRO):
         options = MMLU_PRO_OPTIONS[i % 10:] + MMLU_PRO_OPTIONS[:i % 10]  # rotated: answers spread over A-J
-        k = options.index(MMLU_PRO_OPTIONS[answer])
-        rows.append({"question_id": i, "question": question, "options": options, "answer": "ABCDEFGHIJ"[k],
-                     "answer_index": k, "category": "biology"})
-    files = {"test": _jsonl(d / "test.jsonl", rows[5:]), "validation": _jsonl(d / "validation.jsonl", rows[:5])}
-    src = _installed("leaderboard", "mmlu_pro")
-    shutil.copy(src / "utils.py", d / "utils.py")
-    text = _local((src / "mmlu_pro.yaml").read_text(), files).replace("task: leaderboard_mmlu_pro",
-                                                                       "task: local_mmlu_pro")
-    (d / "local_mmlu_pro.yaml").write_text(text)
-    return ["local_mmlu_pro"]
-
-
-def write_bbh(root: Path, rng: random.Random) -> list[str]:
-    d = root / "bbh"
-    d.mkdir()
-    src = _installed("leaderboard", "bbh_mc")
-    (d / "_fewshot_template_yaml").write_text(
-        "\n".join(ln for ln in (src / "_fewshot_template_yaml").read_text().splitlines()
-                  if not ln.startswith("dataset_path:")) + "\n")
-    tests = {"boolean_expressions": _boolean_expressions(rng, 8), "web_of_lies": _web_of_lies(rng, 8),
-             "sports_understanding": [{"input": q, "target": t} for q, t in SPORTS]}
-    names = []
-    for sub, rows in tests.items():
-        cfg = yaml.safe_load((src / f"{sub}.yaml").read_text())
-        task = f"local_bbh_{sub}"
-        cfg.update(task=task, dataset_path="json", dataset_name=None,
-                   dataset_kwargs={"data_files": {"test": str(d / f"{sub}.jsonl")}})
-        _jsonl(d / f"{sub}.jsonl", rows)
-        (d / f"{task}.yaml").write_text(yaml.safe_dump(cfg))
-        names.append(task)
-    (d / "_local_bbh.yaml").write_text(yaml.safe_dump({"group": "local_bbh", "task": names}))
-    return names
+        rows.append(mmlu_pro_row(i, question, options, options.index(MMLU_PRO_OPTIONS[answer]), "biology"))
+    return rows
 
 
 def write_few_shot_tasks(root: Path, seed: int = 0) -> dict[str, list[str]]:
     """The three suites under root (an lm-eval include_path): {"local_mmlu": [...], "local_mmlu_pro": [...],
     "local_bbh": [...]}, each value the task names."""
     rng = random.Random(seed)
-    return {"local_mmlu": write_mmlu(root), "local_mmlu_pro": write_mmlu_pro(root), "local_bbh": write_bbh(root, rng)}
+    pro = _mmlu_pro_rows()
+    bbh = {"boolean_expressions": boolean_expressions(rng, 8), "web_of_lies": web_of_lies(rng, 8),
+           "sports_understanding": [{"input": q, "target": t} for q, t in SPORTS]}
+    return {"local_mmlu": write_mmlu(root, "local_mmlu", {s: (_mmlu_rows(dev), _mmlu_rows(test))
+                                                         for s, (dev, test) in MMLU.items()}),
+            "local_mmlu_pro": write_mmlu_pro(root, "local_mmlu_pro", pro[:5], pro[5:]),
+            "local_bbh": write_bbh(root, "local_bbh", bbh)}

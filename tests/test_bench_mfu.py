@@ -2,7 +2,8 @@
 model is a real LLaMA of the preset's shape, and the script runs end to end on CPU."""
 import torch
 
-from benchmarks.mfu import gemm_floor_seconds, layer_param_counts, main, merged_gemm_shapes, model_flops, random_model
+from benchmarks._common import layer_param_counts
+from benchmarks.mfu import gemm_floor_seconds, main, merged_gemm_shapes, model_flops, random_model
 from graphopt.model import ModelArgs
 from graphopt.scoring.batch import Request
 from graphopt.scoring.strategies import build_batches

@@ -40,7 +40,7 @@ def test_rows_are_well_formed(raw):
 def test_the_right_ending_follows_the_context_in_the_source(raw):
     """The right ending is the next sentence of the context's own paragraph; the distractors come from
     other topics."""
-    contexts, endings = real_text._candidates()
+    contexts, endings = real_text.candidates()
     follows = {(tuple(ctx), right): title for title, _, ctx, right in contexts}
     title_of = {}
     for title, _, sentence in endings:
@@ -82,7 +82,7 @@ def test_lm_eval_hellaswag_processing_reads_the_jsonl(tmp_path):
 
 
 def test_too_many_rows_is_a_clear_error():
-    contexts, _ = real_text._candidates()
+    contexts, _ = real_text.candidates()
     with pytest.raises(ValueError, match=rf"only {len(contexts)} real-text rows"):
         real_text_raw(len(contexts) + 1)
 
@@ -92,10 +92,12 @@ def test_stdlib_docstrings_alone_still_make_rows(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)  # import -> ImportError
-    real_text._candidates.cache_clear()
+    real_text.paragraphs.cache_clear()
+    real_text.candidates.cache_clear()
     try:
         rows = real_text_raw(50, seed=0)
         assert len(rows) == 50 and all(not d["activity_label"][:1].islower() for d in rows)
         assert all(d["activity_label"].endswith(" module") for d in rows)
     finally:
-        real_text._candidates.cache_clear()
+        real_text.paragraphs.cache_clear()
+        real_text.candidates.cache_clear()

@@ -82,7 +82,7 @@ def _sentences(paragraph: str) -> list[str]:
     return out
 
 
-def _clean(sentence: str) -> bool:
+def is_prose_sentence(sentence: str) -> bool:
     """A sentence that reads as prose on its own: starts with a capital, ends with a full stop, no
     symbols of code or markup."""
     return (sentence[:1].isupper() and sentence.endswith(".") and not re.search(r"[`{}\[\]<>=\\#$^~|*]", sentence)
@@ -95,30 +95,38 @@ def _cut(sentence: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _candidates() -> tuple[list[tuple[str, int, list[str], str]], list[tuple[str, int, str]]]:
+def paragraphs() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(title, sentences) of every prose paragraph of the reference-manual topics and the standard library's
+    docstrings, in order; a paragraph that several topics repeat is kept once (under its first title)."""
+    out, seen = [], set()
+    for title, text in _topics():
+        for para in _prose_paragraphs(text):
+            if para not in seen:
+                seen.add(para)
+                out.append((title, tuple(_sentences(para))))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def candidates() -> tuple[list[tuple[str, int, list[str], str]], list[tuple[str, int, str]]]:
     """(contexts, endings): contexts are (title, paragraph id, context sentences, next sentence) from every
     paragraph with at least two clean consecutive sentences; endings are (title, paragraph id, sentence)
     for every clean sentence. A paragraph that several topics repeat is kept once."""
-    contexts, endings, seen = [], [], set()
-    for title, text in _topics():
-        for para in _prose_paragraphs(text):
-            if para in seen:
-                continue
-            seen.add(para)
-            pid, sents = len(seen), _sentences(para)
-            ok = [_clean(s) for s in sents]
-            for i, s in enumerate(sents):
-                if ok[i] and ENDING_WORDS[0] <= len(s.split()):
-                    endings.append((title, pid, _cut(s)))
-            for i in range(1, len(sents)):
-                for k in (2, 1):  # two context sentences where there are two, else one
-                    if i - k < 0 or not all(ok[i - k:i + 1]):
-                        continue
-                    ctx = sents[i - k:i]
-                    n_words = sum(len(s.split()) for s in ctx)
-                    if CONTEXT_WORDS[0] <= n_words <= CONTEXT_WORDS[1] and len(sents[i].split()) >= ENDING_WORDS[0]:
-                        contexts.append((title, pid, ctx, _cut(sents[i])))
-                        break
+    contexts, endings = [], []
+    for pid, (title, sents) in enumerate(paragraphs(), 1):
+        ok = [is_prose_sentence(s) for s in sents]
+        for i, s in enumerate(sents):
+            if ok[i] and ENDING_WORDS[0] <= len(s.split()):
+                endings.append((title, pid, _cut(s)))
+        for i in range(1, len(sents)):
+            for k in (2, 1):  # two context sentences where there are two, else one
+                if i - k < 0 or not all(ok[i - k:i + 1]):
+                    continue
+                ctx = sents[i - k:i]
+                n_words = sum(len(s.split()) for s in ctx)
+                if CONTEXT_WORDS[0] <= n_words <= CONTEXT_WORDS[1] and len(sents[i].split()) >= ENDING_WORDS[0]:
+                    contexts.append((title, pid, ctx, _cut(sents[i])))
+                    break
     return contexts, endings
 
 
@@ -126,7 +134,7 @@ def real_text_raw(n: int, seed: int = 0) -> list[dict]:
     """n raw rows in hellaswag_val.jsonl's schema (see the module docstring)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    contexts, endings = _candidates()
+    contexts, endings = candidates()
     if n > len(contexts):
         raise ValueError(f"only {len(contexts)} real-text rows can be made from this Python's documentation, "
                          f"asked for {n}")
