@@ -21,6 +21,7 @@ import time
 import torch
 
 import graphopt
+from benchmarks._common import optimised_graph
 from graphopt.scoring import (ScoreModule, build_batches, build_requests, choice_metrics, same_choices,
                               score_requests)
 
@@ -38,15 +39,6 @@ def time_round_robin(peers, repeats: int) -> list[tuple[str, float, float, torch
             times[name].append(time.perf_counter() - t0)
             print(f"  [{r + 1}/{repeats}] {name}: {times[name][-1]:.2f} s", flush=True)
     return [(name, statistics.median(times[name]), compile_s, loglik[name]) for name, _, compile_s in peers]
-
-
-def optimised_graph(model, batches, pipeline, compiler: str):
-    """graphopt.optimize(ScoreModule(model)) as `graphopt run` builds it: capture (dynamic shapes), the
-    pipeline, the compiler (none | inductor | inductor-frozen), compiled dynamic (one compile for all
-    shapes)."""
-    t0 = time.perf_counter()
-    fn = graphopt.optimize(ScoreModule(model), batches[0].model_inputs(), pipeline, compiler)
-    return fn, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -91,7 +83,7 @@ def main(argv=None) -> int:
 
     add("per-pair eager fp32 (lm-eval style, reference)", ScoreModule(model).eval(), build_batches(requests, "per_pair"))
     if "hf" not in skip:
-        from benchmarks.hf_peer import hf_batched_loglik, to_transformers
+        from benchmarks._hf_peer import hf_batched_loglik, to_transformers
         hf = to_transformers(model)
         t0 = time.perf_counter()
         hf_batched_loglik(hf, requests[:3 * args.hf_batch_size], args.hf_batch_size)  # warmup, as for the others

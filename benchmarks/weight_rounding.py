@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import graphopt
-from benchmarks.peers import optimised_graph
+from benchmarks._common import optimised_graph
 from graphopt.scoring import build_batches, build_requests, choice_metrics, same_choices, score_requests
 
 

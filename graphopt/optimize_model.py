@@ -1,7 +1,7 @@
 """`optimize(module, example_inputs, pipeline, compiler)`: the one place where a model is captured, its
 pass pipeline run and the result compiled. Every caller goes through it: `graphopt run` workers,
 `graphopt eval`, `graphopt inspect`, the benchmarks, and the torch.compile backend (which hands
-dynamo's graph to `optimize_graph`, the passes + compile half).
+dynamo's graph to graphopt.optimize_graph, the passes + compile half).
 
     opt = graphopt.optimize(ScoreModule(model), batch.model_inputs(), pipeline="exact", compiler="inductor")
     logprobs = opt(*batch.model_inputs())     # opt.records: what each pass did; opt.graph: the FX graph
@@ -19,9 +19,10 @@ from typing import Callable
 from torch import nn
 from torch.fx import GraphModule
 
-from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
-from graphopt.pipeline import (PassContext, PassError, PassRecord, check_compiler_fits, check_order,
-                               parse_pipeline, run_passes)
+from graphopt.compilers import check_compiler, compile_for
+from graphopt.optimize_graph import optimize_graph
+from graphopt.pass_manager import PassRecord
+from graphopt.pipeline import PassContext, PassError, check_compiler_fits, check_order, parse_pipeline
 
 CAPTURES = ("export", "dynamo", "none")
 
@@ -52,24 +53,6 @@ class Optimized:
     def compiles(self) -> int:
         """Graphs the passes ran on (dynamo: one per dynamo recompilation)."""
         return self.backend.compiles if self.backend is not None else int(self._graph is not None)
-
-
-def optimize_graph(gm: GraphModule, pipeline=(), compiler: str = "none", ctx: PassContext | None = None,
-                   verify: bool = False, atol: float = 1e-4, after_each: Callable | None = None,
-                   inside_backend: bool = False,
-                   load_weights: Callable[[GraphModule], None] | None = None, device=None,
-                   dynamic: bool | None = None):
-    """A captured graph -> (runnable, optimised graph, pass records): the pipeline, then the weights
-    (load_weights, for a graph captured weightless), then the compiler. after_each(None, gm) sees the
-    captured graph, then after_each(record, gm) the graph after each pass."""
-    if after_each is not None:
-        after_each(None, gm)
-    gm, records = run_passes(gm, pipeline, ctx, verify=verify, atol=atol, after_each=after_each)
-    if load_weights is not None:
-        load_weights(gm)
-        gm = gm.to(device) if device is not None else gm
-    fn = compile_inside_backend(gm, compiler) if inside_backend else compile_for(gm, compiler, dynamic=dynamic)
-    return fn, gm, records
 
 
 def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: str = "none", *,

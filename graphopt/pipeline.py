@@ -359,8 +359,3 @@ def pipeline_dtype(specs: list[PassSpec], load_dtype: str) -> str:
 def pipeline_shards(specs: list[PassSpec]) -> set[str]:
     """What the pipeline splits over ranks: a subset of {"tensor", "pipeline"}."""
     return {s.info.shards for s in specs if s.info.shards}
-
-
-# the manager lives in its own file; its names stay importable from here
-from graphopt.pass_manager import (PassRecord, applied_passes, count_nodes, max_output_diff,  # noqa: E402,F401
-                                   run_passes)

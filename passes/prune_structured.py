@@ -1,7 +1,7 @@
 """prune_structured: structured pruning of FFN channels and attention heads (exact=False), by a
 criterion that may read the model's activations on calibration text.
 
-Structures (prune_scores.py): an FFN channel j is row j of w1 (gate) and w3 (up) and column j of w2
+Structures (_prune_scores.py): an FFN channel j is row j of w1 (gate) and w3 (up) and column j of w2
 (down); a query head is its rows of wq and columns of wo; a kv head its rows of wk and wv. Each is
 scored by criterion l1 (|W|), wanda (|W| x ||X|| per input channel) or taylor (|W . dL/dW|), summed
 over its weights; the lowest-scoring go. wanda and taylor run the captured graph on `calibration`
@@ -9,7 +9,7 @@ over its weights; the lowest-scoring go. wanda and taylor run the captured graph
 ctx.tokenizer (graphopt.optimize(tokenizer=...)) or the `tokenizer` option's file.
 
 ratio, budget per_layer: every layer drops int(ratio * hidden_dim) FFN channels and int(ratio * n_heads)
-query heads, cut GQA-aware (prune_heads.py): whole kv groups (a kv head with its query heads) and/or
+query heads, cut GQA-aware (_prune_heads.py): whole kv groups (a kv head with its query heads) and/or
 the same number of query heads from every kept group, the largest cut the layout allows not above
 the count. budget global: one budget of int(ratio * all layers' FFN channels) and int(ratio * all
 kv groups) (each FFN channel of a layer, and each kv group, holds the same parameters), spent on the
@@ -47,9 +47,9 @@ from ._calibration import CalibrationStats, calibration_batches, gather_statisti
 from ._edit import refit_vals, splits_last_dim
 from ._ops import LINEAR, RESHAPE, val
 from ._weights import param_count
-from .prune_heads import global_group_budget, head_cut, kv_repeats, select_heads, set_repeats
-from .prune_scores import (CRITERIA, NEEDS_CALIBRATION, NORMALIZE, ffn_channel_scores, group_scores, head_scores,
-                           importance, lowest_across_layers, normalised)
+from ._prune_heads import global_group_budget, head_cut, kv_repeats, select_heads, set_repeats
+from ._prune_scores import (CRITERIA, NEEDS_CALIBRATION, NORMALIZE, ffn_channel_scores, group_scores, head_scores,
+                            importance, lowest_across_layers, normalised)
 
 _NEEDS_NAMES = "it finds the weights by their checkpoint names, which the merge replaces"
 

@@ -65,7 +65,8 @@ def tp_worker(cases):
     tensor_parallel, run; report diffs, all-reduce counts, pass stats and parameter bytes."""
     import copy
     from graphopt.distributed.collectives import ALL_REDUCE
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     rank, ws = dist.get_rank(), dist.get_world_size()
     out, captured = [], {}
     for preset, options, before in cases:
@@ -132,7 +133,8 @@ def load_shard_worker(cases):
     import copy
     from graphopt.distributed.load_shard import load_shard, retarget_device
     from graphopt.model.llama import Transformer
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     from graphopt.scoring.batch import ScoreModule
     rank, ws = dist.get_rank(), dist.get_world_size()
     preset = "tiny"
@@ -186,7 +188,8 @@ def pipeline_worker(preset: str, n_layers: int, n_micro_list):
     """Stage = rank: capture, pipeline_split into world_size stages, drop the other stages' weights,
     run with each micro-batch count; compare with the unsplit graph."""
     from graphopt.distributed.pipeline_run import drop_other_stages, run_pipeline_rank
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     rank, ws = dist.get_rank(), dist.get_world_size()
     args, sm = build_score_module(preset, n_layers=n_layers)
     inputs = example_batch(args, B=4, T=6)
@@ -210,7 +213,8 @@ def tied_tp_worker(preset: str, cases):
     lookup and the LM head read one storage; the pass's embedding / vocab_logprob counts."""
     import copy
     from graphopt.graph_attrs import attr
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     from graphopt.runner.worker import count_params
     aten = torch.ops.aten
     rank, ws = dist.get_rank(), dist.get_world_size()
@@ -345,7 +349,8 @@ def _stage_reads(split, name: str, sub, last: bool) -> dict:
 def tp_per_pair_worker(presets):
     """tensor_parallel on a graph captured from ONE pair (batch 1, as per-pair scoring): the RoPE split's
     -1 must not stay symbolic in a batch that may be 1. -> [(preset, max |sharded - eager|)] on two pairs."""
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     rank, ws = dist.get_rank(), dist.get_world_size()
     out = []
     for preset in presets:

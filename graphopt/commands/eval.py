@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HellaSwag: a datasets.save_to_disk directory, a directory of Rowan/hellaswag "
                              "parquet files, one parquet file, or the original hellaswag_val.jsonl "
                              "(default: 200 synthetic rows)")
-    parser.add_argument("--split", default="validation", help="split to read (default: %(default)s; the test "
-                                                              "split has no labels)")
+    parser.add_argument("--split", default="validation", help="split to read from a --data directory (default: "
+                                                              "%(default)s; the test split has no labels); a single "
+                                                              "file is read whole")
     parser.add_argument("--limit", type=_non_negative_int, default=None, metavar="N",
                         help="score only the first N rows (default: all)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
@@ -121,11 +123,12 @@ def main(args) -> int:
     load_s = time.perf_counter() - start
     n_params = sum(p.numel() for p in model.parameters())
     data_name = args.data or "synthetic (embedded default)"
+    split = args.split if args.data is not None and Path(args.data).expanduser().is_dir() else None  # else: read whole
     text = args.output == "text"
     if text:
         print(f"model  {args.model}  ({n_params / 1e6:.1f}M parameters, {args.dtype}, {args.device}, "
               f"loaded in {load_s:.1f}s)")
-        print(f"data   {data_name}  split={args.split}  rows={len(rows)}")
+        print(f"data   {data_name}  " + (f"split={split}  " if split else "") + f"rows={len(rows)}")
 
     if args.pipeline == "auto" and pipeline == "gpu":  # a sliding-window model gets exact (see auto_pipeline)
         pipeline = auto_pipeline(args.device, model.args)[0]
@@ -137,7 +140,7 @@ def main(args) -> int:
     if not text:
         keep = ("acc", "acc_norm", "n_items", "n_requests", "tokens_scored", "tokens_processed", "seconds",
                 "setup_seconds", "strategy", "pipeline", "compiler", "n_shapes", "n_compiles", "cache_hits")
-        print(json.dumps({"model": args.model, "data": data_name, "split": args.split, "dtype": args.dtype,
+        print(json.dumps({"model": args.model, "data": data_name, "split": split, "dtype": args.dtype,
                           "device": args.device, "n_params": n_params, "load_seconds": load_s,
                           **{k: result[k] for k in keep}, **check}))
         return 0

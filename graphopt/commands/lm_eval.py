@@ -2,7 +2,9 @@
 
 Every argument goes to lm-eval unchanged, so it prints what `lm_eval` prints and writes the same
 --output_path files. Before lm-eval starts (and before any model loads), tasks that need text
-generation are refused when the model is graphopt: it scores, it does not generate."""
+generation are refused when the model is graphopt: it scores, it does not generate. A checkpoint graphopt
+cannot load (missing, truncated, no tokenizer, an unsupported family) is one line and exit 2, as in
+`graphopt eval`."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +27,8 @@ data_parallel and tensor_parallel (under torchrun: replicas x shards = the numbe
   torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt \\
       --model_args pretrained=DIR,data_parallel=2,tensor_parallel=2 --tasks hellaswag
 the replicas split the requests by token count; only rank 0 prints and writes).
-lm-eval's --batch_size is accepted and not used: graphopt batches by tokens (max_tokens).
+lm-eval's --batch_size is accepted and not used: graphopt batches by tokens (max_tokens). A --model_args key
+wins over lm-eval's flag of the same name (device=cpu over --device, which lm-eval passes as cuda:0 by default).
 Everything below is lm-eval's own help.
 """
 
@@ -36,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # (graphopt.cli han
 
 def run(argv: list[str]) -> int:
     """lm-eval's CLI on argv (without the program name), graphopt registered."""
+    from graphopt.checkpoints import CheckpointError
+    from graphopt.errors import UserError
     from graphopt.harness import register
 
     if argv[:1] in (["-h"], ["--help"]) or not argv:
@@ -52,6 +57,8 @@ def run(argv: list[str]) -> int:
                              f"{traceback.format_exc()}")
             sys.stderr.flush()
             os._exit(1)
+        if isinstance(e, CheckpointError):  # graphopt's own: one line, as `graphopt eval` prints it
+            raise UserError(str(e)) from None
         raise
     if _joined_a_group():  # skip gloo / nccl teardown once peers may have gone (as graphopt run's ranks)
         sys.stdout.flush()

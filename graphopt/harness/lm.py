@@ -16,11 +16,12 @@ import torch
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 
+from graphopt.checkpoints.encode import prefix_token_id, tok_encode
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
-from graphopt.harness.model_args import GraphoptArgs
+from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
 from graphopt.scoring.batch import Request, ScoreModule
-from graphopt.scoring.requests import first_identical, fit_context, prefix_token_id, tok_encode
+from graphopt.scoring.requests import first_identical, fit_context
 from graphopt.scoring.strategies import build_batches
 
 GENERATE_REFUSED = ("graphopt scores log-likelihoods and does not generate text; task(s) {tasks} need "
@@ -65,6 +66,16 @@ class GraphoptLM(TemplateLM):
         self._device = torch.device(cfg.device)
         self._scorer = None  # the optimised ScoreModule, captured on the first packed batch
         self.stats = {"load_seconds": self.load_seconds, "setup_seconds": 0.0, "score_seconds": 0.0, "n_batches": 0}
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "GraphoptLM":
+        """lm-eval's constructor call: --model_args plus its own flags, a --model_args key winning over the
+        flag of the same name (`device=cpu` with lm-eval's --device, given or its default cuda:0)."""
+        return cls(**with_lm_eval_flags(dict(arg_dict), additional_config))
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GraphoptLM":
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
 
     def _sharded_load(self) -> bool:
         import os

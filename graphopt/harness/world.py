@@ -54,7 +54,7 @@ class World:
 def plan_world(cfg, model_spec: str) -> World | None:
     """The world `cfg` (GraphoptArgs) asks for, checked against torchrun's environment and the model's
     head layout before anything loads; None for one process. Raises UserError naming the key."""
-    from graphopt.distributed.torchrun import under_torchrun
+    from graphopt.distributed.groups import under_torchrun
 
     world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else 1
     tp = cfg.tensor_parallel
@@ -67,7 +67,7 @@ def plan_world(cfg, model_spec: str) -> World | None:
         return None
     if tp > 1:
         from graphopt.checkpoints.model_args import read_model_args
-        from graphopt.runner.preflight import tensor_parallel_problem
+        from graphopt.distributed.plan import tensor_parallel_problem
         problem = tensor_parallel_problem(read_model_args(model_spec), tp)
         if problem:
             raise UserError(f"--model_args tensor_parallel={tp}: {problem}")

@@ -17,20 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphopt.parent_death import end_with_parent, take_parent_pid_from_env
 from graphopt.pipeline import pipeline_shards
-from graphopt.runner.schema import ExperimentConfig, config_from_dict, to_dict
+from graphopt.runner.config import config_from_dict
+from graphopt.runner.schema import ExperimentConfig, to_dict
 from graphopt.runner.sweep import ResolvedRun
-
-
-def _die_with_parent() -> None:
-    """If the sweep process is killed (even with SIGKILL), take this run down with it (Linux)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
 
 
 @dataclass
@@ -66,15 +57,6 @@ def loads_only_its_shard(exp: ExperimentConfig, run: ResolvedRun) -> bool:
     from graphopt.distributed.mesh import run_mesh
     return (run_mesh(exp, run).model > 1 and run.capture == "export" and bool(pipeline_shards(run.passes))
             and os.path.isdir(exp.model))
-
-
-def runs_one_stage_per_rank(exp: ExperimentConfig, run: ResolvedRun) -> bool:
-    """pipeline_split over world_size > 1 ranks (without tensor_parallel): rank r runs stage r only
-    (graphopt.distributed.pipeline_run.run_pipeline_rank, world_size micro-batches); the stages run as
-    captured and split, so the compiler must be none. With data_parallel replicas: the ranks of one
-    replica's pipeline group (graphopt.distributed.mesh)."""
-    from graphopt.distributed.mesh import run_mesh
-    return run_mesh(exp, run).pp > 1
 
 
 def load_rank_weights(gm, ckpt: str, rank: int, world_size: int, args, one_stage: bool) -> dict:
@@ -150,7 +132,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     from graphopt.checkpoints import load_model, load_model_structure
     from graphopt.compile_cache import count_compiles
     from graphopt.data import load_hellaswag
-    from graphopt.distributed.mesh import run_mesh
+    from graphopt.distributed.mesh import run_mesh, runs_one_stage_per_rank
     from graphopt.optimize_model import optimize
     from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
     from graphopt.scoring.batch import ScoreModule
@@ -283,7 +265,8 @@ def measure_world(job: WorkerJob) -> dict:
         raise RuntimeError(f"world_size > 1 needs graphopt.distributed ({e})") from None
     from graphopt.distributed.groups import collective_timeout_s
     results = launch(_measure_rank, job.experiment.world_size, args=(job.to_json(),),
-                     timeout_s=float(job.timeout_s or 24 * 3600), collective_timeout_s=collective_timeout_s())
+                     timeout_s=float(job.timeout_s or 24 * 3600), collective_timeout_s=collective_timeout_s(),
+                     workdir=os.path.dirname(job.loglik_out))  # the sweep's folder for this run, cleared with it
     out = dict(results[0])
     out["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
     return out
@@ -291,7 +274,7 @@ def measure_world(job: WorkerJob) -> dict:
 
 def main(argv: list[str]) -> int:
     spec_path, result_path = argv
-    _die_with_parent()
+    end_with_parent(take_parent_pid_from_env())  # the sweep process killed (even kill -9): this run ends too
     faulthandler.enable()
     try:
         with open(spec_path) as f:

@@ -95,3 +95,17 @@ def all_by_owner(token_flags: Tensor, owners: Tensor, n_requests: int) -> Tensor
     owners, misses = owners.cpu(), (~token_flags.detach().cpu()).long()
     keep = owners >= 0
     return torch.zeros(n_requests, dtype=torch.long).index_add_(0, owners[keep], misses[keep]) == 0
+
+
+def example_inputs(vocab_size: int, B: int, T: int):
+    """A small scoring batch: causal rows, every position scored; one document per row (doc_ids,
+    seg_ids all 0: the layout ids of a causal row), so layout-driven passes (prefix_attention) apply."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (B, T), generator=g)
+    positions = torch.arange(T).expand(B, T).contiguous()
+    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
+    score_idx = torch.arange(B * T)
+    targets = torch.randint(0, vocab_size, (B * T,), generator=g)
+    doc_ids = torch.zeros(B, T, dtype=torch.long)
+    seg_ids = torch.zeros(B, T, dtype=torch.long)
+    return ids, positions, mask, score_idx, targets, doc_ids, seg_ids
