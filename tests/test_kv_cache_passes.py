@@ -8,7 +8,8 @@ import torch
 
 from graphopt.graph_capture import capture
 from graphopt.model import ModelArgs, Transformer, init_random_weights
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring.prefix_cache import (KVLayout, PrefillModule, cached_example_inputs, cached_score_module,
                                            hidden_slot)
 
