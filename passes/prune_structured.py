@@ -42,6 +42,7 @@ from torch.fx import GraphModule
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.graph_attrs import attr, set_attr
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, before, register_pass
+from ._cache import cache_input, set_cache_heads
 from ._calibration import CalibrationStats, calibration_batches, gather_statistics, read_calibration_text
 from ._edit import refit_vals, splits_last_dim
 from ._ops import LINEAR, RESHAPE, val
@@ -228,6 +229,11 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
     o = ctx.options
     ratio, what, criterion, budget = o["ratio"], o["what"], o["criterion"], o["budget"]
     _check_options(o)
+    if cache_input(gm) is not None and criterion in NEEDS_CALIBRATION:
+        raise PassError(f"prune_structured: criterion {criterion} on a graph that reads a KV cache: the graph that "
+                        f"fills a cache and the one that reads it must cut the same channels and heads, which only "
+                        f"a criterion of the weights alone (l1) guarantees; use l1, or prune once and save the "
+                        f"model (graphopt.checkpoints save) to load it for cached scoring")
     layers = _weights(gm)
     need = ([FFN] if what in ("ffn", "both") else []) + ([ATTN] if what in ("heads", "both") else [])
     for keys in need:
@@ -296,6 +302,13 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
         report[p].update(query_heads=attr(gm, attn_w[p]["wq.weight"]).shape[0] // a.head_dim,
                          kv_heads=attr(gm, attn_w[p]["wk.weight"]).shape[0] // a.head_dim)
     if matches:
+        kv_heads = {r["kv_heads"] for r in report.values() if "kv_heads" in r}
+        if cache_input(gm) is not None and len(kv_heads) > 1:
+            raise PassError(f"prune_structured: the layers keep different kv head counts ({sorted(kv_heads)}, "
+                            f"budget global), but this graph's KV cache holds one count for every layer; use "
+                            f"budget per_layer with heads on a cached graph")
+        if kv_heads:
+            set_cache_heads(gm, kv_heads.pop())
         try:
             refit_vals(gm, splits)
         except Exception as e:
