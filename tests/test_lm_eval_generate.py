@@ -168,12 +168,13 @@ def _evaluate(model, model_args, task_manager, tasks, **kwargs):
 
 
 class Recording:
-    """A generator that keeps the completions it returned (to check how each one ended)."""
+    """The model's own generator (built on first use), keeping the completions it returned."""
 
-    def __init__(self, generator):
-        self.generator, self.completions = generator, []
+    def __init__(self, lm: GraphoptLM):
+        self.lm, self.generator, self.completions = lm, None, []
 
     def generate(self, requests, progress=False):
+        self.generator = self.generator or self.lm._make_generator()
         out = self.generator.generate(requests, progress)
         self.completions += out
         return out
@@ -181,7 +182,7 @@ class Recording:
 
 def _graphopt(model_dir, **model_args) -> GraphoptLM:
     lm = GraphoptLM(pretrained=str(model_dir), progress=False, **model_args)
-    lm._generator = Recording(lm._make_generator())
+    lm._generator = Recording(lm)
     return lm
 
 
@@ -196,10 +197,23 @@ def _same_samples(ours, theirs, task):
     return [s["resps"][0][0] for s in a]
 
 
-def test_gsm8k_shaped_task_equals_lm_eval_hf(setup, task_manager):
+@pytest.fixture(scope="module")
+def lm(setup) -> GraphoptLM:
+    """One model for the tasks run with its defaults (its decode engine built once)."""
+    return _graphopt(setup[0])
+
+
+CHAT = dict(apply_chat_template=True, system_instruction="You solve word problems.", fewshot_as_multiturn=True)
+
+
+@pytest.fixture(scope="module")
+def hf_chat(setup, task_manager):
+    return _evaluate("hf", f"pretrained={setup[0]},dtype=float32", task_manager, ["tiny_gsm8k_chat"], **CHAT)
+
+
+def test_gsm8k_shaped_task_equals_lm_eval_hf(setup, task_manager, lm):
     """Two-shot prompts of real text, gsm8k's stop strings, max_gen_toks from the task, its regex filters."""
     model_dir, *_ = setup
-    lm = _graphopt(model_dir)
     ours = _evaluate(lm, None, task_manager, ["tiny_gsm8k"])
     theirs = _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_manager, ["tiny_gsm8k"])
     answers = _same_samples(ours, theirs, "tiny_gsm8k")
@@ -229,35 +243,31 @@ def test_stop_strings_eos_empty_answer_and_truncation_equal_lm_eval_hf(setup, ta
     assert len(long_prompt) > 96 - 12
 
 
-def test_chat_template_and_system_instruction_equal_lm_eval_hf(setup, task_manager):
+def test_chat_template_and_system_instruction_equal_lm_eval_hf(task_manager, lm, hf_chat):
     """--apply_chat_template (tokenizer_config.json's jinja template: BOS in the text, so none added), a system
     instruction, few-shot as turns, a gen_prefix continuing the assistant's message."""
-    model_dir, *_ = setup
-    options = dict(apply_chat_template=True, system_instruction="You solve word problems.", fewshot_as_multiturn=True)
-    lm = _graphopt(model_dir)
-    ours = _evaluate(lm, None, task_manager, ["tiny_gsm8k_chat"], **options)
-    theirs = _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_manager, ["tiny_gsm8k_chat"], **options)
-    _same_samples(ours, theirs, "tiny_gsm8k_chat")
+    ours = _evaluate(lm, None, task_manager, ["tiny_gsm8k_chat"], **CHAT)
+    _same_samples(ours, hf_chat, "tiny_gsm8k_chat")
     prompt = ours["samples"]["tiny_gsm8k_chat"][0]["arguments"][0][0]
     assert prompt.startswith("<s><|system|>You solve word problems.\n<|user|>Question:")
     assert prompt.endswith("<|assistant|>The answer is") and prompt.count("</s>") == 2  # two shots answered
     assert lm.tok_encode(prompt)[:2] != [0, 0]
 
 
-def test_command_writes_the_same_samples_as_lm_eval_hf(setup, task_manager, tmp_path):
-    """`graphopt lm-eval --model graphopt ... --apply_chat_template --system_instruction` writes the samples and
-    results lm-eval's hf model gives."""
+def test_command_writes_the_same_samples_as_lm_eval_hf(setup, hf_chat, tmp_path):
+    """`graphopt lm-eval --model graphopt ... --apply_chat_template --system_instruction` writes the samples
+    lm-eval's hf model gives."""
     from graphopt.cli import main
 
     model_dir, task_dir, _ = setup
     code = main(["lm-eval", "--model", "graphopt", "--model_args", f"pretrained={model_dir},progress=False",
-                 "--tasks", "tiny_gsm8k", "--include_path", str(task_dir), "--apply_chat_template",
-                 "--system_instruction", "Be brief.", "--log_samples", "--output_path", str(tmp_path)])
+                 "--tasks", "tiny_gsm8k_chat", "--include_path", str(task_dir), "--apply_chat_template",
+                 "--system_instruction", CHAT["system_instruction"], "--fewshot_as_multiturn", "--log_samples",
+                 "--output_path", str(tmp_path)])
     assert code == 0
-    rows = [json.loads(line) for f in tmp_path.rglob("samples_tiny_gsm8k_*.jsonl") for line in f.read_text().splitlines()]
-    theirs = _evaluate("hf", f"pretrained={model_dir},dtype=float32", task_manager, ["tiny_gsm8k"],
-                       apply_chat_template=True, system_instruction="Be brief.")
-    want = {s["doc_id"]: s["resps"] for s in theirs["samples"]["tiny_gsm8k"]}
+    rows = [json.loads(line) for f in tmp_path.rglob("samples_tiny_gsm8k_chat_*.jsonl")
+            for line in f.read_text().splitlines()]
+    want = {s["doc_id"]: s["resps"] for s in hf_chat["samples"]["tiny_gsm8k_chat"]}
     assert {r["doc_id"] for r in rows} == set(want) and len(want) == 30  # (a row per doc and filter)
     assert all(r["resps"] == want[r["doc_id"]] for r in rows)
 

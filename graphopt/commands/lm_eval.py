@@ -24,7 +24,8 @@ float16), device (cpu, cuda), pipeline (auto: the fastest path whose answers equ
 in fp32; none: eager per pair, lm-eval's way; a named pipeline: exact, exact-cpu, fast, fast-cpu, int8, gpu;
 or pass names joined by '+'), compiler (none, inductor, inductor-frozen), max_tokens (per batch, default
 4096), row_len, add_bos_token (default: the tokenizer's own, as lm-eval's hf model), max_length, max_gen_toks
-(new tokens of a generative task that sets none, default 256), progress,
+(new tokens of a generative task that sets none, default 256), slots (generative prompts decoding together,
+default 16), progress,
 data_parallel and tensor_parallel (under torchrun: replicas x shards = the number of processes, e.g.
   torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt \\
       --model_args pretrained=DIR,data_parallel=2,tensor_parallel=2 --tasks hellaswag

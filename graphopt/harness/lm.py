@@ -6,7 +6,8 @@ rules, BOS included), requests that share a context are grouped and packed into 
 once, its continuations after it), scored through the one optimised graph, and answered as
 (log-likelihood, is_greedy) in lm-eval's request order. loglikelihood_rolling uses lm-eval's own
 windowing. generate_until hands every request of every task to one generator at once (built on the
-first call and kept, like the Scorer) and answers as lm-eval's hf model does (graphopt.harness.generate);
+first call and kept, like the Scorer: the decode engine over the same pipeline) and answers as lm-eval's
+hf model does (graphopt.harness.generate);
 --apply_chat_template / --system_instruction render the checkpoint's own chat template
 (graphopt.harness.chat_template).
 
@@ -27,7 +28,7 @@ from lm_eval.api.model import TemplateLM
 
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
-from graphopt.generation.reference import ReferenceGenerator
+from graphopt.generation.engine import DecodeEngine
 from graphopt.harness.chat_template import ChatTemplate, find_chat_template
 from graphopt.harness.generate import answer_text, decode_text, eos_ids, until_request, warn_truncated
 from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
@@ -35,7 +36,7 @@ from graphopt.checkpoints.encode import prefix_token_id, tok_encode
 from graphopt.pipeline import PassError, check_pipeline
 from graphopt.scoring.batch import Request
 from graphopt.scoring.requests import fit_context
-from graphopt.scoring.scorer import Scorer, Sharding
+from graphopt.scoring.scorer import Scorer, Sharding, auto_pipeline
 
 class GraphoptLM(TemplateLM):
     """lm_eval.api.model.LM backed by a graphopt-optimised graph; keyword arguments: see GraphoptArgs."""
@@ -223,9 +224,21 @@ class GraphoptLM(TemplateLM):
         return self._generator
 
     def _make_generator(self):
-        """Any object with generate(requests, progress) -> [Completion] (graphopt.generation). Today the eager
-        reference (the whole sequence recomputed per token); the decode engine goes here."""
-        return ReferenceGenerator(self.model, device=self._device)
+        """Any object with generate(requests, progress) -> [Completion] (graphopt.generation): the decode engine
+        (static KV cache, continuous batching over `slots` rows) optimised by the pipeline this model scores
+        with. The eager reference instead: ReferenceGenerator(self.model, device=self._device)."""
+        cfg = self.config
+        spec = cfg.pipeline_spec()
+        if spec is None:  # pipeline=none: the eager model, reading its KV cache
+            pipeline, compiler = None, self.scorer.compiler
+        elif spec == "auto":  # the exact path of the device (packed-row kernels have nothing to do in a decode step)
+            pipeline, compiler = auto_pipeline(self._device, self.model.args, cfg.compiler, layout="per_pair")
+        else:
+            pipeline, compiler = list(self.scorer.pipeline.specs), self.scorer.compiler
+        try:
+            return DecodeEngine(self.model, pipeline, compiler, slots=cfg.slots, device=self._device)
+        except (PassError, ValueError) as e:
+            raise UserError(f"--model_args pipeline={cfg.pipeline!r}: generate_until: {e}") from e
 
     # ---- chat templates (--apply_chat_template, --system_instruction)
     def _template(self) -> ChatTemplate:
