@@ -138,13 +138,23 @@ def test_shared_prompt_prefix_is_prefilled_once():
 
 
 def test_fixed_shape_steps_give_the_same_completions():
-    """static_shapes (what a CUDA graph replays): every step runs all slots over the whole cache."""
+    """static_shapes (what a CUDA graph replays; here the same buffers and body without the capture):
+    every step runs all slots over the whole cache, writing each row's K/V itself; logits within 1e-5."""
     model = family_model("tiny-qwen3")
-    graph = build_generation_graph(model, "exact")
+    graph = build_generation_graph(model, "exact", with_logits=True)
     requests = prompts(SPEC, seed=7)
-    fixed = DecodeEngine(model, slots=4, graph=graph, static_shapes=True)
-    assert [o.ids for o in fixed.generate(requests)] == [recompute(model, r)[0] for r in requests]
-    assert fixed.stats["cache_width"] == model.args.max_seq_len and fixed.stats["slots"] == 4
+    seen = {}
+    fixed = DecodeEngine(model, slots=4, graph=graph, static_shapes=True, width_step=16)
+    out = fixed.generate(requests, on_logits=lambda i, k, row: seen.__setitem__((i, k), row.clone()))
+    for i, r in enumerate(requests):
+        want, logits = recompute(model, r)
+        assert out[i].ids == want
+        for k, row in enumerate(logits):
+            torch.testing.assert_close(seen[i, k], row, atol=ATOL, rtol=0)
+    assert fixed.stats["slots"] == 4 and fixed._fixed is not None and fixed._fixed.graph is None
+    steps, step = fixed.stats["decode_steps"], fixed._fixed
+    fixed.generate(requests[:2])  # the cache and the fixed step (a CUDA graph on GPU) serve the next call too
+    assert fixed._fixed is step and fixed.stats["decode_steps"] < steps
 
 
 def test_eager_engine_and_too_long_prompt():

@@ -14,8 +14,8 @@ answer. Prompts sharing a prefix prefill it once (graphopt.generation.shared_pro
 
 Shapes: a step runs the first `rows` slots (up to the highest busy one) over the first `width`
 cache positions (the furthest row's, rounded up to `width_step`): views, no copy. With
-static_shapes=True every step has the same shapes (all slots, the whole cache) — what a CUDA graph
-replays (graphopt.generation.cuda_step).
+static_shapes=True every step has the same shapes (all slots, the whole cache): what a CUDA graph
+replays (graphopt.generation.fixed_step; cuda_graph=None: on CUDA devices).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from graphopt.generation.fixed_step import FixedShapeStep
 from graphopt.generation.requests import Completion, GenerationRequest, finish_of
 from graphopt.generation.shared_prompts import DEFAULT_MIN_SHARED, admission_order
 from graphopt.generation.static_cache import StaticCache
@@ -61,7 +62,8 @@ class DecodeEngine:
     def __init__(self, model: nn.Module, pipeline="exact", compiler: str = "none", *, slots: int = 8,
                  device=None, share_prefix: bool = True, prefix_budget: int = DEFAULT_BUDGET,
                  min_shared_tokens: int = DEFAULT_MIN_SHARED, prefill_chunk: int = 1024, width_step: int = 64,
-                 static_shapes: bool = False, graph: GenerationGraph | None = None, **optimize_kwargs):
+                 static_shapes: bool = False, cuda_graph: bool | None = None, graph: GenerationGraph | None = None,
+                 **optimize_kwargs):
         if slots < 1 or prefill_chunk < 1 or width_step < 1:
             raise ValueError(f"slots, prefill_chunk and width_step must be >= 1; got {slots}, {prefill_chunk}, "
                              f"{width_step}")
@@ -70,8 +72,9 @@ class DecodeEngine:
         self.graph = graph or build_generation_graph(model, pipeline, compiler, self.device, **optimize_kwargs)
         self.slots, self.share_prefix, self.prefix_budget = slots, share_prefix, prefix_budget
         self.min_shared_tokens, self.prefill_chunk, self.width_step = min_shared_tokens, prefill_chunk, width_step
-        self.static_shapes = static_shapes
+        self.static_shapes, self.cuda_graph = static_shapes, cuda_graph
         self.cache: StaticCache | None = None
+        self._fixed: FixedShapeStep | None = None
         self.stats: dict = {}
         self._hidden = self.graph.layout.empty(1, MIN_KEYS, self.device)  # read under a prompt with < MIN_KEYS cached
 
@@ -148,9 +151,9 @@ class DecodeEngine:
                                  f"max_seq_len {self.max_seq_len}; left-truncate the prompt or ask for fewer tokens")
 
     def _allocate(self, slots: int, width: int) -> None:
-        width = max(self.max_seq_len if self.static_shapes else _round_up(width, self.width_step), MIN_KEYS)
+        width = max(_round_up(width, self.width_step), MIN_KEYS)
         if self.cache is None or not self.cache.fits(slots, width, self.layout, self.device):
-            self.cache = None  # (the old one freed before the new one exists)
+            self.cache = self._fixed = None  # (the old one freed before the new one exists)
             self.cache = StaticCache(self.layout, slots, width, self.device)
 
     def _plan(self, requests: list[GenerationRequest]) -> tuple[list[tuple], PathCache | None]:
@@ -222,17 +225,24 @@ class DecodeEngine:
         ids[busy_t, 0] = torch.tensor([rows[b].last for b in busy])
         pos[busy_t] = torch.tensor([rows[b].pos for b in busy])
         mask = torch.cat([torch.arange(width)[None] < pos[:, None], torch.ones(n_rows, 1, dtype=torch.bool)], 1)
-        busy_d, pos_d = busy_t.to(dev), pos.to(dev)
-        out = self.graph.run(ids.to(dev), pos_d[:, None], mask[:, None].to(dev), torch.arange(n_rows, device=dev),
-                             self.cache.view(n_rows, width))
-        self.cache.write_step(busy_d, pos_d[busy_d], out[1])
+        if self.static_shapes:  # the step writes every row's K/V itself
+            if self._fixed is None:
+                self._fixed = FixedShapeStep(self.graph.run, self.cache, self.graph.with_logits, self.cuda_graph)
+            out = self._fixed.step(ids, pos, mask[:, None])
+            logits = out[1] if self.graph.with_logits else None
+        else:
+            busy_d, pos_d = busy_t.to(dev), pos.to(dev)
+            out = self.graph.run(ids.to(dev), pos_d[:, None], mask[:, None].to(dev),
+                                 torch.arange(n_rows, device=dev), self.cache.view(n_rows, width))
+            self.cache.write_step(busy_d, pos_d[busy_d], out[1])
+            logits = out[2] if self.graph.with_logits else None
         next_ids = out[0].tolist()
         for b in busy:
             row = rows[b]
             row.pos, row.last = row.pos + 1, next_ids[b]
             row.new_ids.append(row.last)
             if on_logits is not None:
-                on_logits(row.index, len(row.new_ids) - 1, out[2][b])
+                on_logits(row.index, len(row.new_ids) - 1, logits[b])
         self.stats["decode_steps"] += 1
         self.stats["decode_tokens"] += len(busy)
         self.stats["decode_seconds"] += time.perf_counter() - t0
