@@ -72,6 +72,21 @@ def test_cache_decode_equals_recomputation_step_by_step(graphs, family):
     assert engine.stats["mean_batch"] > 1  # rows of different lengths decoded together
 
 
+def test_prefill_in_padded_groups_and_in_chunks(graphs):
+    """prefill_chunk 8: a 30-token prompt is prefilled alone in 4 chunks (the window, 8, crossed between
+    chunks), short ones together in right-padded groups of at most 8 tokens; logits within 1e-5."""
+    model, graph = graphs["tiny-window"]
+    requests = prompts([(30, 4), (3, 3), (1, 5), (2, 2), (6, 3), (2, 4)], seed=11)
+    seen = {}
+    engine = DecodeEngine(model, slots=4, graph=graph, prefill_chunk=8)
+    out = engine.generate(requests, on_logits=lambda i, k, row: seen.__setitem__((i, k), row.clone()))
+    for i, r in enumerate(requests):
+        want, logits = recompute(model, r)
+        assert out[i].ids == want
+        for k, row in enumerate(logits):
+            torch.testing.assert_close(seen[i, k], row, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("family", ["tiny-gqa", "tiny-window"])
 def test_argmax_graph_through_exact_cpu_gives_the_same_tokens(family):
     """exact-cpu's generation graph: the LM head is one packed-argmax tail (no log-softmax), every
