@@ -72,6 +72,21 @@ def test_cache_decode_equals_recomputation_step_by_step(graphs, family):
     assert engine.stats["mean_batch"] > 1  # rows of different lengths decoded together
 
 
+def test_prefill_in_padded_groups_and_in_chunks(graphs):
+    """prefill_chunk 8: a 30-token prompt is prefilled alone in 4 chunks (the window, 8, crossed between
+    chunks), short ones together in right-padded groups of at most 8 tokens; logits within 1e-5."""
+    model, graph = graphs["tiny-window"]
+    requests = prompts([(30, 4), (3, 3), (1, 5), (2, 2), (6, 3), (2, 4)], seed=11)
+    seen = {}
+    engine = DecodeEngine(model, slots=4, graph=graph, prefill_chunk=8)
+    out = engine.generate(requests, on_logits=lambda i, k, row: seen.__setitem__((i, k), row.clone()))
+    for i, r in enumerate(requests):
+        want, logits = recompute(model, r)
+        assert out[i].ids == want
+        for k, row in enumerate(logits):
+            torch.testing.assert_close(seen[i, k], row, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("family", ["tiny-gqa", "tiny-window"])
 def test_argmax_graph_through_exact_cpu_gives_the_same_tokens(family):
     """exact-cpu's generation graph: the LM head is one packed-argmax tail (no log-softmax), every
@@ -83,7 +98,7 @@ def test_argmax_graph_through_exact_cpu_gives_the_same_tokens(family):
     assert targets.count(ops.cache_attention.default) == model.args.n_layers
     assert not [n for n in nodes if n.target is torch.ops.aten.cat.default and n.meta["val"].dim() == 4]  # K/V
     assert torch.ops.aten.log_softmax.int not in targets
-    assert graph.optimized.records[-1].name == "cache_attention"
+    assert [r.name for r in graph.optimized.records][-2:] == ["cache_attention", "lean_graph"]
     requests = prompts(SPEC, seed=2)
     out = DecodeEngine(model, slots=2, graph=graph).generate(requests)
     assert [o.ids for o in out] == [recompute(model, r)[0] for r in requests]
@@ -138,13 +153,23 @@ def test_shared_prompt_prefix_is_prefilled_once():
 
 
 def test_fixed_shape_steps_give_the_same_completions():
-    """static_shapes (what a CUDA graph replays): every step runs all slots over the whole cache."""
+    """static_shapes (what a CUDA graph replays; here the same buffers and body without the capture):
+    every step runs all slots over the whole cache, writing each row's K/V itself; logits within 1e-5."""
     model = family_model("tiny-qwen3")
-    graph = build_generation_graph(model, "exact")
+    graph = build_generation_graph(model, "exact", with_logits=True)
     requests = prompts(SPEC, seed=7)
-    fixed = DecodeEngine(model, slots=4, graph=graph, static_shapes=True)
-    assert [o.ids for o in fixed.generate(requests)] == [recompute(model, r)[0] for r in requests]
-    assert fixed.stats["cache_width"] == model.args.max_seq_len and fixed.stats["slots"] == 4
+    seen = {}
+    fixed = DecodeEngine(model, slots=4, graph=graph, static_shapes=True, width_step=16)
+    out = fixed.generate(requests, on_logits=lambda i, k, row: seen.__setitem__((i, k), row.clone()))
+    for i, r in enumerate(requests):
+        want, logits = recompute(model, r)
+        assert out[i].ids == want
+        for k, row in enumerate(logits):
+            torch.testing.assert_close(seen[i, k], row, atol=ATOL, rtol=0)
+    assert fixed.stats["slots"] == 4 and fixed._fixed is not None and fixed._fixed.graph is None
+    steps, step = fixed.stats["decode_steps"], fixed._fixed
+    fixed.generate(requests[:2])  # the cache and the fixed step (a CUDA graph on GPU) serve the next call too
+    assert fixed._fixed is step and fixed.stats["decode_steps"] < steps
 
 
 def test_eager_engine_and_too_long_prompt():

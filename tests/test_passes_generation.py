@@ -116,6 +116,27 @@ def test_greedy_head_is_linear_argmax_and_mkldnn_packs_it(monkeypatch):
         assert torch.equal(gm(*x)[0], want) and torch.equal(packed(*x)[0], want)
 
 
+def test_lean_graph_drops_checks_and_noop_casts_and_flattens_weight_reads(graph):
+    """Outputs bit-equal; no export assert, input guard or same-dtype cast left; every get_attr reads a
+    root attribute (the same tensor as before)."""
+    model, module, _, example = graph
+    before, _ = run(graph, EXACT + ["cache_attention"])
+    after, records = run(graph, EXACT + ["cache_attention", "lean_graph"])
+    stats = records[-1].stats
+    assert stats["asserts"] > 0 and stats["casts"] > 0 and stats["matches"] == stats["asserts"] + stats["casts"]
+    t = targets_of(after)
+    assert aten._assert_tensor_metadata.default not in t and not after.graph.find_nodes(op="call_module")
+    assert all(val.dtype != n.args[0].meta["val"].dtype for n in after.graph.nodes
+               if n.target in (aten.to.dtype, aten.type_as.default) for val in [n.meta["val"]])
+    reads = after.graph.find_nodes(op="get_attr")
+    assert reads and all("." not in n.target for n in reads)
+    assert all(isinstance(getattr(after, n.target), torch.Tensor) for n in reads)
+    x = decode_inputs(model)
+    with torch.no_grad():
+        for a, b in zip(after(*x), before(*x)):
+            assert torch.equal(a, b)
+
+
 def test_linear_argmax_takes_the_first_of_equal_maxima_across_chunks():
     hidden = torch.ones(2, 3)
     weight = torch.zeros(10, 3)

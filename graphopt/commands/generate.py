@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument("--pipeline", default="auto", metavar="NAME_OR_PASSES",
-                        help="auto (default: exact-cpu on CPU, exact on CUDA); none: the eager model; or a named "
+                        help="auto (default: decode-cpu on CPU, exact on CUDA); none: the eager model; or a named "
                              "pipeline (exact, fast-cpu, int8, ...) or comma-separated passes, see `graphopt passes` "
                              "(cache_attention is added to any pipeline)")
     parser.add_argument("--compiler", default="none", choices=("none", "inductor", "inductor-frozen", "eager-fx"),
@@ -127,8 +127,8 @@ def main(args) -> int:
         raise UserError(f"--out {args.out}: is a folder; name a file")
     pipeline = None if args.pipeline == "none" else args.pipeline
     if pipeline == "auto":
-        import torch
-        pipeline = "exact" if torch.device(args.device).type == "cuda" else "exact-cpu"
+        from graphopt.generation.step import auto_pipeline
+        pipeline = auto_pipeline(args.device)
     if pipeline is not None:
         _check_pipeline(pipeline, args.compiler)
 

@@ -6,16 +6,17 @@ over a static KV cache, with continuous batching.
     engine.stats  # prefill / decode tokens and seconds of that call (see `generate`)
 
 `slots` rows of a static cache [2, L, slots, Hkv, width, D] decode together, one token per row per
-step, each row at its own position (the mask hides what a row has not written). A prompt is
-prefilled into a free slot (B = 1, its tokens in chunks of `prefill_chunk`, the first new token from
-its last position); a row that finishes (finish_of: a stop id, the stop rule, max_new_tokens) frees
+step, each row at its own position (the mask hides what a row has not written). Prompts are
+prefilled into free slots, several at once (right-padded rows of at most `prefill_chunk` tokens in
+all; a longer prompt alone, in chunks), the first new token from each one's last position (see
+graphopt.generation.prefill); a row that finishes (finish_of: a stop id, the stop rule, max_new_tokens) frees
 its slot for the next prompt at once, so a suite is bound by its total tokens, not its longest
 answer. Prompts sharing a prefix prefill it once (graphopt.generation.shared_prompts).
 
 Shapes: a step runs the first `rows` slots (up to the highest busy one) over the first `width`
 cache positions (the furthest row's, rounded up to `width_step`): views, no copy. With
-static_shapes=True every step has the same shapes (all slots, the whole cache) — what a CUDA graph
-replays (graphopt.generation.cuda_step).
+static_shapes=True every step has the same shapes (all slots, the whole cache): what a CUDA graph
+replays (graphopt.generation.fixed_step; cuda_graph=None: on CUDA devices).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from graphopt.generation.fixed_step import FixedShapeStep
+from graphopt.generation.prefill import MIN_KEYS, fill_chunked, keys_at_least, prefill_rows
 from graphopt.generation.requests import Completion, GenerationRequest, finish_of
 from graphopt.generation.shared_prompts import DEFAULT_MIN_SHARED, admission_order
 from graphopt.generation.static_cache import StaticCache
@@ -35,8 +38,6 @@ from graphopt.generation.step import GenerationGraph, build_generation_graph
 from graphopt.scoring.prefix_cache import PathCache
 from graphopt.scoring.prefix_tree import DEFAULT_BUDGET
 
-MIN_KEYS = 4  # cache positions a forward reads at least: the capture's examples (P, T >= 2) leave export's
-# input guard asking P + T >= 4 of the mask's key dim; fewer real positions are padded with hidden ones
 LogitsHook = Callable[[int, int, Tensor], None]  # (request index, new-token index, logits [V] float32)
 
 
@@ -61,7 +62,8 @@ class DecodeEngine:
     def __init__(self, model: nn.Module, pipeline="exact", compiler: str = "none", *, slots: int = 8,
                  device=None, share_prefix: bool = True, prefix_budget: int = DEFAULT_BUDGET,
                  min_shared_tokens: int = DEFAULT_MIN_SHARED, prefill_chunk: int = 1024, width_step: int = 64,
-                 static_shapes: bool = False, graph: GenerationGraph | None = None, **optimize_kwargs):
+                 static_shapes: bool = False, cuda_graph: bool | None = None, graph: GenerationGraph | None = None,
+                 **optimize_kwargs):
         if slots < 1 or prefill_chunk < 1 or width_step < 1:
             raise ValueError(f"slots, prefill_chunk and width_step must be >= 1; got {slots}, {prefill_chunk}, "
                              f"{width_step}")
@@ -70,8 +72,9 @@ class DecodeEngine:
         self.graph = graph or build_generation_graph(model, pipeline, compiler, self.device, **optimize_kwargs)
         self.slots, self.share_prefix, self.prefix_budget = slots, share_prefix, prefix_budget
         self.min_shared_tokens, self.prefill_chunk, self.width_step = min_shared_tokens, prefill_chunk, width_step
-        self.static_shapes = static_shapes
+        self.static_shapes, self.cuda_graph = static_shapes, cuda_graph
         self.cache: StaticCache | None = None
+        self._fixed: FixedShapeStep | None = None
         self.stats: dict = {}
         self._hidden = self.graph.layout.empty(1, MIN_KEYS, self.device)  # read under a prompt with < MIN_KEYS cached
 
@@ -109,25 +112,7 @@ class DecodeEngine:
                                           disable=not progress, leave=False) as bar:
             at = 0
             while at < len(order) or rows:
-                while at < len(order) and (free or order[at][0] == "node" or
-                                           requests[order[at][1]].max_new_tokens == 0):
-                    entry, at = order[at], at + 1
-                    if entry[0] == "node":
-                        self._timed_prefill(lambda: self._fill(entry[1].tokens, entry[1].start,
-                                                               lambda lo: path.read(lo, 1), path.write))
-                        continue
-                    i, shared = entry[1], entry[2]
-                    if requests[i].max_new_tokens == 0:
-                        out[i] = Completion([], "length", 0, {"prompt_tokens": len(requests[i].prompt_ids)})
-                        bar.update(1)
-                        continue
-                    b = heapq.heappop(free)
-                    row = self._admit(b, i, requests[i], shared, path, on_logits, t_start)
-                    if self._finish(row, requests[i], out, t_start):
-                        heapq.heappush(free, b)
-                        bar.update(1)
-                    else:
-                        rows[b] = row
+                at = self._admit_next(order, at, requests, free, rows, out, path, on_logits, t_start, bar)
                 if rows:
                     self._step(rows, on_logits)
                     for b in [b for b, row in rows.items() if self._finish(row, requests[row.index], out, t_start)]:
@@ -148,9 +133,9 @@ class DecodeEngine:
                                  f"max_seq_len {self.max_seq_len}; left-truncate the prompt or ask for fewer tokens")
 
     def _allocate(self, slots: int, width: int) -> None:
-        width = max(self.max_seq_len if self.static_shapes else _round_up(width, self.width_step), MIN_KEYS)
+        width = max(_round_up(width, self.width_step), MIN_KEYS)
         if self.cache is None or not self.cache.fits(slots, width, self.layout, self.device):
-            self.cache = None  # (the old one freed before the new one exists)
+            self.cache = self._fixed = None  # (the old one freed before the new one exists)
             self.cache = StaticCache(self.layout, slots, width, self.device)
 
     def _plan(self, requests: list[GenerationRequest]) -> tuple[list[tuple], PathCache | None]:
@@ -162,25 +147,6 @@ class DecodeEngine:
 
     # ------------------------------------------------------------------------------------ forwards
 
-    def _fill(self, tokens: Sequence[int], start: int, read: Callable, write: Callable):
-        """Forward `tokens` (positions start ..) in chunks, each reading read(lo) = the cache of positions
-        [0, lo) and writing its K/V by write(lo, kv); returns the last chunk's outputs."""
-        dev = self.device
-        for lo in range(start, start + len(tokens), self.prefill_chunk):
-            hi = min(lo + self.prefill_chunk, start + len(tokens))
-            T = hi - lo
-            ids = torch.tensor([tokens[lo - start:hi - start]], device=dev)  # [1, T]
-            cache = read(lo) if lo >= MIN_KEYS else torch.cat([read(lo), self._hidden[..., lo:, :]], 4) if lo \
-                else self._hidden  # [2, L, 1, Hkv, max(lo, MIN_KEYS), D]: slot j still holds position j
-            causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
-            seen = torch.arange(cache.shape[4], device=dev) < lo  # the hidden positions masked
-            mask = torch.cat([seen.expand(T, -1), causal], -1)[None]
-            out = self.graph.run(ids, torch.arange(lo, hi, device=dev)[None], mask,
-                                 torch.tensor([T - 1], device=dev), cache)
-            write(lo, out[1])
-            self.stats["prefill_tokens"] += T
-        return out
-
     def _timed_prefill(self, fn):
         t0 = time.perf_counter()
         out = fn()
@@ -189,25 +155,78 @@ class DecodeEngine:
         self.stats["prefill_seconds"] += time.perf_counter() - t0
         return out
 
-    def _admit(self, b: int, i: int, request: GenerationRequest, shared: int, path: PathCache | None,
-               on_logits: LogitsHook | None, t_start: float) -> _Row:
-        """Prefill request i into slot b (its first `shared` positions copied from the path): its row,
-        holding the first new token."""
-        ids = request.prompt_ids
+    def _admit_next(self, order, at, requests, free, rows, out, path, on_logits, t_start, bar) -> int:
+        """Work through `order` from `at` while slots are free: compute shared-prefix nodes, answer
+        max_new_tokens 0 at once, prefill groups of prompts (consecutive, under the same shared prefix,
+        as many as free slots, at most prefill_chunk tokens padded) into slots. -> the next index."""
+        chunk = self.prefill_chunk
+        while at < len(order):
+            entry = order[at]
+            if entry[0] == "node":
+                node = entry[1]
+                self._timed_prefill(lambda: fill_chunked(self.graph.run, node.tokens, node.start,
+                                                         lambda lo: path.read(lo, 1), path.write, chunk,
+                                                         self._hidden, self.device))
+                self.stats["prefill_tokens"] += len(node.tokens)
+                at += 1
+                continue
+            i, shared = entry[1], entry[2]
+            if requests[i].max_new_tokens == 0:
+                out[i] = Completion([], "length", 0, {"prompt_tokens": len(requests[i].prompt_ids)})
+                bar.update(1)
+                at += 1
+                continue
+            if not free:
+                break
+            group, longest = [], 0
+            while at < len(order) and len(group) < len(free) and order[at][0] == "prompt" and order[at][2] == shared:
+                r = requests[order[at][1]]
+                tail = len(r.prompt_ids) - shared
+                if r.max_new_tokens == 0 or (group and (tail > chunk or max(longest, tail) * (len(group) + 1) > chunk)):
+                    break
+                group.append(order[at][1])
+                longest, at = max(longest, tail), at + 1
+                if tail > chunk:  # a long prompt goes alone, in chunks
+                    break
+            slots = [heapq.heappop(free) for _ in group]
+            for b, row in zip(slots, self._admit(group, slots, shared, requests, path, on_logits, t_start)):
+                if self._finish(row, requests[row.index], out, t_start):
+                    heapq.heappush(free, b)
+                    bar.update(1)
+                else:
+                    rows[b] = row
+        return at
+
+    def _admit(self, group: list[int], slots: list[int], shared: int, requests, path: PathCache | None,
+               on_logits: LogitsHook | None, t_start: float) -> list[_Row]:
+        """Prefill requests `group` into `slots` (their first `shared` positions copied from the path):
+        their rows, each holding its first new token."""
+        tails = [requests[i].prompt_ids[shared:] for i in group]
+        cache, run, dev = self.cache, self.graph.run, self.device
 
         def prefill():
-            if shared:
-                self.cache.kv[:, :, b:b + 1, :, :shared] = path.kv[:, :, :, :, :shared]
-            return self._fill(ids[shared:], shared, lambda lo: self.cache.slot(b, lo),
-                              lambda lo, kv: self.cache.write(b, lo, kv))
-        out = self._timed_prefill(prefill)
-        self.stats["shared_prefix_tokens"] += shared
-        first = int(out[0][0])
-        if on_logits is not None:
-            on_logits(i, 0, out[2][0])
+            for b in slots:
+                if shared:
+                    cache.kv[:, :, b:b + 1, :, :shared] = path.kv[:, :, :, :, :shared]
+            if len(tails[0]) > self.prefill_chunk:
+                b = slots[0]
+                out = fill_chunked(run, tails[0], shared, lambda lo: cache.slot(b, lo),
+                                   lambda lo, kv: cache.write(b, lo, kv), self.prefill_chunk, self._hidden, dev)
+            else:
+                prefix = keys_at_least(path.read(shared, len(group)) if shared else None, self._hidden, len(group))
+                out = prefill_rows(run, tails, shared, prefix, dev)
+                for r, b in enumerate(slots):
+                    cache.write(b, shared, out[1][:, :, r:r + 1, :, :len(tails[r])])
+            return out[0].tolist(), (out[2] if self.graph.with_logits else None)
+        firsts, logits = self._timed_prefill(prefill)
+        self.stats["prefill_tokens"] += sum(len(t) for t in tails)
+        self.stats["shared_prefix_tokens"] += shared * len(group)
         if self.stats["first_token_seconds"] is None:
             self.stats["first_token_seconds"] = time.perf_counter() - t_start
-        return _Row(i, len(ids), first, [first])
+        if on_logits is not None:
+            for r, i in enumerate(group):
+                on_logits(i, 0, logits[r])
+        return [_Row(i, len(requests[i].prompt_ids), first, [first]) for i, first in zip(group, firsts)]
 
     def _step(self, rows: dict[int, _Row], on_logits: LogitsHook | None) -> None:
         """One decode step: every busy row feeds its last token and gets the next."""
@@ -222,17 +241,24 @@ class DecodeEngine:
         ids[busy_t, 0] = torch.tensor([rows[b].last for b in busy])
         pos[busy_t] = torch.tensor([rows[b].pos for b in busy])
         mask = torch.cat([torch.arange(width)[None] < pos[:, None], torch.ones(n_rows, 1, dtype=torch.bool)], 1)
-        busy_d, pos_d = busy_t.to(dev), pos.to(dev)
-        out = self.graph.run(ids.to(dev), pos_d[:, None], mask[:, None].to(dev), torch.arange(n_rows, device=dev),
-                             self.cache.view(n_rows, width))
-        self.cache.write_step(busy_d, pos_d[busy_d], out[1])
+        if self.static_shapes:  # the step writes every row's K/V itself
+            if self._fixed is None:
+                self._fixed = FixedShapeStep(self.graph.run, self.cache, self.graph.with_logits, self.cuda_graph)
+            out = self._fixed.step(ids, pos, mask[:, None])
+            logits = out[1] if self.graph.with_logits else None
+        else:
+            busy_d, pos_d = busy_t.to(dev), pos.to(dev)
+            out = self.graph.run(ids.to(dev), pos_d[:, None], mask[:, None].to(dev),
+                                 torch.arange(n_rows, device=dev), self.cache.view(n_rows, width))
+            self.cache.write_step(busy_d, pos_d[busy_d], out[1])
+            logits = out[2] if self.graph.with_logits else None
         next_ids = out[0].tolist()
         for b in busy:
             row = rows[b]
             row.pos, row.last = row.pos + 1, next_ids[b]
             row.new_ids.append(row.last)
             if on_logits is not None:
-                on_logits(row.index, len(row.new_ids) - 1, out[2][b])
+                on_logits(row.index, len(row.new_ids) - 1, logits[b])
         self.stats["decode_steps"] += 1
         self.stats["decode_tokens"] += len(busy)
         self.stats["decode_seconds"] += time.perf_counter() - t0

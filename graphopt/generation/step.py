@@ -12,9 +12,10 @@ LM-head tail as scoring's (reshape, index at score_idx) with an argmax instead o
 prune_lm_head computes the head at the N positions only and fused_logprob makes it one
 graphopt.linear_argmax node (no log-probs, no [N, V] logits at once).
 
-`generation_pipeline` adds cache_attention to a pipeline (after its other passes): every attention
-then reads the cache in place instead of concatenating it with the new keys per layer per step, and
-the cache input takes the dtype the attention reads it in (KVLayout.of_graph says what to allocate).
+`generation_pipeline` adds cache_attention and lean_graph to a pipeline (after its other passes): every
+attention then reads the cache in place instead of concatenating it with the new keys per layer per
+step, the cache input takes the dtype the attention reads it in (KVLayout.of_graph says what to
+allocate), and the step makes fewer Python calls (export's asserts, no-op casts, nested weight names).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from graphopt.optimize_model import Optimized, optimize
 from graphopt.pipeline import PassSpec, parse_pipeline
 from graphopt.scoring.prefix_cache import KVLayout
 
-CACHE_ATTENTION = "cache_attention"
+CACHE_ATTENTION, LEAN_GRAPH = "cache_attention", "lean_graph"
 
 
 class NextTokenModule(nn.Module):
@@ -55,15 +56,22 @@ def step_example_inputs(layout: KVLayout, device="cpu", B: int = 2, T: int = 3, 
     return ids, positions, mask, torch.arange(N, device=device), layout.empty(B, P, device)
 
 
-def generation_pipeline(pipeline, cache_attention: bool = True) -> list[PassSpec]:
-    """The pipeline's specs with cache_attention added after the others (before a pass that must run
-    last, pipeline_split), unless it is there already or cache_attention=False."""
+def auto_pipeline(device) -> str:
+    """The pipeline generation uses by default: decode-cpu on CPU (exact, its matmuls on packed oneDNN
+    weights, no Triton-kernel fusions), exact on CUDA (the Triton kernels)."""
+    return "exact" if torch.device(device).type == "cuda" else "decode-cpu"
+
+
+def generation_pipeline(pipeline, cache_attention: bool = True, lean: bool = True) -> list[PassSpec]:
+    """The pipeline's specs with cache_attention and lean_graph (fewer Python calls per step) added after
+    the others (before a pass that must run last, pipeline_split), each unless it is there already or
+    switched off."""
     specs = parse_pipeline(pipeline)
-    if not cache_attention or any(s.name == CACHE_ATTENTION for s in specs):
-        return specs
+    names = {s.name for s in specs}
+    extra = [n for n, on in ((CACHE_ATTENTION, cache_attention), (LEAN_GRAPH, lean)) if on and n not in names]
     last = [i for i, s in enumerate(specs) if any(r.first == "*" and r.then == s.name for r in s.info.rules)]
     at = last[0] if last else len(specs)
-    return specs[:at] + parse_pipeline([CACHE_ATTENTION]) + specs[at:]
+    return specs[:at] + parse_pipeline(extra) + specs[at:]
 
 
 @dataclass
@@ -82,8 +90,9 @@ class GenerationGraph:
 
 
 def build_generation_graph(model: nn.Module, pipeline=None, compiler: str = "none", device=None,
-                           cache_attention: bool = True, with_logits: bool = False, **optimize_kwargs) -> GenerationGraph:
-    """NextTokenModule(model) captured once and optimised by `pipeline` (+ cache_attention, see
+                           cache_attention: bool = True, lean: bool = True, with_logits: bool = False,
+                           **optimize_kwargs) -> GenerationGraph:
+    """NextTokenModule(model) captured once and optimised by `pipeline` (+ cache_attention, lean_graph: see
     generation_pipeline) and `compiler` through graphopt.optimize. pipeline None: the eager module
     itself (no capture; `compiler` still applies). optimize_kwargs go to graphopt.optimize (rank,
     world_size, tokenizer, ...)."""
@@ -95,6 +104,6 @@ def build_generation_graph(model: nn.Module, pipeline=None, compiler: str = "non
     if pipeline is None:
         opt = optimize(module, (), None, compiler, capture="none", **optimize_kwargs)
         return GenerationGraph(opt, layout, None, with_logits)
-    specs = generation_pipeline(pipeline, cache_attention)
+    specs = generation_pipeline(pipeline, cache_attention, lean)
     opt = optimize(module, step_example_inputs(layout, device), specs, compiler, **optimize_kwargs)
     return GenerationGraph(opt, KVLayout.of_graph(opt.graph), opt, with_logits)

@@ -20,8 +20,25 @@ import torch
 from torch import Tensor
 
 
+def _one_token(q: Tensor, cache_k: Tensor, cache_v: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+               scale: float) -> Tensor:
+    """T = 1 (a decode step): the same sums with fewer, in-place ops (per-op cost dominates at this size)."""
+    B, H, _, D = q.shape
+    Hkv, P = k.shape[1], cache_k.shape[2]
+    dt = q.dtype
+    qg = q.reshape(B, Hkv, H // Hkv, D)  # [B, Hkv, r, D]: a view
+    scores = torch.cat([torch.matmul(qg, cache_k.to(dt).transpose(2, 3)), torch.matmul(qg, k.to(dt).transpose(2, 3))],
+                       dim=-1).float()  # [B, Hkv, r, P + 1]
+    scores.mul_(scale).masked_fill_(~mask.reshape(mask.shape[0], 1, 1, P + 1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(dt)
+    out = torch.matmul(probs[..., :P], cache_v.to(dt)).add_(probs[..., P:] * v.to(dt))  # [B, Hkv, r, D]
+    return out.reshape(B, H, 1, D)
+
+
 def cache_attention_reference(q: Tensor, cache_k: Tensor, cache_v: Tensor, k: Tensor, v: Tensor, mask: Tensor,
                               scale: float) -> Tensor:
+    if q.shape[2] == 1:
+        return _one_token(q, cache_k, cache_v, k, v, mask, scale)
     B, H, T, D = q.shape
     Hkv, P = k.shape[1], cache_k.shape[2]
     r = H // Hkv  # query heads per kv head
