@@ -13,7 +13,7 @@ from graphopt.optimize_model import optimize, optimize_graph
 from graphopt.pipeline import PassContext
 from graphopt.scoring.batch import Request, ScoreModule
 from graphopt.scoring.prefix_cache import (KVLayout, PrefillModule, cached_example_inputs, cached_mask,
-                                           cached_score_module, hidden_slot, rows_under_prefix)
+                                           cached_score_module, hidden_slots, rows_under_prefix)
 from graphopt.scoring.reference import reference_loglik
 from tests._family_models import qwen3_score_module
 
@@ -118,7 +118,7 @@ def optimised():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("pipeline", ["exact", "exact-cpu"])
 def test_optimised_graph_fills_and_reads_a_cache(optimised, family, pipeline):
-    """The one optimised graph: a 9-token prefix computed with a hidden slot (B=1), its cache returned;
+    """The one optimised graph: a 9-token prefix computed with hidden slots (B=1), its cache returned;
     then 3 rows of 6 tokens reading that cache (expanded, no copy), scoring every position: log-probs
     and greedy flags equal the eager full forward over prefix + row, within 1e-5."""
     model, fns, names = optimised[family]
@@ -130,9 +130,9 @@ def test_optimised_graph_fills_and_reads_a_cache(optimised, family, pipeline):
     fn, layout = fns[pipeline], KVLayout.of_args(model.args)
     prefix, rows = ids_of(1, 9, seed=6), ids_of(3, 6, seed=7)
     with torch.no_grad():
-        mask = torch.cat([torch.zeros(1, 9, 1, dtype=torch.bool), torch.ones(9, 9).tril().bool()[None]], -1)
+        mask = torch.cat([torch.zeros(1, 9, 2, dtype=torch.bool), torch.ones(9, 9).tril().bool()[None]], -1)
         one = torch.zeros(1, dtype=torch.long)
-        _, _, cache = fn(prefix, torch.arange(9)[None], mask, one, one, None, None, hidden_slot(layout, 1))
+        _, _, cache = fn(prefix, torch.arange(9)[None], mask, one, one, None, None, hidden_slots(layout, 1))
         N = rows.numel()
         targets = ids_of(1, N, seed=8)[0]
         mask = torch.ones(6, 15).tril(9).bool().expand(3, 6, 15)
@@ -143,6 +143,23 @@ def test_optimised_graph_fills_and_reads_a_cache(optimised, family, pipeline):
     torch.testing.assert_close(logprobs, want, atol=ATOL, rtol=0)
     assert torch.equal(greedy, full.argmax(-1) == targets)
     assert new.shape[2:5] == (3, layout.n_kv_heads, 6)
+
+
+def test_one_capture_serves_every_size_a_call_needs(optimised):
+    """Captured on cached_example_inputs (B=2, T=2, P=1): rows of 1 or more tokens, 1 or more rows,
+    over MIN_SLOTS = 2 cache slots or more (a 1-token row after a 1-token prefix + a hidden slot)."""
+    model, fns, _ = optimised["tiny-gqa"]
+    layout = KVLayout.of_args(model.args)
+    for B, T, P in [(1, 1, 2), (3, 1, 2), (1, 2, 2), (2, 5, 7), (4, 1, 9)]:
+        ids, cache = ids_of(B, T, seed=B + T + P), torch.randn(2, 2, B, layout.n_kv_heads, P, layout.head_dim)
+        mask = torch.ones(B, T, P + T, dtype=torch.bool).tril(P)
+        idx = torch.arange(B * T)
+        with torch.no_grad():
+            got = fns["exact-cpu"](ids, torch.arange(P, P + T).expand(B, T), mask, idx, idx % 7, None, None, cache)
+            want = cached_score_module(model, return_cache=True)(ids, torch.arange(P, P + T).expand(B, T), mask, idx,
+                                                                  idx % 7, None, None, cache)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["tiny-gqa", "tiny-window"])

@@ -11,7 +11,7 @@ from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring.prefix_cache import (KVLayout, PrefillModule, cached_example_inputs, cached_score_module,
-                                           hidden_slot)
+                                           hidden_slots)
 
 ops, aten = torch.ops.graphopt, torch.ops.aten
 EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
@@ -116,7 +116,7 @@ def test_prefix_attention_refuses_a_cached_graph(graph):
 def test_prune_structured_heads_shrink_the_cache_and_stay_consistent(graph):
     """Heads pruned (l1, per layer: one of two kv groups): the cache input holds one kv head, and the
     pruned graph is consistent with itself: a prefix filled by it, then the rest reading that cache,
-    equals the whole sequence through it (with a hidden slot); and it differs from the unpruned model."""
+    equals the whole sequence through it (with hidden slots); and it differs from the unpruned model."""
     model, module, _, _ = graph
     gm, records = run(graph, [{"name": "prune_structured", "ratio": 0.5, "what": "heads"}])
     assert records[-1].stats["kv_groups_removed"] == model.args.n_layers
@@ -133,8 +133,8 @@ def test_prune_structured_heads_shrink_the_cache_and_stay_consistent(graph):
                   None, None, cache)
 
     with torch.no_grad():
-        whole, _, _ = rows(0, 14, hidden_slot(layout, 1), False)
-        first, _, cache = rows(0, 5, hidden_slot(layout, 1), False)
+        whole, _, _ = rows(0, 14, hidden_slots(layout, 1), False)
+        first, _, cache = rows(0, 5, hidden_slots(layout, 1), False)
         rest, _, _ = rows(5, 14, cache, True)
         unpruned = module(ids, torch.arange(14)[None], torch.ones(1, 14, 14).tril().bool(), torch.arange(14),
                           targets, None, None, KVLayout.of_args(model.args).empty(1, 0))[0]

@@ -209,7 +209,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     np.save(job.loglik_out, loglik)
     latency = median(times)
     n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
-    peak_mem_mb, n_batches, records = peak_memory_mb(device), len(prepared.batches), fn.records
+    peak_mem_mb, n_batches, records = peak_memory_mb(device), prepared.n_batches, fn.records
     n_params = count_params(fn.graph, fn.module if load_weights is None else None)
     generation = {}
     if "generate" in exp.measure:

@@ -7,8 +7,11 @@ first (mask [B, T, P + T]); their own tokens sit at positions P.. (the packed la
 shifted by P). A prefix shared by many rows is held once ([.., 1, ..]) and expanded to B rows as a
 view; the graph's concatenation with each row's own keys is the only copy.
 
-A graph cannot be captured with P = 0 (a size of 0 specialises), so a row without a cached prefix
-that must go through a cache-reading graph reads one hidden slot (`hidden_slot`: zeros, masked out).
+Sizes the capture fixes: a graph cannot be captured with P = 0 (a size of 0 specialises), and
+export derives the mask's key length P + T with a lower bound from the example's sizes. The example
+inputs here (`cached_example_inputs`: B = 2, T = 2, P = 1) give the widest range a capture allows:
+any B >= 1, T >= 1, P >= 1 with P + T >= 3. So every call reads MIN_SLOTS = 2 cache slots at least;
+slots beyond the real prefix (`hidden_slots`, or a path cache read past its end) are masked out.
 """
 from __future__ import annotations
 
@@ -67,18 +70,24 @@ class KVLayout:
                            device=device)
 
 
-def hidden_slot(layout: KVLayout, rows: int, device="cpu") -> Tensor:
-    """A one-slot cache [2, L, rows, Hkv, 1, D] for rows without a cached prefix (their mask hides it)."""
-    return layout.empty(1, 1, device).expand(-1, -1, rows, -1, -1, -1)
+MIN_SLOTS = 2  # cache slots every call of a captured cache-reading graph reads (module docstring)
+
+
+def hidden_slots(layout: KVLayout, rows: int, device="cpu") -> Tensor:
+    """A cache of MIN_SLOTS zero slots [2, L, rows, Hkv, 2, D] for rows without a cached prefix (their
+    mask hides every slot)."""
+    return layout.empty(1, MIN_SLOTS, device).expand(-1, -1, rows, -1, -1, -1)
 
 
 class PathCache:
     """The K/V of one root-to-leaf path of the prefix tree: [2, L, 1, Hkv, capacity, D], allocated once.
     A node at positions [start, start + m) writes its K/V there; its subtree reads [0, end). Siblings
-    overwrite each other's slots in turn (depth-first), so one path is alive at a time."""
+    overwrite each other's slots in turn (depth-first), so one path is alive at a time. At least
+    MIN_SLOTS slots: a read of fewer positions returns MIN_SLOTS, the ones past `length` for the mask
+    to hide (see `slots`)."""
 
     def __init__(self, layout: KVLayout, capacity: int, device="cpu"):
-        self.kv = layout.empty(1, capacity, device)
+        self.kv = layout.empty(1, max(capacity, MIN_SLOTS), device)
 
     @property
     def capacity(self) -> int:
@@ -90,16 +99,26 @@ class PathCache:
         self.kv[:, :, :, :, start:start + kv.shape[4]] = kv
 
     def read(self, length: int, rows: int) -> Tensor:
-        """Positions 0 .. length - 1 for `rows` rows: [2, L, rows, Hkv, length, D], a view (no copy)."""
-        return self.kv[:, :, :, :, :length].expand(-1, -1, rows, -1, -1, -1)
+        """Positions 0 .. length - 1 (and hidden ones up to MIN_SLOTS) for `rows` rows:
+        [2, L, rows, Hkv, slots(length), D], a view (no copy)."""
+        return self.kv[:, :, :, :, :slots(length)].expand(-1, -1, rows, -1, -1, -1)
 
 
-def cached_mask(batch: PackedScoreBatch, n_cached: int, visible: bool = True) -> Tensor:
-    """batch.mask [B, T, T] -> [B, T, n_cached + T]: real tokens (doc >= 0) see every cached slot
-    (visible=False: none, for a hidden slot); padding queries still see only themselves."""
-    B, T = batch.input_ids.shape
-    real = (batch.doc_ids >= 0) if visible else torch.zeros(B, T, dtype=torch.bool)
-    return torch.cat([real.unsqueeze(-1).expand(B, T, n_cached), batch.mask], dim=-1)
+def slots(length: int) -> int:
+    """Cache slots a call reads for a prefix of `length` positions (MIN_SLOTS at least)."""
+    return max(length, MIN_SLOTS)
+
+
+def slot_mask(queries: Tensor, length: int) -> Tensor:
+    """[.., T] bool (the queries that see the prefix) -> [.., T, slots(length)]: slots < length visible."""
+    visible = torch.arange(slots(length), device=queries.device) < length  # [S]
+    return queries.unsqueeze(-1) & visible
+
+
+def cached_mask(batch: PackedScoreBatch, length: int) -> Tensor:
+    """batch.mask [B, T, T] -> [B, T, slots(length) + T]: real tokens (doc >= 0) see the `length`
+    cached positions (none for length 0), no hidden slot; padding queries still see only themselves."""
+    return torch.cat([slot_mask(batch.doc_ids >= 0, length), batch.mask], dim=-1)
 
 
 def rows_under_prefix(requests: list[Request], start: int, max_tokens: int) -> list[PackedScoreBatch]:
@@ -116,11 +135,11 @@ def rows_under_prefix(requests: list[Request], start: int, max_tokens: int) -> l
     return [assemble(batch) for batch in group_rows(rows, max_tokens)]
 
 
-def cached_example_inputs(layout: KVLayout, B: int = 2, T: int = 5, P: int = 3, N: int = 3,
+def cached_example_inputs(layout: KVLayout, B: int = 2, T: int = 2, P: int = 1, N: int = 2,
                           vocab_size: int = 2, prefill: bool = False) -> tuple:
     """Inputs to capture ScoreModule (N scored entries; doc_ids / seg_ids None) or PrefillModule
-    (prefill=True) reading a cache, in the call order the prefix tree uses. Sizes >= 2 keep B, T, P
-    symbolic in the capture."""
+    (prefill=True) reading a cache, in the call order the prefix tree uses. The default sizes give
+    the capture its widest range (module docstring: B, T, P >= 1, P + T >= 3)."""
     ids = torch.zeros(B, T, dtype=torch.long)
     positions = torch.arange(P, P + T).expand(B, T).contiguous()
     mask = torch.ones(T, P + T, dtype=torch.bool).tril(P).expand(B, T, P + T).contiguous()
