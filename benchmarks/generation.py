@@ -14,7 +14,7 @@ graphopt's continuous batching over 8 slots against transformers' batches of 8 (
 its longest answer ends).
 
 Fidelity (SmolLM2-135M's real weights): greedy fp32 completions of --fidelity-prompts real-text prompts
-(--new-tokens each), graphopt against transformers' generate(do_sample=False) one prompt at a time,
+(--fidelity-new-tokens each), graphopt against transformers' generate(do_sample=False) one prompt at a time,
 token for token; where they differ, the step and transformers' top-1 minus top-2 logit there. bf16
 (the model loaded in bf16) and int8 (the int8 named pipeline) against the fp32 reference: the share of
 identical completions and the first differing steps.
@@ -132,14 +132,15 @@ def fidelity(args) -> dict:
     """fp32 token for token against transformers; bf16 and int8 against that fp32 reference."""
     model, tok = load("smollm2-135m", "fp32")
     prompts = real_prompts(tok, args.fidelity_prompts, seed=1)
-    print(f"\n== fidelity: {len(prompts)} prompts x {args.new_tokens} new tokens, SmolLM2-135M", flush=True)
-    ref = hf_generate(hf_peer(model), prompts, args.new_tokens, 1, scores=True)
+    new = args.fidelity_new_tokens
+    print(f"\n== fidelity: {len(prompts)} prompts x {new} new tokens, SmolLM2-135M", flush=True)
+    ref = hf_generate(hf_peer(model), prompts, new, 1, scores=True)
     print(f"  transformers fp32 (one prompt at a time): {ref['seconds']:.0f}s", flush=True)
     out = {}
     for label, dtype, pipeline in (("fp32", "fp32", args.pipeline), ("bf16", "bf16", args.pipeline),
                                    ("int8", "fp32", "int8")):
         m = model if dtype == "fp32" else load("smollm2-135m", dtype)[0]
-        got = graphopt_run(DecodeEngine(m, pipeline, slots=8), prompts, args.new_tokens)
+        got = graphopt_run(DecodeEngine(m, pipeline, slots=8), prompts, new)
         out[label] = agreement(got["ids"], ref["ids"], ref["scores"]) | {"pipeline": pipeline, "seconds": got["seconds"]}
         a = out[label]
         steps = sorted(d["step"] for d in a["diffs"])
@@ -178,6 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--best-batches", default="32", help="batch sizes tried besides 1 and 8 (comma-separated)")
     p.add_argument("--suite", type=int, default=48, help="prompts of the suite row (0: none)")
     p.add_argument("--fidelity-prompts", type=int, default=50)
+    p.add_argument("--fidelity-new-tokens", type=int, default=64)
     p.add_argument("--skip", default="", help="comma list: hf, compile, suite, fidelity, speed")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write every row as JSON there")
