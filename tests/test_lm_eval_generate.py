@@ -316,3 +316,11 @@ def test_no_chat_template_is_one_clear_error(tmp_path):
     lm = GraphoptLM(pretrained=str(model_dir), progress=False)
     with pytest.raises(UserError, match=r"--apply_chat_template: .* has no chat template"):
         lm.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_auto_pipeline_builds_the_engine_on_its_cpu_default(lm):
+    """pipeline=auto decodes through generation's own CPU pipeline (decode-cpu: the plain ops, whose fewer calls
+    a decode step wants, on oneDNN-packed matmuls), not the scorer's exact-cpu with its kernel fusions."""
+    names = lm._make_generator().graph.pass_names
+    assert "mkldnn_linear" in names and "cache_attention" in names, names
+    assert not {"fuse_rmsnorm", "fuse_rope", "fuse_swiglu"} & set(names), names

@@ -29,6 +29,7 @@ from lm_eval.api.model import TemplateLM
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
 from graphopt.generation.engine import DecodeEngine
+from graphopt.generation.step import auto_pipeline as decode_pipeline
 from graphopt.harness.chat_template import ChatTemplate, find_chat_template
 from graphopt.harness.generate import answer_text, decode_text, eos_ids, until_request, warn_truncated
 from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
@@ -233,8 +234,12 @@ class GraphoptLM(TemplateLM):
         spec = cfg.pipeline_spec()
         if spec is None:  # pipeline=none: the eager model, reading its KV cache
             pipeline, compiler = None, self.scorer.compiler
-        elif spec == "auto":  # the exact path of the device (packed-row kernels have nothing to do in a decode step)
-            pipeline, compiler = auto_pipeline(self._device, self.model.args, cfg.compiler, layout="per_pair")
+        elif spec == "auto":  # the engine's own path of the device (decode-cpu on CPU), else the exact path
+            pipeline, compiler = decode_pipeline(self._device), cfg.compiler or "none"
+            try:
+                check_pipeline(pipeline, compiler)
+            except PassError:
+                pipeline, compiler = auto_pipeline(self._device, self.model.args, cfg.compiler, layout="per_pair")
         else:
             pipeline, compiler = list(self.scorer.pipeline.specs), self.scorer.compiler
         try:
