@@ -9,6 +9,8 @@ import sys
 COMMANDS = {
     "run": "run an experiment YAML: every pass combination, measured against the eager reference",
     "eval": "score HellaSwag with one model (eager or through a pass pipeline) and print acc / acc_norm / time",
+    "generate": "greedy completions of prompts through the optimised graph (static KV cache, continuous batching), "
+                "printed or written as JSON lines, with prefill / decode tokens per second",
     "prune": "prune FFN channels / attention heads (prune_structured) and save the smaller model as a Hugging "
              "Face LLaMA directory",
     "passes": "list every registered graph pass with its description and options",

@@ -1,6 +1,6 @@
 """cast_dtype: run the matmuls in bfloat16/float16 (exact=False) as a graph rewrite.
 
-- Weights (and biases) of every linear / embedding / graphopt.linear_logprob are cast to `dtype`.
+- Weights (and biases) of every linear / embedding / graphopt.linear_logprob / linear_argmax are cast to `dtype`.
   A tied table is cast once and replaced under every name the graph holds it by (export keeps
   model.tok_embeddings.weight unread next to model.output.weight): one bf16 table, no float32 one
   left behind. Other parameters (norm weights) and buffers (RoPE tables) stay float32.
@@ -34,7 +34,8 @@ from ._weights import param_bytes
 
 import graphopt.kernels  # noqa: E402,F401 (torch.ops.graphopt.*)
 
-_HEAD_OPS = (torch.ops.graphopt.linear_logprob.default, torch.ops.graphopt.linear_logprob_greedy.default)
+_HEAD_OPS = (torch.ops.graphopt.linear_logprob.default, torch.ops.graphopt.linear_logprob_greedy.default,
+             torch.ops.graphopt.linear_argmax.default)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _MATMUL = {aten.matmul.default, aten.bmm.default, aten.mm.default, torch.matmul, torch.bmm}

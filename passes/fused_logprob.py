@@ -9,6 +9,10 @@ After:   graphopt.logprob(logits, targets) [N] float32   (accumulates in float32
 With ScoreModule(greedy=True) the logits also feed argmax(-1) == targets (lm-eval's is_greedy); then
 linear + log-prob + argmax -> graphopt.linear_logprob_greedy(hidden, weight, targets) -> (log-prob, greedy),
 one pass over the vocabulary for both.
+The greedy next token (generation: only the argmax is needed, no log-probs at all):
+    linear(hidden, weight) [N, V] -> [.float()] -> argmax(-1)  ->  graphopt.linear_argmax(hidden, weight) [N] int64
+(chunked over the vocabulary: the [N, V] logits never exist at once). It runs after the scoring forms,
+so a head whose logits also feed a log-prob is left to them.
 """
 import torch
 import torch.nn.functional as F
@@ -59,13 +63,26 @@ def _replacement_5(hidden, weight, targets):
     return out[0], out[1]
 
 
+def _pattern_6(hidden, weight):  # the greedy next token (graphopt.generation)
+    return F.linear(hidden, weight).float().argmax(-1)
+
+
+def _pattern_7(hidden, weight):
+    return F.linear(hidden, weight).argmax(-1)
+
+
+def _replacement_6(hidden, weight):
+    return torch.ops.graphopt.linear_argmax(hidden, weight)
+
+
 def _ok(m, match) -> bool:
     x = val(m["hidden"] if "hidden" in m else m["logits"])  # [N, D] / [N, V]
     return m.get("dim", -1) in (-1, 1) and x is not None and x.dim() == 2 and x.dtype in (torch.float32, torch.float16, LOW)
 
 
 @register_pass("fused_logprob", "log_softmax + gather -> graphopt.logprob; with the LM head right before it "
-               "(after prune_lm_head) linear + log-prob -> graphopt.linear_logprob (no [N, V] logits)",
+               "(after prune_lm_head) linear + log-prob -> graphopt.linear_logprob (no [N, V] logits); linear + argmax "
+               "(the greedy next token) -> graphopt.linear_argmax",
                options={"with_linear": PassOption(bool, True, "also fuse the LM-head linear into the log-prob "
                                                   "(graphopt.linear_logprob) when it feeds the log-softmax directly")})
 def fused_logprob(gm, ctx):
@@ -78,4 +95,6 @@ def fused_logprob(gm, ctx):
     if ctx.options.get("with_linear", True):
         greedy = replace_all(gm, _pattern_5, _replacement_5, head[:3], _ok)
         matches, linear_fused = matches + greedy, linear_fused + greedy
+        argmax = sum(replace_all(gm, p, _replacement_6, head[:2], _ok) for p in (_pattern_6, _pattern_7))
+        matches, linear_fused = matches + argmax, linear_fused + argmax
     return PassResult(gm, matches > 0, {"matches": matches, "linear_fused": linear_fused})

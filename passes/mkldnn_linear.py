@@ -6,6 +6,7 @@ After:   y = mkldnn._linear_pointwise(x, W_packed [N, K] (opaque oneDNN layout)[
 The LM head inside graphopt.linear_logprob(h [N, D], W [V, D], t) likewise, a vocabulary chunk of
 HEAD_CHUNK rows at a time (so [N, V] logits never exist at once):
     lse = logsumexp_i(logsumexp(mkldnn_linear(h, W_packed_i).float(), -1));  out = (h * W[t]).sum(-1) - lse
+and graphopt.linear_argmax(h, W) (the greedy next token) as each chunk's max / argmax, the best chunk's.
 
 On this project's 2-core AVX-512 host, fp32 [1536, 768] x [768, 4096] ran at 177 GFLOP/s through
 F.linear (ATen) and 412 GFLOP/s packed; bf16 821 against 893. A CPU without oneDNN's bf16 path (AVX2
@@ -41,6 +42,7 @@ from ._ops import linear_parts
 LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
 LINEAR_LOGPROB = torch.ops.graphopt.linear_logprob.default
 LINEAR_LOGPROB_GREEDY = torch.ops.graphopt.linear_logprob_greedy.default
+LINEAR_ARGMAX = torch.ops.graphopt.linear_argmax.default
 HEAD_CHUNK = 8192  # vocabulary rows per packed head chunk
 aten = torch.ops.aten
 _REPLACES = "mkldnn_linear replaces the linears by oneDNN calls on packed weights"
@@ -85,7 +87,7 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
         gm.graph.erase_node(node)
         matches += 1
     for node in [n for n in gm.graph.nodes if n.op == "call_function"
-                 and n.target in (LINEAR_LOGPROB, LINEAR_LOGPROB_GREEDY)]:
+                 and n.target in (LINEAR_LOGPROB, LINEAR_LOGPROB_GREEDY, LINEAR_ARGMAX)]:
         done = _packed_head(gm, node, dtypes)
         matches += done
         kept_bf16 += not done and _head_weight_dtype(gm, node) == torch.bfloat16
@@ -121,6 +123,8 @@ def _packed_head(gm: GraphModule, node, dtypes: tuple) -> int:
     """graphopt.linear_logprob(h, W, t) with W a CPU float attribute -> the chunked oneDNN form above;
     graphopt.linear_logprob_greedy likewise, its greedy flag from each chunk's max and argmax (the
     first chunk holding the overall maximum wins, as torch.argmax takes the first index)."""
+    if node.target is LINEAR_ARGMAX:
+        return _packed_argmax(gm, node, dtypes)
     hidden, w_node, target = node.args[:3]
     if not (w_node.op == "get_attr"):
         return 0
@@ -161,5 +165,35 @@ def _packed_head(gm: GraphModule, node, dtypes: tuple) -> int:
         if "val" in node.meta:
             out.meta["val"] = node.meta["val"]
         node.replace_all_uses_with(out)
+    g.erase_node(node)
+    return 1
+
+
+def _packed_argmax(gm: GraphModule, node, dtypes: tuple) -> int:
+    """graphopt.linear_argmax(h, W) (the greedy next token) -> per packed vocabulary chunk its max and
+    argmax, then the chunk holding the overall maximum (the first one among equal maxima, as torch.argmax)."""
+    hidden, w_node = node.args[:2]
+    if not (w_node.op == "get_attr"):
+        return 0
+    weight = attr(gm, w_node.target)
+    if weight.device.type != "cpu" or weight.dtype not in dtypes:
+        return 0
+    g = gm.graph
+    with g.inserting_before(node):
+        call = lambda f, *a: g.call_function(f, a)  # noqa: E731
+        chunk_max, chunk_arg = [], []
+        for i, start in enumerate(range(0, weight.shape[0], HEAD_CHUNK)):
+            target_i = _register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:start + HEAD_CHUNK]))
+            logits = call(LINEAR_POINTWISE, hidden, g.get_attr(target_i), None, "none", [], "")  # [N, chunk]
+            top = call(aten.max.dim, call(aten.to.dtype, logits, torch.float32), -1)  # ([N] value, [N] index)
+            chunk_max.append(call(operator.getitem, top, 0))
+            chunk_arg.append(call(aten.add.Tensor, call(operator.getitem, top, 1), start))
+        which = call(aten.argmax.default, call(aten.stack.default, chunk_max, 0), 0)  # [N] winning chunk
+        arg = call(aten.gather.default, call(aten.stack.default, chunk_arg, 0), 0,
+                   call(aten.unsqueeze.default, which, 0))  # [1, N]
+        out = call(aten.squeeze.dim, arg, 0)  # [N] int64
+    if "val" in node.meta:
+        out.meta["val"] = node.meta["val"]
+    node.replace_all_uses_with(out)
     g.erase_node(node)
     return 1

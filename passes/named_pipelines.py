@@ -18,6 +18,9 @@ register_pipeline("fast-cpu", "fast with the attention in float32 (on CPU the bf
                   EXACT + [{"name": "cast_dtype", "dtype": "bfloat16", "attention": "float32"}, "mkldnn_linear"])
 register_pipeline("int8", "fast-cpu + W8A8 int8 linears (int32 accumulation; compile with inductor)",
                   EXACT + [{"name": "cast_dtype", "dtype": "bfloat16", "attention": "float32"}, "quantize_int8"])
+register_pipeline("decode-cpu", "exact without the Triton-kernel fusions (on CPU their reference code costs more "
+                  "Python calls than the plain ops in a one-token decode step) + mkldnn_linear: graphopt generate's "
+                  "CPU default", [p for p in EXACT if not p.startswith("fuse_")] + ["mkldnn_linear"])
 register_pipeline("gpu", "exact + prefix_attention: the block-skipping attention kernel driven by the packed "
                   "layout's ids (CUDA; needs packed, shared_prefix or bucketed scoring)",
                   EXACT + ["prefix_attention"])

@@ -90,10 +90,6 @@ def _write_tasks(task_dir, rng):
         f"task: tiny_wikitext\n{common}dataset_kwargs:\n  data_files:\n    validation: {wiki}\n"
         "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{page}}'\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
-    (task_dir / "tiny_generate.yaml").write_text(
-        f"task: tiny_generate\n{common}dataset_kwargs:\n  data_files:\n    validation: {piqa}\n"
-        "output_type: generate_until\ndoc_to_text: '{{goal}}'\ndoc_to_target: '{{sol1}}'\n"
-        "metric_list:\n  - metric: exact_match\n")
     return task_dir
 
 
@@ -223,18 +219,6 @@ def test_unknown_model_arg_is_an_error_naming_it(setup):
         GraphoptLM(pretrained=str(setup[0]), dtype="float8")
     with pytest.raises(UserError, match="pipeline='exact\\+nonsense'"):
         GraphoptLM(pretrained=str(setup[0]), pipeline="exact+nonsense")
-
-
-def test_generate_until_refused_before_any_work(setup, task_manager, capsys):
-    """The command refuses a generative task before the model loads; the class names the task."""
-    from graphopt.cli import main
-
-    model_dir, task_dir = setup
-    code = main(["lm-eval", "--model", "graphopt", "--model_args", "pretrained=/nonexistent", "--tasks",
-                 "tiny_piqa,tiny_generate", "--include_path", str(task_dir)])
-    assert code == 2 and "tiny_generate" in capsys.readouterr().err  # (a load would have failed on the path)
-    with pytest.raises(UserError, match="tiny_generate"):
-        _evaluate(GraphoptLM(pretrained=str(model_dir), progress=False), None, task_manager, ["tiny_generate"])
 
 
 COMMAND_TASKS = "tiny_hellaswag,tiny_wikitext"

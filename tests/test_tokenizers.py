@@ -37,6 +37,15 @@ def test_sentencepiece_matches_library_without_bos(spm_model):
     assert tok.encode("the man") == tok.encode(" the man")
 
 
+def test_sentencepiece_decode_spells_control_tokens_when_asked(spm_model):
+    """lm-eval's hf model reads the EOS string as decode([eos], skip_special_tokens=False): "</s>", not ""."""
+    tok = load_tokenizer(spm_model)
+    ids = tok.encode(SAMPLES[0])
+    assert tok.decode([tok.eos_id], skip_special_tokens=False) == "</s>" and tok.decode([tok.eos_id]) == ""
+    assert tok.decode([tok.bos_id] + ids + [tok.eos_id], skip_special_tokens=False) == f"<s>{SAMPLES[0]}</s>"
+    assert tok.decode([tok.bos_id] + ids + [tok.eos_id]) == SAMPLES[0]
+
+
 def test_tokenizer_json_matches_library_without_bos(hf_tokenizer_json):
     from tokenizers import Tokenizer
     ref = Tokenizer.from_file(str(hf_tokenizer_json))

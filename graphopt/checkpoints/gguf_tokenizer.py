@@ -49,8 +49,8 @@ class GGUFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(list(ids))
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return f"GGUFTokenizer({self.where!r}, vocab_size={self.vocab_size})"

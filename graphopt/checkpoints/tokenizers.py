@@ -40,8 +40,18 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.sp.EncodeAsIds(text)  # no BOS/EOS: add_bos/add_eos default to False
 
-    def decode(self, ids: list[int]) -> str:
-        return self.sp.DecodeIds(list(ids))
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """skip_special_tokens=False spells control tokens (<s>, </s>) out, as transformers' decode does."""
+        if skip_special_tokens:
+            return self.sp.DecodeIds(list(ids))
+        out, run = [], []
+        for i in ids:
+            if self.sp.IsControl(i):
+                out += [self.sp.DecodeIds(run), self.sp.IdToPiece(i)]
+                run = []
+            else:
+                run.append(i)
+        return "".join(out + [self.sp.DecodeIds(run)])
 
     def __repr__(self) -> str:
         return f"SentencePieceTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"

@@ -1,10 +1,10 @@
 """`graphopt lm-eval ARGS...`: lm-evaluation-harness's own command line with `--model graphopt` registered.
 
 Every argument goes to lm-eval unchanged, so it prints what `lm_eval` prints and writes the same
---output_path files. Before lm-eval starts (and before any model loads), tasks that need text
-generation are refused when the model is graphopt: it scores, it does not generate. A checkpoint graphopt
-cannot load (missing, truncated, no tokenizer, an unsupported family) is one line and exit 2, as in
-`graphopt eval`."""
+--output_path files. Before lm-eval starts (and before any model loads), a generative task whose
+generation_kwargs (with --gen_kwargs) ask for sampling is refused when the model is graphopt: it
+generates greedily. A checkpoint graphopt cannot load (missing, truncated, no tokenizer, an unsupported
+family) is one line and exit 2, as in `graphopt eval`."""
 from __future__ import annotations
 
 import argparse
@@ -23,11 +23,16 @@ lm-evaluation-harness with graphopt registered as a model. Example:
 float16), device (cpu, cuda), pipeline (auto: the fastest path whose answers equal the per-pair reference
 in fp32; none: eager per pair, lm-eval's way; a named pipeline: exact, exact-cpu, fast, fast-cpu, int8, gpu;
 or pass names joined by '+'), compiler (none, inductor, inductor-frozen), max_tokens (per batch, default
-4096), row_len, add_bos_token (default: the tokenizer's own, as lm-eval's hf model), max_length, progress,
+4096), row_len, add_bos_token (default: the tokenizer's own, as lm-eval's hf model), max_length, max_gen_toks
+(new tokens of a generative task that sets none, default 256), slots (generative prompts decoding together,
+default 16), progress,
 data_parallel and tensor_parallel (under torchrun: replicas x shards = the number of processes, e.g.
   torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt \\
       --model_args pretrained=DIR,data_parallel=2,tensor_parallel=2 --tasks hellaswag
 the replicas split the requests by token count; only rank 0 prints and writes).
+Generative tasks (generate_until: gsm8k, ifeval, ...) decode greedily, with lm-eval's hf stop rules; tasks
+that ask for sampling are refused. --apply_chat_template and --system_instruction use the checkpoint's own
+chat template (chat_template.jinja, tokenizer_config.json's chat_template, a .gguf's tokenizer.chat_template).
 lm-eval's --batch_size is accepted and not used: graphopt batches by tokens (max_tokens). A --model_args key
 wins over lm-eval's flag of the same name (device=cpu over --device, which lm-eval passes as cuda:0 by default).
 Everything below is lm-eval's own help.
@@ -48,8 +53,8 @@ def run(argv: list[str]) -> int:
         print(USAGE)
     register()
     if _value(argv, "--model") == "graphopt":
-        from graphopt.harness.tasks import refuse_generative_tasks
-        refuse_generative_tasks(_value(argv, "--tasks"), _value(argv, "--include_path"))
+        from graphopt.harness.tasks import refuse_sampling_tasks
+        refuse_sampling_tasks(argv)
     argv, quiet = rank0_writes(argv)
     try:
         with contextlib.redirect_stdout(quiet) if quiet is not None else contextlib.nullcontext():

@@ -5,7 +5,11 @@ are tokenised exactly as lm-eval's `hf` model does (lm-eval's own TemplateLM pai
 rules, BOS included), requests that share a context are grouped and packed into rows (each context
 once, its continuations after it), scored through the one optimised graph, and answered as
 (log-likelihood, is_greedy) in lm-eval's request order. loglikelihood_rolling uses lm-eval's own
-windowing; generate_until is refused (graphopt scores, it does not generate).
+windowing. generate_until hands every request of every task to one generator at once (built on the
+first call and kept, like the Scorer: the decode engine over the same pipeline) and answers as lm-eval's
+hf model does (graphopt.harness.generate);
+--apply_chat_template / --system_instruction render the checkpoint's own chat template
+(graphopt.harness.chat_template).
 
 Under torchrun every process answers every request (graphopt.harness.world) and reports rank 0 and
 world size 1 to lm-eval, as lm-eval 0.4.13 expects of a model that splits work itself ("under TP
@@ -24,16 +28,16 @@ from lm_eval.api.model import TemplateLM
 
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
+from graphopt.generation.engine import DecodeEngine
+from graphopt.generation.step import auto_pipeline as decode_pipeline
+from graphopt.harness.chat_template import ChatTemplate, find_chat_template
+from graphopt.harness.generate import answer_text, decode_text, eos_ids, until_request, warn_truncated
 from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
 from graphopt.checkpoints.encode import prefix_token_id, tok_encode
 from graphopt.pipeline import PassError, check_pipeline
 from graphopt.scoring.batch import Request
 from graphopt.scoring.requests import fit_context
-from graphopt.scoring.scorer import Scorer, Sharding
-
-GENERATE_REFUSED = ("graphopt scores log-likelihoods and does not generate text; task(s) {tasks} need "
-                    "generate_until. Run them with another lm-eval model (e.g. --model hf).")
-
+from graphopt.scoring.scorer import Scorer, Sharding, auto_pipeline
 
 class GraphoptLM(TemplateLM):
     """lm_eval.api.model.LM backed by a graphopt-optimised graph; keyword arguments: see GraphoptArgs."""
@@ -71,7 +75,10 @@ class GraphoptLM(TemplateLM):
         self._max_length = min(cfg.max_length or self.model.args.max_seq_len, self.model.args.max_seq_len)
         self._device = torch.device(cfg.device)
         self.scorer = self._make_scorer(pipeline)
-        self.stats = {"load_seconds": self.load_seconds, "setup_seconds": 0.0, "score_seconds": 0.0, "n_batches": 0}
+        self._generator = None  # built on the first generate_until (_make_generator), then kept
+        self._chat_template: ChatTemplate | None | bool = False  # False: not looked for yet
+        self.stats = {"load_seconds": self.load_seconds, "setup_seconds": 0.0, "score_seconds": 0.0, "n_batches": 0,
+                      "generate_seconds": 0.0, "generated_tokens": 0}
 
     def _make_scorer(self, pipeline) -> Scorer:
         """Every request of every task goes through this one Scorer (its runnables are built once and kept):
@@ -137,7 +144,11 @@ class GraphoptLM(TemplateLM):
         return ids[-left_truncate_len:] if left_truncate_len else ids
 
     def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
-        return self.tok.decode(list(tokens))
+        return decode_text(self.tok, [tokens] if isinstance(tokens, int) else tokens, skip_special_tokens)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self.config.max_gen_toks
 
     def get_model_info(self) -> dict:
         return {"model_num_parameters": sum(p.numel() for p in self.model.parameters()),
@@ -182,8 +193,86 @@ class GraphoptLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        tasks = sorted({getattr(r, "task_name", None) or "?" for r in requests})
-        raise UserError(GENERATE_REFUSED.format(tasks=", ".join(tasks)))
+        """Greedy completions of every request at once through this model's one generator, answered as
+        lm-eval's hf model answers (graphopt.harness.generate)."""
+        if not requests:
+            return []
+        eos, eos_text = eos_ids(self.config.pretrained, self.tok), self.tok_decode(self.eot_token_id, False)
+        prepared = [until_request(getattr(r, "task_name", None) or "?", context, gen_kwargs, self.tok,
+                                  add_bos_token=self.config.add_bos_token, max_length=self.max_length,
+                                  default_max_gen_toks=self.max_gen_toks, eos=eos, eos_text=eos_text)
+                    for r, (context, gen_kwargs) in ((r, r.args) for r in requests)]
+        warn_truncated(prepared)
+        show = not disable_tqdm and self.config.progress and (self.world is None or self.world.rank == 0)
+        start = time.perf_counter()
+        try:
+            completions = self.generator.generate([p.request for p in prepared], progress=show)
+        except ValueError as e:  # a request the generator cannot take
+            raise UserError(f"graphopt generate_until: {e}") from e
+        self.stats["generate_seconds"] += time.perf_counter() - start
+        self.stats["generated_tokens"] += sum(c.steps for c in completions)
+        answers = [answer_text(self.tok, c.ids, p.until) for c, p in zip(completions, prepared)]
+        for r, answer in zip(requests, answers):
+            self.cache_hook.add_partial("generate_until", r.args, answer)
+        return answers
+
+    @property
+    def generator(self):
+        """This model's one generator: built on first use (a suite without generate_until never builds it)."""
+        if self._generator is None:
+            if self._load_weights is not None:
+                raise UserError("generate_until with a tensor-parallel load (each rank holds a shard of the "
+                                "checkpoint) is not available; run generative tasks without tensor_parallel")
+            self._generator = self._make_generator()
+        return self._generator
+
+    def _make_generator(self):
+        """Any object with generate(requests, progress) -> [Completion] (graphopt.generation): the decode engine
+        (static KV cache, continuous batching over `slots` rows) optimised by the pipeline this model scores
+        with. The eager reference instead: ReferenceGenerator(self.model, device=self._device)."""
+        cfg = self.config
+        spec = cfg.pipeline_spec()
+        if spec is None:  # pipeline=none: the eager model, reading its KV cache
+            pipeline, compiler = None, self.scorer.compiler
+        elif spec == "auto":  # the engine's own path of the device (decode-cpu on CPU), else the exact path
+            pipeline, compiler = decode_pipeline(self._device), cfg.compiler or "none"
+            try:
+                check_pipeline(pipeline, compiler)
+            except PassError:
+                pipeline, compiler = auto_pipeline(self._device, self.model.args, cfg.compiler, layout="per_pair")
+        else:
+            pipeline, compiler = list(self.scorer.pipeline.specs), self.scorer.compiler
+        try:
+            return DecodeEngine(self.model, pipeline, compiler, slots=cfg.slots, device=self._device)
+        except (PassError, ValueError) as e:
+            raise UserError(f"--model_args pipeline={cfg.pipeline!r}: generate_until: {e}") from e
+
+    # ---- chat templates (--apply_chat_template, --system_instruction)
+    def _template(self) -> ChatTemplate:
+        if self._chat_template is False:
+            self._chat_template = find_chat_template(self.config.pretrained, self.config.tokenizer)
+        if self._chat_template is None:
+            raise UserError(f"--apply_chat_template: {self.config.tokenizer or self.config.pretrained} has no chat "
+                            "template (looked for chat_template.jinja, tokenizer_config.json's chat_template, a "
+                            ".gguf's tokenizer.chat_template)")
+        return self._chat_template
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The template lm-eval records (its hf model's choice: a name picks one of several, else the default)."""
+        if chat_template is False or chat_template is None:
+            return None
+        return self._template().select(chat_template if isinstance(chat_template, str) else None)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """As lm-eval's hf model: render, and if the template raises, render again without system messages."""
+        import jinja2
+
+        template = self._template()
+        try:
+            return template.render(chat_history, add_generation_prompt)
+        except jinja2.exceptions.TemplateError:
+            warnings.warn("the chat template failed; rendering it again without the system message", stacklevel=2)
+            return template.render([m for m in chat_history if m["role"] != "system"], add_generation_prompt)
 
     # ---- scoring
     def _score(self, requests: list[Request], progress: bool):

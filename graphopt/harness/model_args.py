@@ -27,6 +27,8 @@ class GraphoptArgs:
     row_len: int | None = None  # tokens per packed row (default: the longest context + its continuations)
     add_bos_token: bool | None = None  # None: the tokenizer's default, as lm-eval's hf model
     max_length: int | None = None  # the model's context window (default: its max_seq_len)
+    max_gen_toks: int = 256  # new tokens of a generate_until request whose task sets none (lm-eval's hf default)
+    slots: int = 16  # generate_until prompts decoding together (rows of the decode engine's static KV cache)
     progress: bool = True
     # under torchrun (graphopt.harness.world): replicas x tensor-parallel shards = WORLD_SIZE
     data_parallel: int | None = None  # replicas splitting the requests (default: WORLD_SIZE / tensor_parallel)
@@ -54,7 +56,8 @@ class GraphoptArgs:
             raise UserError(f"--model_args dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if self.compiler is not None and self.compiler not in COMPILERS:
             raise UserError(f"--model_args compiler={self.compiler!r}: expected one of {', '.join(COMPILERS)}")
-        for key in ("max_tokens", "row_len", "max_length", "data_parallel", "tensor_parallel", "pipeline_parallel"):
+        for key in ("max_tokens", "row_len", "max_length", "max_gen_toks", "slots", "data_parallel",
+                    "tensor_parallel", "pipeline_parallel"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise UserError(f"--model_args {key}={value!r}: expected a positive integer")

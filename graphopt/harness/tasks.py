@@ -1,19 +1,26 @@
-"""Which lm-eval tasks need text generation, read from their YAML configs before anything runs, so that
-`--model graphopt` refuses them at the start, not after an hour of log-likelihood requests."""
+"""The generation settings of lm-eval tasks, read from their YAML configs before anything runs, so that
+`--model graphopt` refuses a task that asks for sampling at the start, not after an hour of
+log-likelihood requests (the model checks every request again: graphopt.harness.generate)."""
 from __future__ import annotations
 
-from graphopt.errors import UserError
+import contextlib
+import io
+import sys
+
+from graphopt.harness.generate import check_greedy
 
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
 
-def generative_tasks(task_names: list[str], include_path: str | None = None) -> list[str]:
-    """The tasks among task_names (groups and tags expanded) whose output_type is generate_until
-    (lm-eval's default when a config names none). Names lm-eval does not index are left to lm-eval."""
+def generative_tasks(task_names: list[str], include_path: str | None = None) -> dict[str, dict]:
+    """{task: its config's generation_kwargs} for the tasks among task_names (groups and tags expanded)
+    whose output_type is generate_until (lm-eval's default when a config names none). Names lm-eval does
+    not index are left to lm-eval."""
+    from lm_eval.defaults import default_gen_kwargs
     from lm_eval.tasks import TaskManager
 
     index = TaskManager(include_path=include_path).task_index
-    found, seen = [], set()
+    found, seen = {}, set()
 
     def visit(name: str) -> None:
         if name in seen or name not in index:
@@ -30,17 +37,34 @@ def generative_tasks(task_names: list[str], include_path: str | None = None) -> 
                 if name in (e.tags or ()):
                     visit(other)
         elif cfg.get("class") is None and cfg.get("output_type", "generate_until") not in LOGLIKELIHOOD_TYPES:
-            found.append(name)
+            found[name] = cfg.get("generation_kwargs") or default_gen_kwargs(cfg.get("fewshot_delimiter", "\n\n"))
 
     for name in task_names:
         visit(name)
     return found
 
 
-def refuse_generative_tasks(tasks: str | None, include_path: str | None = None) -> None:
-    if not tasks:
+def refuse_sampling_tasks(argv: list[str]) -> None:
+    """UserError naming the first generative task of lm-eval's command line `argv` whose generation_kwargs,
+    with --gen_kwargs over them as lm-eval applies them, ask for more than greedy decoding."""
+    options = _lm_eval_options(argv)
+    if options is None or not getattr(options, "tasks", None):
         return
-    bad = generative_tasks([t.strip() for t in tasks.split(",") if t.strip()], include_path)
-    if bad:
-        from graphopt.harness.lm import GENERATE_REFUSED
-        raise UserError(GENERATE_REFUSED.format(tasks=", ".join(bad)))
+    extra = getattr(options, "gen_kwargs", None) or {}
+    for task, kwargs in generative_tasks(list(options.tasks), getattr(options, "include_path", None)).items():
+        check_greedy(task, {**kwargs, **extra}, default_max_gen_toks=256)
+
+
+def _lm_eval_options(argv: list[str]):
+    """lm-eval's own parse of its command line (None where it would refuse it: lm-eval then says why)."""
+    from lm_eval._cli import HarnessCLI
+
+    old = sys.argv
+    sys.argv = ["lm-eval", *argv]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its usage message comes when lm-eval parses it for real
+            return HarnessCLI().parse_args()
+    except SystemExit:
+        return None
+    finally:
+        sys.argv = old

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from graphopt.runner.preflight import preflight
-from graphopt.runner.schema import CHOICES, ExperimentConfig, ScoringConfig
+from graphopt.runner.schema import CHOICES, MEASURES, ExperimentConfig, ScoringConfig
 from graphopt.runner.sweep import expand
 from graphopt.runner.yaml_source import ConfigError, Where, apply_override, load_yaml
 
@@ -133,6 +133,29 @@ def _check_scoring(scoring: ScoringConfig | None, path: tuple, where: Where) -> 
                               f"option {key!r}{hint} (options: {', '.join(allowed) or 'none'})")
 
 
+def _check_measure(cfg: ExperimentConfig, where: Where) -> None:
+    for i, item in enumerate(cfg.measure):
+        if item not in MEASURES:
+            close = difflib.get_close_matches(str(item), MEASURES, n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where(('measure', i))}: {item!r} is not one of {', '.join(MEASURES)}{hint}")
+    if "score" not in cfg.measure:
+        raise ConfigError(f"{where(('measure',))}: every run is scored (its accuracy and the reference comparison); "
+                          f"list score, e.g. measure: [score, generate]")
+    gen = cfg.generate
+    for key in ("limit", "max_new_tokens"):
+        if getattr(gen, key) < 1:
+            raise ConfigError(f"{where(('generate', key))}: must be >= 1, got {getattr(gen, key)}")
+    if not gen.batch_sizes or any(b < 1 for b in gen.batch_sizes):
+        raise ConfigError(f"{where(('generate', 'batch_sizes'))}: a list of positive integers, got {gen.batch_sizes}")
+    if gen.prompts is not None and not Path(gen.prompts).is_file():  # (relative to where it runs, as data.path)
+        raise ConfigError(f"{where(('generate', 'prompts'))}: prompts file {gen.prompts!r} does not exist "
+                          "(one prompt per line; null: the contexts of the experiment's data)")
+    if "generate" in cfg.measure and cfg.world_size > 1:
+        raise ConfigError(f"{where(('measure',))}: generate is measured in one process; world_size is "
+                          f"{cfg.world_size}")
+
+
 def _check_semantics(cfg: ExperimentConfig, where: Where) -> None:
     from graphopt.model.args import PRESETS
 
@@ -151,6 +174,7 @@ def _check_semantics(cfg: ExperimentConfig, where: Where) -> None:
             raise ConfigError(f"{where((key,))}: must be >= 1, got {getattr(cfg, key)}")
     if cfg.warmup < 0:
         raise ConfigError(f"{where(('warmup',))}: must be >= 0, got {cfg.warmup}")
+    _check_measure(cfg, where)
     if cfg.data.limit is not None and cfg.data.limit < 1:
         raise ConfigError(f"{where(('data', 'limit'))}: must be >= 1 or null, got {cfg.data.limit}")
     if cfg.device == "cuda":

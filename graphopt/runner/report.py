@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from graphopt.runner.report_plots import PLOT_FILES, write_plots
-from graphopt.runner.report_table import (SCREEN_WIDTH, results_table, screen_table, short_names, to_markdown,
-                                          wide_table, with_speedup)
+from graphopt.runner.report_table import (SCREEN_WIDTH, generation_table, has_generation, results_table,
+                                          screen_table, short_names, to_markdown, wide_table, with_speedup)
 from graphopt.runner.store import load_results
 
 TABLE_FILES = ("results.md", "results.csv")
@@ -36,9 +36,12 @@ def failed_runs(df: pd.DataFrame, width: int | None = SCREEN_WIDTH) -> list[str]
 
 
 def table_text(root: str | Path, df: pd.DataFrame, wide: bool = False) -> str:
-    """Heading, the screen table (or with wide=True every column) and the failed runs' first error lines."""
+    """Heading, the screen table (or with wide=True every column), the generation table where generation was
+    measured, and the failed runs' first error lines."""
     df = df.reset_index(drop=True)
     lines = [f"## {root}", "", wide_table(df) if wide else screen_table(df)]
+    if has_generation(df) and not wide:  # (the wide table has its columns)
+        lines += ["", "Generation (decode engine, greedy):", "", generation_table(df)]
     errors = failed_runs(df, width=None if wide else SCREEN_WIDTH)
     if errors:
         lines += ["", "Failed runs:"] + errors

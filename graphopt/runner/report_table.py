@@ -17,7 +17,8 @@ MAX_RUN_NAME = 12  # longer run names show as "#<row>" in the table and are spel
 
 WIDE_COLUMNS = ["run", "passes", "scoring", "dtype", "status", "acc", "acc_norm", "agree", "max_abs_dloglik",
                 "within_tolerance", "latency_s", "speedup", "items_per_s", "tokens_per_s", "compile_s", "n_compiles",
-                "peak_mem_mb", "n_params"]
+                "peak_mem_mb", "n_params", "prefill_tok_s", "decode_tok_s_b1", "decode_tok_s", "best_batch", "ttft_s",
+                "gen_peak_mem_mb", "gen_passes", "gen_error"]
 
 # the settings a run is told apart by, in legend order (the passes come last, as a difference)
 SETUP_FIELDS = ["capture", "compiler", "scoring", "dtype"]
@@ -94,7 +95,7 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     if "pass_records" in df:  # rewrites per pass, e.g. "5/2/0": a pass that matched nothing shows as 0
         table.insert(2, "matches", ["/".join(str(r["matches"]) for r in json.loads(v)) if isinstance(v, str) else ""
                                     for v in df["pass_records"]])
-    for col in ("n_params", "n_compiles"):
+    for col in ("n_params", "n_compiles", "best_batch"):
         if col in table:
             table[col] = [int(v) if not _missing(v) else None for v in table[col]]
     return table
@@ -236,3 +237,44 @@ def screen_table(df: pd.DataFrame) -> str:
     if dropped:
         notes += _wrap(f"Not shown (too wide): {', '.join(dropped)}; see results.md.", "  ")
     return "\n".join([table, ""] + notes + [""] + legend(df))
+
+
+# ---- the generation table (experiments with `measure: [score, generate]`)
+
+def _rate(v) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+# (row column, header, what the header means, formatter)
+GENERATION_COLUMNS = [
+    ("acc", "acc", "", _frac),
+    ("n_params", "params", "n_params", _count),
+    ("gen_peak_mem_mb", "mem_MB", "peak memory while generating, MB", lambda v: f"{v:.0f}"),
+    ("prefill_tok_s", "pre_t/s", "prefill tokens/s at batch 1", _rate),
+    ("decode_tok_s_b1", "dec1_t/s", "decode tokens/s at batch 1", _rate),
+    ("decode_tok_s", "dec_t/s", "decode tokens/s at the best batch", _rate),
+    ("best_batch", "batch", "that batch", lambda v: f"{int(v)}"),
+    ("ttft_s", "ttft_s", "time to first token at batch 1, s", _seconds),
+]
+
+
+def has_generation(df: pd.DataFrame) -> bool:
+    return "gen_error" in df.columns and df["gen_error"].notna().any()
+
+
+def generation_table(df: pd.DataFrame) -> str:
+    """Accuracy next to generation speed and size, per run (the edge-compression table: accuracy, parameters,
+    peak memory, tokens/s), and why generation was not measured where it was not."""
+    df = df.reset_index(drop=True)
+    shorts = short_names([str(n) for n in df["run"]])
+    rows, notes = [], []
+    for short, (_, r) in zip(shorts, df.iterrows()):
+        ok = r["status"] == "ok" and not r.get("gen_error")
+        rows.append([_cell(short)] + ["" if _missing(r.get(col)) or (col != "acc" and col != "n_params" and not ok)
+                                      else _cell(fmt(r[col])) for col, _, _, fmt in GENERATION_COLUMNS])
+        if r["status"] == "ok" and isinstance(r.get("gen_error"), str) and r["gen_error"]:
+            notes += _wrap(f"- {short}: {r['gen_error']}", "  ")
+    table = markdown_table(["run"] + [c[1] for c in GENERATION_COLUMNS], rows, [False] + [True] * len(GENERATION_COLUMNS))
+    key = "; ".join(f"{c[1]} = {c[2]}" for c in GENERATION_COLUMNS if c[2])
+    lines = [table, ""] + _wrap(f"Key: {key}.", "     ")
+    return "\n".join(lines + (["", "Generation not measured:"] + notes if notes else []))

@@ -16,6 +16,7 @@ CAPTURES = ("none", "export", "dynamo")  # none = eager module
 SWEEP_MODES = ("listed", "ablation", "cumulative", "powerset")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
+MEASURES = ("score", "generate")  # what each run measures (`measure`): scoring always, generation on request
 # field name -> allowed values; checked wherever a field of that name appears
 CHOICES = {"capture": CAPTURES, "compiler": COMPILERS, "mode": SWEEP_MODES, "dtype": DTYPES, "device": DEVICES}
 
@@ -75,6 +76,16 @@ class ToleranceConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """Generation speed of each run (with `measure: [score, generate]`): greedy decoding through the decode
+    engine optimised by the run's passes, exactly max_new_tokens per prompt (EOS not stopping it)."""
+    prompts: str | None = None  # a text file, one prompt per line; null: the contexts of the experiment's data
+    limit: int = 8  # prompts (cycled when a batch size asks for more)
+    max_new_tokens: int = 32
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])  # prompts decoding together; 1 is always measured
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     model: str = "default"  # preset name or checkpoint path
@@ -95,6 +106,8 @@ class ExperimentConfig:
     repeats: int = 3
     output_dir: str | None = None  # None = results/<name>
     tolerance: ToleranceConfig = field(default_factory=ToleranceConfig)
+    measure: list[str] = field(default_factory=lambda: ["score"])  # of MEASURES; score is always measured
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     pass_modules: list[str] = field(default_factory=list)  # a user's pass modules (dotted paths or .py files)
     source: str = field(default="<dict>", metadata={"internal": True})  # the file it came from
     # names a key with its file and line in messages (set by config_from_dict)

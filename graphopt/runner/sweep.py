@@ -62,6 +62,8 @@ def run_key(cfg: ExperimentConfig, run: ResolvedRun) -> tuple[str, dict]:
             if getattr(cfg, k) != (1 if k == "data_parallel" else 0)}
     if mesh:  # only when set, so the keys of runs stored before these YAML keys existed stay the same
         resolved["mesh"] = mesh
+    if "generate" in cfg.measure:  # (likewise: a scoring-only run keeps its key)
+        resolved["generate"] = to_dict(cfg.generate)
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16], resolved
 

@@ -209,18 +209,35 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     np.save(job.loglik_out, loglik)
     latency = median(times)
     n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
+    peak_mem_mb, n_batches, records = peak_memory_mb(device), prepared.n_batches, fn.records
+    n_params = count_params(fn.graph, fn.module if load_weights is None else None)
+    generation = {}
+    if "generate" in exp.measure:
+        del fn, prepared  # the scoring graph's memory (packed weights, batches) is not the generator's
+        scorer.runnable = None
+        generation = _generation(job, model, tokenizer, requests, device)
     return {
         "status": "ok", "error": "",
-        "n_items": len(rows), "n_requests": len(requests), "n_tokens": n_tokens, "n_batches": prepared.n_batches,
+        "n_items": len(rows), "n_requests": len(requests), "n_tokens": n_tokens, "n_batches": n_batches,
         "n_shapes": n_shapes, "n_compiles": compiled.compiles, "cache_hits": compiled.cache_hits,
         "timed_passes": repeats, **_quality(rows, requests, loglik, job.reference_loglik),
         "latency_s": latency, "latency_min_s": float(min(times)),
         "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
         "compile_s": setup_s + first_call_s, "load_s": load_s,
-        "peak_mem_mb": peak_memory_mb(device), "weights_loaded": "full model" if load_weights is None else "rank shard",
-        "n_params": count_params(fn.graph, fn.module if load_weights is None else None),
-        "pass_records": json.dumps([r.summary() for r in fn.records]),
+        "peak_mem_mb": peak_mem_mb, "weights_loaded": "full model" if load_weights is None else "rank shard",
+        "n_params": n_params, "pass_records": json.dumps([r.summary() for r in records]), **generation,
     }
+
+
+def _generation(job: WorkerJob, model, tokenizer, requests, device) -> dict:
+    """The run's generation speed (graphopt.runner.generation); a failure is printed and kept as gen_error."""
+    from graphopt.runner.generation import measure_generation
+
+    exp = job.experiment
+    out = measure_generation(model, tokenizer, requests, job.run, exp.generate, device, exp.warmup, exp.repeats)
+    if out["gen_error"]:
+        print(f"  {job.run.name}: generation not measured: {out['gen_error']}", file=sys.stderr, flush=True)
+    return out
 
 
 def _measure_rank(job_json: str) -> dict:
