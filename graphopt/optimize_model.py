@@ -19,7 +19,9 @@ from typing import Callable
 from torch import nn
 from torch.fx import GraphModule
 
+from graphopt.block_capture import NotBlockwise
 from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
+from graphopt.optimize_blocks import blockwise_reason, optimize_by_blocks
 from graphopt.pipeline import (PassContext, PassError, PassRecord, check_compiler_fits, check_order,
                                parse_pipeline, run_passes)
 
@@ -30,9 +32,14 @@ class Optimized:
     """The runnable an optimize() call built, with what its passes reported. Call it like the module."""
 
     def __init__(self, fn, graph: GraphModule | None = None, records=(), seconds: float = 0.0, backend=None,
-                 module: nn.Module | None = None):
+                 module: nn.Module | None = None, setup: dict | None = None):
         self.fn, self._graph, self._records, self.seconds = fn, graph, list(records), seconds
         self.backend, self.module = backend, module  # backend: dynamo capture, filled on the first call
+        # where the setup time went: path ("blocks": per distinct decoder block, "whole": the whole graph,
+        # "none": no capture), capture_s / passes_s / weights_s (blocks: each layer's weights made and its
+        # block graph put in place) / compile_s (wrapping; torch.compile's own work happens on the first call)
+        self.setup = dict(setup or {"path": "none", "capture_s": 0.0, "passes_s": 0.0, "weights_s": 0.0,
+                                    "compile_s": seconds})
 
     def __call__(self, *args):
         return self.fn(*args)
@@ -109,13 +116,29 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
                      after_each=after_each)
         return Optimized(torch.compile(module, backend=be, dynamic=dynamic), backend=be, module=module)
     weightless = load_weights is not None
+    ctx = PassContext(() if weightless else tuple(example_inputs), model_args, rank, world_size, tokenizer=tokenizer)
+    why_whole = blockwise_reason(specs, capture=capture, verify=verify, after_each=after_each,
+                                 load_weights=load_weights)
+    if why_whole is None:
+        try:
+            gm, records, split = optimize_by_blocks(module, example_inputs, specs, ctx)
+        except NotBlockwise as e:
+            why_whole = str(e)
+        else:
+            t1 = time.perf_counter()
+            fn = compile_for(gm, compiler, dynamic=dynamic)
+            setup = {"path": "blocks", **split, "compile_s": time.perf_counter() - t1}
+            return Optimized(fn, gm, records, time.perf_counter() - t0, module=module, setup=setup)
     if weightless:  # the module is on the meta device: capture and rewrite without weights, then fill them
         from graphopt.distributed.load_shard import retarget_device
         gm = capture_graph(module, tuple(t.to("meta") for t in example_inputs))
         retarget_device(gm, device)
     else:
         gm = capture_graph(module, example_inputs)
-    ctx = PassContext(() if weightless else tuple(example_inputs), model_args, rank, world_size, tokenizer=tokenizer)
+    t1 = time.perf_counter()
     fn, gm, records = optimize_graph(gm, specs, compiler, ctx, verify=verify, after_each=after_each,
                                      load_weights=load_weights, device=device, dynamic=dynamic)
-    return Optimized(fn, gm, records, time.perf_counter() - t0, module=module)
+    passes_s = sum(r.seconds for r in records)
+    setup = {"path": "whole", "why_whole": why_whole, "capture_s": t1 - t0, "passes_s": passes_s,
+             "weights_s": 0.0, "compile_s": max(0.0, time.perf_counter() - t1 - passes_s)}
+    return Optimized(fn, gm, records, time.perf_counter() - t0, module=module, setup=setup)

@@ -56,7 +56,7 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 @register_pass("mkldnn_linear", "CPU: linears -> oneDNN linear on weights packed once (inductor-frozen's matmuls "
                "without its compile); run the graph as is (compiler none)",
                order=[after(p, _REPLACES) for p in _BEFORE_IT],
-               compilers=("none", "inductor-frozen"))  # inductor (unfrozen) cannot lower oneDNN-packed inputs
+               compilers=("none", "inductor-frozen"), blockwise=True)  # inductor (unfrozen) cannot lower oneDNN-packed inputs
 def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
     if not torch.backends.mkldnn.is_available():
         raise PassError("mkldnn_linear needs a torch build with oneDNN (mkldnn)")
