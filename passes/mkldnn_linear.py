@@ -33,9 +33,9 @@ from torch.fx import GraphModule
 
 import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.linear_logprob)
 
-from graphopt.graph_attrs import attr, targets_holding
+from graphopt.graph_attrs import attr, names_by_tensor
 from graphopt.pipeline import PassContext, PassError, PassResult, after, register_pass
-from ._edit import drop_unused_attrs, insert_call
+from ._edit import drop_unused_attrs
 from ._ops import linear_parts
 
 LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
@@ -63,6 +63,7 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
     dtypes = (torch.float32, torch.bfloat16) if bf16_packable() else (torch.float32,)
     packed: dict[int, str] = {}  # id(weight) -> packed target (a weight under several names is packed once)
     old, matches, kept_bf16 = set(), 0, 0
+    names = names_by_tensor(gm)  # (one walk of the modules, not one per weight)
     for node in list(gm.graph.nodes):
         parts = linear_parts(gm, node)
         if parts is None:
@@ -74,11 +75,11 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
             continue
         if id(weight) not in packed:
             packed[id(weight)] = _register_packed(gm, w_target, "mkldnn", _pack(weight))
-            old.update(targets_holding(gm, weight))  # every name of it: none keeps an unread float copy
+            old.update(names.get(id(weight), [w_target]))  # every name of it: none keeps an unread float copy
         with gm.graph.inserting_before(node):
             w_node = gm.graph.get_attr(packed[id(weight)])
-        b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        new = insert_call(gm, node, LINEAR_POINTWISE, (x, w_node, b, "none", [], ""))
+            b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            new = gm.graph.call_function(LINEAR_POINTWISE, (x, w_node, b, "none", [], ""))
         if "val" in node.meta:  # the packed weight has no fake value; the output is the linear's
             new.meta["val"] = node.meta["val"]
         node.replace_all_uses_with(new)
