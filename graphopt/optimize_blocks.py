@@ -35,7 +35,7 @@ from graphopt.block_capture import (NotBlockwise, block_nodes, capture_block, ca
 from graphopt.block_splice import splice
 from graphopt.graph_attrs import attr
 from graphopt.pipeline import PassContext, PassRecord, PassSpec, count_nodes, run_passes, runs_per_block
-from graphopt.weight_program import WeightRecorder
+from graphopt.weight_program import WeightRecorder, release_unheld
 
 
 def blockwise_reason(specs: list[PassSpec], *, capture: str, verify: bool, after_each, load_weights) -> str | None:
@@ -114,10 +114,12 @@ def merge_records(parts: list[tuple[list[PassRecord], int]]) -> list[PassRecord]
     return merged
 
 
-def optimize_by_blocks(module: nn.Module, example_inputs: tuple, specs: list[PassSpec], ctx: PassContext):
+def optimize_by_blocks(module: nn.Module, example_inputs: tuple, specs: list[PassSpec], ctx: PassContext,
+                       keep_module_weights: bool = True):
     """-> (flat optimised GraphModule, merged pass records, setup split {capture_s, passes_s,
     weights_s, layers, distinct_blocks}). Raises NotBlockwise when the module has no layer list the
-    capture can stand in for."""
+    capture can stand in for. keep_module_weights=False: each layer's weights that its optimised graph
+    holds in another form (packed) are freed as soon as that form is made (release_unheld)."""
     t0 = time.perf_counter()
     outer = capture_outer(module, example_inputs)
     capture_s = time.perf_counter() - t0
@@ -146,10 +148,16 @@ def optimize_by_blocks(module: nn.Module, example_inputs: tuple, specs: list[Pas
     def layer_weights(index: int) -> dict:
         block = blocks[of_layer[index]]
         if index == block.layers[0]:  # the layer the passes ran on: its weights are made already
-            return {t: attr(block.gm, t) for t in programs[of_layer[index]].targets}
-        return programs[of_layer[index]].build(_layer_sources(outer.layers[index], block.prefix))
+            made = {t: attr(block.gm, t) for t in programs[of_layer[index]].targets}
+        else:
+            made = programs[of_layer[index]].build(_layer_sources(outer.layers[index], block.prefix))
+        if not keep_module_weights:
+            release_unheld(outer.layers[index], made.values())
+        return made
 
     gm = splice(outer.gm, blocks, outer.layer_name, layer_weights)
+    if not keep_module_weights:  # the graph around the layers: an untied head held packed
+        release_unheld(module, [*gm.parameters(), *gm.buffers()])
     t3 = time.perf_counter()
     split = {"capture_s": capture_s, "passes_s": passes_s, "weights_s": t3 - t2, "layers": len(outer.layers),
              "distinct_blocks": len(blocks), "nodes": count_nodes(gm)}

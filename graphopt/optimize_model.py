@@ -22,6 +22,7 @@ from torch.fx import GraphModule
 from graphopt.block_capture import NotBlockwise
 from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
 from graphopt.optimize_blocks import blockwise_reason, optimize_by_blocks
+from graphopt.weight_program import release_unheld
 from graphopt.pipeline import (PassContext, PassError, PassRecord, check_compiler_fits, check_order,
                                parse_pipeline, run_passes)
 
@@ -82,14 +83,20 @@ def optimize_graph(gm: GraphModule, pipeline=(), compiler: str = "none", ctx: Pa
 def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: str = "none", *,
              capture: str = "export", rank: int = 0, world_size: int = 1, model_args=None,
              load_weights: Callable[[GraphModule], None] | None = None, device=None, verify: bool = False,
-             after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None) -> Optimized:
+             after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None,
+             keep_module_weights: bool = True) -> Optimized:
     """Capture `module` on `example_inputs`, run `pipeline` (a named pipeline, pass names or specs:
     graphopt.pipeline.parse_pipeline), compile with `compiler` (graphopt.compilers.COMPILERS).
     The pipeline is parsed and its order checked before any capture work starts.
 
     dynamic=True (default): the capture is symbolic in B, T and N, and so is the compile (torch.compile
     dynamic=True): one compilation serves every batch shape. None leaves it to torch (a static
-    compile first, a dynamic one on the first new shape)."""
+    compile first, a dynamic one on the first new shape).
+
+    keep_module_weights=False: the module's weights that the optimised graph holds in another form
+    (packed for oneDNN, cast) are freed as soon as that form exists (block by block: layer by layer),
+    so the weights are in memory once; the module can no longer run eagerly (its freed weights are
+    empty: a call fails). Pass it when nothing runs the module itself afterwards."""
     from graphopt.graph_capture import capture as capture_graph
 
     specs = parse_pipeline(pipeline)
@@ -121,7 +128,7 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
                                  load_weights=load_weights)
     if why_whole is None:
         try:
-            gm, records, split = optimize_by_blocks(module, example_inputs, specs, ctx)
+            gm, records, split = optimize_by_blocks(module, example_inputs, specs, ctx, keep_module_weights)
         except NotBlockwise as e:
             why_whole = str(e)
         else:
@@ -138,6 +145,8 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
     t1 = time.perf_counter()
     fn, gm, records = optimize_graph(gm, specs, compiler, ctx, verify=verify, after_each=after_each,
                                      load_weights=load_weights, device=device, dynamic=dynamic)
+    if not keep_module_weights:
+        release_unheld(module, [*gm.parameters(), *gm.buffers()])
     passes_s = sum(r.seconds for r in records)
     setup = {"path": "whole", "why_whole": why_whole, "capture_s": t1 - t0, "passes_s": passes_s,
              "weights_s": 0.0, "compile_s": max(0.0, time.perf_counter() - t1 - passes_s)}

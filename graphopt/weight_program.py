@@ -18,11 +18,12 @@ at the same rows of its made weight, so the model's own q/k/v weights hold no se
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.fx import GraphModule
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves, tree_map
@@ -192,3 +193,43 @@ class WeightProgram:
                 with torch.no_grad():
                     src.data = view  # the part's own tensor now reads its rows of the made weight: one copy
         return result
+
+
+def release_unheld(module: nn.Module, held) -> int:
+    """Free every parameter / buffer of `module` whose memory none of the tensors `held` shares (an
+    optimised graph holds it in another form: packed for oneDNN, cast): its slot gets an empty [0]
+    tensor of its dtype and device, so running the module eagerly fails at the first freed weight
+    (a size mismatch) instead of computing anything. (Not a meta tensor: F.linear of a CPU input and
+    a meta weight returns uninitialised numbers on torch 2.13.) -> elements freed."""
+    keep = {_storage(t) for t in held if isinstance(t, Tensor)} - {None}
+    freed, done = 0, set()
+    for _, owner in module.named_modules(remove_duplicate=False):
+        for slots in (owner._parameters, owner._buffers):
+            for name, t in list(slots.items()):
+                if t is None or t.numel() == 0 or _storage(t) is None or _storage(t) in keep:
+                    continue
+                empty = torch.empty(0, dtype=t.dtype, device=t.device)
+                slots[name] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+                if id(t) not in done:
+                    done.add(id(t))
+                    freed += t.numel()
+    if freed:
+        _return_to_os()
+    return freed
+
+
+def _return_to_os() -> None:
+    """glibc keeps freed heap memory for reuse, and the packed copies made next fit the freed originals
+    badly: without this, building SmolLM2's packed weights while freeing its float ones grew the RSS
+    by 400 MB of free heap. malloc_trim hands it back (a few ms); a no-op without glibc."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
