@@ -281,8 +281,9 @@ class BlockCapture:
     """One distinct block's graph: `gm` (weights named as its first layer's, under `prefix`), the
     layers it stands for, and `symbols`: block size symbol -> the outer graph's size expression."""
 
-    def __init__(self, gm: GraphModule, prefix: str, layers: list[int], symbols: dict):
+    def __init__(self, gm: GraphModule, prefix: str, layers: list[int], symbols: dict, program=None):
         self.gm, self.prefix, self.layers, self.symbols = gm, prefix, layers, symbols
+        self.program = program  # graphopt.weight_program.WeightProgram: how any layer's weights are made
 
 
 def capture_block(outer: OuterCapture, sig: tuple) -> BlockCapture:

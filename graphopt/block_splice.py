@@ -89,14 +89,14 @@ def _is_parameter(gm: GraphModule, target: str) -> bool:
     return leaf in (gm.get_submodule(owner) if owner else gm)._parameters
 
 
-def splice(outer: GraphModule, blocks: dict[tuple, BlockCapture], layer_name: Callable[[int], str],
+def splice(outer: GraphModule, blocks: list[BlockCapture], layer_name: Callable[[int], str],
            layer_weights: Callable[[int], dict[str, Tensor]]) -> GraphModule:
     """Replace every graphopt::decoder_block node of `outer` by the optimised graph of its layer's
     block (in place; returns outer)."""
-    of_layer = {i: b for b in blocks.values() for i in b.layers}
+    of_layer = {i: b for b in blocks for i in b.layers}
     fake_mode = torch._guards.detect_fake_mode(
         [n.meta["val"] for n in outer.graph.nodes if isinstance(n.meta.get("val"), Tensor)])
-    vals = {id(b): translate_vals(b, fake_mode) for b in blocks.values()}
+    vals = {id(b): translate_vals(b, fake_mode) for b in blocks}
     g = outer.graph
     for call in block_nodes(outer):
         index, inputs = call.args

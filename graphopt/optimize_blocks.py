@@ -1,7 +1,8 @@
 """optimize() block by block: capture and run the passes once per distinct decoder block, not once
 per layer.
 
-    gm, records, split = optimize_by_blocks(module, example_inputs, specs, ctx)
+    plan = plan_blocks(module, example_inputs, specs, ctx)    # capture + passes, once per part
+    gm = assemble(plan, module)                              # every layer's weights, the flat graph
 
 1. capture: the graph around the layers (graphopt.block_capture.capture_outer: embedding, RoPE
    tables, masks, final norm, LM head, log-prob; one graphopt::decoder_block node per layer) and
@@ -24,18 +25,18 @@ pass) is optimised whole, as are captures that verify each pass or report each p
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from torch import Tensor, nn
 from torch.fx import GraphModule
 from torch.utils._pytree import tree_leaves
 
-from graphopt.block_capture import (NotBlockwise, block_nodes, capture_block, capture_outer, group_layers,
-                                    record_inputs, retype_inputs)
+from graphopt.block_capture import (BlockCapture, NotBlockwise, block_nodes, capture_block, capture_outer,
+                                    group_layers, record_inputs, retype_inputs)
 from graphopt.block_splice import splice
 from graphopt.graph_attrs import attr
-from graphopt.pipeline import PassContext, PassRecord, PassSpec, count_nodes, run_passes, runs_per_block
-from graphopt.weight_program import WeightRecorder, release_unheld
+from graphopt.pipeline import PassContext, PassRecord, PassSpec, run_passes, runs_per_block
+from graphopt.weight_program import WeightProgram, WeightRecorder, release_unheld
 
 
 def blockwise_reason(specs: list[PassSpec], *, capture: str, verify: bool, after_each, load_weights) -> str | None:
@@ -55,7 +56,7 @@ def _weights(gm: GraphModule) -> dict:
                                     *gm.named_buffers(remove_duplicate=False)]}
 
 
-def _layer_sources(layer: nn.Module, prefix: str) -> dict:
+def layer_sources(layer: nn.Module, prefix: str) -> dict:
     return {f"{prefix}.{name}": t for name, t in [*layer.named_parameters(remove_duplicate=False),
                                                   *layer.named_buffers(remove_duplicate=False)]}
 
@@ -114,51 +115,71 @@ def merge_records(parts: list[tuple[list[PassRecord], int]]) -> list[PassRecord]
     return merged
 
 
-def optimize_by_blocks(module: nn.Module, example_inputs: tuple, specs: list[PassSpec], ctx: PassContext,
-                       keep_module_weights: bool = True):
-    """-> (flat optimised GraphModule, merged pass records, setup split {capture_s, passes_s,
-    weights_s, layers, distinct_blocks}). Raises NotBlockwise when the module has no layer list the
-    capture can stand in for. keep_module_weights=False: each layer's weights that its optimised graph
-    holds in another form (packed) are freed as soon as that form is made (release_unheld)."""
+@dataclass
+class BlockPlan:
+    """What the passes made, before the other layers' weights are made: the optimised graph around the
+    layers (its decoder_block nodes in place, its weights made), each distinct block's optimised graph
+    (holding its first layer's made weights) with the recorded steps that make any layer's, and the
+    pass records. assemble() turns it into the flat graph; graphopt.optimized_cache keeps it across runs."""
+    outer: GraphModule
+    outer_program: WeightProgram
+    layers_name: str  # the dotted name of the module's layer list
+    blocks: list[BlockCapture]  # .gm optimised, .prefix, .layers, .program
+    records: list[PassRecord]
+    split: dict = field(default_factory=dict)  # capture_s, passes_s, layers, distinct_blocks
+
+
+def plan_blocks(module: nn.Module, example_inputs: tuple, specs: list[PassSpec],
+                ctx: PassContext) -> BlockPlan:
+    """Capture and run the passes once per part. Raises NotBlockwise when the module has no layer list the
+    capture can stand in for, or a pass made what cannot be made again from another layer."""
     t0 = time.perf_counter()
     outer = capture_outer(module, example_inputs)
     capture_s = time.perf_counter() - t0
     part_ctx = PassContext((), ctx.model_args, ctx.rank, ctx.world_size, tokenizer=ctx.tokenizer)
     t1 = time.perf_counter()
-    with outer.active():  # (a pass propagating fake values through a layer's node runs the layer on them)
-        outer.gm, outer_records, _ = _run_part(outer.gm, specs, part_ctx, lambda record, gm: record_inputs(outer))
-    passes_s = time.perf_counter() - t1
-    group_layers(outer)  # by the inputs the passes left them (cast_dtype: a bfloat16 embedding into layer 0)
-    t1 = time.perf_counter()
-    blocks = {sig: capture_block(outer, sig) for sig in outer.groups}
-    capture_s += time.perf_counter() - t1
-    t1 = time.perf_counter()
-    parts, programs = [(outer_records, 1)], {}
-    for sig, block in blocks.items():
-        try:
-            block.gm, records, programs[sig] = _run_block(block, specs, part_ctx, outer.history[block.layers[0]])
-        except ValueError as e:  # a weight the recorder could not follow
-            raise NotBlockwise(str(e)) from e
-        check_outputs(outer, block)
-        parts.append((records, len(block.layers)))
-    t2 = time.perf_counter()
-    passes_s += t2 - t1
-    of_layer = {i: sig for sig, b in blocks.items() for i in b.layers}
+    try:
+        with outer.active():  # (a pass propagating fake values through a layer's node runs the layer on them)
+            outer.gm, outer_records, outer_program = _run_part(outer.gm, specs, part_ctx,
+                                                               lambda record, gm: record_inputs(outer))
+        passes_s = time.perf_counter() - t1
+        group_layers(outer)  # by the inputs the passes left them (cast_dtype: a bfloat16 embedding into layer 0)
+        t1 = time.perf_counter()
+        blocks = [capture_block(outer, sig) for sig in outer.groups]
+        capture_s += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        parts = [(outer_records, 1)]
+        for block in blocks:
+            block.gm, records, block.program = _run_block(block, specs, part_ctx, outer.history[block.layers[0]])
+            check_outputs(outer, block)
+            parts.append((records, len(block.layers)))
+    except ValueError as e:  # a weight the recorder could not follow
+        raise NotBlockwise(str(e)) from e
+    passes_s += time.perf_counter() - t1
+    split = {"capture_s": capture_s, "passes_s": passes_s, "layers": len(outer.layers), "distinct_blocks": len(blocks)}
+    return BlockPlan(outer.gm, outer_program, outer.layers_name, blocks, merge_records(parts), split)
+
+
+def assemble(plan: BlockPlan, module: nn.Module, keep_module_weights: bool = True) -> GraphModule:
+    """The flat graph: each layer's weights made through its block's recorded steps (the first layer's are
+    made already), its block graph in place of its node (graph, weights and all, in plan.outer).
+    keep_module_weights=False: each layer's weights that the graph holds in another form (packed) are
+    freed as soon as that form is made (release_unheld)."""
+    layers = module.get_submodule(plan.layers_name)
+    of_layer = {i: b for b in plan.blocks for i in b.layers}
 
     def layer_weights(index: int) -> dict:
-        block = blocks[of_layer[index]]
+        block = of_layer[index]
         if index == block.layers[0]:  # the layer the passes ran on: its weights are made already
-            made = {t: attr(block.gm, t) for t in programs[of_layer[index]].targets}
+            made = {t: attr(block.gm, t) for t in block.program.targets}
         else:
-            made = programs[of_layer[index]].build(_layer_sources(outer.layers[index], block.prefix))
+            made = block.program.build(layer_sources(layers[index], block.prefix))
         if not keep_module_weights:
-            release_unheld(outer.layers[index], made.values())
+            release_unheld(layers[index], made.values())
         return made
 
-    gm = splice(outer.gm, blocks, outer.layer_name, layer_weights)
+    name = lambda i: f"{plan.layers_name}.{i}" if plan.layers_name else str(i)  # noqa: E731
+    gm = splice(plan.outer, plan.blocks, name, layer_weights)
     if not keep_module_weights:  # the graph around the layers: an untied head held packed
         release_unheld(module, [*gm.parameters(), *gm.buffers()])
-    t3 = time.perf_counter()
-    split = {"capture_s": capture_s, "passes_s": passes_s, "weights_s": t3 - t2, "layers": len(outer.layers),
-             "distinct_blocks": len(blocks), "nodes": count_nodes(gm)}
-    return gm, merge_records(parts), split
+    return gm

@@ -21,7 +21,8 @@ from torch.fx import GraphModule
 
 from graphopt.block_capture import NotBlockwise
 from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
-from graphopt.optimize_blocks import blockwise_reason, optimize_by_blocks
+from graphopt.optimize_blocks import assemble, blockwise_reason, plan_blocks
+from graphopt.optimized_cache import load_plan, plan_key, store_plan
 from graphopt.weight_program import release_unheld
 from graphopt.pipeline import (PassContext, PassError, PassRecord, check_compiler_fits, check_order,
                                parse_pipeline, run_passes)
@@ -84,7 +85,7 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
              capture: str = "export", rank: int = 0, world_size: int = 1, model_args=None,
              load_weights: Callable[[GraphModule], None] | None = None, device=None, verify: bool = False,
              after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None,
-             keep_module_weights: bool = True) -> Optimized:
+             keep_module_weights: bool = True, cache: bool = True) -> Optimized:
     """Capture `module` on `example_inputs`, run `pipeline` (a named pipeline, pass names or specs:
     graphopt.pipeline.parse_pipeline), compile with `compiler` (graphopt.compilers.COMPILERS).
     The pipeline is parsed and its order checked before any capture work starts.
@@ -96,7 +97,11 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
     keep_module_weights=False: the module's weights that the optimised graph holds in another form
     (packed for oneDNN, cast) are freed as soon as that form exists (block by block: layer by layer),
     so the weights are in memory once; the module can no longer run eagerly (its freed weights are
-    empty: a call fails). Pass it when nothing runs the module itself afterwards."""
+    empty: a call fails). Pass it when nothing runs the module itself afterwards.
+
+    cache=True: a block-by-block optimisation is kept in graphopt's cache folder and a later run of a
+    model of the same structure, pipeline and shape class loads it instead of capturing and running
+    the passes (graphopt.optimized_cache; the weights are always made afresh from the module's)."""
     from graphopt.graph_capture import capture as capture_graph
 
     specs = parse_pipeline(pipeline)
@@ -127,15 +132,24 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
     why_whole = blockwise_reason(specs, capture=capture, verify=verify, after_each=after_each,
                                  load_weights=load_weights)
     if why_whole is None:
+        key = plan_key(module, example_inputs, specs, ctx) if cache else None
+        plan = load_plan(key, module) if key else None  # kept by an earlier run: no capture, no passes
+        cached = plan is not None
         try:
-            gm, records, split = optimize_by_blocks(module, example_inputs, specs, ctx, keep_module_weights)
+            if plan is None:
+                plan = plan_blocks(module, example_inputs, specs, ctx)
+                if key:
+                    store_plan(key, plan)
         except NotBlockwise as e:
             why_whole = str(e)
         else:
             t1 = time.perf_counter()
+            gm = assemble(plan, module, keep_module_weights)
+            t2 = time.perf_counter()
             fn = compile_for(gm, compiler, dynamic=dynamic)
-            setup = {"path": "blocks", **split, "compile_s": time.perf_counter() - t1}
-            return Optimized(fn, gm, records, time.perf_counter() - t0, module=module, setup=setup)
+            setup = {"path": "blocks", "cached": cached, **plan.split, "weights_s": t2 - t1,
+                     "compile_s": time.perf_counter() - t2}
+            return Optimized(fn, gm, plan.records, time.perf_counter() - t0, module=module, setup=setup)
     if weightless:  # the module is on the meta device: capture and rewrite without weights, then fill them
         from graphopt.distributed.load_shard import retarget_device
         gm = capture_graph(module, tuple(t.to("meta") for t in example_inputs))

@@ -21,6 +21,11 @@ RMS, ROPE, SWIGLU = (torch.ops.graphopt.rms_norm.default, torch.ops.graphopt.rop
 SDPA, PACKED = torch.ops.aten.scaled_dot_product_attention.default, torch.ops.mkldnn._linear_pointwise.default
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_folder(tmp_path, monkeypatch):  # optimised graphs kept by other runs are not loaded here
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _model(preset, n_layers=3, **changes):
     args = replace(ModelArgs.from_name(preset), n_layers=n_layers, **changes)
     torch.manual_seed(0)

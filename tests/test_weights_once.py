@@ -14,6 +14,11 @@ from graphopt.scoring.batch import ScoreModule
 from tests.test_capture import distinct_score_inputs
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_folder(tmp_path, monkeypatch):  # optimised graphs kept by other runs are not loaded here
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _model(preset):
     torch.manual_seed(0)
     return init_random_weights(Transformer(ModelArgs.from_name(preset))).eval()
