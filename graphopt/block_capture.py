@@ -202,6 +202,12 @@ def capture_outer(module: nn.Module, example_inputs: tuple) -> OuterCapture:
     try:
         with out.active():
             out.gm = capture(module, example_inputs)
+    except Exception as e:  # a stand-in's own refusal, or anything export makes of them: capture it whole
+        cause = e
+        while cause is not None and not isinstance(cause, NotBlockwise):
+            cause = cause.__cause__ or cause.__context__
+        raise NotBlockwise(str(cause) if cause is not None else
+                           f"the graph around the layers could not be captured ({type(e).__name__})") from e
     finally:
         layer_list._modules.update(original)
     record_inputs(out)
@@ -318,7 +324,10 @@ def capture_block(outer: OuterCapture, sig: tuple) -> BlockCapture:
     in_spec, consts = outer.calls[first]
     name = outer.layer_name(first)
     wrapper = _FlatBlock(outer.layers[first], name, in_spec, consts)
-    gm = export_with_shapes(wrapper, tuple(examples), (tuple(spec),))
+    try:
+        gm = export_with_shapes(wrapper, tuple(examples), (tuple(spec),))
+    except Exception as e:  # noqa: BLE001 - e.g. a size the outer graph keeps symbolic that the block pins
+        raise NotBlockwise(f"layer {first} could not be captured alone ({type(e).__name__})") from e
     placeholders = list(gm.graph.find_nodes(op="placeholder"))
     symbols = {}
     for node, outer_val in zip(placeholders, fakes):

@@ -160,3 +160,34 @@ def test_module_without_layers_captures_whole():
             return self.lin(x).relu()
     opt = optimize(Head(), (torch.randn(2, 8),), ["cse"])
     assert opt.setup["path"] == "whole" and "no list of decoder layers" in opt.setup["why_whole"]
+
+
+def test_a_layer_called_with_an_object_is_captured_whole():
+    """The stand-in flattens a layer's call into tensors and plain constants; anything else (a cache
+    object, say) cannot be baked into a block graph: the whole graph is captured, and says why."""
+    class Scale:
+        value = 2.0
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x, how):
+            return self.lin(x) * how.value
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(Layer() for _ in range(2))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x, Scale())
+            return x
+    net = Net().eval()
+    opt = optimize(net, (torch.randn(2, 8),), ["cse"])
+    assert opt.setup["path"] == "whole" and "called with a Scale argument" in opt.setup["why_whole"]
+    with torch.no_grad():
+        x = torch.randn(2, 8)  # (x is no input graphopt knows the dynamic dims of: its shape is static)
+        torch.testing.assert_close(opt(x), net(x))

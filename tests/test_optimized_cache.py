@@ -68,12 +68,14 @@ def test_a_kept_graph_scores_as_a_fresh_one_bit_for_bit(preset, pipeline):
     first = optimize(ScoreModule(copy.deepcopy(model)), inputs, pipeline)
     kept = optimize(ScoreModule(copy.deepcopy(model)), inputs, pipeline, keep_module_weights=False)
     assert (fresh.setup["path"], first.setup["cached"], kept.setup["cached"]) == ("blocks", False, True)
-    assert kept.setup["capture_s"] == kept.setup["passes_s"] == 0.0
+    assert kept.setup["capture_s"] == kept.setup["passes_s"] == 0.0 and kept.setup["first_call_s"] is None
+    assert "kept graph" in kept.setup_summary() and "capture" in first.setup_summary()
     assert [(r.name, r.matches) for r in kept.records] == [(r.name, r.matches) for r in fresh.records]
     for B, T, N in [(2, 12, 6), (3, 7, 5), (1, 9, 4)]:
         x = distinct_score_inputs(B, T, N, seed=B)
         with torch.no_grad():
             assert torch.equal(kept(*x), fresh(*x)), (B, T, N)
+    assert kept.setup["first_call_s"] > 0 and "first call" in kept.setup_summary()
 
 
 def test_other_weights_of_the_same_structure_use_the_kept_graph():
