@@ -47,7 +47,7 @@ def write_model_dir(out_dir: Path, preset: str, tokenizer_vocab: int = TOKENIZER
     """graphopt's `preset` (random weights) as a transformers LlamaForCausalLM directory (safetensors)
     plus a tokenizer that fits its vocabulary. Idempotent: an existing complete directory is kept."""
     import graphopt
-    from benchmarks.hf_peer import to_transformers
+    from benchmarks._hf_peer import to_transformers
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file() and (out_dir / "tokenizer.json").is_file():

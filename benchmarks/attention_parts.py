@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from benchmarks.kernels import packed_layout, time_ms
+from benchmarks._common import packed_layout, time_ms
 from graphopt.kernels.prefix_attention import doc_starts, launch_prefix_attention, prefix_attention_triton
 
 # (label, B, H, Hkv, T, head_dim, context, ending): LLaMA-30B heads; rows of 256 as benchmarks.kernels

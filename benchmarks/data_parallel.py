@@ -38,7 +38,7 @@ runs:
 def run_sweep(tmp: Path, model: str, limit: int, dp: int, repeats: int):
     """-> (results table, {run: log-likelihoods}) of the sweep at world_size = data_parallel = dp."""
     from graphopt.runner.execute import run_experiment
-    from graphopt.runner.schema import load_config
+    from graphopt.runner.config import load_config
     from graphopt.runner.store import ResultStore
     cfg = tmp / f"dp{dp}.yaml"
     cfg.write_text(YAML.format(dp=dp, model=model, limit=limit, repeats=repeats, out=tmp / f"dp{dp}"))

@@ -14,15 +14,14 @@ query/key pairs); frac_peak divides by the device's spec-sheet peak from PEAKS. 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 import graphopt.kernels  # noqa: F401 (registers torch.ops.graphopt.*)
+from benchmarks._common import packed_layout, time_ms
 from graphopt.kernels.linear_logprob import linear_logprob_triton
 from graphopt.kernels.logprob import logprob_reference, logprob_triton
 from graphopt.kernels.prefix_attention import prefix_attention_reference, prefix_attention_triton, prefix_mask
@@ -67,23 +66,6 @@ def device_peaks(device: torch.device) -> tuple[str, tuple[float, float, float] 
         return "cpu (Triton interpreter)", None
     name = torch.cuda.get_device_name(device)
     return name, next((peaks for key, peaks in PEAKS if key in name), None)
-
-
-def packed_layout(B: int, T: int, context: int, ending: int, n_endings: int = 4, device="cpu"):
-    """doc_ids, seg_ids [B, T]: each row packs whole questions (context + n_endings endings) and pads the
-    rest with doc -1, as shared-prefix scoring does."""
-    doc = torch.full((B, T), -1, dtype=torch.long)
-    seg = torch.zeros((B, T), dtype=torch.long)
-    per_question = context + n_endings * ending
-    assert per_question <= T, f"a question of {per_question} tokens does not fit a row of {T}"
-    for b in range(B):
-        for qi in range(T // per_question):
-            start = qi * per_question
-            doc[b, start:start + per_question] = qi
-            for e in range(n_endings):
-                s = start + context + e * ending
-                seg[b, s:s + ending] = e + 1
-    return doc.to(device), seg.to(device)
 
 
 def naive_linear_logprob(hidden, weight, target):
@@ -149,19 +131,6 @@ def build_cases(model: str, args: ModelArgs, tokens: int, scored: int, row_len: 
                       prefix_attention_reference, (qh, kh, vh, doc, seg, scale), "TFLOP/s",
                       4.0 * hd * H * visible))
     return cases
-
-
-def time_ms(fn, device: torch.device, reps: int) -> float:
-    if device.type == "cuda":
-        import triton.testing
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    fn()  # warmup
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def max_abs_diff(a, b) -> float:

@@ -34,7 +34,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import _ttr_setup as setup
-from benchmarks.time_to_result import OFFLINE, _last_line, cache_env, run_timed
+from benchmarks._common import OFFLINE, cache_env, host, last_line, run_timed
+from graphopt.runner.report_table import markdown_table
 
 TASKS = ("rt_hellaswag", "rt_arc_easy", "rt_piqa")
 ROWS = {"rt_hellaswag": 100, "rt_arc_easy": 100, "rt_piqa": 150}  # 400 + 400 + 300 requests
@@ -188,13 +189,13 @@ def compare(records: list[dict]) -> None:
 
 
 def markdown(records: list[dict], n_requests: dict[str, int]) -> str:
-    head = "| command | wall s | × hf bs 8 | " + " | ".join(
-        f"{t} ({n_requests[t]} req) acc / acc_norm | Δ loglik" for t in TASKS) + " |"
-    lines = [head, "|---|---:|---:|" + "---:|---:|" * len(TASKS)]
+    header = ["command", "wall s", "× hf bs 8"] + [cell for t in TASKS for cell in
+                                                   (f"{t} ({n_requests[t]} req) acc / acc_norm", "Δ loglik")]
+    rows = []
     for r in records:
         if r["error"]:
             error = r["error"].replace("|", "/")
-            lines.append(f"| {r['command']} | {r['wall_s']:.1f} | error: {error} |" + " |" * 2 * len(TASKS))
+            rows.append([r["command"], f"{r['wall_s']:.1f}", f"error: {error}"] + [""] * 2 * len(TASKS))
             continue
         cells = []
         for t in TASKS:
@@ -202,8 +203,8 @@ def markdown(records: list[dict], n_requests: dict[str, int]) -> str:
             same = "" if r is records[0] else (" (same)" if res.get("same_as_hf") else " (differs)")
             d = res.get("max_abs_dloglik")
             cells += [f"{res['acc']:.3f} / {res['acc_norm']:.3f}{same}", "-" if r is records[0] or d is None else f"{d:.1e}"]
-        lines.append(f"| {r['command']} | {r['wall_s']:.1f} | {r['x_hf']:.2f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([r["command"], f"{r['wall_s']:.1f}", f"{r['x_hf']:.2f}", *cells])
+    return markdown_table(header, rows, [False] + [True] * (len(header) - 1), pad=False)
 
 
 def write_json(path: Path, model_dir, n_requests: dict, records: list[dict], host: dict | None = None) -> None:
@@ -241,7 +242,7 @@ def main(argv=None) -> int:
             run = run_timed(argv_ + ["--output_path", str(run_dir / "out")], cache_env(run_dir / "cache"), args.timeout)
             rec = {"command": label, "argv": " ".join(argv_), "wall_s": run["wall_s"], "rc": run["rc"], "error": None}
             if run["rc"] != 0:
-                rec["error"] = _last_line(run["stderr"]) or f"exit {run['rc']}"
+                rec["error"] = last_line(run["stderr"]) or f"exit {run['rc']}"
             else:
                 try:
                     rec["tasks"] = parse_results(run_dir / "out")
@@ -255,7 +256,6 @@ def main(argv=None) -> int:
         print()
         print(markdown(records, n_requests))
         if args.out:
-            from benchmarks.real_weights import host
             write_json(args.out, model_dir, n_requests, records, host())
     finally:
         if args.workdir is None:

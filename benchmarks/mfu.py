@@ -26,19 +26,17 @@ import time
 import torch
 
 import graphopt
-from benchmarks.kernel_profile import kernel_table, markdown
+from benchmarks._common import layout_batches, peak_tflops
+from benchmarks._kernel_profile import kernel_table, markdown
 from graphopt.checkpoints.assemble import finish_rope, parse_dtype
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.compilers import COMPILERS
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.runner.timing import peak_memory_mb, reset_peak_memory, timed
 from graphopt.runner.worker import first_calls
-from graphopt.scoring import ScoreModule, build_batches, build_requests, score_requests
+from graphopt.scoring import ScoreModule, build_requests, score_requests
 
 HELLASWAG_VAL_QUESTIONS = 10_042
-# dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, by a substring of torch.cuda.get_device_name()
-GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("V100", 125.0),
-                   ("L40S", 362.0), ("A10", 125.0)]
 
 
 def random_model(args: ModelArgs, dtype: torch.dtype, device: str, seed: int = 0) -> Transformer:
@@ -68,23 +66,6 @@ def layer_param_counts(args: ModelArgs) -> list[int]:
     """Weights of one layer's matmuls: q, k, v, o, gate, up, down."""
     d, hd, kv = args.dim, args.head_dim, args.n_kv_heads
     return [d * d, d * kv * hd, d * kv * hd, d * d, d * args.hidden_dim, d * args.hidden_dim, args.hidden_dim * d]
-
-
-def peak_tflops(device: str, dtype: torch.dtype, given: float | None) -> tuple[float, str]:
-    if given:
-        return given, "given"
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name()
-        for key, tflops in GPU_PEAK_TFLOPS:
-            if key in name:
-                return (tflops if dtype != torch.float32 else tflops / 2), f"{name} datasheet"
-        raise SystemExit(f"unknown GPU {name!r}: give its dense peak with --peak-tflops")
-    a = torch.randn(2048, 2048, dtype=dtype)
-    a @ a
-    t0 = time.perf_counter()
-    for _ in range(3):
-        a @ a
-    return 3 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e12, "2048^3 matmul measured here"
 
 
 def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, reps: int = 10) -> float:
@@ -174,7 +155,7 @@ def main(argv=None) -> int:
     requests = build_requests(rows, WordHashTokenizer(args.vocab_size))
     prefix = a.device.startswith("cuda") and not a.no_prefix_attention
     row_len = a.row_len or (2048 if prefix else None)
-    batches = [b.to(a.device) for b in build_batches(requests, "packed", row_len=row_len, max_tokens=a.max_tokens)]
+    batches = [b.to(a.device) for b in layout_batches(score_module.model, requests, "packed", row_len=row_len, max_tokens=a.max_tokens)]
     passes = graphopt.parse_pipeline("gpu" if prefix else "exact")
     if a.fuse_residual:
         passes = [graphopt.parse_pipeline([{"name": "fuse_rmsnorm", "fuse_residual": True}])[0]

@@ -21,7 +21,8 @@ import time
 import torch
 
 import graphopt
-from graphopt.scoring import (ScoreModule, build_batches, build_requests, choice_metrics, same_choices,
+from benchmarks._common import layout_batches, optimised_graph
+from graphopt.scoring import (ScoreModule, build_requests, choice_metrics, same_choices,
                               score_requests)
 
 
@@ -38,15 +39,6 @@ def time_round_robin(peers, repeats: int) -> list[tuple[str, float, float, torch
             times[name].append(time.perf_counter() - t0)
             print(f"  [{r + 1}/{repeats}] {name}: {times[name][-1]:.2f} s", flush=True)
     return [(name, statistics.median(times[name]), compile_s, loglik[name]) for name, _, compile_s in peers]
-
-
-def optimised_graph(model, batches, pipeline, compiler: str):
-    """graphopt.optimize(ScoreModule(model)) as `graphopt run` builds it: capture (dynamic shapes), the
-    pipeline, the compiler (none | inductor | inductor-frozen), compiled dynamic (one compile for all
-    shapes)."""
-    t0 = time.perf_counter()
-    fn = graphopt.optimize(ScoreModule(model), batches[0].model_inputs(), pipeline, compiler)
-    return fn, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -89,16 +81,16 @@ def main(argv=None) -> int:
         peers.append((name, lambda: score_requests(fn, batches, R, progress=False), compile_s))
         print(f"  built {name} (+{compile_s:.1f} s compile/warmup)", flush=True)
 
-    add("per-pair eager fp32 (lm-eval style, reference)", ScoreModule(model).eval(), build_batches(requests, "per_pair"))
+    add("per-pair eager fp32 (lm-eval style, reference)", ScoreModule(model).eval(), layout_batches(model, requests, "per_pair"))
     if "hf" not in skip:
-        from benchmarks.hf_peer import hf_batched_loglik, to_transformers
+        from benchmarks._hf_peer import hf_batched_loglik, to_transformers
         hf = to_transformers(model)
         t0 = time.perf_counter()
         hf_batched_loglik(hf, requests[:3 * args.hf_batch_size], args.hf_batch_size)  # warmup, as for the others
         peers.append((f"transformers LlamaForCausalLM batched eager fp32 (bs {args.hf_batch_size})",
                       lambda: hf_batched_loglik(hf, requests, args.hf_batch_size), time.perf_counter() - t0))
     if "compile" not in skip:
-        padded = build_batches(requests, "padded", batch_size=args.hf_batch_size)
+        padded = layout_batches(model, requests, "padded", batch_size=args.hf_batch_size)
         t0 = time.perf_counter()
         compiled = graphopt.optimize(ScoreModule(model).eval(), (), compiler="inductor", capture="none")
         with torch.inference_mode():
@@ -107,7 +99,7 @@ def main(argv=None) -> int:
         add(f"plain torch.compile fp32 (padded bs {args.hf_batch_size})", compiled, padded,
             time.perf_counter() - t0, warmup=False)
 
-    packed = build_batches(requests, "packed", row_len=args.row_len, max_tokens=args.max_tokens)
+    packed = layout_batches(model, requests, "packed", row_len=args.row_len, max_tokens=args.max_tokens)
     compilers = ["none"] + ([] if "inductor" in skip else ["inductor", "inductor-frozen"])
     for pipeline in ("exact", "fast"):
         for compiler in compilers:

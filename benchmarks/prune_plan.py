@@ -31,6 +31,7 @@ import time
 from dataclasses import replace
 
 from graphopt.model.args import ModelArgs
+from graphopt.runner.report_table import markdown_table
 
 GIB = 2 ** 30
 SHAPES = ("llama-3.1-8b", "qwen2.5-7b")  # Llama-3-8B has 3.1's shape (only the RoPE scaling differs)
@@ -133,16 +134,16 @@ def _cut_text(r: dict) -> str:
 
 
 def markdown(records: list[dict]) -> str:
-    head = ("| shape | pruning | budget | ratio | cut per layer | params kept | kept % | weights GiB | "
-            "activations GiB | total GiB |\n|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    header = ["shape", "pruning", "budget", "ratio", "cut per layer", "params kept", "kept %", "weights GiB",
+              "activations GiB", "total GiB"]
+    rows = []
     for r in records:
         ratio = f"{r['ratio']:.0%}" if r["fits"] else f"none fits (99 %: {r['total_bytes'] / GIB:.2f} GiB)"
-        lines.append(f"| {r['shape']} | {r['pruning']} | {r['budget_gib']:g} GiB | {ratio} | {_cut_text(r)} | "
-                     f"{r['params'] / 1e9:.3f} B | {100 * r['params'] / r['params_full']:.1f} % | "
-                     f"{r['weight_bytes'] / GIB:.2f} | {r['activation_bytes'] / GIB:.2f} | "
-                     f"{r['total_bytes'] / GIB:.2f} |")
-    return "\n".join(lines)
+        rows.append([r["shape"], r["pruning"], f"{r['budget_gib']:g} GiB", ratio, _cut_text(r),
+                     f"{r['params'] / 1e9:.3f} B", f"{100 * r['params'] / r['params_full']:.1f} %",
+                     f"{r['weight_bytes'] / GIB:.2f}", f"{r['activation_bytes'] / GIB:.2f}",
+                     f"{r['total_bytes'] / GIB:.2f}"])
+    return markdown_table(header, rows, [False] * len(header), pad=False)
 
 
 # ---------------------------------------------------------------------------------------------- the check

@@ -38,12 +38,13 @@ import torch
 
 import graphopt
 from graphopt.checkpoints.save_hf import pruned_transformer, save_hf_checkpoint
-from graphopt.commands.inspect import example_inputs
 from graphopt.data import real_text_hellaswag
 from graphopt.optimize_model import optimize
-from graphopt.pipeline import PassContext, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext
+from graphopt.runner.report_table import markdown_table
 from graphopt.scoring import evaluate
-from graphopt.scoring.batch import ScoreModule
+from graphopt.scoring.batch import ScoreModule, example_inputs
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "experiments" / "data" / "pruning-calibration.txt"
 CRITERIA = ("l1", "wanda", "taylor")
@@ -191,17 +192,17 @@ def peak_rss_fresh(model_dir: Path, data: Path, limit: int) -> dict:
 
 
 def markdown(records: list[dict]) -> str:
-    lines = ["| pruned | criterion | ffn hidden | heads q/kv | parameters | removed | acc | acc_norm | "
-             "held-out ppl | tokens/s | prune s | peak RSS (fresh process) |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ["pruned", "criterion", "ffn hidden", "heads q/kv", "parameters", "removed", "acc", "acc_norm",
+              "held-out ppl", "tokens/s", "prune s", "peak RSS (fresh process)"]
+    rows = []
     for r in records:
         rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
         what = "none" if r["what"] == "none" else " ".join(filter(None, (r["what"], f"{r['ratio']:g}",
                                                                         r.get("variant", ""))))
-        lines.append(f"| {what} | {r['criterion']} | {r['hidden_dim']} | {r['heads']} | {r['params'] / 1e6:.1f}M | "
-                     f"{r['removed_pct']:.1f} % | {r['acc']:.3f} | {r['acc_norm']:.3f} | {r['ppl']:.2f} | "
-                     f"{r['tokens_per_s']:.0f} | {r['prune_s']:.1f} | {rss} |")
-    return "\n".join(lines)
+        rows.append([what, f"{r['criterion']}", f"{r['hidden_dim']}", f"{r['heads']}", f"{r['params'] / 1e6:.1f}M",
+                     f"{r['removed_pct']:.1f} %", f"{r['acc']:.3f}", f"{r['acc_norm']:.3f}", f"{r['ppl']:.2f}",
+                     f"{r['tokens_per_s']:.0f}", f"{r['prune_s']:.1f}", rss])
+    return markdown_table(header, rows, [False, False, True, False] + [True] * 8, pad=False)
 
 
 def _grid(text: str) -> list[tuple[str, float]]:

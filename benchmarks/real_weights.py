@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -38,8 +37,10 @@ from pathlib import Path
 import torch
 
 import graphopt
+from benchmarks._common import host
 from graphopt.data import real_text_hellaswag
 from graphopt.model import init_random_weights
+from graphopt.runner.report_table import markdown_table
 from graphopt.scoring import evaluate
 from graphopt.scoring.metrics import same_choices
 
@@ -55,16 +56,6 @@ ROWS = [
 COLUMNS = ["weights", "row", "dtype", "acc", "acc_norm", "agree", "changed_acc", "changed_norm", "max_abs_dloglik",
            "setup_s", "score_s", "wall_s", "x_ref_score", "x_ref_wall"]
 MARGINS = (0.1, 0.5)
-
-
-def host() -> dict:
-    """CPU model, threads, torch version and the host's 2048^3 matmul rates (as benchmarks.mfu measures them)."""
-    from benchmarks.time_to_result import host_matmul_gflops
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, **host_matmul_gflops()}
 
 
 def margins(result: dict) -> dict:
@@ -103,15 +94,13 @@ def score_rows(model, tokenizer, rows, weights: str, skip: set[str], int8_compil
 
 
 def markdown(records: list[dict], n: int) -> str:
-    lines = ["| weights | row | dtype | acc | acc_norm | agree | changed (acc / norm) | max abs dloglik | setup s | "
-             "score s | × ref score | wall s | × ref wall |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in records:
-        lines.append(f"| {r['weights']} | {r['row']} | {r['dtype']} | {r['acc']:.3f} | {r['acc_norm']:.3f} | "
-                     f"{r['agree']:.3f} | {r['changed_acc']} / {r['changed_norm']} of {n} | {r['max_abs_dloglik']:.2e} | "
-                     f"{r['setup_s']:.1f} | {r['score_s']:.1f} | {r['x_ref_score']:.2f} | {r['wall_s']:.1f} | "
-                     f"{r['x_ref_wall']:.2f} |")
-    return "\n".join(lines)
+    header = ["weights", "row", "dtype", "acc", "acc_norm", "agree", "changed (acc / norm)", "max abs dloglik",
+              "setup s", "score s", "× ref score", "wall s", "× ref wall"]
+    rows = [[r["weights"], r["row"], r["dtype"], f"{r['acc']:.3f}", f"{r['acc_norm']:.3f}", f"{r['agree']:.3f}",
+             f"{r['changed_acc']} / {r['changed_norm']} of {n}", f"{r['max_abs_dloglik']:.2e}", f"{r['setup_s']:.1f}",
+             f"{r['score_s']:.1f}", f"{r['x_ref_score']:.2f}", f"{r['wall_s']:.1f}", f"{r['x_ref_wall']:.2f}"]
+            for r in records]
+    return markdown_table(header, rows, [False] * 3 + [True] * 10, pad=False)
 
 
 def main(argv=None) -> int:

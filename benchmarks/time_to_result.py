@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +45,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import _ttr_setup as setup
+from benchmarks._common import OFFLINE, cache_env, host_matmul_gflops, last_line, run_timed
+from graphopt.runner import report_table
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 REFERENCE = "graphopt --pipeline none"
 GRAPHOPT_RUNS = [  # (label, flags after the common ones); the reference first: the others are compared with it
     (REFERENCE, ["--pipeline", "none"]),
@@ -59,23 +59,6 @@ GRAPHOPT_RUNS = [  # (label, flags after the common ones); the reference first: 
 SHORT_NAMES = dict(zip(("none", "default", "fast-cpu", "fast-cpu-frozen", "fast-inductor"), (r[0] for r in GRAPHOPT_RUNS)))
 LM_EVAL_REFERENCE_BATCH = 8
 QUICK_SIZES = [20]
-
-
-def run_timed(argv: list[str], env: dict, timeout: float | None) -> dict:
-    """One command in a fresh process: {wall_s, rc, stdout, stderr}."""
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-        rc, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out, err = "timeout", e.stdout or "", f"timed out after {timeout} s"
-        out = out.decode() if isinstance(out, bytes) else out
-    return {"wall_s": time.perf_counter() - t0, "rc": rc, "stdout": out, "stderr": err}
-
-
-def cache_env(cache: Path) -> dict:
-    return {**os.environ, **OFFLINE, "TORCHINDUCTOR_CACHE_DIR": str(cache), "GRAPHOPT_CACHE_DIR": str(cache),
-            "HF_DATASETS_CACHE": str(cache / "hf_datasets")}
 
 
 def cold_and_warm(argv_for, work: Path, timeout: float | None, parse, once: bool = False) -> dict:
@@ -90,7 +73,7 @@ def cold_and_warm(argv_for, work: Path, timeout: float | None, parse, once: bool
         run_dir = work / state
         run_dir.mkdir()
         run = run_timed(argv_for(run_dir), cache_env(cache), timeout)
-        fields, error = {}, _last_line(run["stderr"]) or f"exit {run['rc']}"
+        fields, error = {}, last_line(run["stderr"]) or f"exit {run['rc']}"
         if run["rc"] == 0:
             try:
                 fields, error = parse(run, run_dir), None
@@ -103,11 +86,6 @@ def cold_and_warm(argv_for, work: Path, timeout: float | None, parse, once: bool
     if once:
         out["warm"] = dict(out["cold"], once=True)
     return out
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
 
 
 def parse_graphopt(run: dict, run_dir: Path) -> dict:
@@ -137,13 +115,6 @@ def graphopt_supports_none() -> bool:
     run = run_timed([sys.executable, "-m", "graphopt", "eval", "--help"], {**os.environ, **OFFLINE}, 120)
     pipeline_help = run["stdout"].split("--pipeline NAME_OR_PASSES", 2)[-1].split("--compiler", 1)[0]
     return "auto" in pipeline_help and "none" in pipeline_help
-
-
-def host_matmul_gflops() -> dict:
-    """fp32 and bf16 2048^3 matmul GFLOP/s on this CPU, as benchmarks/mfu.py's peak_tflops measures it."""
-    from benchmarks.mfu import peak_tflops
-    return {f"matmul_gflops_{name}": 1e3 * peak_tflops("cpu", dtype, None)[0]
-            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
 def prepare(work: Path, preset: str, sizes: list[int], with_lm_eval: bool) -> dict:
@@ -233,14 +204,14 @@ def _pair(cold: dict, warm: dict, key: str, fmt: str) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    head = ("| command | wall s cold | wall s warm | × lm-eval cold | × lm-eval warm | acc | acc_norm | "
-            "vs per-pair reference | n_compiles cold / warm | setup s cold / warm | score s cold / warm |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    header = ["command", "wall s cold", "wall s warm", "× lm-eval cold", "× lm-eval warm", "acc", "acc_norm",
+              "vs per-pair reference", "n_compiles cold / warm", "setup s cold / warm", "score s cold / warm"]
+    rows = []
     for r in records:
         c, w = r["cold"], r["warm"]
         if c["error"] or w["error"]:
-            lines.append(f"| {r['command']} | {c['wall_s']:.1f} | {w['wall_s']:.1f} | error: "
-                         f"{(c['error'] or w['error']).replace('|', '/')} | | | | | | | |")
+            rows.append([r["command"], f"{c['wall_s']:.1f}", f"{w['wall_s']:.1f}",
+                         f"error: {(c['error'] or w['error']).replace('|', '/')}"] + [""] * 7)
             continue
         if r["d_acc"] is None:
             agree = "-"
@@ -250,10 +221,10 @@ def markdown_table(records: list[dict]) -> str:
             agree = f"Δ {100 * r['d_acc']:+.1f} / {100 * r['d_acc_norm']:+.1f} pts"
         compiles, setup_s, score_s = (_pair(c, w, key, fmt) for key, fmt in
                                       (("n_compiles", "d"), ("setup_seconds", ".1f"), ("seconds", ".1f")))
-        lines.append(f"| {r['command']} | {c['wall_s']:.1f} | {w['wall_s']:.1f} | {_f(c['x_lm_eval'], '.2f')} | "
-                     f"{_f(w['x_lm_eval'], '.2f')} | {_f(c['acc'], '.3f')} | {_f(c['acc_norm'], '.3f')} | {agree} | "
-                     f"{compiles} | {setup_s} | {score_s} |")
-    return "\n".join(lines)
+        rows.append([r["command"], f"{c['wall_s']:.1f}", f"{w['wall_s']:.1f}", _f(c["x_lm_eval"], ".2f"),
+                     _f(w["x_lm_eval"], ".2f"), _f(c["acc"], ".3f"), _f(c["acc_norm"], ".3f"), agree, compiles,
+                     setup_s, score_s])
+    return report_table.markdown_table(header, rows, [False] + [True] * 6 + [False] + [True] * 3, pad=False)
 
 
 def fastest_batch(records: list[dict]) -> int:

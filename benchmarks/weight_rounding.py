@@ -15,8 +15,8 @@ import argparse
 import torch
 
 import graphopt
-from benchmarks.peers import optimised_graph
-from graphopt.scoring import build_batches, build_requests, choice_metrics, same_choices, score_requests
+from benchmarks._common import layout_batches, optimised_graph
+from graphopt.scoring import build_requests, choice_metrics, same_choices, score_requests
 
 
 def round_weights_(model: torch.nn.Module, originals: dict[str, torch.Tensor], bits: int) -> None:
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     model, tokenizer = graphopt.load_model(args.preset)
     rows = graphopt.load_hellaswag(None, limit=args.questions)
     requests = build_requests(rows, tokenizer)
-    packed = build_batches(requests, "packed", row_len=128, max_tokens=512)
+    packed = layout_batches(model, requests, "packed", row_len=128, max_tokens=512)
 
     def score():
         fn, _ = optimised_graph(model, packed, "exact", args.compiler)

@@ -14,7 +14,7 @@ _API = {
     "evaluate": "graphopt.scoring",
     "optimize": "graphopt.optimize_model",
     "Optimized": "graphopt.optimize_model",
-    "run_passes": "graphopt.pipeline",
+    "run_passes": "graphopt.pass_manager",
     "parse_pipeline": "graphopt.pipeline",
     "register_pass": "graphopt.pipeline",
     "register_pipeline": "graphopt.pipeline",

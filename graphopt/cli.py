@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             e = e.args[0]
         print(f"graphopt {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"graphopt {args.command}: interrupted; results written so far are kept", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a command's SIGTERM handled alike: KeyboardInterrupt("SIGTERM")
+        why = f" ({e})" if str(e) else ""
+        print(f"graphopt {args.command}: interrupted{why}; results written so far are kept", file=sys.stderr)
         return 130
 
 

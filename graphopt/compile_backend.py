@@ -5,7 +5,7 @@
     torch.compile(model, backend=graphopt.backend(pipeline=["fuse_rmsnorm", ...], compiler="inductor"))
 
 Dynamo's graph is normalised to the export IR (graphopt.graph_capture.normalise_dynamo_graph: weights
-become parameters, symbolic sizes become shared Dims), then graphopt.optimize_model.optimize_graph runs
+become parameters, symbolic sizes become shared Dims), then graphopt.optimize_graph.optimize_graph runs
 the pipeline and the compiler, as for every other caller. `fn.records` holds the pass records of the
 last compilation, `fn.graphs` every optimised GraphModule, `fn.compiles` the count.
 The name "graphopt" is registered through the `torch_dynamo_backends` entry point (pyproject.toml).
@@ -18,18 +18,15 @@ from torch.fx import GraphModule
 
 from graphopt.compilers import check_compiler
 from graphopt.graph_capture import normalise_dynamo_graph
-from graphopt.pipeline import PassContext, check_compiler_fits, check_order, parse_pipeline
+from graphopt.optimize_graph import optimize_graph
+from graphopt.pipeline import PassContext, check_pipeline
 
 
 def backend(pipeline="exact", compiler: str = "inductor", ctx: PassContext | None = None, verify: bool = False,
             atol: float = 1e-4, after_each=None):
     """-> a torch.compile backend `fn(gm, example_inputs) -> callable` running `pipeline` then `compiler`."""
-    from graphopt.optimize_model import optimize_graph
-
     check_compiler(compiler)
-    specs = parse_pipeline(pipeline)
-    check_order(specs)
-    check_compiler_fits(specs, compiler)
+    specs = list(check_pipeline(pipeline, compiler).specs)
 
     def compile_graph(gm: GraphModule, example_inputs, **_):
         # Normalising re-exports the graph; torch.export cannot run nested in dynamo's compilation (the

@@ -1,24 +1,26 @@
 """Compiled artifacts kept across runs, and how many compiles a run did.
 
 A second `graphopt eval` / `run` of the same model, pipeline and shapes reuses inductor's FX graph and
-AOTAutograd caches instead of compiling again. They live under
+AOTAutograd caches instead of compiling again. They live in graphopt's cache folder
+(graphopt.cache_store):
 
     $GRAPHOPT_CACHE_DIR (default: $XDG_CACHE_HOME/graphopt, i.e. ~/.cache/graphopt)
         inductor-torch<version>/      TORCHINDUCTOR_CACHE_DIR for this torch version
 
 unless TORCHINDUCTOR_CACHE_DIR is already set (then that is used). `graphopt cache` shows the size,
-`graphopt cache --clear` removes it (deleting the folder by hand is as good). Entries are keyed by the
-graph, the input shapes/dtypes and the torch build; an entry inductor cannot read is a miss and is
-rebuilt, never trusted (tests/test_compile_cache.py corrupts entries on purpose); writes are atomic,
-so processes filling the cache at once do not corrupt it. A cache folder that cannot be written
-(read-only, disk full) is not an error: compiles then run without the cache, said once.
+`graphopt cache --clear` removes what graphopt wrote there. Entries are keyed by the graph, the input
+shapes/dtypes and the torch build; nothing in the folder is trusted: every file inductor wrote is
+recorded (size, sha256) after a compile and checked before the next process lets inductor load it,
+and one that differs is discarded, said in one line, and compiled afresh (graphopt.inductor_files;
+tests/test_compile_cache.py corrupts entries on purpose). Writes are atomic, so processes filling the
+cache at once do not corrupt it. A cache folder that cannot be written (read-only, disk full) is not
+an error: compiles then run without the cache, said once.
 inductor-frozen (weights folded into the code) is never cached by inductor: that compile runs every
 time, which is why the CPU default is exact-cpu with no compiler at all.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import uuid
@@ -28,20 +30,15 @@ from pathlib import Path
 
 import torch
 
-ENV = "GRAPHOPT_CACHE_DIR"
+from graphopt import inductor_files
+from graphopt.cache_store import ENV, INDUCTOR_PREFIX, cache_root, mark
+
 _state: dict | None = None  # what configure() decided in this process
-
-
-def cache_root() -> Path:
-    if os.environ.get(ENV):
-        return Path(os.environ[ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "graphopt"
 
 
 def inductor_dir() -> Path:
     """The inductor cache folder of this torch version (another version gets its own: never reused)."""
-    return cache_root() / f"inductor-torch{torch.__version__.replace('+', '_')}"
+    return cache_root() / f"{INDUCTOR_PREFIX}{torch.__version__.replace('+', '_')}"
 
 
 def _writable(folder: Path) -> str | None:
@@ -69,7 +66,12 @@ def configure(log=None) -> dict:
         user_dir = None
     folder = Path(user_dir) if user_dir else inductor_dir()
     problem = _writable(folder)
+    if problem is None and _writable(cache_root()) is not None:  # where the record of inductor's files goes
+        folder, problem = cache_root(), _writable(cache_root())
     if problem is None:
+        mark()
+        inductor_files.verify(folder, log=log)  # before inductor may load anything there
+        inductor_files.watch(folder, log=log)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
         _state = {"dir": str(folder), "enabled": True, "reason": ""}
     else:
@@ -92,19 +94,6 @@ def _inductor_default() -> str:
 
 def _warn(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
-
-
-def clear() -> int:
-    """Remove graphopt's cache folder; -> bytes freed."""
-    root = cache_root()
-    freed = folder_size(root)
-    if root.exists():
-        shutil.rmtree(root)
-    return freed
 
 
 @dataclass

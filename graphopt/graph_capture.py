@@ -23,13 +23,14 @@ from torch.fx import GraphModule
 INPUT_DIMS = {
     "input_ids": {0: "B", 1: "T"},
     "positions": {0: "B", 1: "T"},
-    "mask": {0: "B", 1: "T", 2: "T"},
+    "mask": {0: "B", 1: "T", 2: "T"},  # [B, T, P + T] with a cache (the key dim: see _dynamic_shapes)
     "score_idx": {0: "N"},
     "targets": {0: "N"},
     "doc_ids": {0: "B", 1: "T"},
     "seg_ids": {0: "B", 1: "T"},
+    "cache": {2: "B", 4: "P"},  # [2, n_layers, B, Hkv, P, head_dim]: the K/V of P earlier tokens
 }
-DIM_MAX = {"B": 1 << 16, "T": 1 << 16, "N": 1 << 24}
+DIM_MAX = {"B": 1 << 16, "T": 1 << 16, "N": 1 << 24, "P": 1 << 20}
 
 
 class CaptureError(RuntimeError):
@@ -72,25 +73,30 @@ def _dynamic_shapes(module: nn.Module, example_inputs: tuple):
     """dynamic_shapes for torch.export: known inputs (INPUT_DIMS) get shared named Dims, others static.
     A Dim whose example size is 1 gets min=1 (captured size-obliviously, see _export)."""
     names = list(inspect.signature(module.forward).parameters)[:len(example_inputs)]
+    cached = any(n == "cache" and isinstance(x, torch.Tensor) for n, x in zip(names, example_inputs))
+    known_dims = dict(INPUT_DIMS, mask={0: "B", 1: "T"}) if cached else INPUT_DIMS  # mask keys: P + T, below
     sizes: dict[str, int] = {}
     for name, x in zip(names, example_inputs):
-        for d, dim_name in INPUT_DIMS.get(name, {}).items():
+        for d, dim_name in known_dims.get(name, {}).items():
             if isinstance(x, torch.Tensor) and d < x.dim():
                 sizes[dim_name] = min(sizes.get(dim_name, x.shape[d]), x.shape[d])
     dims = {k: Dim(k, min=1 if v <= 1 else 2, max=DIM_MAX[k]) for k, v in sizes.items() if v >= 1}
     spec = []
     for name, x in zip(names, example_inputs):
-        known = INPUT_DIMS.get(name)
+        known = known_dims.get(name)
         if not isinstance(x, torch.Tensor) or known is None:
             spec.append(None)
             continue
         spec.append({d: dims[n] for d, n in known.items() if d < x.dim() and n in dims} or None)
+        if cached and name == "mask":  # a sum of two Dims has no name: export derives P + T itself
+            spec[-1] = {**(spec[-1] or {}), 2: Dim.AUTO}
     return tuple(spec)
 
 
 def _export(module: nn.Module, example_inputs: tuple, dynamic_shapes, strict: bool) -> GraphModule:
     # an example size of 1 would specialise its dim to 1; size-oblivious tracing keeps it symbolic
-    size_one = any(getattr(d, "min", 2) <= 1 for d in torch.utils._pytree.tree_leaves(dynamic_shapes or ()))
+    size_one = any((getattr(d, "min", None) or 2) <= 1  # (Dim.AUTO has min None)
+                   for d in torch.utils._pytree.tree_leaves(dynamic_shapes or ()))
     try:
         with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=size_one):
             try:
@@ -130,7 +136,7 @@ def _capture_dynamo(module: nn.Module, example_inputs: tuple, dynamic: bool) -> 
     # backed_size_oblivious: an example size of 1 stays symbolic (as in _export); no duck shaping: equal
     # example sizes (T == N) must not become one symbol
     dims = torch.utils._pytree.tree_leaves(_dynamic_shapes(module, example_inputs))
-    size_one = dynamic and any(getattr(d, "min", 2) <= 1 for d in dims)
+    size_one = dynamic and any((getattr(d, "min", None) or 2) <= 1 for d in dims)
     with torch._dynamo.config.patch(specialize_float=True), torch.no_grad(), \
             torch.fx.experimental._config.patch(backed_size_oblivious=size_one, use_duck_shape=False):
         compiled = torch.compile(module, backend=record, dynamic=dynamic, fullgraph=True)

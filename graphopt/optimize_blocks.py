@@ -35,7 +35,8 @@ from graphopt.block_capture import (BlockCapture, NotBlockwise, block_nodes, cap
                                     group_layers, record_inputs, retype_inputs)
 from graphopt.block_splice import splice
 from graphopt.graph_attrs import attr
-from graphopt.pipeline import PassContext, PassRecord, PassSpec, run_passes, runs_per_block
+from graphopt.pass_manager import PassRecord, run_passes
+from graphopt.pipeline import PassContext, PassSpec, runs_per_block
 from graphopt.weight_program import WeightProgram, WeightRecorder, release_unheld
 
 

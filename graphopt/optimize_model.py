@@ -1,7 +1,7 @@
 """`optimize(module, example_inputs, pipeline, compiler)`: the one place where a model is captured, its
 pass pipeline run and the result compiled. Every caller goes through it: `graphopt run` workers,
 `graphopt eval`, `graphopt inspect`, the benchmarks, and the torch.compile backend (which hands
-dynamo's graph to `optimize_graph`, the passes + compile half).
+dynamo's graph to graphopt.optimize_graph, the passes + compile half).
 
     opt = graphopt.optimize(ScoreModule(model), batch.model_inputs(), pipeline="exact", compiler="inductor")
     logprobs = opt(*batch.model_inputs())     # opt.records: what each pass did; opt.graph: the FX graph
@@ -20,12 +20,13 @@ from torch import nn
 from torch.fx import GraphModule
 
 from graphopt.block_capture import NotBlockwise
-from graphopt.compilers import check_compiler, compile_for, compile_inside_backend
+from graphopt.compilers import check_compiler, compile_for
 from graphopt.optimize_blocks import assemble, blockwise_reason, plan_blocks
+from graphopt.optimize_graph import optimize_graph
 from graphopt.optimized_cache import load_plan, plan_key, store_plan
+from graphopt.pass_manager import PassRecord
+from graphopt.pipeline import PassContext, PassError, check_pipeline
 from graphopt.weight_program import release_unheld
-from graphopt.pipeline import (PassContext, PassError, PassRecord, check_compiler_fits, check_order,
-                               parse_pipeline, run_passes)
 
 CAPTURES = ("export", "dynamo", "none")
 
@@ -88,32 +89,15 @@ class Optimized:
         return self.backend.compiles if self.backend is not None else int(self._graph is not None)
 
 
-def optimize_graph(gm: GraphModule, pipeline=(), compiler: str = "none", ctx: PassContext | None = None,
-                   verify: bool = False, atol: float = 1e-4, after_each: Callable | None = None,
-                   inside_backend: bool = False,
-                   load_weights: Callable[[GraphModule], None] | None = None, device=None,
-                   dynamic: bool | None = None):
-    """A captured graph -> (runnable, optimised graph, pass records): the pipeline, then the weights
-    (load_weights, for a graph captured weightless), then the compiler. after_each(None, gm) sees the
-    captured graph, then after_each(record, gm) the graph after each pass."""
-    if after_each is not None:
-        after_each(None, gm)
-    gm, records = run_passes(gm, pipeline, ctx, verify=verify, atol=atol, after_each=after_each)
-    if load_weights is not None:
-        load_weights(gm)
-        gm = gm.to(device) if device is not None else gm
-    fn = compile_inside_backend(gm, compiler) if inside_backend else compile_for(gm, compiler, dynamic=dynamic)
-    return fn, gm, records
-
-
 def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: str = "none", *,
              capture: str = "export", rank: int = 0, world_size: int = 1, model_args=None,
              load_weights: Callable[[GraphModule], None] | None = None, device=None, verify: bool = False,
              after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None,
              keep_module_weights: bool = True, cache: bool = True) -> Optimized:
     """Capture `module` on `example_inputs`, run `pipeline` (a named pipeline, pass names or specs:
-    graphopt.pipeline.parse_pipeline), compile with `compiler` (graphopt.compilers.COMPILERS).
-    The pipeline is parsed and its order checked before any capture work starts.
+    graphopt.pipeline.parse_pipeline, or a CheckedPipeline), compile with `compiler`
+    (graphopt.compilers.COMPILERS). The pipeline is parsed and its order checked before any capture work
+    starts (a CheckedPipeline for this compiler was checked by the caller: it is taken as it is).
 
     dynamic=True (default): the capture is symbolic in B, T and N, and so is the compile (torch.compile
     dynamic=True): one compilation serves every batch shape. None leaves it to torch (a static
@@ -129,10 +113,8 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
     the passes (graphopt.optimized_cache; the weights are always made afresh from the module's)."""
     from graphopt.graph_capture import capture as capture_graph
 
-    specs = parse_pipeline(pipeline)
-    check_order(specs)
     check_compiler(compiler)
-    check_compiler_fits(specs, compiler)
+    specs = list(check_pipeline(pipeline, compiler).specs)  # as it is when the caller checked it already
     if capture not in CAPTURES:
         raise ValueError(f"unknown capture {capture!r}; expected one of {', '.join(CAPTURES)}")
     if model_args is None:

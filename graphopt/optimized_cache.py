@@ -12,7 +12,7 @@ The key is a sha256 over: the pipeline (every pass with its options), the module
 submodule's class and plain attributes, every parameter and buffer's name, shape, dtype, device and
 which are one tensor), the inputs' shape class (dtype, device, rank, the static sizes, whether a
 dynamic one is 1), the model's args, rank and world size, torch's version and build, the CPU's
-capability, graphopt's version and a digest of its source (the package and the pass library).
+capability, and a digest of graphopt's source (the package and the pass library).
 The entry (kind "optimized-graph" in graphopt's cache folder) is JSON: the graphs and weight
 programs as graphopt.graph_serial writes them, the pass records, and the constants as safetensors.
 """
@@ -30,14 +30,14 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-import graphopt
-from graphopt import cache_entries as store
+from graphopt import cache_store as store
 from graphopt.block_capture import BlockCapture
 from graphopt.graph_capture import INPUT_DIMS
 from graphopt.graph_serial import (graph_from_json, graph_to_json, pack_tensors, program_from_json, program_to_json,
                                    unpack_tensors)
 from graphopt.optimize_blocks import BlockPlan, layer_sources
-from graphopt.pipeline import PassContext, PassRecord, PassSpec
+from graphopt.pass_manager import PassRecord
+from graphopt.pipeline import PassContext, PassSpec
 
 KIND = "optimized-graph"
 FORMAT = 1
@@ -47,9 +47,8 @@ _PLAIN = (type(None), bool, int, float, str)
 @functools.cache
 def source_digest() -> str:
     """sha256 over graphopt's own source files and its pass library's (a code change is a new key)."""
-    import graphopt.passes
     h = hashlib.sha256()
-    for root in [Path(graphopt.__file__).parent, *map(Path, graphopt.passes.__path__)]:
+    for root in [Path(__file__).parent, Path(__file__).parent / "passes"]:  # (passes/: the library, linked in)
         for path in sorted(root.resolve().rglob("*.py")):
             h.update(str(path.relative_to(root.resolve())).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
@@ -85,7 +84,7 @@ def input_class(module: nn.Module, example_inputs: tuple) -> list:
 def plan_key(module: nn.Module, example_inputs: tuple, specs: list[PassSpec], ctx: PassContext) -> str:
     args = ctx.model_args
     parts = {
-        "format": FORMAT, "graphopt": graphopt.__version__, "source": source_digest(),
+        "format": FORMAT, "source": source_digest(),
         "torch": torch.__version__, "torch_build": torch.version.git_version,
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "pipeline": [s.to_dict() for s in specs],
@@ -129,7 +128,12 @@ def store_plan(key: str, plan: BlockPlan, log=None) -> bool:
     except NotSerialisable as e:
         (log or store.warn)(f"graphopt: this optimised graph is not kept across runs ({e})")
         return False
-    return store.put(KIND, key, data, log=log) is not None
+    try:
+        store.put(KIND, key, data)
+    except OSError as e:  # a cache folder that cannot be written: the next run captures again
+        (log or store.warn)(f"graphopt: could not keep the optimised graph in the cache folder ({e})")
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------ reading

@@ -353,6 +353,28 @@ def check_compiler_fits(specs: list[PassSpec], compiler: str) -> None:
             raise PassError(f"pass {spec.name!r} runs only with compiler {' or '.join(allowed)}, not {compiler!r}")
 
 
+@dataclass(frozen=True)
+class CheckedPipeline:
+    """A pipeline parsed and checked once (pass options, pass order, fit with the compiler): optimize(),
+    the compile backend and the Scorer take it as it is instead of checking it again."""
+    specs: tuple[PassSpec, ...]
+    compiler: str
+
+    def labels(self) -> list[str]:
+        return [s.label() for s in self.specs]
+
+
+def check_pipeline(pipeline, compiler: str = "none") -> CheckedPipeline:
+    """Anything parse_pipeline accepts -> a CheckedPipeline for `compiler` (PassError naming the problem).
+    A CheckedPipeline comes back as it is when its compiler is `compiler`."""
+    if isinstance(pipeline, CheckedPipeline) and pipeline.compiler == compiler:
+        return pipeline
+    specs = parse_pipeline(pipeline.specs if isinstance(pipeline, CheckedPipeline) else pipeline)
+    check_order(specs)
+    check_compiler_fits(specs, compiler)
+    return CheckedPipeline(tuple(specs), compiler)
+
+
 def pipeline_dtype(specs: list[PassSpec], load_dtype: str) -> str:
     """The dtype a model loaded in `load_dtype` computes in after the pipeline (as its passes declare)."""
     dtype = load_dtype
@@ -372,8 +394,3 @@ def runs_per_block(spec: PassSpec) -> bool:
 def pipeline_shards(specs: list[PassSpec]) -> set[str]:
     """What the pipeline splits over ranks: a subset of {"tensor", "pipeline"}."""
     return {s.info.shards for s in specs if s.info.shards}
-
-
-# the manager lives in its own file; its names stay importable from here
-from graphopt.pass_manager import (PassRecord, applied_passes, count_nodes, max_output_diff,  # noqa: E402,F401
-                                   run_passes)

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 from torch.fx import GraphModule, Interpreter
 
+from graphopt.checkpoints.encode import tok_encode
 from graphopt.graph_attrs import attr
 from graphopt.pipeline import PassError
-from graphopt.scoring.requests import tok_encode
 from ._ops import linear_parts
 
 SCORE_INPUTS = ("input_ids", "positions", "mask", "score_idx", "targets")

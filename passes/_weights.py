@@ -61,14 +61,18 @@ def find_linear_groups(gm: GraphModule, roles: dict[str, tuple[str, ...]]) -> li
 def merge_linear_groups(gm: GraphModule, roles: dict, name: str) -> tuple[bool, dict]:
     """Every group of linears sharing an input (find_linear_groups(gm, roles)) -> one merged linear
     `<name>_weight` + split; dead nodes and the old weights removed. -> (modified, stats)."""
-    groups = find_linear_groups(gm, roles)
+    groups, merged = find_linear_groups(gm, roles), 0
+    remove_dead(gm)  # once: a graph returning only a KV cache has the last layer's q dead from the start
     mode = fake_mode(gm)
     for group in groups:  # free each group's old weights before the next concatenation: a 30B model
+        if any(n._erased for n in group):  # dead (a graph returning only a KV cache: the last layer's q)
+            continue
         reads = [a for n in group for a in n.all_input_nodes if a.op == "get_attr"]
         old = merge_linears(gm, group, name, mode)  # has no room for a second copy of all its q/k/v or gate/up
         remove_dead(gm, reads)  # (only what the group read can have died: not a walk of the whole graph)
         drop_unused_attrs(gm, old)
-    return bool(groups), {"matches": len(groups)}
+        merged += 1
+    return merged > 0, {"matches": merged}
 
 
 def alias_into(parts: list[torch.Tensor], merged: torch.Tensor) -> bool:

@@ -12,6 +12,9 @@
   float32. In export IR, `x.float()` of an fp32 tensor is recorded as the value of x itself, so the
   residual stream (x + attention(...)) stays float32 as well; `type_as(y, x.float())` is read
   back as `type_as(y, x)` so values return to the activation's dtype as the source code intends.
+- A KV cache input (graphopt.model.llama: float32 [2, L, B, Hkv, P, D]) is cast to `dtype` where it
+  meets the row's keys (the cat before attention); the new keys/values it returns are cast back to
+  float32 with the other outputs, so a caller's cache stays float32 holding `dtype` values.
 - Option `attention: float32` runs scaled_dot_product_attention in float32 (q, k, v cast up, its
   output cast back): on CPU the bf16 flash kernel is ~1.5x slower than the fp32 one (measured at
   rows of 128, head_dim 64), on GPUs keep the default `low`.
@@ -143,6 +146,12 @@ def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
             if val(a) is not None and val(b) is not None and val(a).dtype != val(b).dtype:
                 hi = a if val(a).dtype == torch.float32 else b
                 inserted += _cast(gm, n, hi, dtype, cache)
+        elif n.target is aten.cat.default:  # a KV cache (float32 input) before this row's keys in `dtype`
+            parts = [val(a) for a in n.args[0]]
+            if None not in parts and any(p.dtype == dtype for p in parts):
+                for a, p in zip(list(n.args[0]), parts):
+                    if p.dtype == torch.float32:
+                        inserted += _cast(gm, n, a, dtype, cache)
         elif n.target in ASSERT_META and val(n.args[0]) is not None:
             n.kwargs = {**n.kwargs, "dtype": val(n.args[0]).dtype}
             continue

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
-from graphopt.pipeline import PassContext, PassResult, count_nodes, register_pass
+from graphopt.pass_manager import count_nodes
+from graphopt.pipeline import PassContext, PassResult, register_pass
 from ._edit import drop_unused_attrs
 
 

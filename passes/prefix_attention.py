@@ -9,7 +9,8 @@ inputs; this pass reads those inputs, so the attention needs no [B, T, T] mask: 
 (CUDA) skips the key blocks no query of a block can see. Padding tokens (doc -1) may attend other
 padding tokens instead of only themselves; they are never scored. Run after sdpa_attention; a graph
 without doc_ids / seg_ids inputs (per_pair or padded scoring, or a dynamo capture, which drops the
-inputs the eager model does not read) is an error.
+inputs the eager model does not read) is an error, and so is a graph that reads a KV cache (its keys
+are the cached prefix then the row; the kernel attends within the row only).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 
 import graphopt.kernels  # noqa: F401  (registers graphopt::prefix_attention)
 from graphopt.pipeline import PassError, PassResult, register_pass, requires
+from ._cache import cache_input
 from ._edit import fake_mode, insert_call, remove_dead
 from ._ops import aten, is_op, val
 
@@ -39,6 +41,10 @@ def prefix_attention(gm, ctx):
     sites = [n for n in gm.graph.nodes if is_op(n, SDPA)]
     if not sites:
         return PassResult(gm, False, {"matches": 0})
+    if cache_input(gm) is not None:  # the kernel's keys are the row's own tokens
+        raise PassError("prefix_attention: this graph reads a KV cache (input `cache`): graphopt::prefix_attention "
+                        "attends within the packed row only, not to a cached prefix; use a pipeline without it "
+                        "(exact) for cache-reading graphs")
     layout = _layout_placeholders(gm)
     if not layout:
         raise PassError("prefix_attention needs the packed layout's doc_ids and seg_ids as graph inputs: capture "

@@ -1,7 +1,7 @@
 """prune_structured: structured pruning of FFN channels and attention heads (exact=False), by a
 criterion that may read the model's activations on calibration text.
 
-Structures (prune_scores.py): an FFN channel j is row j of w1 (gate) and w3 (up) and column j of w2
+Structures (_prune_scores.py): an FFN channel j is row j of w1 (gate) and w3 (up) and column j of w2
 (down); a query head is its rows of wq and columns of wo; a kv head its rows of wk and wv. Each is
 scored by criterion l1 (|W|), wanda (|W| x ||X|| per input channel) or taylor (|W . dL/dW|), summed
 over its weights; the lowest-scoring go. wanda and taylor run the captured graph on `calibration`
@@ -9,7 +9,7 @@ over its weights; the lowest-scoring go. wanda and taylor run the captured graph
 ctx.tokenizer (graphopt.optimize(tokenizer=...)) or the `tokenizer` option's file.
 
 ratio, budget per_layer: every layer drops int(ratio * hidden_dim) FFN channels and int(ratio * n_heads)
-query heads, cut GQA-aware (prune_heads.py): whole kv groups (a kv head with its query heads) and/or
+query heads, cut GQA-aware (_prune_heads.py): whole kv groups (a kv head with its query heads) and/or
 the same number of query heads from every kept group, the largest cut the layout allows not above
 the count. budget global: one budget of int(ratio * all layers' FFN channels) and int(ratio * all
 kv groups) (each FFN channel of a layer, and each kv group, holds the same parameters), spent on the
@@ -42,13 +42,14 @@ from torch.fx import GraphModule
 from graphopt.checkpoints.errors import CheckpointError
 from graphopt.graph_attrs import attr, set_attr
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, before, register_pass
+from ._cache import cache_input, set_cache_heads
 from ._calibration import CalibrationStats, calibration_batches, gather_statistics, read_calibration_text
 from ._edit import refit_vals, splits_last_dim
 from ._ops import LINEAR, RESHAPE, val
 from ._weights import param_count
-from .prune_heads import global_group_budget, head_cut, kv_repeats, select_heads, set_repeats
-from .prune_scores import (CRITERIA, NEEDS_CALIBRATION, NORMALIZE, ffn_channel_scores, group_scores, head_scores,
-                           importance, lowest_across_layers, normalised)
+from ._prune_heads import global_group_budget, head_cut, kv_repeats, select_heads, set_repeats
+from ._prune_scores import (CRITERIA, NEEDS_CALIBRATION, NORMALIZE, ffn_channel_scores, group_scores, head_scores,
+                            importance, lowest_across_layers, normalised)
 
 _NEEDS_NAMES = "it finds the weights by their checkpoint names, which the merge replaces"
 
@@ -228,6 +229,11 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
     o = ctx.options
     ratio, what, criterion, budget = o["ratio"], o["what"], o["criterion"], o["budget"]
     _check_options(o)
+    if cache_input(gm) is not None and criterion in NEEDS_CALIBRATION:
+        raise PassError(f"prune_structured: criterion {criterion} on a graph that reads a KV cache: the graph that "
+                        f"fills a cache and the one that reads it must cut the same channels and heads, which only "
+                        f"a criterion of the weights alone (l1) guarantees; use l1, or prune once and save the "
+                        f"model (graphopt.checkpoints save) to load it for cached scoring")
     layers = _weights(gm)
     need = ([FFN] if what in ("ffn", "both") else []) + ([ATTN] if what in ("heads", "both") else [])
     for keys in need:
@@ -296,6 +302,13 @@ def prune_structured(gm: GraphModule, ctx: PassContext) -> PassResult:
         report[p].update(query_heads=attr(gm, attn_w[p]["wq.weight"]).shape[0] // a.head_dim,
                          kv_heads=attr(gm, attn_w[p]["wk.weight"]).shape[0] // a.head_dim)
     if matches:
+        kv_heads = {r["kv_heads"] for r in report.values() if "kv_heads" in r}
+        if cache_input(gm) is not None and len(kv_heads) > 1:
+            raise PassError(f"prune_structured: the layers keep different kv head counts ({sorted(kv_heads)}, "
+                            f"budget global), but this graph's KV cache holds one count for every layer; use "
+                            f"budget per_layer with heads on a cached graph")
+        if kv_heads:
+            set_cache_heads(gm, kv_heads.pop())
         try:
             refit_vals(gm, splits)
         except Exception as e:

@@ -13,6 +13,8 @@ graphopt.distributed.plan, which the shard loader uses too); one small function 
              (ids outside it masked to zero rows), then all_reduce(sum): Megatron's vocab-parallel embedding.
   repeat     repeat_interleave's n_rep, the GQA literal: the local ratio where kv heads are replicated
              (n_kv_heads < world_size).
+  cache      a KV-cache input (graphopt.model.llama) holds this rank's kv heads only, the K/V its own
+             shard computed (passes/_cache.py): stats["cache_heads"].
 The model's head views are [B, T, -1, D] and follow the cut weights; RoPE's [B, T, H, -1, 2] takes
 its input's local head count when fake values are re-propagated (_edit.refit_vals).
 
@@ -42,6 +44,7 @@ from graphopt.distributed.collectives import insert_all_gather_last_dim, insert_
 from graphopt.distributed.plan import checkpoint_key, head_layout, shard_slice
 from graphopt.graph_attrs import attr, set_attr, targets_holding
 from graphopt.pipeline import PassContext, PassError, PassOption, PassResult, register_pass
+from ._cache import set_cache_heads
 from ._edit import add_parameter, drop_unused_attrs, refit_vals, splits_last_dim
 from ._ops import EMBEDDING, GATHER, LINEAR, LOG_SOFTMAX, RESHAPE, aten, is_op
 from ._weights import param_bytes
@@ -264,6 +267,8 @@ def tensor_parallel(gm: GraphModule, ctx: PassContext) -> PassResult:
             stats[k] += v
     gm.graph.eliminate_dead_code()
     drop_unused_attrs(gm, [name for t in {id(t): t for t in full}.values() for name in targets_holding(gm, t)])
+    kv = head_layout(ctx.model_args, world.size, world.rank).kv_heads
+    stats["cache_heads"] = kv[1] - kv[0] if set_cache_heads(gm, kv[1] - kv[0]) else 0  # a rank caches its own
     gm.recompile()
     try:
         stats["views"] += refit_vals(gm, splits, spell_split=True)

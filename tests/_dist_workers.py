@@ -65,7 +65,8 @@ def tp_worker(cases):
     tensor_parallel, run; report diffs, all-reduce counts, pass stats and parameter bytes."""
     import copy
     from graphopt.distributed.collectives import ALL_REDUCE
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     rank, ws = dist.get_rank(), dist.get_world_size()
     out, captured = [], {}
     for preset, options, before in cases:
@@ -132,7 +133,8 @@ def load_shard_worker(cases):
     import copy
     from graphopt.distributed.load_shard import load_shard, retarget_device
     from graphopt.model.llama import Transformer
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     from graphopt.scoring.batch import ScoreModule
     rank, ws = dist.get_rank(), dist.get_world_size()
     preset = "tiny"
@@ -186,7 +188,8 @@ def pipeline_worker(preset: str, n_layers: int, n_micro_list):
     """Stage = rank: capture, pipeline_split into world_size stages, drop the other stages' weights,
     run with each micro-batch count; compare with the unsplit graph."""
     from graphopt.distributed.pipeline_run import drop_other_stages, run_pipeline_rank
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     rank, ws = dist.get_rank(), dist.get_world_size()
     args, sm = build_score_module(preset, n_layers=n_layers)
     inputs = example_batch(args, B=4, T=6)
@@ -210,7 +213,8 @@ def tied_tp_worker(preset: str, cases):
     lookup and the LM head read one storage; the pass's embedding / vocab_logprob counts."""
     import copy
     from graphopt.graph_attrs import attr
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     from graphopt.runner.worker import count_params
     aten = torch.ops.aten
     rank, ws = dist.get_rank(), dist.get_world_size()
@@ -247,7 +251,7 @@ def score_checkpoint(ckpt: str, limit: int, strategy: str = "shared_prefix"):
     from graphopt.checkpoints import load_model
     from graphopt.data import load_hellaswag
     from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.evaluate import score_requests
+    from graphopt.scoring.score_loop import score_requests
     from graphopt.scoring.requests import build_requests
     from graphopt.scoring.strategies import build_batches
     model, tokenizer = load_model(ckpt, tokenizer="word-hash")  # random weights, no tokenizer file
@@ -278,14 +282,15 @@ def tied_checkpoint_cases(ckpt: str, cases, limit: int = 3):
     """The runner's sharded path on a checkpoint directory, per case ("tensor_parallel" options dict,
     or "pipeline"): the model built on the meta device (load_model_structure), optimize() with
     worker.load_rank_weights filling only this rank's shard / stage, then every request scored
-    (pipeline: worker.StagePerRank, stage = rank). Reports per case: log-likelihoods, what the
+    (pipeline: pipeline_run.StagePerRank, stage = rank). Reports per case: log-likelihoods, what the
     embedding lookup and the LM head read (shapes, one tensor or not), held parameters
     (count_params), bytes loaded, tensors left on meta, the wq / w1 shapes of every layer held."""
     from graphopt.checkpoints import load_model_structure
     from graphopt.optimize_model import optimize
-    from graphopt.runner.worker import StagePerRank, count_params, load_rank_weights
+    from graphopt.distributed.pipeline_run import StagePerRank
+    from graphopt.runner.worker import count_params, load_rank_weights
     from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.evaluate import score_requests
+    from graphopt.scoring.score_loop import score_requests
     aten = torch.ops.aten
     rank, ws = dist.get_rank(), dist.get_world_size()
     batches, n_req, _ = score_checkpoint(ckpt, limit)  # same requests as the test's single-process run
@@ -345,7 +350,8 @@ def _stage_reads(split, name: str, sub, last: bool) -> dict:
 def tp_per_pair_worker(presets):
     """tensor_parallel on a graph captured from ONE pair (batch 1, as per-pair scoring): the RoPE split's
     -1 must not stay symbolic in a batch that may be 1. -> [(preset, max |sharded - eager|)] on two pairs."""
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     rank, ws = dist.get_rank(), dist.get_world_size()
     out = []
     for preset in presets:

@@ -1,9 +1,9 @@
-"""benchmarks/kernel_profile.py: kernel names land in the right kind, and a profiled CPU call accounts
+"""benchmarks/_kernel_profile.py: kernel names land in the right kind, and a profiled CPU call accounts
 for its wall time (the kinds plus the uncovered row add up to it); benchmarks.mfu --profile prints it."""
 import pytest
 import torch
 
-from benchmarks.kernel_profile import categorise, kernel_table, markdown
+from benchmarks._kernel_profile import categorise, kernel_table, markdown
 from benchmarks.mfu import main
 
 

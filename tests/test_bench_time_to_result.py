@@ -9,8 +9,8 @@ import torch
 
 import graphopt
 from benchmarks import _ttr_setup as setup
-from benchmarks.time_to_result import (REFERENCE, add_ratios, cache_env, graphopt_argv, main, markdown_table,
-                                       parse_graphopt, run_timed)
+from benchmarks._common import cache_env, run_timed
+from benchmarks.time_to_result import REFERENCE, add_ratios, graphopt_argv, main, markdown_table, parse_graphopt
 from graphopt.checkpoints.tokenizers import HFTokenizer, load_tokenizer
 from graphopt.data import load_hellaswag
 from graphopt.data.hellaswag import format_row

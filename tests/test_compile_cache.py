@@ -1,8 +1,10 @@
 """The compile cache kept across runs (graphopt.compile_cache): a second process with the same model,
 pipeline and shapes takes its compile from the cache; two processes filling it at once both succeed
-and leave it usable; corrupt entries are misses that get rebuilt; a folder that cannot be written
-means compiling without the cache, said once, not an error. Each run is `graphopt eval` in a fresh
-process, as a user runs it."""
+and leave it usable; corrupt entries are misses that get rebuilt (FX graph and AOTAutograd entries, and
+the .so and .py files inductor loads: a truncated .so used to end every later run in SIGBUS, a garbage
+one in a traceback; now each is discarded in one line and compiled afresh); a folder that cannot be
+written means compiling without the cache, said once, not an error. Each run is `graphopt eval` in a
+fresh process, as a user runs it."""
 import json
 import os
 import subprocess
@@ -46,7 +48,22 @@ def test_second_process_hits_concurrent_fill_and_corrupt_entries(tmp_path):
             f.write_bytes(b"not a cache entry")
     rebuilt = _run(cache)
     assert rebuilt["cache_hits"] == 0 and (rebuilt["acc"], rebuilt["acc_norm"]) == (warm["acc"], warm["acc_norm"])
-    assert _run(cache)["cache_hits"] == 1  # rebuilt entries are good again
+
+    kernels = sorted(folder.glob("*/*.main.so"), key=lambda p: p.name)  # the graph's kernels, loaded on a hit
+    truncated, garbage, module = kernels[0], kernels[1], sorted(folder.glob("*/*.py"))[0]
+    sizes = {p: p.stat().st_size for p in (truncated, garbage)}
+    truncated.write_bytes(truncated.read_bytes()[:4096])  # as a compile killed while gcc wrote it
+    garbage.write_bytes(os.urandom(sizes[garbage]))  # same size, other bytes
+    module.write_text("garbage(\n")
+    fixed = _run(cache)  # before: SIGBUS (exit 135 from a shell), or a 140-line traceback for the garbage one
+    lines = [line for line in fixed["stderr"].splitlines() if "discarded" in line]
+    assert len(lines) == 1 and "discarded 3 files of the compile cache" in lines[0], fixed["stderr"][-2000:]
+    assert all(p.relative_to(folder).as_posix() in lines[0] for p in (truncated, garbage, module))
+    assert (fixed["acc"], fixed["acc_norm"]) == (warm["acc"], warm["acc_norm"])
+    assert {p: p.stat().st_size for p in sizes} == sizes  # compiled afresh
+
+    again = _run(cache)
+    assert again["cache_hits"] == 1 and "discarded" not in again["stderr"]  # rebuilt entries are good again
 
 
 @pytest.mark.slow  # one more inductor compile in a fresh process (~25 s idle); the cache's reuse and

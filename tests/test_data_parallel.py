@@ -11,7 +11,8 @@ from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.distributed.data_parallel import share_tokens, split_by_tokens
 from graphopt.distributed.mesh import MeshShape, mesh_problem, mesh_shape
 from graphopt.model import ModelArgs, Transformer, init_random_weights
-from graphopt.runner.schema import ConfigError, load_config
+from graphopt.runner.config import load_config
+from graphopt.runner.yaml_source import ConfigError
 from graphopt.scoring.batch import Request
 from tests import _dist_workers as W
 

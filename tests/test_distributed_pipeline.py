@@ -11,7 +11,8 @@ import torch
 
 from graphopt.distributed.launch import launch
 from graphopt.distributed.pipeline_run import StagePlan, micro_batches, run_pipeline
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from tests import _dist_workers as W
 
 TOL = 1e-5

@@ -12,7 +12,8 @@ import torch
 from graphopt.distributed.launch import launch
 from graphopt.distributed.plan import head_layout, shard_slice
 from graphopt.model.args import ModelArgs
-from graphopt.pipeline import PassContext, PassError, get_pass, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError, get_pass
 from tests import _dist_workers as W
 
 TOL = 1e-5

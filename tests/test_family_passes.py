@@ -26,7 +26,8 @@ def test_prune_heads_keeps_qk_norms():
     """prune_structured drops kv groups (rows of wq/wk/wv, columns of wo); the q/k norms, over head_dim,
     stay as they are: the pruned graph equals the eager model with the dropped groups' wo columns zeroed."""
     from graphopt.graph_capture import capture
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     module = qwen3_score_module()
     args = module.model.args
     x = score_inputs(2, 8, 5, seed=2)
@@ -74,7 +75,8 @@ def test_pipeline_split_carries_window_mask_and_qk_norms(preset):
     """pipeline_split at layer boundaries: the window mask (computed once, before layer 0) reaches the
     later stages, the q/k norms go with their layers; rows of 12 > window 8."""
     from graphopt.distributed.pipeline_run import run_pipeline
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     from tests import _dist_workers as W
     args, sm = W.build_score_module(preset, n_layers=4)
     inputs = W.example_batch(args, B=4, T=12)

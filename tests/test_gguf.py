@@ -102,7 +102,7 @@ def test_sentencepiece_vocabulary_matches_sentencepiece(tmp_path):
 
     import sentencepiece as spm
 
-    from graphopt.checkpoints.gguf import open_gguf
+    from graphopt.checkpoints.gguf_reader import open_gguf
     from graphopt.checkpoints.gguf_tokenizer import gguf_tokenizer
 
     buf = io.BytesIO()

@@ -4,7 +4,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from benchmarks.hf_peer import hf_batched_loglik, to_transformers  # noqa: E402
+from benchmarks._hf_peer import hf_batched_loglik, to_transformers  # noqa: E402
 from graphopt.model import ModelArgs, Transformer, init_random_weights  # noqa: E402
 from graphopt.scoring.batch import Request  # noqa: E402
 

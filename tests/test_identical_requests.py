@@ -12,7 +12,7 @@ from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.data import synthetic_hellaswag
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.scoring import ScoreModule, build_batches, build_requests, evaluate
-from graphopt.scoring.evaluate import score_requests
+from graphopt.scoring.score_loop import score_requests
 from graphopt.scoring.requests import first_identical
 
 

@@ -136,7 +136,7 @@ def test_same_answers_as_lm_eval_hf(setup, hf_results, pipeline):
         a, b = ours["results"]["tiny_wikitext"][metric], hf_results["results"]["tiny_wikitext"][metric]
         assert abs(a - b) <= 1e-5 * abs(b), (metric, a, b)
     if pipeline == "auto":  # exact-cpu: the head is one chunked packed log-prob with the argmax inside
-        targets = {str(n.target) for n in lm._scorer.graph.graph.nodes if n.op == "call_function"}
+        targets = {str(n.target) for n in lm.scorer.runnable.graph.graph.nodes if n.op == "call_function"}
         assert "mkldnn._linear_pointwise.default" in targets and "aten.log_softmax.int" not in targets
         assert lm.stats["n_batches"] < sum(len(_responses(ours, t)) for t in TASKS[:3]) / 4  # packed, not per pair
 
@@ -176,7 +176,7 @@ def test_identical_requests_get_one_value(setup):
 
     model_dir, _ = setup
     ours = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)
-    ours._scorer = ScoreModule(OffsetDependent(ours.model), greedy=True).eval()
+    ours.scorer.runnable = ScoreModule(OffsetDependent(ours.model), greedy=True).eval()
     rng = random.Random(3)
     ctx = ours.tok_encode(_text(rng, 12))
     a, b = ours.tok_encode(" " + _text(rng, 4)), ours.tok_encode(" " + _text(rng, 5))
@@ -303,3 +303,32 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, tmp_path):
         got, want = _samples(tmp_path / "four", task), _samples(tmp_path / "one", task)
         assert len(got) == len(want) > 0
         assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-5, task
+
+
+def test_every_process_reports_rank_0_and_lm_eval_returns_results_on_local_rank_0_only(setup, monkeypatch):
+    """graphopt answers every request in every process and reports rank 0 / world size 1 to lm-eval, lm-eval
+    0.4.13's convention for a model that splits work itself; lm-eval then returns results (which its CLI
+    prints and writes) on LOCAL_RANK 0 only. Fails when lm-eval stops gating on LOCAL_RANK: `graphopt
+    lm-eval` under torchrun would then print and write from every process of a node."""
+    model_dir, task_dir = setup
+    lm = GraphoptLM(pretrained=str(model_dir), pipeline="exact", progress=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _evaluate(lm, None, task_dir, tasks=["tiny_piqa"]) is None
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert "acc,none" in _evaluate(lm, None, task_dir, tasks=["tiny_piqa"])["results"]["tiny_piqa"]
+    assert (lm.rank, lm.world_size) == (0, 1)
+
+
+def test_only_global_rank_0_prints_and_writes(monkeypatch):
+    """Other nodes' LOCAL_RANK 0 processes (global rank > 0) run lm-eval without its writing flags and with
+    stdout silenced; rank 0 keeps every argument."""
+    from graphopt.commands.lm_eval import rank0_writes
+
+    argv = ["--model", "graphopt", "--output_path", "out/", "--log_samples", "--tasks", "x", "-o=y",
+            "--wandb_args", "project=p", "--limit", "3"]
+    monkeypatch.setenv("RANK", "0")
+    assert rank0_writes(argv) == (argv, None)
+    monkeypatch.setenv("RANK", "3")
+    kept, quiet = rank0_writes(argv)
+    assert kept == ["--model", "graphopt", "--tasks", "x", "--limit", "3"] and quiet is not None
+    quiet.close()

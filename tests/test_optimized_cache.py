@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import graphopt.optimized_cache as oc
-from graphopt import cache_entries
+from graphopt import cache_store
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import optimize
 from graphopt.pipeline import PassContext, parse_pipeline
@@ -101,11 +101,11 @@ def test_a_damaged_entry_is_ignored_with_one_line_and_rebuilt(damage, cache_dir,
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:-100])
     else:  # a well-formed entry whose content is no plan
-        cache_entries.put(oc.KIND, path.name, b'{"format": 1, "outer": "no graph"}')
+        cache_store.put(oc.KIND, path.name, b'{"format": 1, "outer": "no graph"}')
     capsys.readouterr()
     again = optimize(ScoreModule(copy.deepcopy(model)), inputs, "exact")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("graphopt:")]
-    assert len(lines) == 1 and ("damaged cache entry" if damage == "truncated" else "ignored the kept") in lines[0]
+    assert len(lines) == 1 and ("corrupt cache entry" if damage == "truncated" else "ignored the kept") in lines[0]
     assert not again.setup["cached"]
     third = optimize(ScoreModule(copy.deepcopy(model)), inputs, "exact")  # the rebuilt entry is kept
     assert third.setup["cached"]

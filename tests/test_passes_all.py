@@ -13,7 +13,8 @@ from graphopt.compile_backend import backend
 from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.pipeline import PassContext, list_passes, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, list_passes
 from graphopt.scoring.batch import ScoreModule, sum_by_owner
 
 ATOL = 1e-4

@@ -8,7 +8,8 @@ from torch import nn
 from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.pipeline import PassContext, count_nodes, run_passes
+from graphopt.pass_manager import count_nodes, run_passes
+from graphopt.pipeline import PassContext
 from graphopt.scoring.batch import ScoreModule
 
 aten = torch.ops.aten

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from graphopt.graph_capture import capture
-from graphopt.pipeline import PassContext, get_pass, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, get_pass
 from tests.test_capture import score_inputs, score_module
 
 FP32_ATOL = 1e-5

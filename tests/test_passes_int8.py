@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from graphopt.kernels.int8_linear import int8_linear, padded_int_mm, quantize_rows, quantize_weight
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from tests.test_passes_dtype import _choices, _setup, _vals
 
 aten = torch.ops.aten

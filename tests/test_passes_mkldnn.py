@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from graphopt.passes.mkldnn_linear import bf16_packable
-from graphopt.pipeline import PassContext, PassError, parse_pipeline, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError, parse_pipeline
 from tests.test_passes_dtype import _choices, _setup, _vals
 
 LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default

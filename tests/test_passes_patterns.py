@@ -14,7 +14,8 @@ import graphopt.passes.fuse_rmsnorm as rmsnorm_pass
 import graphopt.passes.fuse_rope as rope_pass
 from graphopt.graph_capture import capture
 from graphopt.model.llama import RMSNorm
-from graphopt.pipeline import PassContext, get_pass, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, get_pass
 from graphopt.passes._patterns import canonicalise, restore, trace
 from tests.test_capture import score_inputs, score_module
 

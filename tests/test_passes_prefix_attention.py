@@ -8,7 +8,8 @@ import torch
 
 import graphopt
 from graphopt.graph_capture import capture
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring import ScoreModule, build_batches, build_requests, choice_metrics, score_requests
 
 ATOL = 1e-5

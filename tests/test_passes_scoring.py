@@ -11,7 +11,8 @@ import graphopt.kernels  # noqa: F401
 from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring.batch import ScoreModule
 from tests.test_capture import distinct_score_inputs
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.passes._calibration import calibration_batches, gather_statistics, read_calibration_text
-from graphopt.pipeline import PassContext, PassError, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext, PassError
 from graphopt.scoring.batch import ScoreModule
 from tests.test_passes_prune import _check, _setup
 from tests.test_tokenizers import hf_tokenizer_json  # noqa: F401  (fixture)
@@ -264,7 +265,7 @@ def test_ratio_that_removes_nothing_names_the_layout(preset, ratio, budget, msg,
 def test_tokenizer_option_is_the_same_as_the_context_tokenizer(calib_file, hf_tokenizer_json):  # noqa: F811
     """The runner's YAML names the tokenizer file; graphopt.optimize hands the loaded one: same result."""
     from graphopt.checkpoints.tokenizers import load_tokenizer
-    from graphopt.scoring.requests import tok_encode
+    from graphopt.checkpoints.encode import tok_encode
     args, model, inputs, gm = _setup("tiny-gqa")
     opts = dict(ratio=0.25, what="ffn", criterion="wanda", calibration=str(calib_file))
     by_file, (rec,) = _prune(copy.deepcopy(gm), inputs, tokenizer=str(hf_tokenizer_json.parent), **opts)

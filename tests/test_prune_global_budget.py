@@ -10,7 +10,7 @@ import torch
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.graph_attrs import attr, set_attr
 from graphopt.passes._calibration import calibration_batches, read_calibration_text
-from graphopt.passes.prune_scores import lowest_across_layers, normalised
+from graphopt.passes._prune_scores import lowest_across_layers, normalised
 from graphopt.pipeline import PassError
 from tests.test_passes_prune import _check, _setup
 from tests.test_prune_criteria import _cut, _eager_stats, _importance, _prune, calib_file  # noqa: F401 (fixture)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from graphopt.runner.report import report, to_markdown, with_speedup
-from graphopt.runner.report_table import legend, screen_table, short_names
+from graphopt.runner.report_table import legend, markdown_table, screen_table, short_names
 from graphopt.runner.store import COLUMNS, ResultStore
 
 
@@ -220,3 +220,9 @@ def test_markdown_escapes_pipes():
 def test_drift_rounding(value, expected):
     from graphopt.runner.report_table import _drift
     assert _drift(value) == expected
+
+
+def test_markdown_table_aligned_or_as_the_benchmarks_write_it():
+    header, rows, right = ["run", "s"], [["a", "1.5"], ["longer", "10.25"]], [False, True]
+    assert markdown_table(header, rows, right).splitlines()[:2] == ["| run    |     s |", "|--------|------:|"]
+    assert markdown_table(header, rows, right, pad=False) == "| run | s |\n|---|---:|\n| a | 1.5 |\n| longer | 10.25 |"

@@ -14,7 +14,7 @@ import pytest
 
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.report import report
-from graphopt.runner.schema import load_config
+from graphopt.runner.config import load_config
 from graphopt.runner.store import COLUMNS, ResultStore
 
 YAML = """\
@@ -40,7 +40,7 @@ def sweep(tmp_path_factory):
     env = dict(os.environ, GRAPHOPT_RUNNER_KILL="killed")
     code = textwrap.dedent(f"""
         from graphopt.runner.execute import run_experiment
-        from graphopt.runner.schema import load_config
+        from graphopt.runner.config import load_config
         run_experiment(load_config({str(cfg_path)!r}), progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -121,9 +121,12 @@ def test_run_over_time_limit_is_an_error_row_and_a_failed_reference_stops(tmp_pa
 def test_cli_run_resumes_and_prints_report(sweep, capsys):
     from graphopt.cli import main
     out, _, table = sweep
-    assert main(["run", str(out.parent / "e2e.yaml"), "--no-progress"]) == 0  # all done: prints the report only
-    text = capsys.readouterr().out
+    assert main(["run", str(out.parent / "e2e.yaml"), "--no-progress"]) == 1  # all done: prints the report only,
+    printed = capsys.readouterr()                                               # and exits 1: two runs failed
+    text = printed.out
     assert "| reference" in text and "| killed" in text
+    assert printed.err.strip().splitlines()[-1].startswith(
+        "graphopt run: 2 of 4 runs failed (not-applicable, killed); their errors are in the report above")
     assert list(ResultStore(out).load()["finished_at"]) == list(table["finished_at"])
     assert main(["run", str(out.parent / "e2e.yaml"), "--set", "data.limt=3"]) == 2
     assert "did you mean 'limit'" in capsys.readouterr().err

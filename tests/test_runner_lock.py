@@ -11,7 +11,7 @@ import pytest
 
 from graphopt.runner.execute import run_experiment
 from graphopt.runner.lock import FolderBusyError, hold_output_dir
-from graphopt.runner.schema import config_from_dict
+from graphopt.runner.config import config_from_dict
 from graphopt.runner.store import ResultStore
 
 

@@ -12,7 +12,8 @@ import torch
 from graphopt.checkpoints.model_args import read_model_args
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
 from graphopt.runner.execute import run_experiment
-from graphopt.runner.schema import ConfigError, config_from_dict, load_config
+from graphopt.runner.config import config_from_dict, load_config
+from graphopt.runner.yaml_source import ConfigError
 
 YAML = """\
 name: pre
@@ -169,7 +170,8 @@ def test_checkpoint_without_tokenizer_refused_at_load(tmp_path):
     that fixes it; a `tokenizer` key that does not exist is named too."""
     from graphopt.checkpoints import save_meta_checkpoint
     from graphopt.model import ModelArgs, Transformer, init_random_weights
-    from graphopt.runner.schema import ConfigError, load_config
+    from graphopt.runner.config import load_config
+    from graphopt.runner.yaml_source import ConfigError
     ckpt = tmp_path / "models" / "ckpt"
     save_meta_checkpoint(init_random_weights(Transformer(ModelArgs.from_name("tiny")), seed=0), ckpt)
     cfg = tmp_path / "x.yaml"

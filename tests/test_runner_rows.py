@@ -1,7 +1,7 @@
 """Result rows name the dtype a run computes in, not only the dtype it loads in (as the passes declare
 it), and count the parameters of the graph that runs."""
 from graphopt.pipeline import pipeline_dtype
-from graphopt.runner.schema import config_from_dict
+from graphopt.runner.config import config_from_dict
 from graphopt.runner.sweep import expand
 
 

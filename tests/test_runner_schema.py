@@ -4,7 +4,8 @@ import textwrap
 
 import pytest
 
-from graphopt.runner.schema import ConfigError, load_config
+from graphopt.runner.config import load_config
+from graphopt.runner.yaml_source import ConfigError
 
 GOOD = """\
 name: t

@@ -7,6 +7,8 @@ import pytest
 
 from graphopt.checkpoints import save_meta_checkpoint
 from graphopt.checkpoints.word_tokenizer import write_word_hash_tokenizer
+from graphopt.distributed.mesh import runs_one_stage_per_rank
+from graphopt.distributed.pipeline_run import StagePerRank
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import Optimized
 from graphopt.pipeline import parse_pipeline
@@ -14,7 +16,7 @@ from graphopt.runner import worker
 from graphopt.runner.schema import ScoringConfig
 from graphopt.runner.sweep import ResolvedRun
 from graphopt.runner.execute import run_experiment
-from graphopt.runner.schema import load_config
+from graphopt.runner.config import load_config
 from tests import _dist_workers as W
 
 pytestmark = pytest.mark.distributed
@@ -48,20 +50,21 @@ def test_only_sharding_export_runs_load_shards(table):
     assert not worker.loads_only_its_shard(cfg, run(["fuse_rope"]))
     assert not worker.loads_only_its_shard(one, run(["tensor_parallel"]))
     # stage = rank for a pipeline alone; with tensor_parallel too every rank runs every stage on its shard
-    assert worker.runs_one_stage_per_rank(cfg, run(["pipeline_split"]))
-    assert not worker.runs_one_stage_per_rank(cfg, run(["tensor_parallel", "pipeline_split"]))
-    assert not worker.runs_one_stage_per_rank(one, run(["pipeline_split"]))
+    assert runs_one_stage_per_rank(cfg, run(["pipeline_split"]))
+    assert not runs_one_stage_per_rank(cfg, run(["tensor_parallel", "pipeline_split"]))
+    assert not runs_one_stage_per_rank(one, run(["pipeline_split"]))
 
 
 def test_one_stage_per_rank_needs_one_stage_per_rank():
-    from graphopt.pipeline import PassContext, run_passes
+    from graphopt.pass_manager import run_passes
+    from graphopt.pipeline import PassContext
     args, sm = W.build_score_module("tiny")
     gm = W.capture_graph(sm, W.example_batch(args))
     split, _ = run_passes(gm, [("pipeline_split", {"n_stages": 2})], PassContext(model_args=args))
     opt = Optimized(split, split)
-    assert worker.StagePerRank(opt, 2).graph is split
+    assert StagePerRank(opt, 2).graph is split
     with pytest.raises(ValueError, match="pipeline_split made 2 stages for world_size 3"):
-        worker.StagePerRank(opt, 3)
+        StagePerRank(opt, 3)
 
 
 def test_sharded_runs_match_the_reference(table):

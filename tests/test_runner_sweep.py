@@ -1,5 +1,5 @@
 """Sweep expansion: counts and pass lists per mode; run keys are stable and change with the config."""
-from graphopt.runner.schema import config_from_dict
+from graphopt.runner.config import config_from_dict
 from graphopt.runner.sweep import expand
 
 BASE = ["cse", "dce", {"name": "fuse_rmsnorm", "fuse_residual": True}, "fuse_rope"]

@@ -17,7 +17,8 @@ from graphopt.checkpoints.tokenizers import HFTokenizer, load_tokenizer
 from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
 from graphopt.cli import main
 from graphopt.graph_attrs import attr, set_attr
-from graphopt.pipeline import PassContext, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext
 from graphopt.commands.prune import prune_and_save
 from graphopt.scoring.batch import ScoreModule
 from tests.test_capture import distinct_score_inputs

@@ -155,7 +155,7 @@ def test_runner_sweep_on_the_tied_checkpoint(tiny_tied, tmp_path):
     before or after the sharding pass (merge_qkv / merge_gate_up on weightless tensors: the merged
     weight is read from its parts' rows of the checkpoint)."""
     from graphopt.runner.execute import run_experiment
-    from graphopt.runner.schema import load_config
+    from graphopt.runner.config import load_config
     cfg = tmp_path / "tied.yaml"
     cfg.write_text(W.sharded_sweep_yaml("sharded-tied", tiny_tied, tmp_path / "out", 2, 2, RUNNER_RUNS))
     df = run_experiment(load_config(cfg), progress=False, log=lambda *a: None)

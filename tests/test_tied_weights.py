@@ -29,7 +29,8 @@ from graphopt.graph_attrs import attr, held_numel
 from graphopt.graph_capture import capture
 from graphopt.model.args import ModelArgs
 from graphopt.model.llama import Transformer, init_random_weights
-from graphopt.pipeline import PassContext, run_passes
+from graphopt.pass_manager import run_passes
+from graphopt.pipeline import PassContext
 from graphopt.runner.worker import count_params
 from graphopt.scoring.batch import ScoreModule
 from tests import _dist_workers as W

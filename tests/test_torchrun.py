@@ -1,5 +1,5 @@
 """`torchrun ... -m graphopt run cfg.yaml`: graphopt joins torchrun's world instead of spawning its own
-processes (graphopt.distributed.torchrun); only rank 0 writes rows and prints; the numbers equal one
+processes (graphopt.runner.torchrun); only rank 0 writes rows and prints; the numbers equal one
 process; a rank that fails ends every rank with its traceback and no row; a rank that never joins is
 named. Two "nodes" on one machine (two torchrun invocations, c10d rendezvous on localhost) is `slow`."""
 import os
@@ -11,7 +11,7 @@ import pytest
 
 from graphopt.distributed.groups import free_port
 from graphopt.runner.execute import run_experiment
-from graphopt.runner.schema import load_config
+from graphopt.runner.config import load_config
 from graphopt.runner.store import ResultStore
 
 pytestmark = pytest.mark.distributed
@@ -109,7 +109,7 @@ def test_a_rank_that_never_joins_is_named(tmp_path):
 
 
 def test_load_refuses_a_world_size_other_than_torchruns(tmp_path, monkeypatch):
-    from graphopt.runner.schema import ConfigError
+    from graphopt.runner.yaml_source import ConfigError
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     monkeypatch.setenv("WORLD_SIZE", "8")
     with pytest.raises(ConfigError, match=r"world_size 2, but torchrun started WORLD_SIZE=8 processes"):
@@ -133,7 +133,7 @@ def test_two_nodes_on_one_machine_dp2_x_tp2(tmp_path):
 def test_cuda_devices_are_counted_per_node_under_torchrun(tmp_path, monkeypatch):
     import torch
 
-    from graphopt.runner.schema import ConfigError
+    from graphopt.runner.yaml_source import ConfigError
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from graphopt.runner.execute import run_experiment
-from graphopt.runner.schema import ConfigError, load_config
+from graphopt.runner.config import load_config
+from graphopt.runner.yaml_source import ConfigError
 
 USER_PASSES = '''
 import torch

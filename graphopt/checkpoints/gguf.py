@@ -27,6 +27,8 @@ import torch
 
 from graphopt.checkpoints.assemble import TensorSource, materialize, parse_dtype, rename_key
 from graphopt.checkpoints.errors import CheckpointError
+from graphopt.checkpoints.gguf_reader import MISSING, gguf_value, import_gguf, open_gguf
+from graphopt.checkpoints.gguf_tokenizer import gguf_tokenizer
 from graphopt.checkpoints.hf import unpermute_qk
 from graphopt.model import ModelArgs, Transformer
 from graphopt.model.args import RopeScaling
@@ -44,7 +46,6 @@ _IN_LAYER = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "atte
              "attn_q_norm": "attention.q_norm", "attn_k_norm": "attention.k_norm"}
 NON_MODEL_TENSORS = {"rope_freqs.weight"}  # Llama-3.1/3.2 RoPE factors: ModelArgs.rope_scaling, not a weight
 _LAYER_KEY = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-_MISSING = object()
 
 
 def gguf_to_meta_key(name: str) -> str:
@@ -52,39 +53,7 @@ def gguf_to_meta_key(name: str) -> str:
     return rename_key(name, _TOP_LEVEL, _LAYER_KEY, _IN_LAYER)
 
 
-def _import_gguf():
-    try:
-        import gguf
-    except ImportError as e:
-        raise CheckpointError("reading .gguf files needs the gguf package: pip install gguf "
-                              "(or pip install 'graphopt[gguf]')") from e
-    return gguf
-
-
-def open_gguf(path: str | Path):
-    """gguf.GGUFReader over `path` (memory-mapped copy-on-write, so tensors convert to torch without a
-    copy); a missing, truncated or corrupt file -> CheckpointError naming it."""
-    gguf = _import_gguf()
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return gguf.GGUFReader(path, mode="c")
-    except Exception as e:  # bad magic, truncated header or data, unknown value/tensor type, ...
-        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
-
-
-def gguf_value(reader, key: str, default=_MISSING):
-    """A metadata value as plain Python (int, float, str, bool or list); missing -> default or CheckpointError."""
-    field = reader.fields.get(key)
-    if field is None:
-        if default is _MISSING:
-            raise CheckpointError(f"{reader.data.filename}: GGUF metadata lacks {key!r}")
-        return default
-    return field.contents()
-
-
-def _int(reader, key: str, default=_MISSING) -> int:
+def _int(reader, key: str, default=MISSING) -> int:
     value = gguf_value(reader, key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise CheckpointError(f"{reader.data.filename}: GGUF metadata {key!r}: expected a positive integer, "
@@ -103,7 +72,7 @@ def gguf_architecture(reader) -> str:
 def _rope_freqs(reader, tensor, head_dim: int) -> tuple[float, ...]:
     """llama.cpp's rope_freqs.weight (Llama-3.1/3.2's llama3 scaling as convert_hf_to_gguf.py writes it):
     one divisor per RoPE frequency, ggml's rope divides each frequency by its factor. Shape [head_dim // 2]."""
-    gguf = _import_gguf()
+    gguf = import_gguf()
     path = reader.data.filename
     shape = [int(n) for n in reversed(tensor.shape.tolist())]
     if shape != [head_dim // 2]:
@@ -184,7 +153,7 @@ def _dequantizable(gguf, qtype) -> bool:
 def gguf_sources(reader, args: ModelArgs, arch: str) -> dict[str, TensorSource]:
     """{graphopt key -> TensorSource} for every tensor in the file; a type that cannot be dequantised
     is reported before anything is read."""
-    gguf = _import_gguf()
+    gguf = import_gguf()
     path = reader.data.filename
     hf_qk_order = ARCHITECTURES[arch]["hf_qk_order"]
     sources = {}
@@ -213,8 +182,6 @@ def gguf_sources(reader, args: ModelArgs, arch: str) -> dict[str, TensorSource]:
 def load_gguf(path: str | Path, dtype: str | torch.dtype = "float32", device="cpu",
               max_seq_len: int | None = None) -> tuple[Transformer, object]:
     """(Transformer in eval mode, tokenizer from the file's metadata) from a .gguf file."""
-    from graphopt.checkpoints.gguf_tokenizer import gguf_tokenizer
-
     reader = open_gguf(path)
     args = read_gguf_config(reader, max_seq_len)
     sources = gguf_sources(reader, args, gguf_architecture(reader))
@@ -225,7 +192,5 @@ def load_gguf(path: str | Path, dtype: str | torch.dtype = "float32", device="cp
 
 def load_gguf_structure(path: str | Path) -> tuple[ModelArgs, object]:
     """(ModelArgs, tokenizer) of a .gguf file without reading its tensors."""
-    from graphopt.checkpoints.gguf_tokenizer import gguf_tokenizer
-
     reader = open_gguf(path)
     return read_gguf_config(reader), gguf_tokenizer(reader)

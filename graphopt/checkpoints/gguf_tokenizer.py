@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 
 from graphopt.checkpoints.errors import CheckpointError
+from graphopt.checkpoints.gguf_reader import gguf_value
 
 _CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 
@@ -114,10 +115,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def gguf_tokenizer(reader) -> GGUFTokenizer:
-    """The tokenizer of an opened GGUF (graphopt.checkpoints.gguf.open_gguf)."""
+    """The tokenizer of an opened GGUF (graphopt.checkpoints.gguf_reader.open_gguf)."""
     from tokenizers import AddedToken
-
-    from graphopt.checkpoints.gguf import gguf_value
 
     where = str(reader.data.filename)
     kind = gguf_value(reader, "tokenizer.ggml.model", None)

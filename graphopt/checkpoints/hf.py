@@ -43,6 +43,8 @@ _IGNORED = re.compile(r".*rotary_emb\.inv_freq")  # older checkpoints store RoPE
 # weight files, most preferred first: (index file or None, single file)
 _WEIGHT_FILES = [("model.safetensors.index.json", None), (None, "model.safetensors"),
                  ("pytorch_model.bin.index.json", None), (None, "pytorch_model.bin")]
+_SAME_FORMAT = [("model.safetensors", "model.safetensors.index.json"),  # (single file, its index)
+                ("pytorch_model.bin", "pytorch_model.bin.index.json")]
 
 
 def hf_to_meta_key(key: str) -> str | None:
@@ -168,8 +170,18 @@ def read_hf_config(ckpt_dir: str | Path, max_seq_len: int | None = None) -> Mode
         raise CheckpointError(f"{path}: inconsistent model parameters ({e})") from e
 
 
+def _one_checkpoint(ckpt_dir: Path) -> None:
+    """A single file beside an index of the same format is two checkpoints: graphopt would read the
+    index, transformers the single file (a model written over an older sharded one). Refused."""
+    for single_name, index_name in _SAME_FORMAT:
+        if (ckpt_dir / index_name).is_file() and (ckpt_dir / single_name).is_file():
+            raise CheckpointError(f"{ckpt_dir}: holds two checkpoints, {single_name} and {index_name} (with the "
+                                  f"shards it lists); loaders disagree on which one to read: remove the stale one")
+
+
 def hf_weight_files(ckpt_dir: Path) -> tuple[dict[str, Path], Path | None]:
     """{hf key -> file that holds it} (None when a single file holds everything) and that single file."""
+    _one_checkpoint(ckpt_dir)
     for index_name, single_name in _WEIGHT_FILES:
         if index_name and (ckpt_dir / index_name).is_file():
             index_path = ckpt_dir / index_name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +42,16 @@ def _tokenizer_for(ckpt_dir: Path, vocab_size: int, tokenizer=None):
                           f"lm-eval model_args tokenizer=PATH)")
 
 
+def check_vocab_fits(where, tokenizer, n_embeddings: int) -> None:
+    """Every id the tokenizer gives must index the model's embedding. An embedding with MORE rows than the
+    tokenizer has tokens is common and fine (padded to a round size: Qwen2.5 has 151936 rows for 151665
+    tokens); fewer rows would end in an IndexError inside the graph, so it is refused at load."""
+    if tokenizer.vocab_size > n_embeddings:
+        raise CheckpointError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
+                              f"only {n_embeddings} rows, so ids {n_embeddings}..{tokenizer.vocab_size - 1} would "
+                              f"index past it; use the model's own tokenizer (or give its path: tokenizer=PATH)")
+
+
 def _vocab_size(p: Path, layout: str, read_args) -> int:
     """The vocabulary size from the config alone (LLaMA-1's params.json says -1: the weights know)."""
     if layout == "hf":
@@ -63,9 +72,11 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
         args = ModelArgs.from_name(str(path_or_preset))
         if max_seq_len is not None:
             args.max_seq_len = max_seq_len
+        tokenizer = _tokenizer_for(p, args.vocab_size, tokenizer or "word-hash")
+        check_vocab_fits(f"model preset {str(path_or_preset)!r}", tokenizer, args.vocab_size)
         model = init_random_weights(Transformer(args), seed=seed).to(dtype=torch_dtype)
         finish_rope(model, "cpu")  # keep the RoPE tables float32 after .to(dtype)
-        return model.to(device).eval(), _tokenizer_for(p, args.vocab_size, tokenizer or "word-hash")
+        return model.to(device).eval(), tokenizer
     if p.is_dir():
         if (p / "params.json").is_file():
             layout, read_args, load = "meta", read_meta_params, load_meta_checkpoint
@@ -75,15 +86,17 @@ def load_model(path_or_preset: str | Path, dtype: str | torch.dtype = "float32",
             raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
         # the tokenizer first: a missing one is reported before minutes of reading weights
         tokenizer = _tokenizer_for(p, _vocab_size(p, layout, read_args), tokenizer)
+        if layout == "hf":  # (params.json may say -1: then only the weights know)
+            check_vocab_fits(p, tokenizer, read_args(p).vocab_size)
         model = load(p, torch_dtype, device, max_seq_len=max_seq_len)
-        if tokenizer.vocab_size > model.args.vocab_size:
-            warnings.warn(f"{p}: tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
-                          f"{model.args.vocab_size}; ids beyond it would fail", stacklevel=2)
+        check_vocab_fits(p, tokenizer, model.args.vocab_size)
         return model, tokenizer
     if p.is_file() and p.suffix.lower() == ".gguf":
         from graphopt.checkpoints.gguf import load_gguf
         model, own = load_gguf(p, torch_dtype, device, max_seq_len=max_seq_len)
-        return model, own if tokenizer is None else _tokenizer_for(p, model.args.vocab_size, tokenizer)
+        tokenizer = own if tokenizer is None else _tokenizer_for(p, model.args.vocab_size, tokenizer)
+        check_vocab_fits(p, tokenizer, model.args.vocab_size)
+        return model, tokenizer
     if p.exists():
         raise CheckpointError(f"{p}: expected a checkpoint directory (params.json or config.json) or a .gguf "
                               "file, got another file")
@@ -100,6 +113,7 @@ def load_model_structure(ckpt_dir: str | Path, dtype: str | torch.dtype = "float
     if p.is_file() and p.suffix.lower() == ".gguf":
         from graphopt.checkpoints.gguf import load_gguf_structure
         args, tokenizer = load_gguf_structure(p)
+        check_vocab_fits(p, tokenizer, args.vocab_size)
         with torch.device("meta"):
             model = Transformer(args).to(dtype=parse_dtype(dtype))
         return model.eval(), tokenizer
@@ -111,4 +125,6 @@ def load_model_structure(ckpt_dir: str | Path, dtype: str | torch.dtype = "float
         raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
     with torch.device("meta"):
         model = Transformer(args).to(dtype=parse_dtype(dtype))
-    return model.eval(), _tokenizer_for(p, args.vocab_size, tokenizer)
+    tokenizer = _tokenizer_for(p, args.vocab_size, tokenizer)
+    check_vocab_fits(p, tokenizer, args.vocab_size)
+    return model.eval(), tokenizer

@@ -25,7 +25,8 @@ def read_model_args(model_spec: str | Path) -> ModelArgs:
             return read_hf_config(p)
         raise CheckpointError(f"{p}: neither params.json (Meta layout) nor config.json (Hugging Face layout) found")
     if p.is_file() and p.suffix.lower() == ".gguf":
-        from graphopt.checkpoints.gguf import open_gguf, read_gguf_config
+        from graphopt.checkpoints.gguf import read_gguf_config
+        from graphopt.checkpoints.gguf_reader import open_gguf
         return read_gguf_config(open_gguf(p))
     if p.exists():
         raise CheckpointError(f"{p}: expected a checkpoint directory (params.json or config.json) or a .gguf "

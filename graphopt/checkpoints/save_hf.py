@@ -9,6 +9,10 @@ layers' sizes. In memory, pruned_transformer(varying_ffn=True) builds FFNs of di
 layer's FeedForward at its own width; heads must still agree), so such a cut can be scored eagerly.
 head_dim is always written: after a head cut it is no longer hidden_size / num_attention_heads.
 
+The folder is checked first (graphopt.checkpoints.out_dir): one that holds files is refused unless
+force, and with force the new files are written beside the old ones in a temporary subfolder, then the
+files they supersede are removed and the new ones moved in; files that are not a checkpoint's stay.
+
 HF stores wq / wk with each head's rows in rotate_half order; graphopt keeps Meta's interleaved pairs,
 so the rows are permuted on the way out (graphopt.checkpoints.hf.unpermute_qk undoes it on the way in).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from torch import Tensor
 from torch.fx import GraphModule
 
 from graphopt.checkpoints.errors import CheckpointError
+from graphopt.checkpoints.out_dir import check_out_dir, superseded
 from graphopt.graph_attrs import attr
 from graphopt.model import ModelArgs, Transformer
 from graphopt.model.llama import FeedForward
@@ -120,7 +126,7 @@ def _write_tokenizer(tokenizer, d: Path) -> None:
     if isinstance(tokenizer, WordHashTokenizer):
         write_word_hash_tokenizer(d, tokenizer.vocab_size)
     elif path is not None and Path(path).is_file():
-        shutil.copy(path, d / Path(path).name)
+        shutil.copy(path, d / Path(path).name)  # (d: a new folder, never the file's own)
         config = Path(path).parent / "tokenizer_config.json"
         if config.is_file():
             shutil.copy(config, d / config.name)
@@ -134,17 +140,20 @@ def _write_tokenizer(tokenizer, d: Path) -> None:
                               f"tokenizer.model file, a GGUF's, or graphopt's word-hash tokenizer")
 
 
-def save_hf_checkpoint(model: Transformer, out_dir: str | Path, tokenizer) -> Path:
-    """config.json + model.safetensors (+ the tokenizer) in out_dir; tied embeddings stored once."""
+def save_hf_checkpoint(model: Transformer, out_dir: str | Path, tokenizer, force: bool = False,
+                       source: str | Path | None = None, log=print) -> Path:
+    """config.json + model.safetensors (+ the tokenizer) in out_dir; tied embeddings stored once.
+    An out_dir that holds files is refused unless force; then the checkpoint files the new ones
+    supersede are removed (out_dir.superseded), said in one line to `log`. source: the model read
+    (refused as out_dir)."""
     from safetensors.torch import save_file
-    d = Path(out_dir)
+    d = check_out_dir(out_dir, source=source, force=force)
     a = model.args
     widths = [layer.feed_forward.w1.weight.shape[0] for layer in model.layers]
     if set(widths) != {a.hidden_dim}:
         raise CheckpointError(f"the layers' FFN widths differ ({widths}); a LLaMA config.json has one "
                               f"intermediate_size for every layer: save a per_layer (uniform) cut")
     config = hf_config(a, next(model.parameters()).dtype)
-    d.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for key, t in model.state_dict().items():
         if not key.endswith((".weight", ".bias")) or (key == "output.weight" and a.tie_embeddings):
@@ -159,7 +168,25 @@ def save_hf_checkpoint(model: Transformer, out_dir: str | Path, tokenizer) -> Pa
         if key.endswith(("attention.wq.weight", "attention.wk.weight")):
             t = _permute_qk(t, a.n_heads if ".wq." in key else a.n_kv_heads)
         tensors[name] = t.contiguous().clone()  # clone: one storage per tensor for safetensors
-    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
-    (d / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    _write_tokenizer(tokenizer, d)
+    d.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=d, prefix=".graphopt-save-"))  # the old checkpoint stays until all is written
+    try:
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        _write_tokenizer(tokenizer, staging)
+        tokenizer_file = getattr(tokenizer, "path", None)
+        removed = [p for p in superseded(d, keep={Path(tokenizer_file)} if tokenizer_file else set())
+                   if not (staging / p.name).exists()]
+        for p in removed:
+            p.unlink()
+        for p in d.glob(".graphopt-save-*"):  # left by a save that was stopped halfway (graphopt's own)
+            if p != staging:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in sorted(staging.iterdir()):
+            p.replace(d / p.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if removed:
+        log(f"removed from {d} the old checkpoint's {', '.join(p.name for p in removed)} (superseded by the new "
+            f"one; other files kept)")
     return d

@@ -1,6 +1,6 @@
 """File tokenizers with WordHashTokenizer's interface: encode(str) -> ids without BOS, bos_id,
 eos_id, vocab_size, add_bos_token (whether the tokenizer's default encoding, transformers'
-add_special_tokens=True, prepends BOS; graphopt.scoring.requests.tok_encode applies it as lm-eval does).
+add_special_tokens=True, prepends BOS; graphopt.checkpoints.encode.tok_encode applies it as lm-eval does).
 
 Leading spaces: sentencepiece LLaMA models (add_dummy_prefix) prepend "▁" to the text, so
 encode("hello") and encode(" hello") usually both give "▁hello", and encode(" world") alone differs

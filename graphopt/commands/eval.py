@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HellaSwag: a datasets.save_to_disk directory, a directory of Rowan/hellaswag "
                              "parquet files, one parquet file, or the original hellaswag_val.jsonl "
                              "(default: 200 synthetic rows)")
-    parser.add_argument("--split", default="validation", help="split to read (default: %(default)s; the test "
-                                                              "split has no labels)")
+    parser.add_argument("--split", default="validation", help="split to read from a --data directory (default: "
+                                                              "%(default)s; the test split has no labels); a single "
+                                                              "file is read whole")
     parser.add_argument("--limit", type=_non_negative_int, default=None, metavar="N",
                         help="score only the first N rows (default: all)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
@@ -55,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "as lm-eval 0.4.13's hf model (Llama-2/3 tokenizers add BOS, Qwen2's do not)")
     parser.add_argument("--pipeline", default="auto", metavar="NAME_OR_PASSES",
                         help="auto (default): the fastest path whose answers equal the per-pair reference in "
-                             "fp32 (CPU: exact-cpu, CUDA: gpu; packed rows, no compile); none: the eager model, "
+                             "fp32 (CPU: exact-cpu, CUDA: gpu; packed rows, no compile; with --compiler: exact, "
+                             "the pipeline that compiles); none: the eager model, "
                              "each pair alone (lm-eval's reference); or a named pipeline (exact, fast, fast-cpu, "
                              "int8, ...) or comma-separated pass names, see `graphopt passes`")
     parser.add_argument("--compiler", default=None, choices=("none", "inductor", "inductor-frozen", "eager-fx"),
@@ -92,20 +95,11 @@ def main(args) -> int:
     check_device(args.device)
     if args.strategy is not None and args.strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(STRATEGIES)})")
-    pipeline, compiler, strategy = (None if args.pipeline == "none" else args.pipeline), args.compiler, args.strategy
-    from graphopt.scoring.evaluate import auto_pipeline
-    if pipeline == "auto":
-        pipeline, auto_compiler = auto_pipeline(args.device)
-        compiler = compiler or auto_compiler
-        if args.batch_size != 1 or strategy not in (None, "packed"):  # another layout asked for
-            strategy = strategy or "padded"
-            pipeline = "exact" if pipeline == "gpu" else pipeline  # prefix_attention needs the packed layout
-    compiler = compiler or "none"
-    if pipeline not in (None, "auto"):  # a bad pipeline is reported before anything loads
-        from graphopt.pipeline import PassError, check_compiler_fits, check_order, parse_pipeline
+    pipeline = None if args.pipeline == "none" else args.pipeline
+    if pipeline != "auto" and pipeline is not None:  # a bad pipeline is reported before anything loads
+        from graphopt.pipeline import PassError, check_pipeline
         try:
-            check_order(parse_pipeline(pipeline))
-            check_compiler_fits(parse_pipeline(pipeline), compiler)
+            pipeline = check_pipeline(pipeline, args.compiler or "none")
         except PassError as e:
             raise UserError(f"--pipeline {args.pipeline!r}: {e}") from e
     rows = load_hellaswag(args.data, split=args.split, limit=args.limit)  # data errors first: cheaper
@@ -121,23 +115,22 @@ def main(args) -> int:
     load_s = time.perf_counter() - start
     n_params = sum(p.numel() for p in model.parameters())
     data_name = args.data or "synthetic (embedded default)"
+    split = args.split if args.data is not None and Path(args.data).expanduser().is_dir() else None  # else: read whole
     text = args.output == "text"
     if text:
         print(f"model  {args.model}  ({n_params / 1e6:.1f}M parameters, {args.dtype}, {args.device}, "
               f"loaded in {load_s:.1f}s)")
-        print(f"data   {data_name}  split={args.split}  rows={len(rows)}")
+        print(f"data   {data_name}  " + (f"split={split}  " if split else "") + f"rows={len(rows)}")
 
-    if args.pipeline == "auto" and pipeline == "gpu":  # a sliding-window model gets exact (see auto_pipeline)
-        pipeline = auto_pipeline(args.device, model.args)[0]
-    result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=strategy,
+    result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=args.strategy,
                       device=args.device, progress=not args.no_progress, add_bos=args.add_bos,
-                      pipeline=pipeline, compiler=compiler)
+                      pipeline=pipeline, compiler=args.compiler)
     check = _check(model, tokenizer, rows, args, result) if args.check else {}
     s = result["seconds"]
     if not text:
         keep = ("acc", "acc_norm", "n_items", "n_requests", "tokens_scored", "tokens_processed", "seconds",
                 "setup_seconds", "strategy", "pipeline", "compiler", "n_shapes", "n_compiles", "cache_hits")
-        print(json.dumps({"model": args.model, "data": data_name, "split": args.split, "dtype": args.dtype,
+        print(json.dumps({"model": args.model, "data": data_name, "split": split, "dtype": args.dtype,
                           "device": args.device, "n_params": n_params, "load_seconds": load_s,
                           **{k: result[k] for k in keep}, **check}))
         return 0

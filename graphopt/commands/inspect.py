@@ -45,20 +45,6 @@ def _op_name(target) -> str:
     return name if name and not str(target).startswith(("aten.", "graphopt.")) else str(target)
 
 
-def example_inputs(vocab_size: int, B: int, T: int):
-    """A small scoring batch: causal rows, every position scored; one document per row (doc_ids,
-    seg_ids all 0: the layout ids of a causal row), so layout-driven passes (prefix_attention) apply."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab_size, (B, T), generator=g)
-    positions = torch.arange(T).expand(B, T).contiguous()
-    mask = torch.ones(T, T, dtype=torch.bool).tril().expand(B, T, T).contiguous()
-    score_idx = torch.arange(B * T)
-    targets = torch.randint(0, vocab_size, (B * T,), generator=g)
-    doc_ids = torch.zeros(B, T, dtype=torch.long)
-    seg_ids = torch.zeros(B, T, dtype=torch.long)
-    return ids, positions, mask, score_idx, targets, doc_ids, seg_ids
-
-
 def _load(model: str, dtype: str):
     try:
         from graphopt.checkpoints import load_model
@@ -75,8 +61,9 @@ def _load(model: str, dtype: str):
 
 def main(args) -> int:
     import graphopt
-    from graphopt.pipeline import PassError, check_order, count_nodes, parse_pipeline
-    from graphopt.scoring.batch import ScoreModule
+    from graphopt.pass_manager import count_nodes
+    from graphopt.pipeline import PassError, check_order, parse_pipeline
+    from graphopt.scoring.batch import ScoreModule, example_inputs
 
     try:
         specs = parse_pipeline(args.passes)

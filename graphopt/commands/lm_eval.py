@@ -2,10 +2,13 @@
 
 Every argument goes to lm-eval unchanged, so it prints what `lm_eval` prints and writes the same
 --output_path files. Before lm-eval starts (and before any model loads), tasks that need text
-generation are refused when the model is graphopt: it scores, it does not generate."""
+generation are refused when the model is graphopt: it scores, it does not generate. A checkpoint graphopt
+cannot load (missing, truncated, no tokenizer, an unsupported family) is one line and exit 2, as in
+`graphopt eval`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -25,7 +28,8 @@ data_parallel and tensor_parallel (under torchrun: replicas x shards = the numbe
   torchrun --nproc-per-node 4 -m graphopt lm-eval --model graphopt \\
       --model_args pretrained=DIR,data_parallel=2,tensor_parallel=2 --tasks hellaswag
 the replicas split the requests by token count; only rank 0 prints and writes).
-lm-eval's --batch_size is accepted and not used: graphopt batches by tokens (max_tokens).
+lm-eval's --batch_size is accepted and not used: graphopt batches by tokens (max_tokens). A --model_args key
+wins over lm-eval's flag of the same name (device=cpu over --device, which lm-eval passes as cuda:0 by default).
 Everything below is lm-eval's own help.
 """
 
@@ -36,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # (graphopt.cli han
 
 def run(argv: list[str]) -> int:
     """lm-eval's CLI on argv (without the program name), graphopt registered."""
+    from graphopt.checkpoints import CheckpointError
+    from graphopt.errors import UserError
     from graphopt.harness import register
 
     if argv[:1] in (["-h"], ["--help"]) or not argv:
@@ -44,20 +50,50 @@ def run(argv: list[str]) -> int:
     if _value(argv, "--model") == "graphopt":
         from graphopt.harness.tasks import refuse_generative_tasks
         refuse_generative_tasks(_value(argv, "--tasks"), _value(argv, "--include_path"))
+    argv, quiet = rank0_writes(argv)
     try:
-        code = _cli_evaluate(argv)
+        with contextlib.redirect_stdout(quiet) if quiet is not None else contextlib.nullcontext():
+            code = _cli_evaluate(argv)
     except BaseException as e:
         if _joined_a_group():  # under torchrun: leave at once, peers fail or time out in their collective
             sys.stderr.write(f"graphopt lm-eval: rank {_rank()} failed: {type(e).__name__}: {e}\n"
                              f"{traceback.format_exc()}")
             sys.stderr.flush()
             os._exit(1)
+        if isinstance(e, CheckpointError):  # graphopt's own: one line, as `graphopt eval` prints it
+            raise UserError(str(e)) from None
         raise
     if _joined_a_group():  # skip gloo / nccl teardown once peers may have gone (as graphopt run's ranks)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+# lm-eval's flags that write files or send results elsewhere (flag -> how many values it takes)
+WRITING_FLAGS = {"--output_path": 1, "-o": 1, "--log_samples": 0, "-s": 0, "--wandb_args": 1,
+                 "--wandb_config_args": 1, "--hf_hub_log_args": 1}
+
+
+def rank0_writes(argv: list[str]):
+    """Under torchrun every process runs lm-eval to the end (each answers every request); only global
+    rank 0 prints and writes its results. lm-eval itself returns results on LOCAL_RANK 0 only (its
+    convention for models that split work themselves and report rank 0, as GraphoptLM does), which is
+    one process per node: the other nodes' LOCAL_RANK 0 processes get argv without the writing flags and
+    stdout to /dev/null. -> (argv, None or the stream that replaces stdout)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return argv, None
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in WRITING_FLAGS:
+            skip = WRITING_FLAGS[flag] if "=" not in arg else 0
+            continue
+        kept.append(arg)
+    return kept, open(os.devnull, "w")
 
 
 def _cli_evaluate(argv: list[str]) -> int:

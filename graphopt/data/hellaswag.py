@@ -8,7 +8,8 @@ task does (lm_eval/tasks/hellaswag/utils.py, process_docs):
 
 The model is then asked for log p(" " + ending | query) (target delimiter " ").
 
-Sources (no network, ever):
+Sources (no network, ever; graphopt.data.load.load_hellaswag picks between them and the embedded
+synthetic set):
   - a `datasets` directory written by `save_to_disk` (a Dataset, or a DatasetDict holding the split),
   - a directory with the parquet files of `Rowan/hellaswag` (any *.parquet whose path names the split,
     e.g. data/validation-00000-of-00001.parquet or validation/0000.parquet),
@@ -26,6 +27,7 @@ from pathlib import Path
 N_ENDINGS = 4
 REQUIRED_FIELDS = ("activity_label", "ctx_a", "ctx_b", "endings")
 SPLITS = ("train", "validation", "test")
+DEFAULT_SPLIT = "validation"
 _SPLIT_FILE_NAMES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
 
 
@@ -68,13 +70,19 @@ def format_row(doc: dict, index: int, where: str = "<rows>", allow_unlabelled: b
     if not isinstance(endings, (list, tuple)) or len(endings) != N_ENDINGS or not all(isinstance(e, str) for e in endings):
         raise bad("endings", f"a list of {N_ENDINGS} strings", endings)
     label = _parse_label(doc.get("label"), index, where, allow_unlabelled)
+    formatted = [preprocess(e) for e in endings]
+    for k, (raw, ending) in enumerate(zip(endings, formatted)):
+        if not ending:  # acc_norm divides by the ending's length: an empty one has no score
+            after = f" after lm-eval's preprocessing (it was {_short(raw)})" if raw.strip() else ""
+            raise ValueError(f"{where}: row {index}: field 'endings': ending {k} is empty{after}; every ending "
+                             f"needs at least one character")
 
     ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
     source_id = doc.get("source_id")
     return HellaSwagRow(
         index=index,
         query=preprocess(doc["activity_label"] + ": " + ctx),
-        endings=[preprocess(e) for e in endings],
+        endings=formatted,
         label=label,
         activity_label=doc["activity_label"],
         source_id=None if source_id is None else str(source_id),
@@ -159,7 +167,7 @@ def _split_files(directory: Path, split: str, suffix: str) -> list[Path]:
     return found
 
 
-def _read_source(path: Path, split: str, limit: int | None) -> tuple[list[dict], str]:
+def read_source(path: Path, split: str, limit: int | None) -> tuple[list[dict], str]:
     """Raw records of `split` from `path`, and the name used for it in error messages."""
     if not path.exists():
         raise FileNotFoundError(f"HellaSwag data not found: {path} (expected a jsonl or parquet file, a "
@@ -185,26 +193,17 @@ def _read_source(path: Path, split: str, limit: int | None) -> tuple[list[dict],
                             f"datasets.save_to_disk layout, *.parquet or *.jsonl files named after the split)")
 
 
-def load_hellaswag(path: str | Path | None = None, split: str = "validation", limit: int | None = None,
-                   *, allow_unlabelled: bool = False) -> list[HellaSwagRow]:
-    """HellaSwag rows of `split` from `path`, formatted as lm-evaluation-harness does.
+def split_problem(path: str | Path | None, split: str) -> str | None:
+    """Why `split` cannot choose rows of `path` (None: it can). A split picks a file (or a DatasetDict's
+    split) in a directory; one file and the synthetic set hold one split each, read whole, so a split
+    other than the default would be ignored while reported as used."""
+    if split == DEFAULT_SPLIT or (path is not None and not Path(path).expanduser().is_file()):
+        return None
+    what = "the embedded synthetic set" if path is None else f"{path} is one file, which"
+    return (f"split {split!r}: {what} holds a single split and is read whole; a split chooses among the files "
+            f"of a directory (hellaswag_{{train,val,test}}.jsonl, Rowan/hellaswag parquet, datasets.save_to_disk): "
+            f"give the directory, or the file of that split without a split")
 
-    path None -> the embedded synthetic set (graphopt.data.synthetic, 200 rows; no files, no network).
-    limit -> the first `limit` rows. A split without answers (the test split: label "") raises
-    ValueError unless allow_unlabelled=True, which gives label -1. A malformed row raises ValueError
-    naming the file, the row index and the field.
-    """
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    if path is None:
-        from graphopt.data.synthetic import DEFAULT_N, synthetic_hellaswag
-
-        return synthetic_hellaswag(n=DEFAULT_N if limit is None else limit)
-    path = Path(path).expanduser()
-    docs, where = _read_source(path, split, limit)
-    if limit is not None:
-        docs = docs[:limit]
-    return [format_row(doc, i, where, allow_unlabelled) for i, doc in enumerate(docs)]
 
 
 def write_hellaswag_jsonl(path: str | Path, docs: list[dict]) -> Path:

@@ -2,7 +2,8 @@
 
 - launch.py: `launch(fn, world_size, args=(), backend=None, timeout_s=120)` spawns ranks with
   torchrun's env, nccl on CUDA / gloo on CPU, fail-fast with the failing rank's traceback.
-- groups.py: `init_from_env()` (torchrun; names ranks that never join), `free_port()`, `world_group_name()`.
+- groups.py: `init_from_env()` (torchrun; names ranks that never join), `under_torchrun()`, `free_port()`,
+  `world_group_name()`.
 - collectives.py: the functional collectives the sharding passes insert (all_reduce + wait_tensor).
 - plan.py: which slice of each weight a tensor-parallel rank holds (`shard_slice`, `head_layout`).
 - load_shard.py: `load_shard(gm, ckpt_dir, rank, world_size, args)` reads only the rank's shard.
@@ -12,8 +13,8 @@
 - mesh.py: the run's DeviceMesh (data_parallel x pipeline x tensor ranks): `run_mesh`, `activate`,
   `shard_group("tp" | "pp")`, the sub-group the sharding passes' collectives run on.
 - data_parallel.py: `split_by_tokens` (replicas' shares of the questions), `gather_loglik` (to rank 0).
-- torchrun.py: `graphopt run` under torchrun joins its world (rank 0 runs the sweep, all ranks measure).
-The passes themselves are passes/tensor_parallel.py and passes/pipeline_split.py.
+The passes themselves are passes/tensor_parallel.py and passes/pipeline_split.py; `graphopt run` under
+torchrun (rank 0 runs the sweep, all ranks measure) is the runner's: graphopt.runner.torchrun.
 """
 from graphopt.distributed.groups import free_port, init_from_env, world_group_name  # noqa: F401
 from graphopt.distributed.launch import LaunchError, launch  # noqa: F401

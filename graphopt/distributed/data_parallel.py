@@ -8,9 +8,11 @@ computes the same split without talking.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 
@@ -28,7 +30,7 @@ def split_by_tokens(requests, n_replicas: int) -> list[list[int]]:
         by_question.setdefault(r.question, []).append(i)
     if len(by_question) < n_replicas:
         raise ValueError(f"data_parallel {n_replicas} is more than the {len(by_question)} questions to score: "
-                         f"a replica would have nothing to do; lower data_parallel or raise data.limit")
+                         f"a replica would have nothing to do; lower data_parallel or score more questions")
     cost = {q: sum(request_tokens(requests[i]) for i in idx) for q, idx in by_question.items()}
     heap = [(0, k) for k in range(n_replicas)]  # (tokens so far, replica)
     share: list[list[int]] = [[] for _ in range(n_replicas)]
@@ -53,6 +55,37 @@ def gather_loglik(local: np.ndarray | None, indices: list[int] | None, n_request
     if dist.get_rank() != 0:
         return None
     return assemble(parts, n_requests)[0]
+
+
+def check_same_requests(requests) -> None:
+    """Every rank must hold the same requests before they are split (each builds them itself): one
+    all_gather of a digest; raises naming the ranks that differ."""
+    digest = hashlib.sha256()
+    for r in requests:
+        digest.update(np.asarray(r.context_ids, dtype=np.int64).tobytes() + b"|")
+        digest.update(np.asarray(r.continuation_ids, dtype=np.int64).tobytes() + b";")
+    mine = (len(requests), digest.hexdigest())
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    differ = [r for r, d in enumerate(everyone) if d != everyone[0]]
+    if differ:
+        raise RuntimeError(f"ranks {differ} were given other requests than rank 0 ({everyone[0][0]} requests): "
+                           f"every rank must run the same command on the same data")
+
+
+def gather_everywhere(mine: list[int], loglik: torch.Tensor, greedy: torch.Tensor | None, n_requests: int,
+                      sends: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every rank gets (log-likelihood float64 [n_requests], is_greedy bool [n_requests] or None) in request
+    order from the replicas' shares; one rank of each replica `sends` (its model rank 0). Raises if a
+    request was scored by no replica or by two."""
+    part = None
+    if sends:
+        part = (np.asarray(mine, dtype=np.int64), loglik.double().cpu().numpy(),
+                *(() if greedy is None else (greedy.cpu().numpy().astype(bool),)))
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    values = assemble(parts, n_requests)
+    return torch.from_numpy(values[0]), (torch.from_numpy(values[1]) if len(values) > 1 else None)
 
 
 def assemble(parts, n_requests: int) -> list[np.ndarray]:

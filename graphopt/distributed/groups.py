@@ -29,6 +29,11 @@ def collective_timeout_s() -> float:
     return float(os.environ.get("GRAPHOPT_COLLECTIVE_TIMEOUT_S", 300))
 
 
+def under_torchrun() -> bool:
+    """True when torchrun (torch.distributed.run) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
+
+
 def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> tuple[int, int]:
     """Join the group described by torchrun's env (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
     Returns (rank, world_size). Idempotent. Every rank first checks in at the store on MASTER_ADDR:

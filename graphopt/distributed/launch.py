@@ -22,6 +22,7 @@ import torch
 import torch.multiprocessing as mp
 
 from graphopt.distributed.groups import default_backend, free_port, init_from_env
+from graphopt.parent_death import end_with_parent
 
 
 class LaunchError(RuntimeError):
@@ -33,7 +34,8 @@ class LaunchError(RuntimeError):
 
 
 def _worker(fn, rank: int, world_size: int, port: int, backend: str, timeout_s: float, args: tuple,
-            outdir: str, threads: int) -> None:
+            outdir: str, threads: int, launcher_pid: int) -> None:
+    end_with_parent(launcher_pid)  # the launching process killed (even kill -9): the ranks end too
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
@@ -104,19 +106,21 @@ def _stop(procs, grace_s: float = 3.0) -> None:
 
 
 def launch(fn, world_size: int, args: tuple = (), backend: str | None = None, timeout_s: float = 120.0,
-           collective_timeout_s: float = 30.0, threads_per_rank: int | None = None) -> list:
+           collective_timeout_s: float = 30.0, threads_per_rank: int | None = None, workdir: str | None = None) -> list:
     """Run fn(*args) on world_size processes; return their results in rank order.
 
     fn must be importable (a module-level function). timeout_s bounds the whole run;
-    collective_timeout_s bounds each collective (init_process_group(timeout=...))."""
+    collective_timeout_s bounds each collective (init_process_group(timeout=...)). The ranks' result
+    files live in a temporary folder inside `workdir` (default: the system's temporary folder)."""
     assert world_size >= 1, world_size
     backend = backend or default_backend()
     threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
     ctx = mp.get_context("spawn")
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="graphopt-launch-") as outdir:
+    with tempfile.TemporaryDirectory(prefix="graphopt-launch-", dir=workdir) as outdir:
         procs = [ctx.Process(target=_worker, args=(fn, r, world_size, port, backend, collective_timeout_s, args,
-                                                   outdir, threads), daemon=False) for r in range(world_size)]
+                                                   outdir, threads, os.getpid()), daemon=False)
+                 for r in range(world_size)]
         for p in procs:
             p.start()
         deadline = time.monotonic() + timeout_s

@@ -100,6 +100,14 @@ def run_mesh(exp, run) -> MeshShape:
                       else set())
 
 
+def runs_one_stage_per_rank(exp, run) -> bool:
+    """pipeline_split over world_size > 1 ranks (without tensor_parallel): rank r runs stage r only
+    (graphopt.distributed.pipeline_run.run_pipeline_rank, world_size micro-batches); the stages run as
+    captured and split, so the compiler must be none. With data_parallel replicas: the ranks of one
+    replica's pipeline group."""
+    return run_mesh(exp, run).pp > 1
+
+
 _ACTIVE: dict = {}  # "mesh": the DeviceMesh of the run in this process, "shape": its MeshShape
 _BUILT: dict = {}  # (MeshShape, device type) -> DeviceMesh built in this process
 

@@ -223,3 +223,19 @@ def run_pipeline_rank(split: GraphModule, inputs: tuple, n_micro: int = 2) -> Te
     out = _assemble(plan, envs, mbs, n) if rank == ws - 1 else torch.empty(n, dtype=torch.float32, device=device)
     dist.broadcast(out, src=to_global(ws - 1), group=group)
     return out
+
+
+class StagePerRank:
+    """An optimize() result whose graph pipeline_split cut: calling it runs this rank's stage over the
+    micro-batches (every rank gets the [N] scores); graph / module / records as the result's."""
+
+    def __init__(self, opt, n_micro: int):
+        stages = opt.graph.meta.get("pipeline_stages", 1)
+        if stages != n_micro:
+            raise ValueError(f"pipeline_split made {stages} stages for world_size {n_micro}: one stage per rank "
+                             f"needs n_stages 0 (= world_size) or {n_micro}")
+        self.opt, self.n_micro = opt, n_micro
+        self.graph, self.module, self.records = opt.graph, opt.module, opt.records
+
+    def __call__(self, *inputs):
+        return run_pipeline_rank(self.graph, inputs, self.n_micro)

@@ -85,3 +85,24 @@ def shard_slice(key: str, args: ModelArgs, world_size: int, rank: int, vocab_par
     if name == "tok_embeddings" and embedding_parallel:
         return (1, *_chunk(args.dim, world_size, rank, "dim"))
     return None
+
+
+# one weight of each kind whose slice shard_slice checks: heads, FFN hidden size, vocab, dim
+_TP_KEYS = ("layers.0.attention.wq.weight", "layers.0.feed_forward.w1.weight", "output.weight",
+            "tok_embeddings.weight")
+
+
+def tensor_parallel_problem(args: ModelArgs, world_size: int, vocab_parallel: bool = False,
+                            embedding_parallel: bool = False) -> str | None:
+    """Why tensor_parallel cannot shard a model of `args` over world_size ranks (None: it can), from
+    this plan's checks (the ones the pass and the shard loader make), called for the first rank's slices."""
+    if world_size == 1:
+        return None
+    # as passes/tensor_parallel.py's plan(): a tied table follows the head, never cut along dim
+    embedding_parallel = embedding_parallel and not args.tie_embeddings
+    try:
+        for key in _TP_KEYS:
+            shard_slice(key, args, world_size, 0, vocab_parallel, embedding_parallel)
+    except ValueError as e:
+        return str(e)
+    return None

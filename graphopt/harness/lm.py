@@ -1,11 +1,17 @@
 """GraphoptLM: graphopt as an lm-evaluation-harness model (`--model graphopt`).
 
-Every loglikelihood request of every task goes through one optimised graph: requests are tokenised
-exactly as lm-eval's `hf` model does (lm-eval's own TemplateLM pairing, HFLM's tok_encode rules, BOS
-included), requests that share a context are grouped and packed into rows (each context once, its
-continuations after it), scored by ScoreModule(greedy=True) through graphopt.optimize, and answered
-as (log-likelihood, is_greedy) in lm-eval's request order. loglikelihood_rolling uses lm-eval's own
+Every loglikelihood request of every task goes through one Scorer (graphopt.scoring.scorer): requests
+are tokenised exactly as lm-eval's `hf` model does (lm-eval's own TemplateLM pairing, HFLM's tok_encode
+rules, BOS included), requests that share a context are grouped and packed into rows (each context
+once, its continuations after it), scored through the one optimised graph, and answered as
+(log-likelihood, is_greedy) in lm-eval's request order. loglikelihood_rolling uses lm-eval's own
 windowing; generate_until is refused (graphopt scores, it does not generate).
+
+Under torchrun every process answers every request (graphopt.harness.world) and reports rank 0 and
+world size 1 to lm-eval, as lm-eval 0.4.13 expects of a model that splits work itself ("under TP
+launchers every rank reports lm.rank == 0"): lm-eval then lets only LOCAL_RANK 0 return results, and
+`graphopt lm-eval` keeps every process but global rank 0 from printing or writing them
+(graphopt.commands.lm_eval).
 """
 from __future__ import annotations
 
@@ -18,10 +24,12 @@ from lm_eval.api.model import TemplateLM
 
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
-from graphopt.harness.model_args import GraphoptArgs
-from graphopt.scoring.batch import Request, ScoreModule
-from graphopt.scoring.requests import first_identical, fit_context, prefix_token_id, tok_encode
-from graphopt.scoring.strategies import build_batches
+from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
+from graphopt.checkpoints.encode import prefix_token_id, tok_encode
+from graphopt.pipeline import PassError, check_pipeline
+from graphopt.scoring.batch import Request
+from graphopt.scoring.requests import fit_context
+from graphopt.scoring.scorer import Scorer, Sharding
 
 GENERATE_REFUSED = ("graphopt scores log-likelihoods and does not generate text; task(s) {tasks} need "
                     "generate_until. Run them with another lm-eval model (e.g. --model hf).")
@@ -40,11 +48,10 @@ class GraphoptLM(TemplateLM):
                           "as lm-eval's hf model does", stacklevel=2)
             cfg.device = "cpu"
         check_device(cfg.device, what="model_args device")
-        self._check_pipeline(cfg)
+        pipeline = self._check_pipeline(cfg)  # before the model loads
         from graphopt.harness.world import join, plan_world
 
         self.world = plan_world(cfg, cfg.pretrained)  # None: one process
-        self._answered = False  # see rank
         if self.world is not None:
             cfg.device = join(self.world, cfg.device)
         import graphopt
@@ -63,31 +70,45 @@ class GraphoptLM(TemplateLM):
         self.load_seconds = time.perf_counter() - start
         self._max_length = min(cfg.max_length or self.model.args.max_seq_len, self.model.args.max_seq_len)
         self._device = torch.device(cfg.device)
-        self._scorer = None  # the optimised ScoreModule, captured on the first packed batch
+        self.scorer = self._make_scorer(pipeline)
         self.stats = {"load_seconds": self.load_seconds, "setup_seconds": 0.0, "score_seconds": 0.0, "n_batches": 0}
+
+    def _make_scorer(self, pipeline) -> Scorer:
+        """Every request of every task goes through this one Scorer (its runnable is built on the first
+        batch and kept): packed rows with the pipeline, lm-eval's own per-pair way without one."""
+        cfg = self.config
+        options = {} if pipeline is None else {"max_tokens": cfg.max_tokens} | (
+            {"row_len": cfg.row_len} if cfg.row_len else {})
+        sharding = None if self.world is None else Sharding(self.world.shape, self.world.rank, self._load_weights)
+        try:
+            return Scorer(self.model, pipeline, cfg.compiler, device=cfg.device, layout_options=options, greedy=True,
+                          sharding=sharding)
+        except (PassError, ValueError) as e:
+            raise UserError(f"--model_args pipeline={cfg.pipeline!r}: {e}") from e
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "GraphoptLM":
+        """lm-eval's constructor call: --model_args plus its own flags, a --model_args key winning over the
+        flag of the same name (`device=cpu` with lm-eval's --device, given or its default cuda:0)."""
+        return cls(**with_lm_eval_flags(dict(arg_dict), additional_config))
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "GraphoptLM":
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
 
     def _sharded_load(self) -> bool:
         import os
         return self.world is not None and self.world.tp > 1 and os.path.isdir(self.config.pretrained)
 
-    @property
-    def rank(self) -> int:
-        """0 until this process has answered requests (lm-eval splits documents by it, and graphopt wants
-        every rank to build every request: graphopt.harness.world), then the global rank, so that only
-        rank 0 returns, prints and writes lm-eval's results."""
-        return self.world.rank if self.world is not None and self._answered else 0
-
     @staticmethod
-    def _check_pipeline(cfg: GraphoptArgs) -> None:
-        """A bad pipeline or compiler is reported before the model loads."""
+    def _check_pipeline(cfg: GraphoptArgs):
+        """The pipeline checked before the model loads: None (eager), "auto" (resolved for the model and
+        device by the Scorer) or a CheckedPipeline. A bad pipeline or compiler is a UserError."""
         spec = cfg.pipeline_spec()
         if spec in (None, "auto"):
-            return
-        from graphopt.pipeline import PassError, check_compiler_fits, check_order, parse_pipeline
+            return spec
         try:
-            specs = parse_pipeline(spec)
-            check_order(specs)
-            check_compiler_fits(specs, cfg.compiler or "none")
+            return check_pipeline(spec, cfg.compiler or "none")
         except (PassError, KeyError, ValueError) as e:
             raise UserError(f"--model_args pipeline={cfg.pipeline!r}: {e}") from e
 
@@ -140,7 +161,6 @@ class GraphoptLM(TemplateLM):
         for (pair, _, _), answer in zip(requests, answers):
             if pair is not None:
                 self.cache_hook.add_partial("loglikelihood", pair, answer)
-        self._answered = True
         return answers
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -165,48 +185,13 @@ class GraphoptLM(TemplateLM):
 
     # ---- scoring
     def _score(self, requests: list[Request], progress: bool):
-        from graphopt.scoring.evaluate import auto_pipeline, score_requests_greedy
-
-        cfg, spec, compiler = self.config, self.config.pipeline_spec(), self.config.compiler
-        if spec == "auto":
-            spec, auto_compiler = auto_pipeline(cfg.device, self.model.args)
-            compiler = compiler or auto_compiler
-        all_requests, mine = requests, None
-        if self.world is not None:  # this replica's share; every rank gets every answer back below
-            from graphopt.harness.world import check_same_requests, my_share
-            check_same_requests(all_requests)
-            mine = my_share(self.world, all_requests)
-            requests = [all_requests[i] for i in mine]
-            progress = progress and self.world.rank == 0
-        if spec is None:  # the eager per-pair reference, lm-eval's own way
-            batches = build_batches(requests, "per_pair")
-            scorer = ScoreModule(self.model, greedy=True).eval()
-        else:
-            options = {"max_tokens": cfg.max_tokens} | ({"row_len": cfg.row_len} if cfg.row_len else {})
-            batches = build_batches(requests, "packed", **options)
-            scorer = self._scorer or self._build_scorer(spec, compiler or "none", batches[0])
-        start = time.perf_counter()
-        loglik, greedy = score_requests_greedy(scorer, batches, len(requests), progress=progress and cfg.progress,
-                                               device=cfg.device, desc="graphopt")
-        self.stats["score_seconds"] += time.perf_counter() - start
-        self.stats["n_batches"] += len(batches)
-        if self.world is not None:
-            from graphopt.harness.world import gather_everywhere
-            loglik, greedy = gather_everywhere(self.world, mine, loglik.numpy(), greedy.numpy(), len(all_requests))
-        same = first_identical(all_requests)  # identical requests: one value (exact ties stay ties)
-        return loglik[same], greedy[same]
-
-    def _build_scorer(self, spec, compiler: str, example):
-        from graphopt.optimize_model import optimize
-
-        start = time.perf_counter()
-        shard = {}
-        if self.world is not None and self.world.tp > 1:  # this rank's shard, on the replica's TP sub-group
-            from graphopt.harness.world import with_tensor_parallel
-            spec = with_tensor_parallel(spec)
-            shard = dict(rank=self.world.model_rank, world_size=self.world.tp, model_args=self.model.args,
-                         load_weights=self._load_weights, device=self.config.device)
-        self._scorer = optimize(ScoreModule(self.model, greedy=True).eval(), example.to(self.config.device).model_inputs(),
-                                spec, compiler, capture="export", **shard)
-        self.stats["setup_seconds"] = time.perf_counter() - start
-        return self._scorer
+        """(log-likelihood, is_greedy) of every request, on every rank."""
+        show = progress and self.config.progress and (self.world is None or self.world.rank == 0)
+        try:
+            scores = self.scorer.score(requests, progress=show, desc="graphopt")
+        except ValueError as e:  # a request the layout cannot take, more replicas than contexts, ...
+            raise UserError(f"graphopt: {e}") from e
+        self.stats["setup_seconds"] = self.scorer.setup_seconds
+        self.stats["score_seconds"] += scores.seconds
+        self.stats["n_batches"] += scores.n_batches
+        return scores.loglik, scores.greedy

@@ -1,13 +1,15 @@
 """The `--model_args` of `--model graphopt`: their names, defaults and checks, before anything loads.
 
 lm-eval hands `key=value` pairs (already turned into bool / int / float / str by its parser) and,
-from its own flags, batch_size, max_batch_size and device. A key graphopt does not know is an error
-naming it and the valid ones, never silently ignored."""
+from its own flags, batch_size, max_batch_size and device (with_lm_eval_flags: a key given in
+--model_args wins over the flag). A key graphopt does not know is an error naming it and the valid
+ones, never silently ignored."""
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, fields
 
+from graphopt.compilers import COMPILERS
 from graphopt.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -50,6 +52,8 @@ class GraphoptArgs:
     def check(self) -> None:
         if self.dtype not in DTYPES:
             raise UserError(f"--model_args dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.compiler is not None and self.compiler not in COMPILERS:
+            raise UserError(f"--model_args compiler={self.compiler!r}: expected one of {', '.join(COMPILERS)}")
         for key in ("max_tokens", "row_len", "max_length", "data_parallel", "tensor_parallel", "pipeline_parallel"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -80,3 +84,11 @@ class GraphoptArgs:
             return "auto"
         parts = [p for p in self.pipeline.replace(";", "+").split("+") if p]
         return parts[0] if len(parts) == 1 else parts
+
+
+def with_lm_eval_flags(model_args: dict, flags: dict | None) -> dict:
+    """model_args plus lm-eval's own flags (--batch_size, --max_batch_size, --device) where model_args does
+    not set the same key: the --model_args key wins. (lm-eval passes --device even when it is not given,
+    as its default cuda:0, so the two cannot be required to agree.)"""
+    extra = {k: v for k, v in (flags or {}).items() if v is not None and k not in model_args}
+    return {**model_args, **extra}

@@ -10,6 +10,10 @@ Family features are switched by ModelArgs and fixed when the module is built (ne
 RoPE scaling (llama3 / linear / freq_factors) changes only the cos/sin tables; Qwen3's q/k norms are RMSNorm modules
 over head_dim (so fuse_rmsnorm finds them); a sliding window (Mistral) narrows the mask from the
 positions input, in the layers that use it; an explicit head_dim sizes wq/wk/wv/wo.
+
+A KV cache (forward's `cache`: the keys and values of earlier tokens, one tensor for all layers) is
+read by concatenating it in front of each layer's own keys, and the forward then also returns its
+tokens' keys and values: a prefix computed once for many rows, and a decode step, are this same graph.
 """
 from __future__ import annotations
 
@@ -98,7 +102,11 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
             self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
+                cache: tuple[Tensor, Tensor] | None = None) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, T, dim]; mask [B, T, T] bool, or [B, T, P + T] with a cache (k, v) [B, Hkv, P, D] of P
+        earlier tokens (post-RoPE k): the queries attend them first, then the row. With a cache the
+        result is (out, (k, v) [B, Hkv, T, D] of this row's tokens)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, -1, self.head_dim)  # [B, T, H, D]
         k = self.wk(x).view(B, T, -1, self.head_dim)  # [B, T, Hkv, D]
@@ -108,15 +116,19 @@ class Attention(nn.Module):
             q, k = self.q_norm(q).type_as(q), self.k_norm(k).type_as(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        new = (k, v)
+        if cache is not None:  # the prefix's keys first: [B, Hkv, P + T, D]
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         n_rep = q.shape[1] // k.shape[1]  # query heads per kv head (GQA)
         assert n_rep * k.shape[1] == q.shape[1], f"{q.shape[1]} query heads, {k.shape[1]} kv heads"
-        k = k.repeat_interleave(n_rep, dim=1)  # [B, H, T, D]
+        k = k.repeat_interleave(n_rep, dim=1)  # [B, H, S, D] (S = T, or P + T with a cache)
         v = v.repeat_interleave(n_rep, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)  # [B, H, T, T]
+        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)  # [B, H, T, S]
         scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         probs = F.softmax(scores.float(), dim=-1).type_as(q)
         out = torch.matmul(probs, v)  # [B, H, T, D]
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        out = self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        return out if cache is None else (out, new)
 
 
 class FeedForward(nn.Module):
@@ -138,9 +150,14 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask)
-        return h + self.feed_forward(self.ffn_norm(h))
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor,
+                cache: tuple[Tensor, Tensor] | None = None) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        if cache is None:
+            h = x + self.attention(self.attention_norm(x), cos, sin, mask)
+            return h + self.feed_forward(self.ffn_norm(h))
+        a, new = self.attention(self.attention_norm(x), cos, sin, mask, cache)
+        h = x + a
+        return h + self.feed_forward(self.ffn_norm(h)), new
 
 
 class Transformer(nn.Module):
@@ -158,36 +175,64 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, input_ids: Tensor, positions: Tensor | None = None, mask: Tensor | None = None,
-                return_hidden: bool = False) -> Tensor:
+                cache: Tensor | None = None, return_hidden: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """input_ids [B, T]; positions [B, T] (default 0..T-1); mask bool [B, T, T], True = may
         attend (default causal). Returns logits [B, T, V], or final-norm hidden states [B, T, dim]
         when return_hidden=True (so the LM head can be applied only where scores are needed).
+
+        cache: the keys and values of P earlier tokens, [2, n_layers, B, Hkv, P, head_dim] (k then v;
+        k after RoPE), cache slot j holding the token at position j (a prefix computed once; a
+        generation row's static cache, unused slots hidden by the mask). The mask is then [B, T, P + T]
+        (keys: the P cache slots, then the row's T tokens; default: every slot, then causal), positions
+        default to P..P+T-1, and the result is (logits or hidden, cache of this row's tokens
+        [2, n_layers, B, Hkv, T, head_dim]), which appended to the cache along dim 4 extends it.
 
         Positions must be < args.max_seq_len (the RoPE table's length). Without positions an input
         longer than that is a ValueError (eager only: a check under export would pin T's range);
         given positions are not checked here (that would read tensor values): the request builders
         keep rows within max_seq_len (graphopt.scoring left-truncates to it).
         With args.sliding_window W, layers >= args.window_from_layer also mask keys with
-        pos_q - pos_k >= W (so packed rows with reset positions keep their true distances)."""
+        pos_q - pos_k >= W (so packed rows with reset positions keep their true distances; a cache
+        slot's position is its index)."""
         B, T = input_ids.shape
+        P = 0 if cache is None else cache.shape[4]
+        if cache is not None and not torch.compiler.is_compiling():
+            want = (2, len(self.layers), B)
+            if cache.dim() != 6 or tuple(cache.shape[:3]) != want:
+                raise ValueError(f"cache of shape {tuple(cache.shape)}; expected [2, n_layers, B, Hkv, P, head_dim] "
+                                 f"with (2, n_layers, B) = {want}")
         if positions is None:
-            if T > self.args.max_seq_len and not torch.compiler.is_compiling():
-                raise ValueError(f"input of {T} tokens is longer than the model's max_seq_len "
+            if P + T > self.args.max_seq_len and not torch.compiler.is_compiling():
+                raise ValueError(f"input of {P + T} tokens is longer than the model's max_seq_len "
                                  f"{self.args.max_seq_len} (its RoPE table); truncate the input or load the model "
                                  f"with a larger max_seq_len")
-            positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand(B, T)
+            positions = torch.arange(P, P + T, device=input_ids.device).unsqueeze(0).expand(B, T)
         if mask is None:
-            mask = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril().unsqueeze(0).expand(B, T, T)
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=input_ids.device).tril(P)  # [T, P + T]
+            mask = mask.unsqueeze(0).expand(B, T, P + T)
         window_mask = mask
         if self.args.sliding_window is not None:
-            near = (positions.unsqueeze(2) - positions.unsqueeze(1)) < self.args.sliding_window  # [B, T, T]
+            keys = positions
+            if cache is not None:  # cache slot j holds position j
+                keys = torch.cat([torch.arange(P, device=input_ids.device).unsqueeze(0).expand(B, P), positions], 1)
+            near = (positions.unsqueeze(2) - keys.unsqueeze(1)) < self.args.sliding_window  # [B, T, P + T]
             window_mask = mask & near
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, T, D/2]
         x = self.tok_embeddings(input_ids)
+        new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, window_mask if i >= self.args.window_from_layer else mask)
+            layer_mask = window_mask if i >= self.args.window_from_layer else mask
+            if cache is None:
+                x = layer(x, cos, sin, layer_mask)
+            else:
+                x, (k, v) = layer(x, cos, sin, layer_mask, (cache[0, i], cache[1, i]))
+                new_k.append(k)
+                new_v.append(v)
         x = self.norm(x)
-        return x if return_hidden else self.output(x)
+        out = x if return_hidden else self.output(x)
+        if cache is None:
+            return out
+        return out, torch.stack(new_k + new_v).unflatten(0, (2, len(self.layers)))  # [2, L, B, Hkv, T, D]
 
 
 def init_random_weights(model: Transformer, seed: int = 0) -> Transformer:

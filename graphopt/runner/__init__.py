@@ -1,13 +1,15 @@
-"""Experiment runner: YAML schema (schema.py), sweep expansion (sweep.py), one subprocess per run
-(execute.py + worker.py), the parquet result store (store.py) and reports (report.py).
+"""Experiment runner: YAML schema (schema.py) and its loader (config.py), sweep expansion (sweep.py), one
+subprocess per run (execute.py + worker.py), the parquet result store (store.py) and reports (report.py).
 
     cfg = load_config("experiments/quickstart.yaml", ["data.limit=4"])
     table = run_experiment(cfg)          # reference first, then every run; resumes by run key
     print(report(cfg.out_dir))           # markdown table + plots in the output dir
 """
-from graphopt.runner.schema import ConfigError, ExperimentConfig, load_config
+from graphopt.runner.config import load_config
+from graphopt.runner.schema import ExperimentConfig
 from graphopt.runner.store import ResultStore, load_results
 from graphopt.runner.sweep import ResolvedRun, expand
+from graphopt.runner.yaml_source import ConfigError
 
 
 def run_experiment(*args, **kwargs):

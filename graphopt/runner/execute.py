@@ -3,7 +3,9 @@
 status="error" and the sweep goes on. Rows are stored as they finish; runs already in the store (by
 run key) are skipped, so an interrupted sweep resumes where it stopped. Before anything runs, the
 preflight checks (model sizes vs sharding, devices) pass and the output folder's lock is taken for the
-whole run (graphopt.runner.lock): two runs into one folder never interleave."""
+whole run (graphopt.runner.lock): two runs into one folder never interleave, and a folder whose rows came
+from another configuration is refused (graphopt.runner.same_experiment). A worker ends with this process,
+even one killed with kill -9 (graphopt.parent_death)."""
 from __future__ import annotations
 
 import collections
@@ -12,10 +14,11 @@ import json
 import os
 import select
 import signal
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,12 +28,17 @@ from tqdm import tqdm
 from graphopt.errors import UserError
 from graphopt.pipeline import pipeline_dtype
 from graphopt.env_checks import check_writable_dir
+from graphopt.parent_death import PARENT_PID_ENV
 from graphopt.runner.lock import hold_output_dir
 from graphopt.runner.preflight import preflight
-from graphopt.runner.schema import ConfigError, ExperimentConfig, to_dict
+from graphopt.runner.same_experiment import RECORD, check_same_experiment
+from graphopt.runner.schema import ExperimentConfig, to_dict
+from graphopt.runner.yaml_source import ConfigError
 from graphopt.runner.store import COLUMNS, ResultStore, atomic_write
 from graphopt.runner.sweep import ResolvedRun, expand
 from graphopt.runner.worker import WorkerJob
+
+WORKDIR = ".graphopt-run-tmp"  # inside the output folder (see run_workdir)
 
 
 def _now() -> str:
@@ -49,7 +57,7 @@ def _run_worker(job: WorkerJob, workdir: Path, timeout_s: float | None) -> dict:
     spec_path.write_text(job.to_json())
     if result_path.exists():
         result_path.unlink()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_ENV: str(os.getpid())})  # it ends with this process
     proc = subprocess.Popen([sys.executable, "-m", "graphopt.runner.worker", str(spec_path), str(result_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     tail = collections.deque(maxlen=64)  # last chunks of output, for the error text of a hard crash
@@ -91,6 +99,21 @@ def _run_worker(job: WorkerJob, workdir: Path, timeout_s: float | None) -> dict:
     return {"status": "error", "error": why + (f"\n--- last output ---\n{out}" if out else "")}
 
 
+@contextmanager
+def run_workdir(out_dir: Path):
+    """OUTPUT_DIR/.graphopt-run-tmp: the workers' spec, result and log-likelihood files, removed when the
+    sweep ends, however it ends short of kill -9; one that a killed sweep left is cleared by the next run
+    into the folder (which holds the folder's lock, so no other sweep is using it)."""
+    work = Path(out_dir) / WORKDIR
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def make_row(cfg: ExperimentConfig, run: ResolvedRun, order: int, result: dict, ref_row: dict | None,
              started_at: str, wall_s: float) -> dict:
     row = {c: None for c in COLUMNS}
@@ -123,7 +146,7 @@ def run_experiment(cfg: ExperimentConfig, retry_errors: bool = False, progress: 
     """Run every run of `cfg` not yet in its output dir; -> the full results table. The output dir is
     locked for the whole run: another run holding it -> FolderBusyError, or with wait=True, wait for it.
     run_job(job, workdir, timeout_s) -> result dict measures one run (default: a fresh worker process
-    that spawns the ranks; under torchrun, graphopt.distributed.torchrun runs it on the joined world)."""
+    that spawns the ranks; under torchrun, graphopt.runner.torchrun runs it on the joined world)."""
     check_world_size(cfg)
     preflight(cfg)
     check_writable_dir(cfg.out_dir, what="output_dir")  # a read-only or misplaced folder: one line, before any run
@@ -135,8 +158,9 @@ def _run_locked(cfg: ExperimentConfig, retry_errors: bool, progress: bool, timeo
                 log, run_job) -> pd.DataFrame:
     runs = expand(cfg)
     store = ResultStore(cfg.out_dir)
+    check_same_experiment(cfg.out_dir, to_dict(cfg), has_rows=not store.load().empty)
     text = json.dumps(to_dict(cfg), indent=2, default=str)
-    atomic_write(cfg.out_dir / "experiment.json", lambda p: Path(p).write_text(text))
+    atomic_write(cfg.out_dir / RECORD, lambda p: Path(p).write_text(text))
     ref = runs[0]
     assert ref.is_reference
     ref_row = store.get(ref.key)
@@ -148,7 +172,7 @@ def _run_locked(cfg: ExperimentConfig, retry_errors: bool, progress: bool, timeo
     todo = [r for r in runs if r.key not in done or (r.is_reference and ref_row is None)]
     if len(todo) < len(runs):
         log(f"{cfg.out_dir}: {len(runs) - len(todo)} of {len(runs)} runs already done, running {len(todo)}")
-    with tempfile.TemporaryDirectory(prefix="graphopt-run-") as tmp:
+    with run_workdir(cfg.out_dir) as tmp:
         bar = tqdm(total=len(todo), desc=cfg.name, unit="run", disable=not progress, file=sys.stderr)
         for run in todo:
             order = runs.index(run)

@@ -7,8 +7,8 @@ model's sizes or on this machine rather than on the YAML alone:
   WORLD_SIZE), data_parallel at most the number of questions (graphopt.distributed.mesh);
 - tensor_parallel (world_size > 1): heads, kv heads and the FFN hidden size divide by the run's
   tensor-parallel size (world_size / data_parallel unless tensor_parallel is set), and
-  the vocabulary (vocab_parallel) or dim (embedding_parallel) too: graphopt.distributed.plan's own
-  checks, called for the first rank's slices;
+  the vocabulary (vocab_parallel) or dim (embedding_parallel) too: graphopt.distributed.plan's
+  tensor_parallel_problem;
 - pipeline_split: its stage count (n_stages, or world_size when 0) is between 1 and n_layers; over
   world_size > 1 ranks (export, no tensor_parallel: one stage per rank, as the worker runs it) it is
   world_size and the compiler is none.
@@ -27,10 +27,6 @@ from pathlib import Path
 
 from graphopt.model import ModelArgs
 from graphopt.runner.yaml_source import ConfigError, Where
-
-# one weight of each kind whose slice plan.shard_slice checks: heads, FFN hidden size, vocab, dim
-_TP_KEYS = ("layers.0.attention.wq.weight", "layers.0.feed_forward.w1.weight", "output.weight",
-            "tok_embeddings.weight")
 
 
 def _where(cfg) -> Where:
@@ -54,24 +50,6 @@ def check_devices(cfg) -> None:
     if local > count:
         raise ConfigError(f"{cfg.source}: {where(('world_size',))}: world_size {cfg.world_size} on cuda needs one "
                           f"CUDA device per rank, this machine has {count} for its {local} ranks")
-
-
-def tensor_parallel_problem(args: ModelArgs, world_size: int, vocab_parallel: bool = False,
-                            embedding_parallel: bool = False) -> str | None:
-    """Why tensor_parallel cannot shard a model of `args` over world_size ranks (None: it can), from
-    graphopt.distributed.plan's checks (the ones the pass and the shard loader make)."""
-    from graphopt.distributed.plan import shard_slice
-
-    if world_size == 1:
-        return None
-    # as passes/tensor_parallel.py's plan(): a tied table follows the head, never cut along dim
-    embedding_parallel = embedding_parallel and not args.tie_embeddings
-    try:
-        for key in _TP_KEYS:
-            shard_slice(key, args, world_size, 0, vocab_parallel, embedding_parallel)
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 def pipeline_split_problem(args: ModelArgs, world_size: int, n_stages: int) -> str | None:
@@ -121,10 +99,8 @@ def question_count(cfg) -> int | None:
 
 def stage_per_rank_problem(cfg, run, n_stages: int) -> str | None:
     """Why a pipeline_split run over world_size > 1 ranks cannot run one stage per rank as the worker
-    does (graphopt.runner.worker.runs_one_stage_per_rank decides when it does); None: it can."""
-    from graphopt.runner.worker import runs_one_stage_per_rank
-
-    from graphopt.distributed.mesh import run_mesh
+    does (graphopt.distributed.mesh.runs_one_stage_per_rank decides when it does); None: it can."""
+    from graphopt.distributed.mesh import run_mesh, runs_one_stage_per_rank
 
     if not runs_one_stage_per_rank(cfg, run):
         return None
@@ -140,6 +116,7 @@ def stage_per_rank_problem(cfg, run, n_stages: int) -> str | None:
 
 def _run_problem(cfg, run, args: ModelArgs) -> str | None:
     from graphopt.distributed.mesh import run_mesh
+    from graphopt.distributed.plan import tensor_parallel_problem
 
     mesh = run_mesh(cfg, run)
     for spec in run.passes:

@@ -43,13 +43,17 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---- markdown
 
-def markdown_table(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
-    """Aligned markdown table of already formatted cells; `right` marks right-aligned (numeric) columns."""
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+def markdown_table(header: list[str], rows: list[list[str]], right: list[bool], pad: bool = True) -> str:
+    """Aligned markdown table of already formatted cells; `right` marks right-aligned (numeric) columns.
+    pad=False: cells as they are and rules `|---|---:|` (the benchmarks' tables, kept as RESULTS.md has them)."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) if pad else 0 for i, h in enumerate(header)]
     line = lambda vals: "| " + " | ".join(v.rjust(w) if n else v.ljust(w)  # noqa: E731
                                           for v, w, n in zip(vals, widths, right)) + " |"
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, right)) + "|"
-    return "\n".join([line(header), sep] + [line(r) for r in rows])
+    if pad:
+        rules = [("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, right)]
+    else:
+        rules = ["---:" if n else "---" for n in right]
+    return "\n".join([line(header), "|" + "|".join(rules) + "|"] + [line(r) for r in rows])
 
 
 def _cell(text: str) -> str:

@@ -11,26 +11,16 @@ import faulthandler
 import json
 import os
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
+from graphopt.parent_death import end_with_parent, take_parent_pid_from_env
 from graphopt.pipeline import pipeline_shards
-from graphopt.runner.schema import ExperimentConfig, config_from_dict, to_dict
+from graphopt.runner.config import config_from_dict
+from graphopt.runner.schema import ExperimentConfig, to_dict
 from graphopt.runner.sweep import ResolvedRun
-
-
-def _die_with_parent() -> None:
-    """If the sweep process is killed (even with SIGKILL), take this run down with it (Linux)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
 
 
 @dataclass
@@ -68,15 +58,6 @@ def loads_only_its_shard(exp: ExperimentConfig, run: ResolvedRun) -> bool:
             and os.path.isdir(exp.model))
 
 
-def runs_one_stage_per_rank(exp: ExperimentConfig, run: ResolvedRun) -> bool:
-    """pipeline_split over world_size > 1 ranks (without tensor_parallel): rank r runs stage r only
-    (graphopt.distributed.pipeline_run.run_pipeline_rank, world_size micro-batches); the stages run as
-    captured and split, so the compiler must be none. With data_parallel replicas: the ranks of one
-    replica's pipeline group (graphopt.distributed.mesh)."""
-    from graphopt.distributed.mesh import run_mesh
-    return run_mesh(exp, run).pp > 1
-
-
 def load_rank_weights(gm, ckpt: str, rank: int, world_size: int, args, one_stage: bool) -> dict:
     """Fill a weightless optimised graph with what this rank holds: its stage's weights (one_stage:
     the other stages' become empty placeholders first) or its tensor_parallel shard."""
@@ -105,23 +86,6 @@ def count_params(*modules) -> int:
     return 0
 
 
-class StagePerRank:
-    """An optimize() result whose graph pipeline_split cut: calling it runs this rank's stage over the
-    micro-batches (every rank gets the [N] scores); graph / module / records as the result's."""
-
-    def __init__(self, opt, n_micro: int):
-        stages = opt.graph.meta.get("pipeline_stages", 1)
-        if stages != n_micro:
-            raise ValueError(f"pipeline_split made {stages} stages for world_size {n_micro}: one stage per rank "
-                             f"needs n_stages 0 (= world_size) or {n_micro}")
-        self.opt, self.n_micro = opt, n_micro
-        self.graph, self.module, self.records = opt.graph, opt.module, opt.records
-
-    def __call__(self, *inputs):
-        from graphopt.distributed.pipeline_run import run_pipeline_rank
-        return run_pipeline_rank(self.graph, inputs, self.n_micro)
-
-
 def _shape(batch) -> tuple:
     return tuple(tuple(t.shape) for t in batch.model_inputs())
 
@@ -144,27 +108,16 @@ def first_calls(fn, batches, device) -> tuple[float, int]:
     return seconds, len(seen)
 
 
-def measure(job: WorkerJob, rank: int = 0) -> dict:
+def _place(job: WorkerJob, rank: int):
+    """This rank's device and mesh ([dp, pp, tp]); joins the mesh's sub-groups, seeds, resets peak memory."""
     import torch
 
-    from graphopt.checkpoints import load_model, load_model_structure
-    from graphopt.compile_cache import count_compiles
-    from graphopt.data import load_hellaswag
-    from graphopt.distributed.mesh import run_mesh
-    from graphopt.optimize_model import optimize
-    from graphopt.runner.timing import median, peak_memory_mb, reset_peak_memory, sync, timed
-    from graphopt.scoring.batch import ScoreModule
-    from graphopt.scoring.evaluate import score_requests
-    from graphopt.scoring.metrics import choice_metrics, same_choices
-    from graphopt.scoring.requests import build_requests, first_identical
-    from graphopt.scoring.strategies import build_batches
+    from graphopt.distributed.mesh import run_mesh, runs_one_stage_per_rank
+    from graphopt.runner.timing import reset_peak_memory
 
     exp, run = job.experiment, job.run
-    device, show = exp.device, job.progress and rank == 0
-    mesh = run_mesh(exp, run)  # [dp, pp, tp]; this rank: replica `replica`, rank `mrank` of its model group
-    replica, mrank, msize = mesh.replica(rank), mesh.model_rank(rank), mesh.model
-    one_stage = runs_one_stage_per_rank(exp, run)
-    if one_stage and run.compiler != "none":
+    mesh, device = run_mesh(exp, run), exp.device
+    if runs_one_stage_per_rank(exp, run) and run.compiler != "none":
         raise ValueError(f"run {run.name!r}: pipeline_split over world_size {exp.world_size} ({mesh.pp} ranks per "
                          f"replica) runs each rank's stage as split (eager); compiler must be none, got "
                          f"{run.compiler!r}")
@@ -177,94 +130,97 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
         activate(mesh, device)  # the passes' collectives run on this replica's sub-group
     torch.manual_seed(exp.seed)
     reset_peak_memory(device)
-    t_load = time.perf_counter()
-    sharded_load = loads_only_its_shard(exp, run)
-    if sharded_load:  # weights are read after sharding, only this rank's part
-        model, tokenizer = load_model_structure(exp.model, dtype=run.dtype, tokenizer=exp.tokenizer)
-    else:
+    return device, mesh
+
+
+def _load(job: WorkerJob, device: str, mesh, rank: int):
+    """-> (model, tokenizer, load_weights): the whole model, or (a tensor-parallel / pipeline run over a
+    checkpoint directory) its structure on the meta device and a function filling this rank's weights."""
+    from graphopt.checkpoints import load_model, load_model_structure
+    from graphopt.distributed.mesh import runs_one_stage_per_rank
+
+    exp, run = job.experiment, job.run
+    if not loads_only_its_shard(exp, run):
         model, tokenizer = load_model(exp.model, dtype=run.dtype, device=device, seed=exp.seed,
                                       tokenizer=exp.tokenizer)
-    model.eval()
-    load_s = time.perf_counter() - t_load
+        return model.eval(), tokenizer, None
+    model, tokenizer = load_model_structure(exp.model, dtype=run.dtype, tokenizer=exp.tokenizer)
+    one_stage = runs_one_stage_per_rank(exp, run)
+    return model.eval(), tokenizer, lambda gm: load_rank_weights(gm, exp.model, mesh.model_rank(rank), mesh.model,
+                                                                 model.args, one_stage)
+
+
+def _quality(rows, requests, loglik, reference_path: str | None) -> dict:
+    """acc / acc_norm, and agreement with the reference run's choices and the largest |d loglik|."""
+    import torch
+
+    from graphopt.scoring.metrics import choice_metrics, same_choices
+
+    metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
+    agree, max_d = 1.0, 0.0  # this is the reference
+    if reference_path:
+        ref = np.load(reference_path)
+        assert ref.shape == loglik.shape, f"reference has {ref.shape[0]} requests, this run {loglik.shape[0]}"
+        agree = float(np.mean(same_choices(metrics, choice_metrics(rows, requests, torch.from_numpy(ref)))))
+        max_d = float(np.abs(ref - loglik).max())
+    return {"acc": float(metrics["acc"]), "acc_norm": float(metrics["acc_norm"]), "agree": agree,
+            "max_abs_dloglik": max_d}
+
+
+def measure(job: WorkerJob, rank: int = 0) -> dict:
+    """The run's rows through one Scorer: load, setup (capture + passes + compile), the first call on each
+    batch shape, warm-up, timed repeats; rank 0 reports the row, the others their peak memory."""
+    from graphopt.compile_cache import count_compiles
+    from graphopt.data import load_hellaswag
+    from graphopt.pipeline import CheckedPipeline
+    from graphopt.runner.timing import median, peak_memory_mb, sync, timed
+    from graphopt.scoring.requests import build_requests
+    from graphopt.scoring.scorer import Scorer, Sharding
+
+    exp, run = job.experiment, job.run
+    device, mesh = _place(job, rank)
+    (model, tokenizer, load_weights), load_s = timed(lambda: _load(job, device, mesh, rank), device)
     rows = load_hellaswag(exp.data.path, split=exp.data.split, limit=exp.data.limit)
     requests = build_requests(rows, tokenizer)
-    all_requests, mine = requests, list(range(len(requests)))
-    if mesh.dp > 1:  # this replica scores its share of the questions (balanced by tokens)
-        from graphopt.distributed.data_parallel import split_by_tokens
-        mine = split_by_tokens(all_requests, mesh.dp)[replica]
-        requests = [all_requests[i] for i in mine]
-    batches = build_batches(requests, run.scoring.strategy, **run.scoring.options)
-    batches = [b.to(device) for b in batches]
-    assert batches, "no batches to score"
-    n_req = len(requests)  # this replica's
-    n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in all_requests)  # real tokens, no padding
-
-    load_weights = None
-    if sharded_load:
-        load_weights = lambda gm: load_rank_weights(gm, exp.model, mrank, msize, model.args,  # noqa: E731
-                                                    one_stage)
-    fn, setup_s = timed(lambda: optimize(ScoreModule(model).eval(), batches[0].model_inputs(), run.passes,
-                                         run.compiler, capture=run.capture, rank=mrank, world_size=msize,
-                                         model_args=getattr(model, "args", None), load_weights=load_weights,
-                                         device=device, tokenizer=tokenizer), device)
-    if one_stage:
-        if not sharded_load:  # the whole model was loaded: keep only this rank's stage
-            from graphopt.distributed.pipeline_run import drop_other_stages
-            drop_other_stages(fn.graph, mrank)
-        fn = StagePerRank(fn, mesh.pp)
+    scorer = Scorer(model, CheckedPipeline(tuple(run.passes), run.compiler), run.compiler, device=device,
+                    layout=run.scoring.strategy, layout_options=run.scoring.options, capture=run.capture,
+                    sharding=Sharding(mesh, rank, load_weights), tokenizer=tokenizer)
+    prepared = scorer.prepare(requests, to_device=True)
+    fn, setup_s = timed(lambda: scorer.setup(prepared), device)
     # the eager reference (nothing to compile or warm) is scored once: its one pass is its timing
     once = run.is_reference and run.capture == "none" and run.compiler == "none"
     repeats = 1 if once else exp.repeats
     with count_compiles() as compiled:
-        first_call_s, n_shapes = (0.0, len({_shape(b) for b in batches})) if once else first_calls(fn, batches, device)
+        first_call_s, n_shapes = (0.0, len({_shape(b) for b in prepared.batches})) if once else \
+            first_calls(fn, prepared.batches, device)
         for _ in range(0 if once else exp.warmup):
-            score_requests(fn, batches, n_req, progress=False, device=device)
+            scorer.run(prepared, progress=False)
         times, loglik = [], None
-        score = lambda desc: score_requests(fn, batches, n_req, show, device, desc).numpy()  # noqa: E731
-        if mesh.dp > 1:  # rank 0 gathers every replica's share, in request order (the gather is timed)
-            score = lambda desc, local=score: gather_shares(local(desc), mine, len(all_requests), mrank)  # noqa: E731
-        for i in range(repeats):
-            loglik, t = timed(lambda: score(f"  {run.name} [{i + 1}/{repeats}]"), device)
+        for i in range(repeats):  # every replica's share gathered, in request order (the gather is timed)
+            desc = f"  {run.name} [{i + 1}/{repeats}]"
+            (loglik, _), t = timed(lambda: scorer.collect(prepared, *scorer.run(
+                prepared, job.progress and rank == 0, desc)), device)
             times.append(t)
     sync(device)
     if rank != 0:  # rank 0 reports; the others only their memory
         return {"status": "ok", "error": "", "peak_mem_mb": peak_memory_mb(device)}
-    requests, n_req = all_requests, len(all_requests)
-    assert loglik.shape == (n_req,) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
-    loglik = loglik[first_identical(requests)]  # identical requests: one value (exact ties stay ties)
-
-    metrics = choice_metrics(rows, requests, torch.from_numpy(loglik))
-    ref = np.load(job.reference_loglik) if job.reference_loglik else None
-    if ref is not None:
-        assert ref.shape == loglik.shape, f"reference has {ref.shape[0]} requests, this run {loglik.shape[0]}"
-        agree = float(np.mean(same_choices(metrics, choice_metrics(rows, requests, torch.from_numpy(ref)))))
-        max_d = float(np.abs(ref - loglik).max())
-    else:  # this is the reference
-        agree, max_d = 1.0, 0.0
+    loglik = loglik.numpy()
+    assert loglik.shape == (len(requests),) and np.isfinite(loglik).all(), "non-finite log-likelihoods"
     np.save(job.loglik_out, loglik)
     latency = median(times)
+    n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
     return {
         "status": "ok", "error": "",
-        "n_items": len(rows), "n_requests": n_req, "n_tokens": n_tokens, "n_batches": len(batches),
+        "n_items": len(rows), "n_requests": len(requests), "n_tokens": n_tokens, "n_batches": len(prepared.batches),
         "n_shapes": n_shapes, "n_compiles": compiled.compiles, "cache_hits": compiled.cache_hits,
-        "timed_passes": repeats,
-        "acc": float(metrics["acc"]), "acc_norm": float(metrics["acc_norm"]),
-        "agree": agree, "max_abs_dloglik": max_d,
+        "timed_passes": repeats, **_quality(rows, requests, loglik, job.reference_loglik),
         "latency_s": latency, "latency_min_s": float(min(times)),
         "items_per_s": len(rows) / latency, "tokens_per_s": n_tokens / latency,
         "compile_s": setup_s + first_call_s, "load_s": load_s,
-        "peak_mem_mb": peak_memory_mb(device), "weights_loaded": "rank shard" if sharded_load else "full model",
-        "n_params": count_params(fn.graph, None if sharded_load else fn.module),
+        "peak_mem_mb": peak_memory_mb(device), "weights_loaded": "full model" if load_weights is None else "rank shard",
+        "n_params": count_params(fn.graph, fn.module if load_weights is None else None),
         "pass_records": json.dumps([r.summary() for r in fn.records]),
     }
-
-
-def gather_shares(local, mine: list[int], n_requests: int, model_rank: int):
-    """Data parallel: rank 0 gets every replica's scores in request order (None elsewhere); one rank
-    of each replica's model group (model rank 0) sends them."""
-    from graphopt.distributed.data_parallel import gather_loglik
-    mine_or_none = (local, mine) if model_rank == 0 else (None, None)
-    return gather_loglik(*mine_or_none, n_requests)
 
 
 def _measure_rank(job_json: str) -> dict:
@@ -283,7 +239,8 @@ def measure_world(job: WorkerJob) -> dict:
         raise RuntimeError(f"world_size > 1 needs graphopt.distributed ({e})") from None
     from graphopt.distributed.groups import collective_timeout_s
     results = launch(_measure_rank, job.experiment.world_size, args=(job.to_json(),),
-                     timeout_s=float(job.timeout_s or 24 * 3600), collective_timeout_s=collective_timeout_s())
+                     timeout_s=float(job.timeout_s or 24 * 3600), collective_timeout_s=collective_timeout_s(),
+                     workdir=os.path.dirname(job.loglik_out))  # the sweep's folder for this run, cleared with it
     out = dict(results[0])
     out["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
     return out
@@ -291,7 +248,7 @@ def measure_world(job: WorkerJob) -> dict:
 
 def main(argv: list[str]) -> int:
     spec_path, result_path = argv
-    _die_with_parent()
+    end_with_parent(take_parent_pid_from_env())  # the sweep process killed (even kill -9): this run ends too
     faulthandler.enable()
     try:
         with open(spec_path) as f:

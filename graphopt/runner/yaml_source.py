@@ -1,6 +1,6 @@
 """Where experiment settings come from: the YAML text (with the line of every key, for messages),
 `--set key=value` overrides, and `Where`, which names a key as 'key runs.1.passes in FILE line N'.
-Every user mistake found here or in schema.py / preflight.py is a ConfigError."""
+Every user mistake found here or in config.py / preflight.py is a ConfigError."""
 from __future__ import annotations
 
 from pathlib import Path

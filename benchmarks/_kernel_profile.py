@@ -15,6 +15,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from graphopt.runner.report_table import markdown_table
+
 # (category, lower-case substrings of a kernel or op name); the first category that matches wins, so
 # "_linear_logprob_kernel" is logprob, not matmul, and "_prefix_attention_kernel" is attention
 CATEGORIES = [
@@ -76,9 +78,11 @@ def kernel_table(run, device: str) -> tuple[list[tuple[str, float, int]], list[t
 
 def markdown(rows, kernels, wall: float, top: int = 12) -> str:
     """The category table, then the `top` longest kernels, as markdown."""
-    lines = [f"time by kind of kernel, one profiled call ({wall:.3f} s wall, profiler overhead included):", "",
-             "| kind | s | share of wall | calls |", "|---|---:|---:|---:|"]
-    lines += [f"| {c} | {s:.4f} | {s / wall:.1%} | {n or ''} |" for c, s, n in rows]
-    lines += ["", f"the {top} longest kernels:", "", "| kernel | kind | s | calls |", "|---|---|---:|---:|"]
-    lines += [f"| `{name[:90]}` | {categorise(name)} | {s:.4f} | {n} |" for name, s, n in kernels[:top]]
-    return "\n".join(lines)
+    by_kind = markdown_table(["kind", "s", "share of wall", "calls"],
+                             [[c, f"{s:.4f}", f"{s / wall:.1%}", f"{n or ''}"] for c, s, n in rows],
+                             [False, True, True, True], pad=False)
+    longest = markdown_table(["kernel", "kind", "s", "calls"],
+                             [[f"`{name[:90]}`", categorise(name), f"{s:.4f}", f"{n}"] for name, s, n in kernels[:top]],
+                             [False, False, True, True], pad=False)
+    return "\n".join([f"time by kind of kernel, one profiled call ({wall:.3f} s wall, profiler overhead included):",
+                      "", by_kind, "", f"the {top} longest kernels:", "", longest])

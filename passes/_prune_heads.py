@@ -19,7 +19,7 @@ from torch import Tensor
 
 from graphopt.pipeline import PassError
 from ._ops import LINEAR
-from .prune_scores import group_scores
+from ._prune_scores import group_scores
 
 
 def describe_layout(n_heads: int, n_kv: int) -> str:

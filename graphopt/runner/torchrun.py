@@ -9,7 +9,7 @@ sub-groups), and only rank 0 writes the row and prints. The other ranks serve jo
 broadcasts None.
 
 Failure: a rank that raises prints its traceback and leaves at once (os._exit(1)); its peers' next
-collective fails (connection closed) or times out (groups.collective_timeout_s:
+collective fails (connection closed) or times out (graphopt.distributed.groups.collective_timeout_s:
 GRAPHOPT_COLLECTIVE_TIMEOUT_S, default 300 s), so every rank ends and torchrun reports the failed
 rank; no row is written for the run that failed, and a re-run resumes there. `--timeout` (per run)
 does not apply under torchrun.
@@ -21,11 +21,6 @@ import sys
 import traceback
 
 import torch.distributed as dist
-
-
-def under_torchrun() -> bool:
-    """True when torchrun (torch.distributed.run) started this process."""
-    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
 
 
 def _broadcast(obj):

@@ -1,0 +1,130 @@
+"""What several benchmarks use: this host's figures, whole commands timed in fresh processes, graphopt's
+optimised scoring graph, and the kernel benchmarks' packed layout and timer. A benchmark imports these
+from here, never from another benchmark; its markdown tables go through
+graphopt.runner.report_table.markdown_table."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+import graphopt
+from graphopt.scoring import ScoreModule, Scorer
+
+# ---------------------------------------------------------------------------------------- this host
+
+# dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, by a substring of torch.cuda.get_device_name()
+GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("V100", 125.0),
+                   ("L40S", 362.0), ("A10", 125.0)]
+
+
+def peak_tflops(device: str, dtype: torch.dtype, given: float | None) -> tuple[float, str]:
+    if given:
+        return given, "given"
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+        for key, tflops in GPU_PEAK_TFLOPS:
+            if key in name:
+                return (tflops if dtype != torch.float32 else tflops / 2), f"{name} datasheet"
+        raise SystemExit(f"unknown GPU {name!r}: give its dense peak with --peak-tflops")
+    a = torch.randn(2048, 2048, dtype=dtype)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    return 3 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e12, "2048^3 matmul measured here"
+
+
+def host_matmul_gflops() -> dict:
+    """fp32 and bf16 2048^3 matmul GFLOP/s on this CPU, as peak_tflops measures it."""
+    return {f"matmul_gflops_{name}": 1e3 * peak_tflops("cpu", dtype, None)[0]
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+
+
+def host() -> dict:
+    """CPU model, threads, torch version and the host's 2048^3 matmul rates (peak_tflops)."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, **host_matmul_gflops()}
+
+
+# ---------------------------------------------------------------- whole commands in fresh processes
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def run_timed(argv: list[str], env: dict, timeout: float | None) -> dict:
+    """One command in a fresh process: {wall_s, rc, stdout, stderr}."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = "timeout", e.stdout or "", f"timed out after {timeout} s"
+        out = out.decode() if isinstance(out, bytes) else out
+    return {"wall_s": time.perf_counter() - t0, "rc": rc, "stdout": out, "stderr": err}
+
+
+def cache_env(cache: Path) -> dict:
+    return {**os.environ, **OFFLINE, "TORCHINDUCTOR_CACHE_DIR": str(cache), "GRAPHOPT_CACHE_DIR": str(cache),
+            "HF_DATASETS_CACHE": str(cache / "hf_datasets")}
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+# ------------------------------------------------------------------------------------ graphopt runs
+
+def layout_batches(model, requests, layout: str, **options) -> list:
+    """The batches the Scorer builds for `requests` in `layout` (a scoring strategy and its options), for a
+    benchmark that times its own runnables on them."""
+    return Scorer(model, None, layout=layout, layout_options=options).prepare(requests).batches
+
+
+def optimised_graph(model, batches, pipeline, compiler: str):
+    """graphopt.optimize(ScoreModule(model)) as `graphopt run` builds it: capture (dynamic shapes), the
+    pipeline, the compiler (none | inductor | inductor-frozen), compiled dynamic (one compile for all
+    shapes)."""
+    t0 = time.perf_counter()
+    fn = graphopt.optimize(ScoreModule(model), batches[0].model_inputs(), pipeline, compiler)
+    return fn, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------ kernels
+
+def packed_layout(B: int, T: int, context: int, ending: int, n_endings: int = 4, device="cpu"):
+    """doc_ids, seg_ids [B, T]: each row packs whole questions (context + n_endings endings) and pads the
+    rest with doc -1, as shared-prefix scoring does."""
+    doc = torch.full((B, T), -1, dtype=torch.long)
+    seg = torch.zeros((B, T), dtype=torch.long)
+    per_question = context + n_endings * ending
+    assert per_question <= T, f"a question of {per_question} tokens does not fit a row of {T}"
+    for b in range(B):
+        for qi in range(T // per_question):
+            start = qi * per_question
+            doc[b, start:start + per_question] = qi
+            for e in range(n_endings):
+                s = start + context + e * ending
+                seg[b, s:s + ending] = e + 1
+    return doc.to(device), seg.to(device)
+
+
+def time_ms(fn, device: torch.device, reps: int) -> float:
+    if device.type == "cuda":
+        import triton.testing
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()  # warmup
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

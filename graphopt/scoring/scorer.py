@@ -1,0 +1,236 @@
+"""Scorer: the one path a caller's requests take to (log-likelihood, is_greedy).
+
+    scorer = Scorer(model, pipeline="auto", device="cpu")
+    scores = scorer.score(requests)        # scores.loglik: float64 [n]; scores.greedy: bool [n] or None
+
+`graphopt eval` (evaluate), the runner's worker and the lm-eval backend all go through it. It owns what
+happens to requests once they are made: the pipeline chosen (`auto`) and checked once, the layout (a
+scoring strategy and its options), graphopt.optimize called once per model and kept, scoring with a
+progress bar, the split over data-parallel replicas (whole questions, balanced by tokens; every rank
+gets every answer back), the sharding the mesh asks for (tensor_parallel inserted, one pipeline stage
+per rank) and one value for identical requests. Callers keep what is theirs: metrics, timing rows,
+lm-eval's API.
+
+The runner times the steps one by one: prepare() -> setup() -> run() (warm-up, repeats) -> collect();
+score() is the four in a row.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from graphopt.distributed.mesh import MeshShape
+from graphopt.pipeline import CheckedPipeline, PassError, check_pipeline, parse_pipeline
+from graphopt.scoring.batch import Request, ScoreBatch, ScoreModule
+from graphopt.scoring.requests import first_identical
+from graphopt.scoring.score_loop import score_requests_greedy, sync
+from graphopt.scoring.strategies import build_batches, strategy_options
+
+PACKED_LAYOUTS = ("packed", "shared_prefix", "bucketed")  # the layouts that carry doc_ids / seg_ids
+
+
+def auto_pipeline(device, model_args=None, compiler: str | None = None, layout: str = "packed") -> tuple[str, str]:
+    """The fastest exact path (answers equal to the per-pair reference in fp32) for a device, a
+    compiler (None: the path's own) and a layout: (pipeline, compiler).
+
+    CPU: exact-cpu with no compiler: its oneDNN matmuls on weights packed once match inductor-frozen's
+    speed without its compile (which inductor cannot cache); with a compiler exact-cpu cannot run under
+    (mkldnn_linear's packed weights run uncompiled or under inductor-frozen only), exact. CUDA: gpu (exact + the block-skipping
+    attention kernel) as the FX graph, 62 % MFU on an H100 with no compile (benchmarks/RESULTS.md);
+    exact for a sliding-window model (the kernel has no window) or a layout without the packed ids."""
+    compiler = compiler or "none"
+    if torch.device(device).type != "cuda":
+        try:
+            check_pipeline("exact-cpu", compiler)
+            return "exact-cpu", compiler
+        except PassError:
+            return "exact", compiler
+    windowed = getattr(model_args, "sliding_window", None) is not None
+    return ("exact" if windowed or layout not in PACKED_LAYOUTS else "gpu"), compiler
+
+
+def default_layout(optimised: bool, batch_size: int) -> str:
+    """A batch size other than 1 asks for padded rows of pairs (lm-eval's batching); at batch size 1,
+    packed rows with a pipeline, else each pair alone (lm-eval's reference)."""
+    if batch_size != 1:
+        return "padded"
+    return "packed" if optimised else "per_pair"
+
+
+@dataclass
+class Prepared:
+    """Requests made ready for scoring: this replica's share of them, in batches."""
+    requests: list[Request]  # every request of the call, in the caller's order
+    mine: list[int]  # indices into `requests` this replica scores (ascending)
+    batches: list[ScoreBatch]
+
+    @property
+    def n_mine(self) -> int:
+        return len(self.mine)
+
+
+@dataclass
+class Scores:
+    loglik: Tensor  # float64 [n_requests], in request order
+    greedy: Tensor | None  # bool [n_requests] (lm-eval's is_greedy), None when the Scorer is not greedy
+    seconds: float = 0.0  # scoring (device-synchronised), setup excluded
+    n_batches: int = 0  # this replica's
+
+
+@dataclass
+class Sharding:
+    """How this process takes part in a multi-process run (None of it for one process)."""
+    mesh: MeshShape = field(default_factory=MeshShape)
+    rank: int = 0  # global rank in the mesh
+    load_weights: object = None  # fills a weightless optimised graph with this rank's weights (sharded load)
+
+    @property
+    def replica(self) -> int:
+        return self.mesh.replica(self.rank)
+
+    @property
+    def model_rank(self) -> int:
+        return self.mesh.model_rank(self.rank)
+
+
+class Scorer:
+    """Requests -> Scores through one optimised runnable, built on the first batch and kept.
+
+    pipeline: "auto" (auto_pipeline for the device, compiler and layout), None or "none" (the eager
+    model, lm-eval's per-pair reference), a CheckedPipeline, or anything parse_pipeline accepts.
+    compiler: None = the pipeline's own (auto's choice, else none). layout: a scoring strategy
+    (graphopt.scoring.STRATEGIES; None: default_layout) with `layout_options`; batch_size goes to a
+    layout that takes one. capture: export / dynamo / none (default: export with passes, else none).
+    greedy: also return lm-eval's is_greedy. sharding: data-parallel replicas split the requests,
+    tensor_parallel is inserted where the mesh has tp > 1, one stage per rank where it has pp > 1.
+    tokenizer: for passes that read text (prune_structured's calibration).
+    Errors a user can cause are PassError / ValueError naming the option.
+    """
+
+    def __init__(self, model: nn.Module, pipeline="auto", compiler: str | None = None, *, device="cpu",
+                 layout: str | None = None, batch_size: int = 1, layout_options: dict | None = None,
+                 capture: str | None = None, greedy: bool = False, sharding: Sharding | None = None,
+                 tokenizer=None):
+        self.model, self.device, self.greedy, self.tokenizer = model, device, greedy, tokenizer
+        self.sharding = sharding or Sharding()
+        auto = isinstance(pipeline, str) and pipeline == "auto"
+        eager = pipeline is None or (isinstance(pipeline, str) and pipeline == "none")
+        self.layout = layout or default_layout(not eager, batch_size)
+        if auto:
+            pipeline, compiler = auto_pipeline(device, getattr(model, "args", None), compiler, self.layout)
+        self.compiler = compiler or "none"
+        self.pipeline: CheckedPipeline | None = None if eager else check_pipeline(
+            self._with_sharding(pipeline), self.compiler)
+        self.capture = capture or ("export" if self.pipeline is not None else "none")
+        self.layout_options = dict(layout_options or {})
+        if "batch_size" in strategy_options(self.layout):
+            self.layout_options.setdefault("batch_size", batch_size)
+        elif batch_size != 1:
+            raise ValueError(f"scoring strategy {self.layout!r} takes no batch_size (got {batch_size})")
+        unknown = sorted(set(self.layout_options) - set(strategy_options(self.layout)))
+        if unknown:
+            raise ValueError(f"scoring strategy {self.layout!r} has no option {', '.join(map(repr, unknown))} "
+                             f"(options: {', '.join(strategy_options(self.layout)) or 'none'})")
+        self.runnable = None  # the optimised ScoreModule, built by setup() on the first batch
+        self.setup_seconds = 0.0
+
+    def _with_sharding(self, pipeline):
+        """The pipeline with tensor_parallel at the latest place the pass order allows when the mesh
+        shards tensors and the pipeline does not say where."""
+        if self.sharding.mesh.tp == 1:
+            return pipeline
+        specs = parse_pipeline(pipeline.specs if isinstance(pipeline, CheckedPipeline) else pipeline)
+        if any(s.name == "tensor_parallel" for s in specs):
+            return pipeline
+        from graphopt.pipeline import check_order
+        last_error = None
+        for at in range(len(specs), -1, -1):
+            candidate = specs[:at] + parse_pipeline("tensor_parallel") + specs[at:]
+            try:
+                check_order(candidate)
+                return candidate
+            except PassError as e:
+                last_error = e
+        raise PassError(f"no place for the tensor_parallel pass in {[s.name for s in specs]}: {last_error}")
+
+    @property
+    def labels(self) -> list[str]:
+        """The passes' labels (empty for the eager model)."""
+        return self.pipeline.labels() if self.pipeline is not None else []
+
+    # ---- the steps
+    def prepare(self, requests: Sequence[Request], to_device: bool = False) -> Prepared:
+        """This replica's share of `requests` in batches of the layout (moved to the device when asked:
+        the runner keeps host-to-device copies out of its timings)."""
+        requests = list(requests)
+        mine = list(range(len(requests)))
+        if self.sharding.mesh.dp > 1:
+            from graphopt.distributed.data_parallel import check_same_requests, split_by_tokens
+            check_same_requests(requests)
+            mine = split_by_tokens(requests, self.sharding.mesh.dp)[self.sharding.replica]
+        batches = build_batches([requests[i] for i in mine], self.layout, **self.layout_options)
+        if to_device:
+            batches = [b.to(self.device) for b in batches]
+        return Prepared(requests, mine, batches)
+
+    def setup(self, prepared: Prepared):
+        """Capture, passes and compile, once per Scorer, on the first batch: the runnable."""
+        if self.runnable is None:
+            if not prepared.batches:
+                raise ValueError("nothing to score: no batches to capture the model on")
+            sync(self.device)
+            start = time.perf_counter()
+            self.runnable = self._optimize(prepared.batches[0].to(self.device).model_inputs())
+            sync(self.device)
+            self.setup_seconds = time.perf_counter() - start
+        return self.runnable
+
+    def _optimize(self, example: tuple):
+        from graphopt.optimize_model import optimize
+
+        shard, mesh = self.sharding, self.sharding.mesh
+        opt = optimize(ScoreModule(self.model, greedy=self.greedy).eval(), example,
+                       self.pipeline if self.pipeline is not None else (), self.compiler, capture=self.capture,
+                       rank=shard.model_rank, world_size=mesh.model, model_args=getattr(self.model, "args", None),
+                       load_weights=shard.load_weights, device=self.device, tokenizer=self.tokenizer)
+        if mesh.pp > 1:  # this rank runs its stage only
+            from graphopt.distributed.pipeline_run import StagePerRank, drop_other_stages
+            if shard.load_weights is None:  # the whole model was loaded: keep only this rank's stage
+                drop_other_stages(opt.graph, shard.model_rank)
+            opt = StagePerRank(opt, mesh.pp)
+        return opt
+
+    def run(self, prepared: Prepared, progress: bool = True, desc: str = "scoring") -> tuple[Tensor, Tensor | None]:
+        """Score this replica's share: (log-likelihood float64 [n_mine], is_greedy bool [n_mine] or None)."""
+        fn = self.setup(prepared)
+        return score_requests_greedy(fn, prepared.batches, prepared.n_mine, progress=progress, device=self.device,
+                                     desc=desc)
+
+    def collect(self, prepared: Prepared, loglik: Tensor, greedy: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """This replica's scores -> every request's, on every rank (replicas gather theirs), identical
+        requests given the first copy's value (exact ties between identical endings stay ties)."""
+        if self.sharding.mesh.dp > 1:
+            from graphopt.distributed.data_parallel import gather_everywhere
+            loglik, greedy = gather_everywhere(prepared.mine, loglik, greedy, len(prepared.requests),
+                                               sends=self.sharding.model_rank == 0)
+        same = first_identical(prepared.requests)
+        return loglik[same], (greedy[same] if greedy is not None else None)
+
+    def score(self, requests: Sequence[Request], progress: bool = True, desc: str = "scoring") -> Scores:
+        return self.score_prepared(self.prepare(requests), progress, desc)
+
+    def score_prepared(self, prepared: Prepared, progress: bool = True, desc: str = "scoring") -> Scores:
+        """setup() if not done yet, then run() + collect(), timed (setup excluded)."""
+        if not prepared.requests:
+            return Scores(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool) if self.greedy else None)
+        self.setup(prepared)
+        sync(self.device)
+        start = time.perf_counter()
+        loglik, greedy = self.run(prepared, progress, desc)
+        loglik, greedy = self.collect(prepared, loglik, greedy)
+        sync(self.device)
+        return Scores(loglik, greedy, time.perf_counter() - start, len(prepared.batches))
