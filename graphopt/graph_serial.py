@@ -8,8 +8,9 @@ stored as code: an operator overload as torch.ops.<namespace>.<name>.<overload>,
 by module and name (only torch.*, operator.* and math.*: anything else is not written). Arguments
 are JSON values, tagged where JSON has no type of their own (nodes, tuples, dtypes, devices, slices,
 inf / nan). export's calling convention (its input and output pytree specs) is kept; its input
-guard (`_guards_fn`, a module of its own) is not: a cached graph runs without it. Fake values are not
-kept. A weight program's steps are named the same way; its constants go with it as safetensors bytes.
+guard (`_guards_fn`, a module of its own) is not: a cached graph runs without it. Of the fake values,
+only the inputs' are kept (dtype, device, sizes, symbols: rebuilt in a fresh fake mode). A weight
+program's steps are named the same way; its constants go with it as safetensors bytes.
 Anything this cannot write raises NotSerialisable (the caller keeps the graph uncached).
 """
 from __future__ import annotations
@@ -142,6 +143,8 @@ def graph_to_json(gm: GraphModule) -> dict:
         target = name_of(n.target) if n.op == "call_function" else n.target
         nodes.append({"op": n.op, "name": n.name, "target": target, "args": encode(n.args),
                       "kwargs": encode(n.kwargs)})
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor):
+            nodes[-1]["val"] = _describe(n.meta["val"])
     codegen = gm.graph._codegen
     spec = None
     if isinstance(codegen, _PyTreeCodeGen):
@@ -152,10 +155,46 @@ def graph_to_json(gm: GraphModule) -> dict:
     return {"nodes": nodes, "pytree": spec}
 
 
+def _describe(v: torch.Tensor) -> dict:
+    """An input's fake value: dtype, device, and per dim its size or (its symbol, the example size)."""
+    sizes = [s if isinstance(s, int) else [str(s.node.expr), int(s.node.hint)] for s in v.shape]
+    return {"dtype": str(v.dtype).removeprefix("torch."), "device": str(v.device), "shape": sizes}
+
+
+def _fake_inputs(described: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Fake values for the inputs (one fresh fake mode; a symbol shared by inputs is one symbol), so
+    that what reads an optimised graph's inputs (their dtypes, their static sizes) reads them as a
+    fresh graph has them."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+    env = ShapeEnv()
+    mode, symbols, out = FakeTensorMode(shape_env=env), {}, {}
+    for name, d in described.items():
+        sizes = []
+        for s in d["shape"]:
+            if isinstance(s, list):
+                if s[0] not in symbols:
+                    sym = env.create_symbol(s[1], ConstantSource(s[0]), dynamic_dim=DimDynamic.DYNAMIC)
+                    symbols[s[0]] = env.create_symintnode(sym, hint=s[1])
+                s = symbols[s[0]]
+            sizes.append(s)
+        dtype = getattr(torch, d["dtype"])
+        assert isinstance(dtype, torch.dtype), d["dtype"]
+        with mode:
+            out[name] = torch.empty(sizes, dtype=dtype, device=torch.device(d["device"]))
+    return out
+
+
 def graph_from_json(data: dict) -> Graph:
-    """The Graph (no module: get_attr targets are filled by whoever builds the GraphModule)."""
+    """The Graph (no module: get_attr targets are filled by whoever builds the GraphModule). The inputs
+    get fake values again; no other node has one."""
     g = Graph()
     nodes: dict[str, Node] = {}
+    try:
+        fakes = _fake_inputs({d["name"]: d["val"] for d in data["nodes"] if "val" in d})
+    except Exception:  # noqa: BLE001 - sizes a fresh shape environment will not take: inputs without values
+        fakes = {}
     for d in data["nodes"]:
         args, kwargs = decode(d["args"], nodes), decode(d["kwargs"], nodes)
         args = tuple(args) if isinstance(args, list) else args
@@ -173,6 +212,8 @@ def graph_from_json(data: dict) -> Graph:
         else:
             raise ValueError(f"node {d['name']}: op {op!r} is not read back")
         node._rename(d["name"])  # (through the graph's namespace: later nodes get other names)
+        if d["name"] in fakes:
+            node.meta["val"] = fakes[d["name"]]
         nodes[d["name"]] = node
     spec = data.get("pytree")
     if spec is not None:

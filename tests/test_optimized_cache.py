@@ -71,6 +71,9 @@ def test_a_kept_graph_scores_as_a_fresh_one_bit_for_bit(preset, pipeline):
     assert kept.setup["capture_s"] == kept.setup["passes_s"] == 0.0 and kept.setup["first_call_s"] is None
     assert "kept graph" in kept.setup_summary() and "capture" in first.setup_summary()
     assert [(r.name, r.matches) for r in kept.records] == [(r.name, r.matches) for r in fresh.records]
+    inputs_of = lambda opt: [(n.name, n.meta["val"].dtype, n.meta["val"].dim())  # noqa: E731 (what a reader of
+                             for n in opt.graph.graph.find_nodes(op="placeholder")]  # the graph's inputs sees)
+    assert inputs_of(kept) == inputs_of(fresh)
     for B, T, N in [(2, 12, 6), (3, 7, 5), (1, 9, 4)]:
         x = distinct_score_inputs(B, T, N, seed=B)
         with torch.no_grad():
