@@ -27,7 +27,7 @@ def _expected(rows, batch_size=1):
 
 
 def test_eval_tiny_synthetic(capsys):
-    """The default path: packed rows + exact-cpu (no compile), the per-pair reference's answers."""
+    """The default path: the prefix tree (zero-shot: packed rows) + exact-cpu (no compile), the per-pair reference's answers."""
     assert main(["eval", "--model", "tiny", "--limit", "6", "--no-progress"]) == 0
     out = capsys.readouterr().out
     want = _expected(load_hellaswag(None, limit=6))
@@ -35,7 +35,7 @@ def test_eval_tiny_synthetic(capsys):
     assert _printed(out, "acc_norm") == f"{want['acc_norm']:.4f}"
     assert _printed(out, "items") == "6"
     assert re.search(r"^time\s+\d+\.\d+s", out, re.M)
-    assert "packed" in out and "mkldnn_linear" in out and "compiles=0" in out and "synthetic" in out
+    assert "tree" in out and "mkldnn_linear" in out and "compiles=0" in out and "synthetic" in out
 
 
 def test_eval_pipeline_none_is_the_per_pair_reference_and_check_agrees(capsys):
@@ -98,7 +98,7 @@ def test_eval_pipeline_exact_matches_eager_and_prints_json(capsys):
     got = json.loads(capsys.readouterr().out)
     want = _expected(load_hellaswag(None, limit=8))
     assert got["acc"] == want["acc"] and got["acc_norm"] == want["acc_norm"] and got["n_items"] == 8
-    assert got["strategy"] == "packed" and got["pipeline"][0] == "fuse_rmsnorm" and "fused_logprob" in got["pipeline"]
+    assert got["strategy"] == "tree" and got["pipeline"][0] == "fuse_rmsnorm" and "fused_logprob" in got["pipeline"]
     assert got["tokens_processed"] < want["tokens_processed"]  # each context once
 
 

@@ -93,9 +93,49 @@ def test_eager_reference_and_batch_size(tiny):
 
 def test_bad_options_are_refused_before_any_work(tiny):
     model = tiny[0]
-    with pytest.raises(ValueError, match="scoring strategy 'packed' has no option 'batch'"):
+    with pytest.raises(ValueError, match="scoring strategy 'tree' has no option 'batch'"):
         Scorer(model, "exact", layout_options={"batch": 3})
     with pytest.raises(ValueError, match="takes no batch_size"):
         Scorer(model, "exact", layout="packed", batch_size=4)
     with pytest.raises(PassError, match="mkldnn_linear' runs only with compiler"):
         Scorer(model, "exact-cpu", "inductor")
+
+
+def _few_shot(n_subjects=2, n_questions=5, shots=120, seed=0) -> list:
+    """Requests shaped like a first_n few-shot suite: per subject one long shared prefix, questions after it,
+    4 endings; the last ending of each question a copy of its first (identical requests)."""
+    import random
+
+    from graphopt.scoring import Request
+
+    rng = random.Random(seed)
+    tok = lambda n: [rng.randrange(1, 500) for _ in range(n)]  # noqa: E731
+    out = []
+    for s in range(n_subjects):
+        prefix = tok(shots)
+        for q in range(n_questions):
+            ctx = tuple(prefix + tok(rng.randrange(5, 15)))
+            endings = [tuple(tok(rng.randrange(1, 5))) for _ in range(3)]
+            out += [Request(s * n_questions + q, c, ctx, e, 4) for c, e in enumerate(endings + endings[:1])]
+    return out
+
+
+def test_tree_by_default_computes_shared_prefixes_once_and_answers_as_the_reference(tiny):
+    """The default layout with a pipeline is the prefix tree: few-shot-shaped requests go through the one
+    graph that reads (and fills) a KV cache, each distinct request is scored once (a copy takes the first's
+    value bit for bit), log-likelihoods within 1e-4 of each pair alone (fp32) and is_greedy as the eager
+    model's."""
+    model = tiny[0]
+    requests = _few_shot()
+    scorer = Scorer(model, "exact-cpu", greedy=True, layout_options={"min_shared_tokens": 64})
+    assert scorer.layout == "tree"
+    prepared = scorer.prepare(requests)
+    assert prepared.plan.stats["cached_nodes"] == 2 and len(prepared.unique) == len(requests) * 3 // 4
+    got = scorer.score_prepared(prepared, progress=False)
+    assert scorer.cache_runnable is not None and scorer.runnable is None
+    assert prepared.counts["prefills"] == 2  # one forward per subject's prefix
+    torch.testing.assert_close(got.loglik, reference_loglik(model, requests), atol=1e-4, rtol=0)
+    copies = [i for i, r in enumerate(requests) if r.choice == 3]
+    assert torch.equal(got.loglik[copies], got.loglik[[i - 3 for i in copies]])
+    eager = Scorer(model, None, greedy=True).score(requests, progress=False)
+    assert torch.equal(got.greedy, eager.greedy)

@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pairs per forward; 1 = each (context, ending) pair alone, lm-eval's reference "
                              "(default: %(default)s)")
     parser.add_argument("--strategy", default=None,
-                        help="batching strategy (default: packed with a pipeline; with --pipeline none, per_pair "
-                             "for --batch-size 1, else padded); see graphopt.scoring.STRATEGIES")
+                        help="batching strategy (default: tree with a pipeline: a prefix tree over all requests, "
+                             "each shared prefix computed once, zero-shot rows packed; with --pipeline none, per_pair "
+                             "for --batch-size 1, else padded); tree, packed, shared_prefix, bucketed, padded, per_pair")
     bos = parser.add_mutually_exclusive_group()
     bos.add_argument("--add-bos", dest="add_bos", action="store_const", const=True, default=None,
                      help="prepend BOS to every request (lm-eval's add_bos_token=True)")
@@ -89,12 +90,13 @@ def _non_negative_int(text: str) -> int:
 def main(args) -> int:
     from graphopt.errors import UserError
     from graphopt.data import load_hellaswag
-    from graphopt.scoring import STRATEGIES, evaluate
+    from graphopt.scoring import evaluate
+    from graphopt.scoring.scorer import layout_names
 
     from graphopt.env_checks import check_device
     check_device(args.device)
-    if args.strategy is not None and args.strategy not in STRATEGIES:
-        raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(STRATEGIES)})")
+    if args.strategy is not None and args.strategy not in layout_names():
+        raise UserError(f"unknown --strategy {args.strategy!r} (strategies: {', '.join(layout_names())})")
     pipeline = None if args.pipeline == "none" else args.pipeline
     if pipeline != "auto" and pipeline is not None:  # a bad pipeline is reported before anything loads
         from graphopt.pipeline import PassError, check_pipeline

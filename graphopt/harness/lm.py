@@ -74,15 +74,17 @@ class GraphoptLM(TemplateLM):
         self.stats = {"load_seconds": self.load_seconds, "setup_seconds": 0.0, "score_seconds": 0.0, "n_batches": 0}
 
     def _make_scorer(self, pipeline) -> Scorer:
-        """Every request of every task goes through this one Scorer (its runnable is built on the first
-        batch and kept): packed rows with the pipeline, lm-eval's own per-pair way without one."""
+        """Every request of every task goes through this one Scorer (its runnables are built once and kept):
+        the prefix tree over all requests with a pipeline (row_len given: today's packed rows of that
+        length), lm-eval's own per-pair way without one."""
         cfg = self.config
+        layout = "packed" if cfg.row_len and pipeline is not None else None  # row_len: rows of today's layout
         options = {} if pipeline is None else {"max_tokens": cfg.max_tokens} | (
             {"row_len": cfg.row_len} if cfg.row_len else {})
         sharding = None if self.world is None else Sharding(self.world.shape, self.world.rank, self._load_weights)
         try:
-            return Scorer(self.model, pipeline, cfg.compiler, device=cfg.device, layout_options=options, greedy=True,
-                          sharding=sharding)
+            return Scorer(self.model, pipeline, cfg.compiler, device=cfg.device, layout=layout, layout_options=options,
+                          greedy=True, sharding=sharding)
         except (PassError, ValueError) as e:
             raise UserError(f"--model_args pipeline={cfg.pipeline!r}: {e}") from e
 

@@ -116,14 +116,15 @@ def _check_order(cfg: ExperimentConfig, where: Where) -> None:
 def _check_scoring(scoring: ScoringConfig | None, path: tuple, where: Where) -> None:
     if scoring is None:
         return
-    from graphopt.scoring.strategies import STRATEGIES, strategy_options
+    from graphopt.scoring.scorer import layout_names, options_of
 
-    if scoring.strategy not in STRATEGIES:
-        close = difflib.get_close_matches(scoring.strategy, STRATEGIES, n=1, cutoff=0.4)
+    names = layout_names()
+    if scoring.strategy not in names:
+        close = difflib.get_close_matches(scoring.strategy, names, n=1, cutoff=0.4)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where(path + ('strategy',))}: unknown scoring strategy {scoring.strategy!r}{hint} "
-                          f"(strategies: {', '.join(STRATEGIES)})")
-    allowed = strategy_options(scoring.strategy)
+                          f"(strategies: {', '.join(names)})")
+    allowed = options_of(scoring.strategy)
     for key in scoring.options:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.4)

@@ -211,7 +211,7 @@ def measure(job: WorkerJob, rank: int = 0) -> dict:
     n_tokens = sum(len(r.context_ids) + len(r.continuation_ids) - 1 for r in requests)  # real tokens, no padding
     return {
         "status": "ok", "error": "",
-        "n_items": len(rows), "n_requests": len(requests), "n_tokens": n_tokens, "n_batches": len(prepared.batches),
+        "n_items": len(rows), "n_requests": len(requests), "n_tokens": n_tokens, "n_batches": prepared.n_batches,
         "n_shapes": n_shapes, "n_compiles": compiled.compiles, "cache_hits": compiled.cache_hits,
         "timed_passes": repeats, **_quality(rows, requests, loglik, job.reference_loglik),
         "latency_s": latency, "latency_min_s": float(min(times)),

@@ -51,7 +51,7 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
     result.update(
         n_requests=len(requests),
         tokens_scored=sum(len(r.continuation_ids) for r in requests),
-        tokens_processed=sum(b.n_tokens for b in batches),
+        tokens_processed=prepared.tokens,
         seconds=scores.seconds,
         setup_seconds=scorer.setup_seconds,
         strategy=scorer.layout,

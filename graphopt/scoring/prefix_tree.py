@@ -1,7 +1,7 @@
 """A prefix tree over the token ids of every request: each shared prefix is computed once.
 
-Requests (context_ids + continuation_ids; identical ones scored once, graphopt.scoring.requests.
-first_identical) are grouped by context ids. A radix tree is built over every context without its
+Requests (context_ids + continuation_ids; the Scorer hands over each distinct request once) are grouped
+by context ids. A radix tree is built over every context without its
 last token (that token predicts the first continuation token, so it is always computed in a scored
 row). Token ids decide sharing: two contexts whose strings share a prefix but whose tokens differ
 (a tokenizer merging across the example / question boundary) branch where their ids do.
@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from graphopt.scoring.batch import Request, all_by_owner, sum_by_owner
 from graphopt.scoring.pack_layout import PackedScoreBatch
 from graphopt.scoring.prefix_cache import KVLayout, PathCache, cached_mask, rows_under_prefix, slot_mask
-from graphopt.scoring.requests import first_identical
 
 DEFAULT_BUDGET = 1 << 30  # bytes of K/V on one root-to-leaf path
 DEFAULT_MIN_SHARED = 512  # tokens a cached node must save: below that, an extra forward and smaller
@@ -66,7 +65,7 @@ class Group:
 class TreePlan:
     root: Node
     groups: list[Group]
-    unique: list[int]  # first_identical(requests): score unique requests, copy to the others
+    unique: list[int]  # requests[i] scored as requests[unique[i]] (the Scorer dedups: each itself)
     capacity: int  # positions of the deepest cached node: the path cache's size
     stats: dict
 
@@ -158,7 +157,7 @@ def plan_tree(requests: Sequence[Request], bytes_per_token: int, budget: int = D
     cached_nodes, capacity (positions of the deepest cached node) and limit (the budget in positions)."""
     if budget < 0 or bytes_per_token <= 0:
         raise ValueError(f"need budget >= 0 and bytes_per_token > 0; got {budget}, {bytes_per_token}")
-    unique = first_identical(requests)
+    unique = list(range(len(requests)))
     by_context: dict[tuple, Group] = {}
     for i, r in enumerate(requests):
         if len(r.context_ids) == 0:
@@ -207,9 +206,10 @@ class TreeRunners:
     score: Callable | None = None
 
 
-def _prefill(runners: TreeRunners, node: Node, path: PathCache, max_tokens: int, device) -> None:
+def _prefill(runners: TreeRunners, node: Node, path: PathCache, max_tokens: int, device) -> int:
     """node's tokens -> their K/V in path[node.start:node.end], in chunks of max_tokens, each reading
-    the path before it (at position 0: hidden slots only)."""
+    the path before it (at position 0: hidden slots only). -> the number of forwards."""
+    chunks = 0
     for lo in range(node.start, node.end, max_tokens):
         hi = min(lo + max_tokens, node.end)
         ids = torch.tensor([node.tokens[lo - node.start:hi - node.start]], device=device)  # [1, m]
@@ -223,6 +223,8 @@ def _prefill(runners: TreeRunners, node: Node, path: PathCache, max_tokens: int,
             zero = torch.zeros(1, dtype=torch.long, device=device)
             new = runners.score_cached(ids, positions, mask, zero, zero, None, None, cache)[-1]
         path.write(lo, new)
+        chunks += 1
+    return chunks
 
 
 def _run_rows(runners: TreeRunners, batch: PackedScoreBatch, path: PathCache, start: int, device):
@@ -242,12 +244,15 @@ def _run_rows(runners: TreeRunners, batch: PackedScoreBatch, path: PathCache, st
 
 def score_tree(requests: Sequence[Request], runners: TreeRunners, device="cpu", budget: int = DEFAULT_BUDGET,
                progress: bool = True, max_tokens: int = 4096,
-               min_shared_tokens: int = DEFAULT_MIN_SHARED) -> tuple[Tensor, Tensor]:
+               min_shared_tokens: int = DEFAULT_MIN_SHARED, plan: TreePlan | None = None,
+               counts: dict | None = None) -> tuple[Tensor, Tensor]:
     """(log-likelihood float64 [n], is_greedy bool [n]) of `requests`, in order, every shared prefix
     computed once (see the module docstring; plan_tree gives the plan and its token counts).
     budget: bytes of K/V on one root-to-leaf path. max_tokens: B * T of a batch of rows, and the
-    tokens per forward when a cached node is computed. Identical requests get the first one's value."""
-    plan = plan_tree(requests, runners.layout.bytes_per_token, budget, min_shared_tokens)
+    tokens per forward when a cached node is computed. Identical requests get the first one's value.
+    plan: plan_tree's result for these requests, when the caller made it already. counts: filled with
+    "batches" (forwards over rows) and "prefills" (forwards computing cached nodes)."""
+    plan = plan or plan_tree(requests, runners.layout.bytes_per_token, budget, min_shared_tokens)
     if runners.score_cached is None and (plan.stats["cached_nodes"] or runners.score is None):
         raise ValueError("score_tree: these requests share prefixes worth caching (or no plain graph was given), "
                          "so TreeRunners needs score_cached")
@@ -256,13 +261,14 @@ def score_tree(requests: Sequence[Request], runners: TreeRunners, device="cpu", 
     greedy = torch.ones(n, dtype=torch.bool)
     seen = torch.zeros(n, dtype=torch.bool)
     path = PathCache(runners.layout, plan.capacity, device)
+    n_batches = n_prefills = 0
     with torch.inference_mode(), tqdm(total=len(set(plan.unique)), unit="req", desc="scoring (prefix tree)",
                                       disable=not progress, leave=False) as bar:
         stack = [plan.root]
         while stack:  # depth-first: a node's subtree is done before its next sibling overwrites the path
             node = stack.pop()
             if node is not plan.root:
-                _prefill(runners, node, path, max_tokens, device)
+                n_prefills += _prefill(runners, node, path, max_tokens, device)
             who, tails = [], []  # the requests scored under this node, their tokens after it
             for g in row_groups(node):
                 group = plan.groups[g]
@@ -272,6 +278,7 @@ def score_tree(requests: Sequence[Request], runners: TreeRunners, device="cpu", 
                     who.append(i)
             who = torch.tensor(who, dtype=torch.long)
             for batch in rows_under_prefix(tails, node.end, max_tokens):
+                n_batches += 1
                 logprobs, flags = _run_rows(runners, batch, path, node.end, device)
                 owners = torch.where(batch.owners >= 0, who[batch.owners.clamp(min=0)], -1)
                 total += sum_by_owner(logprobs, owners, n)
@@ -282,5 +289,52 @@ def score_tree(requests: Sequence[Request], runners: TreeRunners, device="cpu", 
             stack.extend(reversed(cached_children(node)))
     missing = [i for i in set(plan.unique) if not seen[i] and requests[i].continuation_ids]
     assert not missing, f"{len(missing)} requests were never scored (first: {sorted(missing)[:5]})"
+    if counts is not None:
+        counts.update(batches=n_batches, prefills=n_prefills)
     index = torch.tensor(plan.unique, dtype=torch.long)
     return total[index], greedy[index]
+
+
+def subtree_shares(requests: Sequence[Request], n_replicas: int, plan: TreePlan) -> list[list[int]]:
+    """[replica] -> indices into `requests` (ascending): data-parallel replicas split the tree by subtrees.
+
+    Items: each subtree under a cached child of the root (its prefix computed once by the replica that
+    takes it) and each context with no cached prefix, costed in the tokens a replica computes for them.
+    A subtree costing more than a fair share (total / n_replicas) is cut into as many parts as it needs,
+    each part computing the prefix again. Items go longest first to the replica with the fewest tokens
+    (ties: the lower replica), so every rank computes the same split without talking."""
+    if n_replicas < 1:
+        raise ValueError(f"n_replicas must be >= 1, got {n_replicas}")
+    cont = lambda i: max(len(requests[i].continuation_ids) - 1, 0)  # noqa: E731
+    groups = plan.groups
+
+    def group_cost(g: int, start: int) -> int:
+        return len(groups[g].context) - start + sum(cont(i) for i in groups[g].requests)
+
+    items: list[tuple[int, list[int]]] = [(group_cost(g, 0), [g]) for g in row_groups(plan.root)]
+    sub_totals = []
+    for child in cached_children(plan.root):
+        nodes = [n for n in _walk(child) if n.cached]
+        prefix = sum(len(n.tokens) for n in nodes)
+        costs = {g: group_cost(g, n.end) for n in nodes for g in row_groups(n)}
+        sub_totals.append((prefix, costs))
+    total = sum(c for c, _ in items) + sum(p + sum(c.values()) for p, c in sub_totals)
+    fair = max(total / n_replicas, 1)
+    for prefix, costs in sub_totals:
+        parts = max(1, min(len(costs), -(-(prefix + sum(costs.values())) // int(fair))))
+        bins: list[tuple[int, list[int]]] = [(prefix, []) for _ in range(parts)]
+        for g in sorted(costs, key=lambda g: (-costs[g], g)):  # longest first into the lightest part
+            k = min(range(parts), key=lambda k: (bins[k][0], k))
+            bins[k] = (bins[k][0] + costs[g], bins[k][1] + [g])
+        items += bins
+    if sum(1 for _, gs in items if gs) < n_replicas:
+        raise ValueError(f"data_parallel {n_replicas} is more than the {len(groups)} contexts to score: a replica "
+                         f"would have nothing to do; lower data_parallel or score more questions")
+    load = [0] * n_replicas
+    share: list[list[int]] = [[] for _ in range(n_replicas)]
+    for cost, gs in sorted(items, key=lambda it: (-it[0], it[1])):
+        k = min(range(n_replicas), key=lambda k: (load[k], k))
+        load[k] += cost
+        share[k] += [i for g in gs for i in groups[g].requests]
+    return [sorted(s) for s in share]
+

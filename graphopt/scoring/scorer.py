@@ -26,11 +26,16 @@ from torch import Tensor, nn
 from graphopt.distributed.mesh import MeshShape
 from graphopt.pipeline import CheckedPipeline, PassError, check_pipeline, parse_pipeline
 from graphopt.scoring.batch import Request, ScoreBatch, ScoreModule
+from graphopt.scoring.prefix_cache import KVLayout, cached_example_inputs, cached_score_module, rows_under_prefix
+from graphopt.scoring.prefix_tree import (DEFAULT_MIN_SHARED, TreePlan, TreeRunners, plan_tree, score_tree,
+                                          subtree_shares)
 from graphopt.scoring.requests import first_identical
 from graphopt.scoring.score_loop import score_requests_greedy, sync
-from graphopt.scoring.strategies import build_batches, strategy_options
+from graphopt.scoring.strategies import STRATEGIES, build_batches, strategy_options
 
-PACKED_LAYOUTS = ("packed", "shared_prefix", "bucketed")  # the layouts that carry doc_ids / seg_ids
+TREE = "tree"  # the prefix tree over all requests (graphopt.scoring.prefix_tree): each shared prefix once
+TREE_OPTIONS = {"max_tokens": 4096, "budget_mb": 1024, "min_shared_tokens": DEFAULT_MIN_SHARED}
+PACKED_LAYOUTS = ("packed", "shared_prefix", "bucketed", TREE)  # layouts whose rows carry doc_ids / seg_ids
 
 
 def auto_pipeline(device, model_args=None, compiler: str | None = None, layout: str = "packed") -> tuple[str, str]:
@@ -55,22 +60,56 @@ def auto_pipeline(device, model_args=None, compiler: str | None = None, layout: 
 
 def default_layout(optimised: bool, batch_size: int) -> str:
     """A batch size other than 1 asks for padded rows of pairs (lm-eval's batching); at batch size 1,
-    packed rows with a pipeline, else each pair alone (lm-eval's reference)."""
+    the prefix tree with a pipeline (zero-shot: today's packed rows, few-shot: each shared prefix once),
+    else each pair alone (lm-eval's reference)."""
     if batch_size != 1:
         return "padded"
-    return "packed" if optimised else "per_pair"
+    return TREE if optimised else "per_pair"
+
+
+def layout_names() -> list[str]:
+    return [*STRATEGIES, TREE]
+
+
+def options_of(layout: str) -> list[str]:
+    """The options a layout takes (KeyError naming the layouts for an unknown one)."""
+    if layout == TREE:
+        return list(TREE_OPTIONS)
+    if layout not in STRATEGIES:
+        raise KeyError(f"unknown scoring layout {layout!r} (layouts: {', '.join(layout_names())})")
+    return strategy_options(layout)
 
 
 @dataclass
 class Prepared:
     """Requests made ready for scoring: this replica's share of them, in batches."""
     requests: list[Request]  # every request of the call, in the caller's order
-    mine: list[int]  # indices into `requests` this replica scores (ascending)
-    batches: list[ScoreBatch]
+    same: list[int]  # first_identical(requests): each request's first identical copy
+    unique: list[int]  # the distinct requests (first copies), the ones scored
+    mine: list[int]  # indices into `unique` this replica scores (ascending)
+    batches: list[ScoreBatch]  # (the tree builds its rows as it walks: none here)
+    plan: TreePlan | None = None  # the tree layout's plan of this replica's requests
+    counts: dict = field(default_factory=dict)  # the tree's forwards, filled by run()
+
+    @property
+    def n_batches(self) -> int:
+        return self.counts.get("batches", 0) if self.plan is not None else len(self.batches)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens put through the model (padding included for batches; the tree: prefixes + rows)."""
+        if self.plan is not None:
+            return self.plan.stats["tokens_prefill"] + self.plan.stats["tokens_rows"]
+        return sum(b.n_tokens for b in self.batches)
 
     @property
     def n_mine(self) -> int:
         return len(self.mine)
+
+    @property
+    def local(self) -> list[Request]:
+        """The requests this replica scores."""
+        return [self.requests[self.unique[j]] for j in self.mine]
 
 
 @dataclass
@@ -127,15 +166,22 @@ class Scorer:
             self._with_sharding(pipeline), self.compiler)
         self.capture = capture or ("export" if self.pipeline is not None else "none")
         self.layout_options = dict(layout_options or {})
-        if "batch_size" in strategy_options(self.layout):
+        allowed = options_of(self.layout)
+        if "batch_size" in allowed:
             self.layout_options.setdefault("batch_size", batch_size)
         elif batch_size != 1:
             raise ValueError(f"scoring strategy {self.layout!r} takes no batch_size (got {batch_size})")
-        unknown = sorted(set(self.layout_options) - set(strategy_options(self.layout)))
+        unknown = sorted(set(self.layout_options) - set(allowed))
         if unknown:
             raise ValueError(f"scoring strategy {self.layout!r} has no option {', '.join(map(repr, unknown))} "
-                             f"(options: {', '.join(strategy_options(self.layout)) or 'none'})")
+                             f"(options: {', '.join(allowed) or 'none'})")
+        if self.layout == TREE:
+            self.layout_options = {**TREE_OPTIONS, **self.layout_options}
+            if self.capture != "export" or self.sharding.mesh.pp > 1:
+                raise ValueError("scoring layout 'tree' runs graphs captured by torch.export that read a KV cache: "
+                                 "it needs a pipeline, capture export and no pipeline_split over ranks (use packed)")
         self.runnable = None  # the optimised ScoreModule, built by setup() on the first batch
+        self.cache_runnable = None  # the tree's graph that reads (and fills) a KV cache, built when a plan needs it
         self.setup_seconds = 0.0
 
     def _with_sharding(self, pipeline):
@@ -164,38 +210,75 @@ class Scorer:
 
     # ---- the steps
     def prepare(self, requests: Sequence[Request], to_device: bool = False) -> Prepared:
-        """This replica's share of `requests` in batches of the layout (moved to the device when asked:
-        the runner keeps host-to-device copies out of its timings)."""
+        """This replica's share of the distinct requests (identical ones are scored once) in batches of the
+        layout (moved to the device when asked: the runner keeps host-to-device copies out of its
+        timings); the tree layout plans its walk instead."""
         requests = list(requests)
-        mine = list(range(len(requests)))
+        same = first_identical(requests)
+        unique = [i for i, first in enumerate(same) if first == i]
+        distinct = [requests[i] for i in unique]
+        mine, plan = list(range(len(distinct))), None
+        if self.layout == TREE:
+            plan = self._plan(distinct)
         if self.sharding.mesh.dp > 1:
             from graphopt.distributed.data_parallel import check_same_requests, split_by_tokens
             check_same_requests(requests)
-            mine = split_by_tokens(requests, self.sharding.mesh.dp)[self.sharding.replica]
-        batches = build_batches([requests[i] for i in mine], self.layout, **self.layout_options)
-        if to_device:
-            batches = [b.to(self.device) for b in batches]
-        return Prepared(requests, mine, batches)
+            dp, replica = self.sharding.mesh.dp, self.sharding.replica
+            mine = (subtree_shares(distinct, dp, plan) if plan is not None else split_by_tokens(distinct, dp))[replica]
+            plan = self._plan([distinct[j] for j in mine]) if plan is not None else None
+        prepared = Prepared(requests, same, unique, mine, [], plan)
+        if plan is None:
+            prepared.batches = build_batches(prepared.local, self.layout, **self.layout_options)
+            if to_device:
+                prepared.batches = [b.to(self.device) for b in prepared.batches]
+        return prepared
+
+    def _plan(self, requests: list[Request]) -> TreePlan:
+        opts = self.layout_options
+        return plan_tree(requests, KVLayout.of_args(self.model.args).bytes_per_token, opts["budget_mb"] << 20,
+                         opts["min_shared_tokens"])
 
     def setup(self, prepared: Prepared):
-        """Capture, passes and compile, once per Scorer, on the first batch: the runnable."""
-        if self.runnable is None:
+        """Capture, passes and compile, once per Scorer, on the first batch: the runnable. The tree builds
+        what its plan needs: the graph that reads a KV cache when a prefix is cached, else today's graph."""
+        needs_cache = prepared.plan is not None and prepared.plan.stats["cached_nodes"] > 0
+        if needs_cache and self.cache_runnable is None:
+            layout = KVLayout.of_args(self.model.args)
+            example = cached_example_inputs(layout, vocab_size=self.model.args.vocab_size)
+            module = cached_score_module(self.model, return_cache=True)
+            self.cache_runnable = self._timed_optimize(module, example, without=("prefix_attention",))
+        if not needs_cache and self.runnable is None:
+            example = self._example(prepared)
+            self.runnable = self._timed_optimize(ScoreModule(self.model, greedy=self.greedy or prepared.plan is not None)
+                                                 .eval(), example.to(self.device).model_inputs())
+        return self.cache_runnable if needs_cache else self.runnable
+
+    def _example(self, prepared: Prepared) -> ScoreBatch:
+        if prepared.plan is None:
             if not prepared.batches:
                 raise ValueError("nothing to score: no batches to capture the model on")
-            sync(self.device)
-            start = time.perf_counter()
-            self.runnable = self._optimize(prepared.batches[0].to(self.device).model_inputs())
-            sync(self.device)
-            self.setup_seconds = time.perf_counter() - start
-        return self.runnable
+            return prepared.batches[0]
+        group = prepared.plan.groups[0]  # one context with its endings, in today's packed layout
+        local = prepared.local
+        return rows_under_prefix([local[i] for i in group.requests], 0, self.layout_options["max_tokens"])[0]
 
-    def _optimize(self, example: tuple):
+    def _timed_optimize(self, module: nn.Module, example: tuple, without: tuple = ()):
+        sync(self.device)
+        start = time.perf_counter()
+        opt = self._optimize(module, example, without)
+        sync(self.device)
+        self.setup_seconds += time.perf_counter() - start
+        return opt
+
+    def _optimize(self, module: nn.Module, example: tuple, without: tuple = ()):
         from graphopt.optimize_model import optimize
 
         shard, mesh = self.sharding, self.sharding.mesh
-        opt = optimize(ScoreModule(self.model, greedy=self.greedy).eval(), example,
-                       self.pipeline if self.pipeline is not None else (), self.compiler, capture=self.capture,
-                       rank=shard.model_rank, world_size=mesh.model, model_args=getattr(self.model, "args", None),
+        pipeline = self.pipeline if self.pipeline is not None else CheckedPipeline((), self.compiler)
+        if without:  # passes that refuse this graph (prefix_attention reads no cache)
+            pipeline = CheckedPipeline(tuple(s for s in pipeline.specs if s.name not in without), self.compiler)
+        opt = optimize(module, example, pipeline, self.compiler, capture=self.capture, rank=shard.model_rank,
+                       world_size=mesh.model, model_args=getattr(self.model, "args", None),
                        load_weights=shard.load_weights, device=self.device, tokenizer=self.tokenizer)
         if mesh.pp > 1:  # this rank runs its stage only
             from graphopt.distributed.pipeline_run import StagePerRank, drop_other_stages
@@ -206,19 +289,31 @@ class Scorer:
 
     def run(self, prepared: Prepared, progress: bool = True, desc: str = "scoring") -> tuple[Tensor, Tensor | None]:
         """Score this replica's share: (log-likelihood float64 [n_mine], is_greedy bool [n_mine] or None)."""
+        if not prepared.mine:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool) if self.greedy else None
         fn = self.setup(prepared)
-        return score_requests_greedy(fn, prepared.batches, prepared.n_mine, progress=progress, device=self.device,
-                                     desc=desc)
+        if prepared.plan is None:
+            return score_requests_greedy(fn, prepared.batches, prepared.n_mine, progress=progress, device=self.device,
+                                         desc=desc)
+        cache_fn = self.cache_runnable
+        runners = TreeRunners(cache_fn, KVLayout.of_graph(cache_fn.graph) if cache_fn is not None else
+                              KVLayout.of_args(self.model.args), None, self.runnable)
+        opts = self.layout_options
+        loglik, greedy = score_tree(prepared.local, runners, self.device,
+                                    opts["budget_mb"] << 20, progress, opts["max_tokens"], opts["min_shared_tokens"],
+                                    plan=prepared.plan, counts=prepared.counts)
+        return loglik, greedy if self.greedy else None
 
     def collect(self, prepared: Prepared, loglik: Tensor, greedy: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """This replica's scores -> every request's, on every rank (replicas gather theirs), identical
-        requests given the first copy's value (exact ties between identical endings stay ties)."""
+        """This replica's scores -> every request's, on every rank (replicas gather theirs); an identical
+        request takes its first copy's value (an exact tie between identical endings stays a tie)."""
         if self.sharding.mesh.dp > 1:
             from graphopt.distributed.data_parallel import gather_everywhere
-            loglik, greedy = gather_everywhere(prepared.mine, loglik, greedy, len(prepared.requests),
+            loglik, greedy = gather_everywhere(prepared.mine, loglik, greedy, len(prepared.unique),
                                                sends=self.sharding.model_rank == 0)
-        same = first_identical(prepared.requests)
-        return loglik[same], (greedy[same] if greedy is not None else None)
+        position = {u: k for k, u in enumerate(prepared.unique)}
+        index = torch.tensor([position[first] for first in prepared.same], dtype=torch.long)
+        return loglik[index], (greedy[index] if greedy is not None else None)
 
     def score(self, requests: Sequence[Request], progress: bool = True, desc: str = "scoring") -> Scores:
         return self.score_prepared(self.prepare(requests), progress, desc)
@@ -227,10 +322,11 @@ class Scorer:
         """setup() if not done yet, then run() + collect(), timed (setup excluded)."""
         if not prepared.requests:
             return Scores(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool) if self.greedy else None)
-        self.setup(prepared)
+        if prepared.mine:
+            self.setup(prepared)
         sync(self.device)
         start = time.perf_counter()
         loglik, greedy = self.run(prepared, progress, desc)
         loglik, greedy = self.collect(prepared, loglik, greedy)
         sync(self.device)
-        return Scores(loglik, greedy, time.perf_counter() - start, len(prepared.batches))
+        return Scores(loglik, greedy, time.perf_counter() - start, prepared.n_batches)
