@@ -29,7 +29,8 @@ PACKAGES = {"graphopt": ROOT / "graphopt", "graphopt.passes": ROOT / "passes"}
 # Floors, lowest first. A module may import modules of its own part (graphopt.<part>: a subpackage or a
 # top-level module) and of parts on lower floors; never a part on its own floor or above.
 FLOORS = [
-    ["graphopt.errors", "graphopt.model", "graphopt.kernels", "graphopt.graph_attrs", "graphopt.parent_death"],
+    ["graphopt.errors", "graphopt.model", "graphopt.kernels", "graphopt.graph_attrs", "graphopt.parent_death",
+     "graphopt.time_line"],  # time_line: where a run's time went, one line and its columns
     ["graphopt.cache_store"],  # the cache folder: marker, checksummed entries, clear
     ["graphopt.inductor_files"],  # inductor's own files, recorded in the cache folder and checked before use
     ["graphopt.checkpoints", "graphopt.data", "graphopt.env_checks", "graphopt.compilers", "graphopt.compile_cache",

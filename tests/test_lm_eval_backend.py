@@ -236,8 +236,11 @@ def test_command_prints_lm_eval_table_and_writes_its_files(setup, tmp_path, caps
     model_dir, task_dir = setup
     code = main(["lm-eval", "--model", "graphopt", "--model_args", f"pretrained={model_dir},pipeline=exact",
                  "--tasks", "tiny_arc", "--include_path", str(task_dir), "--output_path", str(tmp_path / "out")])
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
     assert code == 0 and "tiny_arc" in out and "acc_norm" in out
+    # where the time went, once, on stderr
+    assert printed.err.count("graphopt time: startup") == 1 and "scoring" in printed.err, printed.err
     results = list((tmp_path / "out").rglob("results_*.json"))
     assert len(results) == 1 and "tiny_arc" in json.loads(results[0].read_text())["results"]
 

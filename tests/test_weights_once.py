@@ -62,3 +62,22 @@ def test_released_module_leaves_one_copy_and_the_same_outputs(whole):
             assert torch.equal(freed(*x), kept(*x))
     with pytest.raises(RuntimeError, match="size mismatch|shape"), torch.no_grad():
         ScoreModule(freed_model)(*copy.deepcopy(inputs))  # the freed module computes nothing
+
+
+def test_scorer_that_frees_the_model_scores_the_same_and_builds_no_second_graph():
+    """graphopt eval's Scorer frees the model's originals (keep_model_weights=False): same scores as one
+    that keeps them, the weights held once, and a second graph from the freed model is refused."""
+    from graphopt.checkpoints.word_tokenizer import WordHashTokenizer
+    from graphopt.data import load_hellaswag
+    from graphopt.scoring.requests import build_requests
+    from graphopt.scoring.scorer import Scorer
+
+    kept_model, freed_model = _model("tiny"), _model("tiny")
+    requests = build_requests(load_hellaswag(None, limit=3), WordHashTokenizer(kept_model.args.vocab_size))
+    kept = Scorer(kept_model, "auto").score(requests, progress=False)
+    scorer = Scorer(freed_model, "auto", keep_model_weights=False)
+    freed = scorer.score(requests, progress=False)
+    assert torch.equal(freed.loglik, kept.loglik)
+    assert freed_model.layers[0].attention.wq.weight.numel() == 0 and kept_model.layers[0].attention.wq.weight.numel() > 0
+    with pytest.raises(ValueError, match="freed"):
+        scorer._optimize(ScoreModule(freed_model), distinct_score_inputs(2, 12, 6))
