@@ -3,13 +3,14 @@
     startup   process start -> the model's load is called (imports, arguments, data)
     load      reading the checkpoint / building the model
     setup     capture + passes + weights + compile of the optimised graph(s), or the kept graph read
-              from graphopt's cache folder (cached), and the first call (a lazy compile included)
-    scoring   the scoring itself, setup excluded
+              from graphopt's cache folder (cached)
+    scoring   the scoring itself, setup excluded; its first call said apart (a lazy compile, as
+              torch.compile's, happens there; a small run may be that one call)
 
     columns = time_columns(startup_s, load_s, scorer.setup_split(), scoring_s)
     print(time_line(columns), file=sys.stderr)
-    # time: startup 1.9s, load 0.6s, setup 0.4s cached (kept graph 0.1s, weights 0.3s, compile 0.0s,
-    #       first call 0.2s), scoring 9.8s; total 12.7s
+    # time: startup 1.9s, load 0.6s, setup 0.4s cached (kept graph 0.1s, weights 0.3s, compile 0.0s),
+    #       scoring 9.8s (first call 0.2s); total 12.7s
 """
 from __future__ import annotations
 
@@ -42,16 +43,13 @@ def merge_setups(setups: list[dict]) -> dict:
     return merged
 
 
-def time_columns(startup_s: float, load_s: float, setup: dict, setup_s: float, scoring_s: float,
-                 first_call_in_scoring: bool = True) -> dict:
+def time_columns(startup_s: float, load_s: float, setup: dict, setup_s: float, scoring_s: float) -> dict:
     """The time line's figures as result columns. setup: merge_setups(...); setup_s: the setup's own
-    wall time (capture .. compile, or the kept graph's load); the first call counts as setup, and is
-    taken out of scoring_s when the scoring's time included it."""
+    wall time (capture .. compile, or the kept graph's load); scoring_s: the scoring's (its first call
+    included; first_call_s says how much of it that call took)."""
     first = float(setup.get("first_call_s") or 0.0)
-    if first_call_in_scoring:
-        scoring_s = max(0.0, scoring_s - first)
     return {
-        "startup_s": startup_s, "load_s": load_s, "setup_s": setup_s + first,
+        "startup_s": startup_s, "load_s": load_s, "setup_s": setup_s,
         "setup_cached": bool(setup.get("cached")), "setup_path": setup.get("path", "none"),
         "capture_s": setup.get("capture_s", 0.0), "passes_s": setup.get("passes_s", 0.0),
         "weights_s": setup.get("weights_s", 0.0), "graph_compile_s": setup.get("compile_s", 0.0),
@@ -62,17 +60,17 @@ def time_columns(startup_s: float, load_s: float, setup: dict, setup_s: float, s
 def time_line(c: dict) -> str:
     """One line from time_columns(): startup, load, setup (its split, cached or not), scoring, total."""
     if c["setup_path"] == "none":
-        split = f"no graph, first call {c['first_call_s']:.1f}s"
+        split = "no graph"
     elif c["setup_cached"]:
         split = (f"kept graph {c['kept_graph_load_s']:.1f}s, weights {c['weights_s']:.1f}s, "
-                 f"compile {c['graph_compile_s']:.1f}s, first call {c['first_call_s']:.1f}s")
+                 f"compile {c['graph_compile_s']:.1f}s")
     else:
         split = (f"capture {c['capture_s']:.1f}s, passes {c['passes_s']:.1f}s, weights {c['weights_s']:.1f}s, "
-                 f"compile {c['graph_compile_s']:.1f}s, first call {c['first_call_s']:.1f}s")
+                 f"compile {c['graph_compile_s']:.1f}s")
     cached = " cached" if c["setup_cached"] else (" not cached" if c["setup_path"] != "none" else "")
     total = c["startup_s"] + c["load_s"] + c["setup_s"] + c["scoring_s"]
     return (f"time: startup {c['startup_s']:.1f}s, load {c['load_s']:.1f}s, setup {c['setup_s']:.1f}s{cached} "
-            f"({split}), scoring {c['scoring_s']:.1f}s; total {total:.1f}s")
+            f"({split}), scoring {c['scoring_s']:.1f}s (first call {c['first_call_s']:.1f}s); total {total:.1f}s")
 
 
 class Clock:

@@ -33,7 +33,8 @@ def test_eval_tiny_synthetic(capsys):
     out = printed.out
     # where the time went: one line on stderr, setup split by its parts
     assert re.search(r"^time: startup \d+\.\ds, load \d+\.\ds, setup \d+\.\ds (not )?cached \((capture|kept graph) "
-                     r"[^)]*first call \d+\.\ds\), scoring \d+\.\ds; total \d+\.\ds$", printed.err, re.M), printed.err
+                     r"[^)]*compile \d+\.\ds\), scoring \d+\.\ds \(first call \d+\.\ds\); total \d+\.\ds$",
+                     printed.err, re.M), printed.err
     want = _expected(load_hellaswag(None, limit=6))
     assert _printed(out, "acc") == f"{want['acc']:.4f}"
     assert _printed(out, "acc_norm") == f"{want['acc_norm']:.4f}"
