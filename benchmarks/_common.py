@@ -8,6 +8,8 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,15 +68,27 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 
 
 def run_timed(argv: list[str], env: dict, timeout: float | None) -> dict:
-    """One command in a fresh process: {wall_s, rc, stdout, stderr}."""
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-        rc, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out, err = "timeout", e.stdout or "", f"timed out after {timeout} s"
-        out = out.decode() if isinstance(out, bytes) else out
-    return {"wall_s": time.perf_counter() - t0, "rc": rc, "stdout": out, "stderr": err}
+    """One command in a fresh process: {wall_s, rc, stdout, stderr, peak_rss_mb} (peak_rss_mb: the
+    process's own peak resident set, from its rusage when it is reaped)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
+        timer = threading.Timer(timeout, p.kill) if timeout else None
+        if timer is not None:
+            timer.start()
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        timed_out = timer is not None and not timer.is_alive() and status != 0
+        if timer is not None:
+            timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    rc = "timeout" if timed_out else p.returncode
+    if timed_out:
+        stderr += f"\ntimed out after {timeout} s"
+    return {"wall_s": wall, "rc": rc, "stdout": stdout, "stderr": stderr, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def cache_env(cache: Path) -> dict:

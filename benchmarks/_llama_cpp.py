@@ -74,16 +74,26 @@ def hellaswag_file(rows, path: Path) -> Path:
     return path
 
 
+def hellaswag_argv(exe: Path, model: Path, tasks_file: Path, n_tasks: int, threads: int) -> list[str]:
+    """The `llama-perplexity --hellaswag` command line on the first n_tasks tasks of tasks_file."""
+    return [str(exe), "-m", str(model), "-f", str(tasks_file), "--hellaswag", "--hellaswag-tasks", str(n_tasks),
+            "-t", str(threads), "-tb", str(threads), "-ngl", "0", "--no-warmup"]
+
+
+def hellaswag_score(stdout: str) -> float | None:
+    """Its own acc_norm (percent) from its last "<tasks so far>\t<acc_norm>%\t[ci]" line, None if none."""
+    scores = re.findall(r"^(\d+)\t([\d.]+)%", stdout, flags=re.M)
+    return float(scores[-1][1]) if scores else None
+
+
 def run_hellaswag(exe: Path, model: Path, tasks_file: Path, n_tasks: int, threads: int,
                   timeout: float | None = None) -> dict:
     """One `llama-perplexity --hellaswag` command: {wall_s, rc, acc_norm (its own score, percent) or None,
-    first_score_s (launch to its first scored task), stderr tail}."""
-    argv = [str(exe), "-m", str(model), "-f", str(tasks_file), "--hellaswag", "--hellaswag-tasks", str(n_tasks),
-            "-t", str(threads), "-tb", str(threads), "-ngl", "0", "--no-warmup"]
+    argv, stdout and stderr tail}."""
+    argv = hellaswag_argv(exe, model, tasks_file, n_tasks, threads)
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - start
     out = done.stdout + done.stderr
-    scores = re.findall(r"^(\d+)\t([\d.]+)%", done.stdout, flags=re.M)  # "<tasks so far>\t<acc_norm>%\t[ci]"
-    return {"wall_s": wall, "rc": done.returncode, "acc_norm": float(scores[-1][1]) if scores else None,
+    return {"wall_s": wall, "rc": done.returncode, "acc_norm": hellaswag_score(done.stdout),
             "argv": argv, "tail": out[-2000:]}

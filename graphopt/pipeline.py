@@ -106,6 +106,9 @@ class PassInfo:
     dtype: Callable[[dict, str], str] | None = None  # (options, dtype before) -> dtype the model computes in after
     shards: str | None = None  # "tensor" | "pipeline": splits the model over ctx.world_size ranks
     compilers: tuple[str, ...] | None = None  # the compilers its output can run under (None: any)
+    # True (or a function of its options giving True): its rewrites are local, so running it on each distinct
+    # decoder block's graph and on the graph around the blocks builds the model it builds on the whole graph
+    blockwise: bool | Callable[[dict], bool] = False
 
 
 _REGISTRY: dict[str, PassInfo] = {}
@@ -114,10 +117,13 @@ _PIPELINES: dict[str, tuple[str, list]] = {}  # name -> (description, raw specs)
 
 def register_pass(name: str, description: str, options: dict[str, PassOption] | None = None, exact: bool = True,
                   order: tuple | list = (), dtype: Callable[[dict, str], str] | None = None,
-                  shards: str | None = None, compilers: tuple[str, ...] | None = None):
+                  shards: str | None = None, compilers: tuple[str, ...] | None = None,
+                  blockwise: bool | Callable[[dict], bool] = False):
     """Decorator: register `fn(gm, ctx) -> PassResult` under `name` with a one-line description,
     its options, its order rules (`before(...)`, `after(...)`, `requires(...)`), the dtype it makes
-    the model compute in (a function of its options and the dtype before it) and what it shards."""
+    the model compute in (a function of its options and the dtype before it), what it shards and
+    whether it may run block by block (graphopt.optimize_blocks; the default, False, keeps a pass
+    nobody has checked on the whole graph)."""
     if shards not in (None, "tensor", "pipeline"):
         raise ValueError(f"pass {name!r}: shards must be None, 'tensor' or 'pipeline', got {shards!r}")
     rules = []
@@ -137,7 +143,7 @@ def register_pass(name: str, description: str, options: dict[str, PassOption] | 
         if name in _PIPELINES:
             raise ValueError(f"pass {name!r} has the name of a named pipeline")
         _REGISTRY[name] = PassInfo(name, fn, description, dict(options or {}), exact, tuple(rules), dtype, shards,
-                                   compilers)
+                                   compilers, blockwise)
         return fn
     return wrap
 
@@ -376,6 +382,13 @@ def pipeline_dtype(specs: list[PassSpec], load_dtype: str) -> str:
         if spec.info.dtype is not None:
             dtype = spec.info.dtype(spec.opts, dtype)
     return dtype
+
+
+def runs_per_block(spec: PassSpec) -> bool:
+    """Whether this pass, with these options, may run on each distinct decoder block and on the graph
+    around the blocks instead of on the whole graph (as it declared when it registered)."""
+    blockwise = spec.info.blockwise
+    return bool(blockwise(spec.opts) if callable(blockwise) else blockwise)
 
 
 def pipeline_shards(specs: list[PassSpec]) -> set[str]:

@@ -13,8 +13,12 @@ from ._ops import ASSERT_META, RESHAPE, val
 
 
 def fake_mode(gm: GraphModule):
-    vals = [n.meta.get("val") for n in gm.graph.nodes if "val" in n.meta]
-    return torch._guards.detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
+    """The fake mode of the graph's fake values (one per graph: the first value found names it)."""
+    for n in gm.graph.nodes:
+        v = n.meta.get("val")
+        if isinstance(v, torch._subclasses.FakeTensor):
+            return v.fake_mode
+    return None
 
 
 def set_val(gm: GraphModule, node: Node, mode=None) -> None:

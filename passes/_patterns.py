@@ -142,11 +142,18 @@ def replace_all(gm: GraphModule, pattern, replacement, inputs: tuple, match_filt
     done = replace_pattern_with_filters(gm, pat, rep, [keep])
     made = [n for n in rep.graph.nodes if n.op not in ("placeholder", "output")]  # as r.replacements
     moved = {}
+    outputs = list(zip(pat.graph.output_node().args[0], rep.graph.output_node().args[0]))
     for r in done:
+        # a replacement's outputs are the values its pattern computed: they keep their fake values
+        # (propagating symbolic shapes through a kernel's fake implementation costs ~10 ms a node)
+        known = {r.replacements[made.index(q)]: r.nodes_map[p].meta.get("val") for p, q in outputs}
         for n in r.replacements:
             n.meta = {"stack_trace": r.nodes_map[r.anchor].meta.get("stack_trace")}
-            set_val(gm, n, mode)
-        for p, q in zip(pat.graph.output_node().args[0], rep.graph.output_node().args[0]):
+            if known.get(n) is not None:
+                n.meta["val"] = known[n]
+            else:
+                set_val(gm, n, mode)
+        for p, q in outputs:
             moved[r.nodes_map[p]] = r.replacements[made.index(q)]
             if _noop_cast(p) and p.args[0].op != "placeholder":  # float32: export returns x as x.float()
                 moved[r.nodes_map[p.args[0]]] = moved[r.nodes_map[p]]

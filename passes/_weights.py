@@ -6,7 +6,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.graph_attrs import attr
-from ._edit import add_parameter, drop_unused_attrs, fake_mode, first_user_position, getitem, insert_call, \
+from ._edit import add_parameter, drop_unused_attrs, fake_mode, first_user_position, getitem, \
     remove_dead, set_val
 from ._ops import aten, linear_parts
 
@@ -62,11 +62,14 @@ def merge_linear_groups(gm: GraphModule, roles: dict, name: str) -> tuple[bool, 
     """Every group of linears sharing an input (find_linear_groups(gm, roles)) -> one merged linear
     `<name>_weight` + split; dead nodes and the old weights removed. -> (modified, stats)."""
     groups, merged = find_linear_groups(gm, roles), 0
+    remove_dead(gm)  # once: a graph returning only a KV cache has the last layer's q dead from the start
+    mode = fake_mode(gm)
     for group in groups:  # free each group's old weights before the next concatenation: a 30B model
-        if any(n._erased for n in group):  # dead (a graph returning only a KV cache: the last layer's q),
-            continue  # removed with an earlier group's dead nodes
-        old = merge_linears(gm, group, name)  # has no room for a second copy of all its q/k/v or gate/up
-        remove_dead(gm)
+        if any(n._erased for n in group):  # dead (a graph returning only a KV cache: the last layer's q)
+            continue
+        reads = [a for n in group for a in n.all_input_nodes if a.op == "get_attr"]
+        old = merge_linears(gm, group, name, mode)  # has no room for a second copy of all its q/k/v or gate/up
+        remove_dead(gm, reads)  # (only what the group read can have died: not a walk of the whole graph)
         drop_unused_attrs(gm, old)
         merged += 1
     return merged > 0, {"matches": merged}
@@ -104,7 +107,7 @@ def record_merged_source(gm: GraphModule, part_targets: list[str], merged_target
     shards[merged_target] = record
 
 
-def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
+def merge_linears(gm: GraphModule, group: list[Node], name: str, mode=None) -> list[str]:
     """Replace linears on one input by one linear on the concatenated weights (and biases) followed by
     a split on the last dim; the new weight is registered next to the old ones as `<name>_weight`.
     Returns the old attribute targets (delete them with drop_unused_attrs once all groups ran)."""
@@ -114,7 +117,7 @@ def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
     assert len({w.shape[1] for w in weights}) == 1, [tuple(w.shape) for w in weights]
     sizes = [w.shape[0] for w in weights]
     owner = parts[0][1].rpartition(".")[0].rpartition(".")[0]  # ...attention
-    mode = fake_mode(gm)
+    mode = mode or fake_mode(gm)
     first = first_user_position(group)
     w_target = add_parameter(gm, owner, f"{name}_weight", torch.cat([w.detach() for w in weights], 0))  # [sum out, in]
     alias_into(weights, attr(gm, w_target))
@@ -132,8 +135,20 @@ def merge_linears(gm: GraphModule, group: list[Node], name: str) -> list[str]:
             b_node = gm.graph.get_attr(b_target)
         set_val(gm, b_node, mode)
         args.append(b_node)
-    merged = insert_call(gm, first, aten.linear.default, args, mode=mode)  # [..., sum out]
-    split = insert_call(gm, first, aten.split_with_sizes.default, (merged, sizes, -1), mode=mode)
+    pieces = [n.meta.get("val") for n in group]  # the split's pieces are the old linears' values
+    with gm.graph.inserting_before(first):
+        merged = gm.graph.call_function(aten.linear.default, tuple(args))  # [..., sum out]
+    if all(isinstance(v, torch._subclasses.FakeTensor) for v in pieces):  # (no symbolic propagation through a linear)
+        with pieces[0].fake_mode:
+            merged.meta["val"] = pieces[0].new_empty([*pieces[0].shape[:-1], sum(sizes)])
+    else:
+        set_val(gm, merged, mode)
+    with gm.graph.inserting_before(first):
+        split = gm.graph.call_function(aten.split_with_sizes.default, (merged, sizes, -1))
+    if all(v is not None for v in pieces):
+        split.meta["val"] = pieces
+    else:
+        set_val(gm, split, mode)
     for i, old in enumerate(group):
         piece = getitem(gm, first, split, i, mode)
         old.replace_all_uses_with(piece)

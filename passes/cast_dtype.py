@@ -111,7 +111,7 @@ def _attention_in_float32(gm: GraphModule, cache: dict) -> tuple[int, int]:
                                             choices=tuple(_DTYPES)),
                         "attention": PassOption(str, "low", "dtype of scaled_dot_product_attention: low (the dtype "
                                                 "above) or float32 (faster on CPU)", choices=_ATTENTION)},
-               exact=False, dtype=lambda options, before: options["dtype"])
+               exact=False, dtype=lambda options, before: options["dtype"], blockwise=True)
 def cast_dtype(gm: GraphModule, ctx: PassContext) -> PassResult:
     dtype = _DTYPES[ctx.options["dtype"]]
     attention = ctx.options["attention"]

@@ -35,7 +35,8 @@ def _mergeable(node: Node) -> bool:
     return True
 
 
-@register_pass("cse", "common-subexpression elimination: merge nodes computing the same op on the same inputs")
+@register_pass("cse", "common-subexpression elimination: merge nodes computing the same op on the same inputs",
+               blockwise=True)
 def cse(gm: GraphModule, ctx: PassContext) -> PassResult:
     seen: dict = {}
     canon: dict = {}

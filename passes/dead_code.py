@@ -10,7 +10,7 @@ from ._edit import drop_unused_attrs
 
 
 @register_pass("dce", "dead-code elimination: remove unused side-effect-free nodes and the parameters "
-               "no node reads any more")
+               "no node reads any more", blockwise=True)
 def dce(gm: GraphModule, ctx: PassContext) -> PassResult:
     before = count_nodes(gm)
     gm.graph.eliminate_dead_code()

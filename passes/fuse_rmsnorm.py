@@ -46,7 +46,9 @@ def _residual_ok(m, match) -> bool:  # a + b of one shape and dtype, the sum rea
 
 
 @register_pass("fuse_rmsnorm", "decomposed RMSNorm -> graphopt.rms_norm (optionally add_rms_norm with the residual add)",
-               options={"fuse_residual": PassOption(bool, False, "fuse the residual add feeding a norm: graphopt.add_rms_norm")})
+               options={"fuse_residual": PassOption(bool, False, "fuse the residual add feeding a norm: graphopt.add_rms_norm")},
+               blockwise=lambda options: not options["fuse_residual"])  # the residual add feeding a block's
+# first norm is the previous block's output: a whole-graph match
 def fuse_rmsnorm(gm, ctx):
     matches = residual = 0
     for dtype in DTYPES:

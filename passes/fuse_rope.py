@@ -25,7 +25,8 @@ def _shapes_ok(m, match) -> bool:
     return None not in (vx, vc, vs) and (vx.dim(), vc.dim(), vs.dim()) == (4, 3, 3)
 
 
-@register_pass("fuse_rope", "interleaved-pair rotary embedding subgraph -> graphopt.rope(x, cos, sin)")
+@register_pass("fuse_rope", "interleaved-pair rotary embedding subgraph -> graphopt.rope(x, cos, sin)",
+               blockwise=True)
 def fuse_rope(gm, ctx):
     matches = 0
     for dtype in DTYPES:

@@ -19,7 +19,7 @@ def _replacement_1(gate, up):
     return torch.ops.graphopt.swiglu(gate, up)
 
 
-@register_pass("fuse_swiglu", "silu(gate) * up -> graphopt.swiglu(gate, up)")
+@register_pass("fuse_swiglu", "silu(gate) * up -> graphopt.swiglu(gate, up)", blockwise=True)
 def fuse_swiglu(gm, ctx):
     inputs = (((2, 3, 8), torch.float32),) * 2  # gate, up [B, T, F]: no casts, so one dtype will do
     matches = sum(replace_all(gm, p, _replacement_1, inputs, lambda m, _: same_meta(m["gate"], m["up"]))

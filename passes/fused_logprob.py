@@ -84,7 +84,8 @@ def _ok(m, match) -> bool:
                "(after prune_lm_head) linear + log-prob -> graphopt.linear_logprob (no [N, V] logits); linear + argmax "
                "(the greedy next token) -> graphopt.linear_argmax",
                options={"with_linear": PassOption(bool, True, "also fuse the LM-head linear into the log-prob "
-                                                  "(graphopt.linear_logprob) when it feeds the log-softmax directly")})
+                                                  "(graphopt.linear_logprob) when it feeds the log-softmax directly")},
+               blockwise=True)
 def fused_logprob(gm, ctx):
     linear_fused = 0  # first: the plain patterns would match with logits = the linear
     if ctx.options.get("with_linear", True):

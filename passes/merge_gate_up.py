@@ -11,7 +11,8 @@ from ._weights import merge_linear_groups
 ROLES = {"gate": ("w1", "gate_proj"), "up": ("w3", "up_proj")}
 
 
-@register_pass("merge_gate_up", "FFN gate (w1) and up (w3) linears sharing an input -> one linear + split")
+@register_pass("merge_gate_up", "FFN gate (w1) and up (w3) linears sharing an input -> one linear + split",
+               blockwise=True)
 def merge_gate_up(gm, ctx):
     modified, stats = merge_linear_groups(gm, ROLES, "w13")
     return PassResult(gm, modified, stats)

@@ -13,7 +13,8 @@ from ._weights import merge_linear_groups
 ROLES = {"q": ("wq", "q_proj"), "k": ("wk", "k_proj"), "v": ("wv", "v_proj")}
 
 
-@register_pass("merge_qkv", "wq/wk/wv linears sharing an input -> one linear on concatenated weights + split")
+@register_pass("merge_qkv", "wq/wk/wv linears sharing an input -> one linear on concatenated weights + split",
+               blockwise=True)
 def merge_qkv(gm, ctx):
     modified, stats = merge_linear_groups(gm, ROLES, "wqkv")
     return PassResult(gm, modified, stats)

@@ -5,7 +5,8 @@ Before:  y = linear(x [..., K], W [N, K] float32|bfloat16[, b])
 After:   y = mkldnn._linear_pointwise(x, W_packed [N, K] (opaque oneDNN layout)[, b], "none")
 The LM head inside graphopt.linear_logprob(h [N, D], W [V, D], t) likewise, a vocabulary chunk of
 HEAD_CHUNK rows at a time (so [N, V] logits never exist at once):
-    lse = logsumexp_i(logsumexp(mkldnn_linear(h, W_packed_i).float(), -1));  out = (h * W[t]).sum(-1) - lse
+    logits_i = mkldnn_linear(h, W_packed_i).float();  lse = logsumexp_i(logsumexp(logits_i, -1))
+    out = sum_i(where(t in chunk i, logits_i[t - start_i], 0)) - lse
 and graphopt.linear_argmax(h, W) (the greedy next token) as each chunk's max / argmax, the best chunk's.
 
 On this project's 2-core AVX-512 host, fp32 [1536, 768] x [768, 4096] ran at 177 GFLOP/s through
@@ -17,12 +18,12 @@ The packed weights are oneDNN tensors: run the result as the FX graph (compiler 
 inductor-frozen packs weights itself. Run it after every pass that looks for linears or casts their
 weights.
 
-Every weight is held once, packed (its float original is dropped from the graph under every name
-it had), except two tensors that are held twice by necessity, since a packed tensor cannot be
-indexed: the head inside linear_logprob (packed for the logits, plain [V, D] for W[t]), and a tied
-table whose head is a plain linear (packed for the head, plain for the embedding lookup). A tied
-head inside linear_logprob reads the table the lookup reads: still two, not three. n_params (the
-runner's count_params) counts the packed buffers with the parameters.
+Every weight is held once: packed (its float original is dropped from the graph under every name
+it had), or, when something else reads it plainly (a tied table's embedding lookup), left as it is
+and read by oneDNN in place (a plain [N, K] weight is what _linear_pointwise also takes, reordered
+per call: no second copy of the table). The head's W[t] (the target's logit) comes from the chunk
+logits themselves, not from a plain copy of W. n_params (the runner's count_params) counts the packed
+buffers with the parameters: each weight once.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ from torch.fx import GraphModule
 
 import graphopt.kernels  # noqa: F401 (torch.ops.graphopt.linear_logprob)
 
-from graphopt.graph_attrs import attr, targets_holding
+from graphopt.graph_attrs import attr, names_by_tensor
 from graphopt.pipeline import PassContext, PassError, PassResult, after, register_pass
-from ._edit import drop_unused_attrs, insert_call
+from ._edit import drop_unused_attrs
 from ._ops import linear_parts
 
 LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
@@ -58,13 +59,14 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 @register_pass("mkldnn_linear", "CPU: linears -> oneDNN linear on weights packed once (inductor-frozen's matmuls "
                "without its compile); run the graph as is (compiler none)",
                order=[after(p, _REPLACES) for p in _BEFORE_IT],
-               compilers=("none", "inductor-frozen"))  # inductor (unfrozen) cannot lower oneDNN-packed inputs
+               compilers=("none", "inductor-frozen"), blockwise=True)  # inductor (unfrozen) cannot lower oneDNN-packed inputs
 def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
     if not torch.backends.mkldnn.is_available():
         raise PassError("mkldnn_linear needs a torch build with oneDNN (mkldnn)")
     dtypes = (torch.float32, torch.bfloat16) if bf16_packable() else (torch.float32,)
     packed: dict[int, str] = {}  # id(weight) -> packed target (a weight under several names is packed once)
     old, matches, kept_bf16 = set(), 0, 0
+    names = names_by_tensor(gm)  # (one walk of the modules, not one per weight)
     for node in list(gm.graph.nodes):
         parts = linear_parts(gm, node)
         if parts is None:
@@ -74,13 +76,17 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
         if weight.device.type != "cpu" or weight.dtype not in dtypes or weight.dim() != 2:
             kept_bf16 += weight.dtype == torch.bfloat16
             continue
-        if id(weight) not in packed:
-            packed[id(weight)] = _register_packed(gm, w_target, "mkldnn", _pack(weight))
-            old.update(targets_holding(gm, weight))  # every name of it: none keeps an unread float copy
-        with gm.graph.inserting_before(node):
-            w_node = gm.graph.get_attr(packed[id(weight)])
+        if _read_plain(gm, node.args[1], names):  # a tied table the lookup reads: oneDNN on it as it is
+            w_node = node.args[1]
+        else:
+            if id(weight) not in packed:
+                packed[id(weight)] = _register_packed(gm, w_target, "mkldnn", _pack(weight))
+                old.update(names.get(id(weight), [w_target]))  # every name of it: none keeps an unread float copy
+            with gm.graph.inserting_before(node):
+                w_node = gm.graph.get_attr(packed[id(weight)])
         b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        new = insert_call(gm, node, LINEAR_POINTWISE, (x, w_node, b, "none", [], ""))
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_function(LINEAR_POINTWISE, (x, w_node, b, "none", [], ""))
         if "val" in node.meta:  # the packed weight has no fake value; the output is the linear's
             new.meta["val"] = node.meta["val"]
         node.replace_all_uses_with(new)
@@ -88,7 +94,11 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
         matches += 1
     for node in [n for n in gm.graph.nodes if n.op == "call_function"
                  and n.target in (LINEAR_LOGPROB, LINEAR_LOGPROB_GREEDY, LINEAR_ARGMAX)]:
-        done = _packed_head(gm, node, dtypes)
+        plain = _read_plain(gm, node.args[1], names)
+        head = node.args[1].target if node.args[1].op == "get_attr" else None
+        done = _packed_head(gm, node, dtypes, plain)
+        if done and not plain:  # its plain original is read by nothing now
+            old.update(names.get(id(attr(gm, head)), [head]))
         matches += done
         kept_bf16 += not done and _head_weight_dtype(gm, node) == torch.bfloat16
     for n in [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]:
@@ -100,6 +110,17 @@ def mkldnn_linear(gm: GraphModule, ctx: PassContext) -> PassResult:
                       f"bfloat16 linears stay ATen linears, several times slower than float32 here; an fp32 "
                       f"pipeline (exact-cpu) is the fast one on this CPU", stacklevel=2)
     return PassResult(gm, matches > 0, {"matches": matches, "kept_bf16": kept_bf16})
+
+
+def _read_plain(gm: GraphModule, w_node, names: dict) -> bool:
+    """Whether the weight w_node reads is also read by something other than a linear or the head (a
+    tied table's embedding lookup): then it stays one plain tensor, and no packed copy is made."""
+    if w_node.op != "get_attr":
+        return False
+    holders = set(names.get(id(attr(gm, w_node.target)), [w_node.target]))
+    readers = [u for n in gm.graph.find_nodes(op="get_attr") if n.target in holders for u in n.users]
+    return any(not (u.op == "call_function" and u.target in (aten.linear.default, LINEAR_LOGPROB,
+                                                              LINEAR_LOGPROB_GREEDY, LINEAR_ARGMAX)) for u in readers)
 
 
 def bf16_packable() -> bool:
@@ -119,12 +140,13 @@ def _head_weight_dtype(gm: GraphModule, node):
     return attr(gm, w.target).dtype if w.op == "get_attr" else None
 
 
-def _packed_head(gm: GraphModule, node, dtypes: tuple) -> int:
+def _packed_head(gm: GraphModule, node, dtypes: tuple, keep_plain: bool) -> int:
     """graphopt.linear_logprob(h, W, t) with W a CPU float attribute -> the chunked oneDNN form above;
     graphopt.linear_logprob_greedy likewise, its greedy flag from each chunk's max and argmax (the
-    first chunk holding the overall maximum wins, as torch.argmax takes the first index)."""
+    first chunk holding the overall maximum wins, as torch.argmax takes the first index).
+    keep_plain: W has another reader (a tied embedding): oneDNN reads views of it, nothing is packed."""
     if node.target is LINEAR_ARGMAX:
-        return _packed_argmax(gm, node, dtypes)
+        return _packed_argmax(gm, node, dtypes, keep_plain)
     hidden, w_node, target = node.args[:3]
     if not (w_node.op == "get_attr"):
         return 0
@@ -134,20 +156,29 @@ def _packed_head(gm: GraphModule, node, dtypes: tuple) -> int:
     g, greedy = gm.graph, node.target is LINEAR_LOGPROB_GREEDY
     with g.inserting_before(node):
         call = lambda f, *a: g.call_function(f, a)  # noqa: E731
-        chunk_lse, chunk_max, chunk_arg = [], [], []
+        chunk_lse, chunk_picked, chunk_max, chunk_arg = [], [], [], []
         for i, start in enumerate(range(0, weight.shape[0], HEAD_CHUNK)):
-            target_i = _register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:start + HEAD_CHUNK]))
-            logits = call(LINEAR_POINTWISE, hidden, g.get_attr(target_i), None, "none", [], "")  # [N, chunk]
+            stop = min(start + HEAD_CHUNK, weight.shape[0])
+            if keep_plain:  # the table stays plain for its other reader: oneDNN reads a view of it
+                w_i = call(aten.slice.Tensor, w_node, 0, start, stop)
+            else:
+                w_i = g.get_attr(_register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:stop])))
+            logits = call(LINEAR_POINTWISE, hidden, w_i, None, "none", [], "")  # [N, chunk]
             logits = call(aten.to.dtype, logits, torch.float32)
             chunk_lse.append(call(aten.logsumexp.default, logits, [-1]))  # [N]
+            # the target's logit, from the chunk holding it (0 from the others): no plain copy of W for W[t]
+            local = call(aten.unsqueeze.default, call(aten.clamp.default, call(aten.sub.Tensor, target, start),
+                                                      0, stop - start - 1), 1)  # [N, 1]
+            inside = call(aten.logical_and.default, call(aten.ge.Scalar, target, start),
+                          call(aten.lt.Scalar, target, stop))  # [N] bool
+            chunk_picked.append(call(aten.where.ScalarOther, inside,
+                                     call(aten.squeeze.dim, call(aten.gather.default, logits, 1, local), 1), 0.0))
             if greedy:
                 top = call(aten.max.dim, logits, -1)  # ([N] value, [N] index in the chunk)
                 chunk_max.append(call(operator.getitem, top, 0))
                 chunk_arg.append(call(aten.add.Tensor, call(operator.getitem, top, 1), start))
         lse = call(aten.logsumexp.default, call(aten.stack.default, chunk_lse, 0), [0])  # [N]
-        rows = call(aten.embedding.default, w_node, target)  # [N, D]: W[t]
-        picked = call(aten.sum.dim_IntList, call(aten.mul.Tensor, call(aten.to.dtype, hidden, torch.float32),
-                                                 call(aten.to.dtype, rows, torch.float32)), [-1])  # [N]
+        picked = call(aten.sum.dim_IntList, call(aten.stack.default, chunk_picked, 0), [0])  # [N]: logits[t]
         out = call(aten.sub.Tensor, picked, lse)
         if greedy:
             which = call(aten.argmax.default, call(aten.stack.default, chunk_max, 0), 0)  # [N] winning chunk
@@ -169,9 +200,10 @@ def _packed_head(gm: GraphModule, node, dtypes: tuple) -> int:
     return 1
 
 
-def _packed_argmax(gm: GraphModule, node, dtypes: tuple) -> int:
+def _packed_argmax(gm: GraphModule, node, dtypes: tuple, keep_plain: bool) -> int:
     """graphopt.linear_argmax(h, W) (the greedy next token) -> per packed vocabulary chunk its max and
-    argmax, then the chunk holding the overall maximum (the first one among equal maxima, as torch.argmax)."""
+    argmax, then the chunk holding the overall maximum (the first one among equal maxima, as torch.argmax).
+    keep_plain: W has another reader (a tied embedding): oneDNN reads views of it, nothing is packed."""
     hidden, w_node = node.args[:2]
     if not (w_node.op == "get_attr"):
         return 0
@@ -183,8 +215,12 @@ def _packed_argmax(gm: GraphModule, node, dtypes: tuple) -> int:
         call = lambda f, *a: g.call_function(f, a)  # noqa: E731
         chunk_max, chunk_arg = [], []
         for i, start in enumerate(range(0, weight.shape[0], HEAD_CHUNK)):
-            target_i = _register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:start + HEAD_CHUNK]))
-            logits = call(LINEAR_POINTWISE, hidden, g.get_attr(target_i), None, "none", [], "")  # [N, chunk]
+            stop = min(start + HEAD_CHUNK, weight.shape[0])
+            if keep_plain:  # the table stays plain for its other reader: oneDNN reads a view of it
+                w_i = call(aten.slice.Tensor, w_node, 0, start, stop)
+            else:
+                w_i = g.get_attr(_register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:stop])))
+            logits = call(LINEAR_POINTWISE, hidden, w_i, None, "none", [], "")  # [N, chunk]
             top = call(aten.max.dim, call(aten.to.dtype, logits, torch.float32), -1)  # ([N] value, [N] index)
             chunk_max.append(call(operator.getitem, top, 0))
             chunk_arg.append(call(aten.add.Tensor, call(operator.getitem, top, 1), start))

@@ -96,7 +96,8 @@ def _match(gm: GraphModule):
 @register_pass("prune_lm_head", "compute the final norm and LM head only at the scored positions ([N, V] "
                "logits instead of [B*T, V])",
                order=[before("fused_logprob", "fused_logprob consumes the log-softmax after the head, so the head "
-                                              "can no longer be pruned")])
+                                              "can no longer be pruned")],
+               blockwise=True)  # the head sits in the graph around the blocks
 def prune_lm_head(gm: GraphModule, ctx: PassContext) -> PassResult:
     g = gm.graph
     matches, moved = 0, 0

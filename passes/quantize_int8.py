@@ -60,7 +60,8 @@ def _quantizable(gm: GraphModule, node: Node, exclude: list[str]) -> bool:
                                                        "floating point, e.g. 'output' for an unfused LM head")},
                exact=False, dtype=lambda options, before: f"int8+{before}",
                order=[after(p, _REPLACES_LINEARS) for p in _LINEAR_PASSES]
-               + [after("cast_dtype", "cast_dtype casts linear weights, the int8 weights are not linears")])
+               + [after("cast_dtype", "cast_dtype casts linear weights, the int8 weights are not linears")],
+               blockwise=lambda options: not options["exclude"])  # names: a block's are its first layer's
 def quantize_int8(gm: GraphModule, ctx: PassContext) -> PassResult:
     exclude = [s.strip() for s in str(ctx.options.get("exclude", "")).split(",") if s.strip()]
     bytes_before = param_bytes(gm)

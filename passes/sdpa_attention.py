@@ -73,7 +73,8 @@ def match_attention(softmax):
 
 
 @register_pass("sdpa_attention", "written-out softmax(QK^T*scale + mask)V -> aten.scaled_dot_product_attention",
-               options={"keep_repeat": PassOption(bool, False, "keep repeat_interleave of k/v instead of enable_gqa")})
+               options={"keep_repeat": PassOption(bool, False, "keep repeat_interleave of k/v instead of enable_gqa")},
+               blockwise=True)
 def sdpa_attention(gm, ctx):
     mode = fake_mode(gm)
     matches = 0

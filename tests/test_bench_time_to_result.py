@@ -59,10 +59,12 @@ def test_one_graphopt_eval_subprocess_parsed(model_dir, tmp_path):
     want = evaluate(model, tok, load_hellaswag(data), strategy="per_pair", progress=False)
     assert (got["acc"], got["acc_norm"]) == (want["acc"], want["acc_norm"])
     assert run["wall_s"] > got["seconds"] > 0
+    assert 100 < run["peak_rss_mb"] < 100_000  # the command's own peak RSS, MB
+    assert got["t_setup_path"] == "none" and got["t_startup_s"] > 0 and got["t_scoring_s"] > 0  # its time line
 
 
 def _record(command, cold_s, warm_s, acc, acc_norm, kind="graphopt", error=None, **extra):
-    states = {s: {"wall_s": t, "error": error, "acc": acc, "acc_norm": acc_norm, **extra}
+    states = {s: {"wall_s": t, "error": error, "acc": acc, "acc_norm": acc_norm, "peak_rss_mb": 1000.0 + t, **extra}
               for s, t in (("cold", cold_s), ("warm", warm_s))}
     return {"size": 4, "command": command, "kind": kind, **states, **({"batch_size": 8} if kind == "lm_eval" else {})}
 
@@ -70,15 +72,21 @@ def _record(command, cold_s, warm_s, acc, acc_norm, kind="graphopt", error=None,
 def test_table_ratios_and_agreement():
     records = [_record("lm_eval hf bs 8", 20.0, 10.0, 0.25, 0.5, kind="lm_eval"),
                _record(REFERENCE, 10.0, 5.0, 0.25, 0.5, n_compiles=0, setup_seconds=0.0, seconds=2.0),
-               _record("graphopt --pipeline fast", 4.0, 2.0, 0.5, 0.25, n_compiles=1, setup_seconds=1.5, seconds=1.0),
-               _record("graphopt broken", 1.0, 1.0, None, None, error="UserError: bad")]
+               _record("graphopt --pipeline fast", 4.0, 2.0, 0.5, 0.25, n_compiles=1, setup_seconds=1.5, seconds=1.0,
+                       t_startup_s=1.0, t_load_s=0.5, t_setup_s=1.5, t_setup_cached=False, t_scoring_s=1.0,
+                       t_capture_s=0.5, t_passes_s=0.25, t_weights_s=0.5, t_first_call_s=0.25),
+               _record("graphopt broken", 1.0, 1.0, None, None, error="UserError: bad"),
+               _record("llama-perplexity --hellaswag (F32, 2 threads)", 8.0, 8.0, None, None, kind="llama_cpp")]
     add_ratios(records)
     assert records[1]["cold"]["x_lm_eval"] == 2.0 and records[2]["warm"]["x_lm_eval"] == 5.0
     assert records[3]["cold"]["x_lm_eval"] is None
     lines = markdown_table(records).splitlines()
-    assert lines[3].startswith(f"| {REFERENCE} | 10.0 | 5.0 | 2.00 | 2.00 | 0.250 | 0.500 | same | 0 / 0 | 0.0 / 0.0 |")
-    assert "| Δ +25.0 / -25.0 pts | 1 / 1 | 1.5 / 1.5 | 1.0 / 1.0 |" in lines[4]
+    assert lines[3] == f"| {REFERENCE} | 10.0 | 5.0 | 2.00 | 2.00 | 0.250 | 0.500 | same | 0 / 0 | - | - | - | 1010 / 1005 |"
+    # where the time went: startup / load / setup / scoring, cold and warm; the cold setup's parts; peak RSS
+    assert lines[4].endswith("| Δ +25.0 / -25.0 pts | 1 / 1 | 1.0 / 0.5 / 1.5 / 1.0 | 1.0 / 0.5 / 1.5 / 1.0 | "
+                             "0.5 + 0.2 + 0.5; 0.2 | 1004 / 1002 |")
     assert "error: UserError: bad" in lines[5]
+    assert lines[6] == "| llama-perplexity --hellaswag (F32, 2 threads) | 8.0 | 8.0 | 2.50 | 1.25 | - | - | - | - | - | - | - | 1008 / 1008 |"
 
 
 @pytest.mark.slow
@@ -111,4 +119,4 @@ def test_commands_and_reference_up_to_choose_what_is_timed(monkeypatch, tmp_path
                             commands={ttr.SHORT_NAMES["default"], ttr.SHORT_NAMES["fast-cpu"]})
     assert [r["command"] for r in records] == ["lm_eval hf bs 8", ttr.SHORT_NAMES["default"], ttr.SHORT_NAMES["fast-cpu"]]
     assert ran == ["n5-lm_eval-bs8", "n5-graphopt-1", "n5-graphopt-2"]
-    assert records[1]["cold"]["x_lm_eval"] == 1.0 and records[1]["d_acc"] is None  # no reference row to compare
+    assert records[1]["cold"]["x_lm_eval"] == 1.0 and records[1]["d_acc"] == 0  # no reference row: lm-eval's acc

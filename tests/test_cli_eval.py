@@ -29,7 +29,12 @@ def _expected(rows, batch_size=1):
 def test_eval_tiny_synthetic(capsys):
     """The default path: the prefix tree (zero-shot: packed rows) + exact-cpu (no compile), the per-pair reference's answers."""
     assert main(["eval", "--model", "tiny", "--limit", "6", "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
+    # where the time went: one line on stderr, setup split by its parts
+    assert re.search(r"^time: startup \d+\.\ds, load \d+\.\ds, setup \d+\.\ds (not )?cached \((capture|kept graph) "
+                     r"[^)]*compile \d+\.\ds\), scoring \d+\.\ds \(first call \d+\.\ds\); total \d+\.\ds$",
+                     printed.err, re.M), printed.err
     want = _expected(load_hellaswag(None, limit=6))
     assert _printed(out, "acc") == f"{want['acc']:.4f}"
     assert _printed(out, "acc_norm") == f"{want['acc_norm']:.4f}"
@@ -100,6 +105,9 @@ def test_eval_pipeline_exact_matches_eager_and_prints_json(capsys):
     assert got["acc"] == want["acc"] and got["acc_norm"] == want["acc_norm"] and got["n_items"] == 8
     assert got["strategy"] == "tree" and got["pipeline"][0] == "fuse_rmsnorm" and "fused_logprob" in got["pipeline"]
     assert got["tokens_processed"] < want["tokens_processed"]  # each context once
+    times = got["time"]  # the time line's figures
+    assert times["setup_path"] == "blocks" and times["startup_s"] > 0 and times["setup_s"] > 0
+    assert {"load_s", "capture_s", "passes_s", "weights_s", "first_call_s", "scoring_s", "setup_cached"} <= set(times)
 
 
 def test_eval_bad_pipeline_is_refused_before_loading(capsys):

@@ -29,14 +29,19 @@ PACKAGES = {"graphopt": ROOT / "graphopt", "graphopt.passes": ROOT / "passes"}
 # Floors, lowest first. A module may import modules of its own part (graphopt.<part>: a subpackage or a
 # top-level module) and of parts on lower floors; never a part on its own floor or above.
 FLOORS = [
-    ["graphopt.errors", "graphopt.model", "graphopt.kernels", "graphopt.graph_attrs", "graphopt.parent_death"],
+    ["graphopt.errors", "graphopt.model", "graphopt.kernels", "graphopt.graph_attrs", "graphopt.parent_death",
+     "graphopt.time_line"],  # time_line: where a run's time went, one line and its columns
     ["graphopt.cache_store", "graphopt.env_checks"],  # the cache folder; checks of the device and of folders
     ["graphopt.inductor_files"],  # inductor's own files, recorded in the cache folder and checked before use
     ["graphopt.checkpoints", "graphopt.data", "graphopt.compilers", "graphopt.compile_cache",
      "graphopt.pipeline"],  # pipeline: the pass protocol and registry
-    ["graphopt.pass_manager", "graphopt.distributed", "graphopt.graph_capture"],
-    ["graphopt.passes", "graphopt.optimize_graph"],  # the pass library; passes + compile on a captured graph
-    ["graphopt.compile_backend"],
+    ["graphopt.pass_manager", "graphopt.distributed", "graphopt.graph_capture",
+     "graphopt.weight_program"],  # weight_program: the steps passes make weights by, recorded and replayed
+    ["graphopt.passes", "graphopt.optimize_graph",  # the pass library; passes + compile on a captured graph
+     "graphopt.block_capture", "graphopt.graph_serial"],  # the graph around the layers + one per block; JSON
+    ["graphopt.compile_backend", "graphopt.block_splice"],  # block_splice: block graphs put back in place
+    ["graphopt.optimize_blocks"],  # capture + passes once per distinct block, every layer's weights
+    ["graphopt.optimized_cache"],  # optimize_blocks' result kept across runs
     ["graphopt.optimize_model"],  # optimize(): every caller's way to a runnable
     ["graphopt.scoring"],
     ["graphopt.generation"],  # greedy completions through the scoring graph (prefill) and a decode step

@@ -232,22 +232,25 @@ def _command_args(setup) -> list[str]:
 
 @pytest.fixture(scope="module")
 def one_process_command(setup, tmp_path_factory):
-    """(exit code, printed output, output folder) of `graphopt lm-eval` in this process: what the command
+    """(exit code, printed output, stderr, output folder) of `graphopt lm-eval` in this process: what the command
     test reads, and the one-process side of the torchrun comparison."""
     import contextlib
     import io
 
+    import graphopt.harness.lm as lm
     from graphopt.cli import main
-    out_dir, printed = tmp_path_factory.mktemp("one"), io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    lm._UNREPORTED.clear()  # models other tests made in this process print at exit, not here
+    out_dir, printed, said = tmp_path_factory.mktemp("one"), io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(said):
         code = main(["lm-eval", *_command_args(setup), "--model_args",
                      f"pretrained={setup[0]},pipeline=auto,progress=False", "--output_path", str(out_dir)])
-    return code, printed.getvalue(), out_dir
+    return code, printed.getvalue(), said.getvalue(), out_dir
 
 
 def test_command_prints_lm_eval_table_and_writes_its_files(one_process_command):
-    code, out, out_dir = one_process_command
+    code, out, err, out_dir = one_process_command
     assert code == 0 and "tiny_hellaswag" in out and "acc_norm" in out
+    assert err.count("graphopt time: startup") == 1 and "scoring" in err, err  # where the time went, once
     results = list(out_dir.rglob("results_*.json"))
     assert len(results) == 1 and "tiny_hellaswag" in json.loads(results[0].read_text())["results"]
 
@@ -300,7 +303,7 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, one_process_comma
     assert done.stdout.count("|tiny_hellaswag") == 1, done.stdout  # one table: rank 0's
     assert len(list((tmp_path / "four").rglob("results_*.json"))) == 1
 
-    code, _, one_dir = one_process_command  # the same command in one process
+    code, _, _, one_dir = one_process_command  # the same command in one process
     assert code == 0
     four = json.loads(next((tmp_path / "four").rglob("results_*.json")).read_text())["results"]
     one = json.loads(next(one_dir.rglob("results_*.json")).read_text())["results"]

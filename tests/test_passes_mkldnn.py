@@ -60,14 +60,41 @@ def test_bf16_linears_stay_aten_where_the_cpu_has_no_onednn_bf16(choice_captures
         assert torch.isfinite(gm(*inputs)).all()
 
 
-def test_a_tied_head_is_packed_once_and_the_embedding_table_stays_one_tensor(choice_captures):
+@pytest.mark.parametrize("head", [["prune_lm_head"], ["prune_lm_head", "fused_logprob"]])
+def test_a_tied_head_reads_the_embedding_table_as_it_is(choice_captures, head):
+    """The lookup needs the plain table, so the head (a linear, or inside linear_logprob) runs oneDNN on
+    it as it is: one table in memory, no packed copy."""
     args, score, inputs, owners, nq, nc, captured = choice_captures("tiny-tied")
-    gm, _ = run_passes(copy.deepcopy(captured), ["prune_lm_head", "mkldnn_linear"], PassContext(example_inputs=inputs))
+    with torch.no_grad():
+        ref = captured(*inputs)
+    gm, _ = run_passes(copy.deepcopy(captured), head + ["mkldnn_linear"], PassContext(example_inputs=inputs))
     packed = [n.target for n in gm.graph.nodes if n.op == "get_attr" and n.target.endswith("_mkldnn")]
-    assert len(packed) == len(set(packed))  # each weight packed once, however many nodes read it
-    table = [n.args[0].target for n in call_nodes(gm, torch.ops.aten.embedding.default)]
-    assert len(set(table)) == 1  # the token lookup and the head's target-row gather read one tensor
-    assert torch.equal(gm.get_parameter(table[0]), score.model.tok_embeddings.weight)
+    assert len(packed) == len(set(packed)) == 7 * args.n_layers  # the layers' 7 linears only, each packed once
+    assert not [b for b in gm.buffers() if b.is_mkldnn and b.shape[0] == args.vocab_size]  # no packed head
+    plain = [n for n in call_nodes(gm, LINEAR_POINTWISE) if n.args[1].op != "get_attr" or not n.args[1].target.endswith("_mkldnn")]
+    assert plain  # the head: oneDNN on the table (a view of it per vocabulary chunk, or the table itself)
+    lookup = [n.args[0].target for n in call_nodes(gm, torch.ops.aten.embedding.default)]
+    assert len(lookup) == 1 and torch.equal(gm.get_parameter(lookup[0]), score.model.tok_embeddings.weight)
+    assert len({t.untyped_storage().data_ptr() for t in gm.parameters() if t.shape[0] == args.vocab_size}) == 1
+    with torch.no_grad():
+        assert (gm(*inputs) - ref).abs().max().item() <= TOL[torch.float32]
+
+
+def test_an_untied_head_is_held_once_packed(choice_captures):
+    """fused_logprob's head: packed in chunks, the target's logit taken from the chunk logits, so no
+    plain [V, D] copy of W stays for W[t]."""
+    args, score, inputs, owners, nq, nc, captured = choice_captures("tiny")
+    with torch.no_grad():
+        ref = captured(*inputs)
+    gm, _ = run_passes(copy.deepcopy(captured), EXACT + ["mkldnn_linear"], PassContext(example_inputs=inputs))
+    assert "model.output.weight" not in dict(gm.named_parameters())
+    assert not [n for n in call_nodes(gm, torch.ops.aten.embedding.default) if n.args[0].target == "model.output.weight"]
+    heads = [b for name, b in gm.named_buffers() if name.startswith("model.output.weight_mkldnn_")]
+    assert sum(b.shape[0] for b in heads) == args.vocab_size
+    with torch.no_grad():
+        got = gm(*inputs)
+    assert (got - ref).abs().max().item() <= TOL[torch.float32]
+    assert torch.equal(chosen_endings(got, owners, nq, nc), chosen_endings(ref, owners, nq, nc))
 
 
 def test_before_a_linear_pass_is_refused_up_front(choice_captures):

@@ -27,6 +27,10 @@ def test_tree_run_agrees_with_the_reference(tmp_path):
     assert list(table["status"]) == ["ok", "ok"], table[["run", "error"]].to_string()
     tree = table[table["run"] == "tree"].iloc[0]
     assert tree["agree"] == 1.0 and tree["max_abs_dloglik"] < 1e-4 and tree["n_batches"] >= 1
+    # the row says where the time went, as graphopt eval's time line
+    assert tree["setup_path"] == "blocks" and tree["startup_s"] > 0 and tree["setup_s"] > 0
+    assert tree["passes_s"] > 0 or tree["setup_cached"]
+    assert table[table["run"] == "reference"].iloc[0]["setup_path"] == "none"
 
 
 def test_tree_options_are_checked_when_the_yaml_loads(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
 
@@ -110,11 +110,12 @@ def main(args) -> int:
                         f"limit {args.limit})")
 
     import graphopt
+    from graphopt.time_line import Clock, time_columns, time_line
 
-    start = time.perf_counter()
+    clock = Clock()
     model, tokenizer = graphopt.load_model(args.model, dtype=args.dtype, device=args.device,
                                            tokenizer=args.tokenizer)
-    load_s = time.perf_counter() - start
+    load_s = clock.loaded()
     n_params = sum(p.numel() for p in model.parameters())
     data_name = args.data or "synthetic (embedded default)"
     split = args.split if args.data is not None and Path(args.data).expanduser().is_dir() else None  # else: read whole
@@ -126,7 +127,10 @@ def main(args) -> int:
 
     result = evaluate(model, tokenizer, rows, batch_size=args.batch_size, strategy=args.strategy,
                       device=args.device, progress=not args.no_progress, add_bos=args.add_bos,
-                      pipeline=pipeline, compiler=args.compiler)
+                      pipeline=pipeline, compiler=args.compiler,
+                      keep_model_weights=args.check)  # weights held once unless --check runs the model eagerly
+    times = time_columns(clock.startup_s, load_s, result["setup_split"], result["setup_seconds"], result["seconds"])
+    print(time_line(times), file=sys.stderr)  # where the time went: startup, load, setup, scoring
     check = _check(model, tokenizer, rows, args, result) if args.check else {}
     s = result["seconds"]
     if not text:
@@ -134,7 +138,7 @@ def main(args) -> int:
                 "setup_seconds", "strategy", "pipeline", "compiler", "n_shapes", "n_compiles", "cache_hits")
         print(json.dumps({"model": args.model, "data": data_name, "split": split, "dtype": args.dtype,
                           "device": args.device, "n_params": n_params, "load_seconds": load_s,
-                          **{k: result[k] for k in keep}, **check}))
+                          **{k: result[k] for k in keep}, "time": times, **check}))
         return 0
     print(f"scoring {result['strategy']}  batch_size={args.batch_size}  requests={result['n_requests']}  "
           f"tokens processed={result['tokens_processed']} (scored {result['tokens_scored']})")

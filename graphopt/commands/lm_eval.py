@@ -55,10 +55,13 @@ def run(argv: list[str]) -> int:
     if _value(argv, "--model") == "graphopt":
         from graphopt.harness.tasks import refuse_sampling_tasks
         refuse_sampling_tasks(argv)
+    from graphopt.harness.lm import print_time_lines
+
     argv, quiet = rank0_writes(argv)
     try:
         with contextlib.redirect_stdout(quiet) if quiet is not None else contextlib.nullcontext():
             code = _cli_evaluate(argv)
+        print_time_lines()  # where the time went, once, after lm-eval's table
     except BaseException as e:
         if _joined_a_group():  # under torchrun: leave at once, peers fail or time out in their collective
             sys.stderr.write(f"graphopt lm-eval: rank {_rank()} failed: {type(e).__name__}: {e}\n"

@@ -16,9 +16,14 @@ world size 1 to lm-eval, as lm-eval 0.4.13 expects of a model that splits work i
 launchers every rank reports lm.rank == 0"): lm-eval then lets only LOCAL_RANK 0 return results, and
 `graphopt lm-eval` keeps every process but global rank 0 from printing or writing them
 (graphopt.commands.lm_eval).
+
+Where the time went (startup, load, setup, scoring: graphopt.time_line) is printed once, to stderr, at
+the end: by `graphopt lm-eval` when lm-eval returns, else when the process exits (`lm_eval --model graphopt`).
 """
 from __future__ import annotations
 
+import atexit
+import sys
 import time
 import warnings
 
@@ -38,6 +43,20 @@ from graphopt.pipeline import PassError, check_pipeline
 from graphopt.scoring.batch import Request
 from graphopt.scoring.requests import fit_context
 from graphopt.scoring.scorer import Scorer, Sharding, auto_pipeline
+from graphopt.time_line import Clock, time_columns, time_line
+
+_UNREPORTED: list = []  # GraphoptLM instances that scored and whose time line is not printed yet
+
+
+def print_time_lines() -> None:
+    """Each GraphoptLM's time line not printed yet, to stderr (one line each; run at exit too)."""
+    while _UNREPORTED:
+        print(_UNREPORTED.pop(0).time_line(), file=sys.stderr)
+    sys.stderr.flush()
+
+
+atexit.register(print_time_lines)
+
 
 class GraphoptLM(TemplateLM):
     """lm_eval.api.model.LM backed by a graphopt-optimised graph; keyword arguments: see GraphoptArgs."""
@@ -60,7 +79,7 @@ class GraphoptLM(TemplateLM):
             cfg.device = join(self.world, cfg.device)
         import graphopt
 
-        start = time.perf_counter()
+        self.clock = Clock()
         self._load_weights = None
         if self._sharded_load():  # a tensor-parallel rank reads only its shard, after the graph is cut
             from graphopt.checkpoints import load_model_structure
@@ -71,7 +90,8 @@ class GraphoptLM(TemplateLM):
         else:
             self.model, self.tok = graphopt.load_model(cfg.pretrained, dtype=cfg.torch_dtype, device=cfg.device,
                                                        tokenizer=cfg.tokenizer)
-        self.load_seconds = time.perf_counter() - start
+        self.load_seconds = self.clock.loaded()
+        self._listed = False  # in _UNREPORTED: its time line is printed at the end
         self._max_length = min(cfg.max_length or self.model.args.max_seq_len, self.model.args.max_seq_len)
         self._device = torch.device(cfg.device)
         self.scorer = self._make_scorer(pipeline)
@@ -274,6 +294,15 @@ class GraphoptLM(TemplateLM):
             warnings.warn("the chat template failed; rendering it again without the system message", stacklevel=2)
             return template.render([m for m in chat_history if m["role"] != "system"], add_generation_prompt)
 
+    def time_columns(self) -> dict:
+        """startup, load, setup (its split), scoring so far: graphopt.time_line.time_columns."""
+        st = self.stats
+        return time_columns(self.clock.startup_s, self.load_seconds, self.scorer.setup_split(), st["setup_seconds"],
+                            st["score_seconds"])
+
+    def time_line(self) -> str:
+        return "graphopt " + time_line(self.time_columns())
+
     # ---- scoring
     def _score(self, requests: list[Request], progress: bool):
         """(log-likelihood, is_greedy) of every request, on every rank."""
@@ -285,4 +314,7 @@ class GraphoptLM(TemplateLM):
         self.stats["setup_seconds"] = self.scorer.setup_seconds
         self.stats["score_seconds"] += scores.seconds
         self.stats["n_batches"] += scores.n_batches
+        if not self._listed and (self.world is None or self.world.rank == 0):
+            self._listed = True
+            _UNREPORTED.append(self)
         return scores.loglik, scores.greedy

@@ -17,6 +17,7 @@ MAX_RUN_NAME = 12  # longer run names show as "#<row>" in the table and are spel
 
 WIDE_COLUMNS = ["run", "passes", "scoring", "dtype", "status", "acc", "acc_norm", "agree", "max_abs_dloglik",
                 "within_tolerance", "latency_s", "speedup", "items_per_s", "tokens_per_s", "compile_s", "n_compiles",
+                "startup_s", "load_s", "setup_s", "setup_cached", "capture_s", "passes_s", "weights_s",
                 "peak_mem_mb", "n_params", "prefill_tok_s", "decode_tok_s_b1", "decode_tok_s", "best_batch", "ttft_s",
                 "gen_peak_mem_mb", "gen_passes", "gen_error"]
 

@@ -14,7 +14,7 @@ from graphopt.scoring.scorer import Scorer
 
 def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, strategy: str | None = None,
              device="cpu", progress: bool = True, add_bos: bool | None = None, pipeline=None, compiler: str | None = None,
-             **strategy_options) -> dict:
+             keep_model_weights: bool = True, **strategy_options) -> dict:
     """Score HellaSwag `rows` with `model` (already on `device`) as lm-evaluation-harness does.
 
     strategy: None -> "per_pair" when batch_size == 1 and no pipeline, "packed" with a pipeline, else
@@ -28,7 +28,9 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
     padding), seconds (scoring, device-synchronised: a compiler's work on the first calls included),
     setup_seconds (capture + passes), strategy, pipeline (the passes' labels), compiler, n_shapes
     (distinct batch shapes), n_compiles / cache_hits (compiles done while scoring, and how many came
-    from the compile cache).
+    from the compile cache), setup_split (where the setup went: graphopt.time_line.merge_setups).
+    keep_model_weights=False: the model's weights the optimised graph holds in another form are freed as
+    it is built (the Scorer's option): less memory, and the model cannot run eagerly afterwards.
     """
     if any(getattr(r, "label", 0) < 0 for r in rows):
         raise ValueError("rows without labels (label -1, e.g. the HellaSwag test split) cannot be scored for "
@@ -38,7 +40,7 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
         raise ValueError(f"the model is on {param.device} but evaluate() was asked for device {device!r}; "
                          f"move it first (model.to({str(device)!r}))")
     scorer = Scorer(model, pipeline, compiler, device=device, layout=strategy, batch_size=batch_size,
-                    layout_options=strategy_options)
+                    layout_options=strategy_options, keep_model_weights=keep_model_weights)
     max_length = getattr(getattr(model, "args", None), "max_seq_len", None)
     requests = build_requests(rows, tokenizer, add_bos=add_bos, max_length=max_length)
     prepared = scorer.prepare(requests)
@@ -54,6 +56,7 @@ def evaluate(model: nn.Module, tokenizer, rows: Sequence, batch_size: int = 1, s
         tokens_processed=prepared.tokens,
         seconds=scores.seconds,
         setup_seconds=scorer.setup_seconds,
+        setup_split=scorer.setup_split(),
         strategy=scorer.layout,
         pipeline=scorer.labels,
         compiler=scorer.compiler,

@@ -32,6 +32,7 @@ from graphopt.scoring.prefix_tree import (DEFAULT_MIN_SHARED, TreePlan, TreeRunn
 from graphopt.scoring.requests import first_identical
 from graphopt.scoring.score_loop import score_requests_greedy, sync
 from graphopt.scoring.strategies import STRATEGIES, build_batches, strategy_options
+from graphopt.time_line import merge_setups
 
 TREE = "tree"  # the prefix tree over all requests (graphopt.scoring.prefix_tree): each shared prefix once
 TREE_OPTIONS = {"max_tokens": 4096, "budget_mb": 1024, "min_shared_tokens": DEFAULT_MIN_SHARED}
@@ -147,14 +148,18 @@ class Scorer:
     greedy: also return lm-eval's is_greedy. sharding: data-parallel replicas split the requests,
     tensor_parallel is inserted where the mesh has tp > 1, one stage per rank where it has pp > 1.
     tokenizer: for passes that read text (prune_structured's calibration).
+    keep_model_weights=False: the model's weights that the optimised graph holds in another form are
+    freed as the graph is built (optimize's keep_module_weights), so they are in memory once; the model
+    can no longer run eagerly, and a second graph (the tree's other one) cannot be built from it.
     Errors a user can cause are PassError / ValueError naming the option.
     """
 
     def __init__(self, model: nn.Module, pipeline="auto", compiler: str | None = None, *, device="cpu",
                  layout: str | None = None, batch_size: int = 1, layout_options: dict | None = None,
                  capture: str | None = None, greedy: bool = False, sharding: Sharding | None = None,
-                 tokenizer=None):
+                 tokenizer=None, keep_model_weights: bool = True):
         self.model, self.device, self.greedy, self.tokenizer = model, device, greedy, tokenizer
+        self.keep_model_weights = keep_model_weights
         self.sharding = sharding or Sharding()
         auto = isinstance(pipeline, str) and pipeline == "auto"
         eager = pipeline is None or (isinstance(pipeline, str) and pipeline == "none")
@@ -183,6 +188,11 @@ class Scorer:
         self.runnable = None  # the optimised ScoreModule, built by setup() on the first batch
         self.cache_runnable = None  # the tree's graph that reads (and fills) a KV cache, built when a plan needs it
         self.setup_seconds = 0.0
+        self.setups: list[dict] = []  # each optimize() result's Optimized.setup (first_call_s filled on its call)
+
+    def setup_split(self) -> dict:
+        """Where the setup went, over every graph built so far (graphopt.time_line.merge_setups)."""
+        return merge_setups(self.setups)
 
     def _with_sharding(self, pipeline):
         """The pipeline with tensor_parallel at the latest place the pass order allows when the mesh
@@ -273,13 +283,18 @@ class Scorer:
     def _optimize(self, module: nn.Module, example: tuple, without: tuple = ()):
         from graphopt.optimize_model import optimize
 
+        if self.setups and not self.keep_model_weights:
+            raise ValueError("the model's weights were freed when its first graph was built "
+                             "(keep_model_weights=False): no second graph can be built from it")
         shard, mesh = self.sharding, self.sharding.mesh
         pipeline = self.pipeline if self.pipeline is not None else CheckedPipeline((), self.compiler)
         if without:  # passes that refuse this graph (prefix_attention reads no cache)
             pipeline = CheckedPipeline(tuple(s for s in pipeline.specs if s.name not in without), self.compiler)
         opt = optimize(module, example, pipeline, self.compiler, capture=self.capture, rank=shard.model_rank,
                        world_size=mesh.model, model_args=getattr(self.model, "args", None),
-                       load_weights=shard.load_weights, device=self.device, tokenizer=self.tokenizer)
+                       load_weights=shard.load_weights, device=self.device, tokenizer=self.tokenizer,
+                       keep_module_weights=self.keep_model_weights)
+        self.setups.append(opt.setup)
         if mesh.pp > 1:  # this rank runs its stage only
             from graphopt.distributed.pipeline_run import StagePerRank, drop_other_stages
             if shard.load_weights is None:  # the whole model was loaded: keep only this rank's stage

@@ -1,0 +1,193 @@
+"""optimize() block by block (graphopt.optimize_blocks): capture and passes once per distinct decoder
+block, the result node for node what optimising the whole graph gives and bit for bit the same outputs,
+on GQA / tied / Qwen3 / sliding-window (per-layer windows) / per-layer-width (globally pruned) models."""
+import copy
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+import torch
+
+import graphopt.optimize_blocks as optimize_blocks
+from graphopt.block_capture import BLOCK_OP
+from graphopt.model import ModelArgs, Transformer, init_random_weights
+from graphopt.optimize_model import optimize
+from graphopt.scoring.batch import ScoreModule
+from tests.test_capture import distinct_score_inputs
+from tests.test_prune_criteria import _cut
+
+RMS, ROPE, SWIGLU = (torch.ops.graphopt.rms_norm.default, torch.ops.graphopt.rope.default,
+                     torch.ops.graphopt.swiglu.default)
+SDPA, PACKED = torch.ops.aten.scaled_dot_product_attention.default, torch.ops.mkldnn._linear_pointwise.default
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_folder(tmp_path, monkeypatch):  # optimised graphs kept by other runs are not loaded here
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _model(preset, n_layers=3, **changes):
+    args = replace(ModelArgs.from_name(preset), n_layers=n_layers, **changes)
+    torch.manual_seed(0)
+    return init_random_weights(Transformer(args)).eval()
+
+
+def _per_layer_widths():
+    """A globally pruned model: layers of three widths (FFN channels, kv groups / query heads)."""
+    model = _model("tiny-gqa", n_layers=4)
+    return _cut(model, model.args, keep_ffn={1: list(range(0, 96, 2)), 3: list(range(40))},
+                keep_heads={1: ([1], [2, 3]), 3: ([0], [0, 1])}).model
+
+
+def _both(model, pipeline):
+    """(block by block, whole graph) optimisations of copies of `model` (after_each asks for the whole graph)."""
+    inputs = distinct_score_inputs(2, 12, 6)
+    blocks = optimize(ScoreModule(copy.deepcopy(model)), inputs, pipeline)
+    whole = optimize(ScoreModule(copy.deepcopy(model)), inputs, pipeline, after_each=lambda record, gm: None)
+    assert blocks.setup["path"] == "blocks" and whole.setup["path"] == "whole", (blocks.setup, whole.setup)
+    return blocks, whole
+
+
+def _reading(gm, node, prefix):
+    """Whether `node` reads a weight of `prefix` (a layer), directly."""
+    return any(a.op == "get_attr" and a.target.startswith(prefix) for a in node.all_input_nodes)
+
+
+def _assert_every_layer_rewritten(gm, n_layers, packed):
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
+    assert not [n for n in nodes if n.target is BLOCK_OP]
+    counts = Counter(n.target for n in nodes)
+    assert counts[SDPA] == counts[SWIGLU] == n_layers and counts[ROPE] == 2 * n_layers
+    for i in range(n_layers):
+        layer = f"model.layers.{i}."
+        assert sum(_reading(gm, n, layer) for n in nodes if n.target is RMS) >= 2, i  # its two norms, fused
+        merged = "wqkv_weight_mkldnn" if packed else "wqkv_weight"
+        assert any(a.op == "get_attr" and a.target == f"{layer}attention.{merged}" for a in gm.graph.nodes), i
+        if packed:  # every linear of the layer on packed weights: no aten.linear reads its weights
+            assert not [n for n in nodes if n.target is torch.ops.aten.linear.default and _reading(gm, n, layer)]
+
+
+CASES = {
+    "gqa": (lambda: _model("tiny-gqa"), 1),
+    "tied": (lambda: _model("tiny-tied"), 1),
+    "qwen3": (lambda: _model("tiny-qwen3"), 1),
+    "window-from-layer-1": (lambda: _model("tiny-window", window_from_layer=1), 1),  # layer 0 unwindowed: one
+    # block graph, handed the plain mask by layer 0 and the windowed one by the others
+    "per-layer-widths": (_per_layer_widths, 3),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_blocks_equal_whole_graph_exact_cpu(case):
+    make, distinct = CASES[case]
+    model = make()
+    blocks, whole = _both(model, "exact-cpu")
+    assert blocks.setup["distinct_blocks"] == distinct and blocks.setup["layers"] == len(model.layers)
+    _assert_every_layer_rewritten(blocks.graph, len(model.layers), packed=True)
+    assert [(r.name, r.matches) for r in blocks.records if r.name not in ("cse", "dce")] == \
+        [(r.name, r.matches) for r in whole.records if r.name not in ("cse", "dce")]  # whole graph: one mask view
+    # for all layers (cse); the outer graph: an unread tied-table name (dce)
+    reference = ScoreModule(model).eval()
+    for B, T, N in [(2, 12, 6), (3, 7, 5), (1, 9, 4)]:  # other shapes than the capture's
+        inputs = distinct_score_inputs(B, T, N, seed=B)
+        with torch.no_grad():
+            got, want, eager = blocks(*inputs), whole(*inputs), reference(*inputs)
+        assert torch.equal(got, want), (B, T, N)
+        torch.testing.assert_close(got, eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["tiny-tied", "tiny-qwen3"])
+def test_blocks_equal_whole_graph_bfloat16(preset):
+    """fast-cpu casts the embedding table: the first layer gets bfloat16 inputs, the others float32
+    (a block of its own), typed as the whole graph types them."""
+    blocks, whole = _both(_model(preset), "fast-cpu")
+    assert blocks.setup["distinct_blocks"] == 2
+    inputs = distinct_score_inputs(3, 7, 5, seed=3)
+    with torch.no_grad():
+        assert torch.equal(blocks(*inputs), whole(*inputs))
+
+
+def test_capture_and_passes_once_per_distinct_block(monkeypatch):
+    """Depth adds no capture and no pass run: 2 and 6 layers both export 2 graphs (the graph around the
+    layers, one block) and run the pipeline on 2 parts."""
+    counts = []
+    for n_layers in (2, 6):
+        calls = Counter()
+        real_export, real_run = optimize_blocks.capture_block, optimize_blocks.run_passes
+        monkeypatch.setattr(optimize_blocks, "capture_block", lambda *a: calls.update(["block"]) or real_export(*a))
+        monkeypatch.setattr(optimize_blocks, "run_passes", lambda *a, **k: calls.update(["passes"]) or real_run(*a, **k))
+        opt = optimize(ScoreModule(_model("tiny-gqa", n_layers=n_layers)), distinct_score_inputs(2, 12, 6), "exact")
+        monkeypatch.undo()
+        assert opt.setup["path"] == "blocks" and opt.setup["layers"] == n_layers
+        merge = next(r for r in opt.records if r.name == "merge_qkv")
+        assert merge.matches == n_layers
+        counts.append(dict(calls))
+    assert counts == [{"block": 1, "passes": 2}] * 2
+
+
+def test_blocks_keep_one_copy_of_merged_weights():
+    """exact: every layer's own wq / wk / wv and w1 / w3 are views of the graph's merged weights (the
+    first layer through the passes, the others through the recorded steps): no second copy."""
+    model = _model("tiny-gqa", n_layers=3)
+    opt = optimize(ScoreModule(model), distinct_score_inputs(2, 12, 6), "exact")
+    assert opt.setup["path"] == "blocks"
+    params = dict(opt.graph.named_parameters())
+    for i, layer in enumerate(model.layers):
+        for owner, merged, parts in [("attention", "wqkv_weight", ("wq", "wk", "wv")),
+                                     ("feed_forward", "w13_weight", ("w1", "w3"))]:
+            big = params[f"model.layers.{i}.{owner}.{merged}"]
+            for part in parts:
+                w = getattr(getattr(layer, owner), part).weight
+                assert w.untyped_storage().data_ptr() == big.untyped_storage().data_ptr(), (i, part)
+
+
+@pytest.mark.parametrize("pipeline,why", [
+    (["fuse_rmsnorm", "pipeline_split"], "pass pipeline_split needs the whole graph"),
+    ([{"name": "fuse_rmsnorm", "fuse_residual": True}], "pass fuse_rmsnorm needs the whole graph"),
+])
+def test_pipelines_with_whole_graph_passes_capture_whole(pipeline, why):
+    opt = optimize(ScoreModule(_model("tiny", n_layers=2)), distinct_score_inputs(2, 12, 6), pipeline)
+    assert opt.setup["path"] == "whole" and opt.setup["why_whole"] == why
+
+
+def test_module_without_layers_captures_whole():
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.lin(x).relu()
+    opt = optimize(Head(), (torch.randn(2, 8),), ["cse"])
+    assert opt.setup["path"] == "whole" and "no list of decoder layers" in opt.setup["why_whole"]
+
+
+def test_a_layer_called_with_an_object_is_captured_whole():
+    """The stand-in flattens a layer's call into tensors and plain constants; anything else (a cache
+    object, say) cannot be baked into a block graph: the whole graph is captured, and says why."""
+    class Scale:
+        value = 2.0
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x, how):
+            return self.lin(x) * how.value
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(Layer() for _ in range(2))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x, Scale())
+            return x
+    net = Net().eval()
+    opt = optimize(net, (torch.randn(2, 8),), ["cse"])
+    assert opt.setup["path"] == "whole" and "called with a Scale argument" in opt.setup["why_whole"]
+    with torch.no_grad():
+        x = torch.randn(2, 8)  # (x is no input graphopt knows the dynamic dims of: its shape is static)
+        torch.testing.assert_close(opt(x), net(x))
