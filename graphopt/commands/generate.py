@@ -127,8 +127,8 @@ def main(args) -> int:
         raise UserError(f"--out {args.out}: is a folder; name a file")
     pipeline = None if args.pipeline == "none" else args.pipeline
     if pipeline == "auto":
-        from graphopt.generation.step import auto_pipeline
-        pipeline = auto_pipeline(args.device)
+        from graphopt.generation.step import decode_auto_pipeline
+        pipeline = decode_auto_pipeline(args.device, args.compiler)
     if pipeline is not None:
         _check_pipeline(pipeline, args.compiler)
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from graphopt.optimize_model import Optimized, optimize
-from graphopt.pipeline import PassSpec, parse_pipeline
+from graphopt.pipeline import PassError, PassSpec, check_pipeline, parse_pipeline
 from graphopt.scoring.prefix_cache import KVLayout
 
 CACHE_ATTENTION, LEAN_GRAPH = "cache_attention", "lean_graph"
@@ -56,10 +56,17 @@ def step_example_inputs(layout: KVLayout, device="cpu", B: int = 2, T: int = 3, 
     return ids, positions, mask, torch.arange(N, device=device), layout.empty(B, P, device)
 
 
-def auto_pipeline(device) -> str:
+def decode_auto_pipeline(device, compiler: str | None = None) -> str:
     """The pipeline generation uses by default: decode-cpu on CPU (exact, its matmuls on packed oneDNN
-    weights, no Triton-kernel fusions), exact on CUDA (the Triton kernels)."""
-    return "exact" if torch.device(device).type == "cuda" else "decode-cpu"
+    weights, no Triton-kernel fusions) where the compiler can run it, else exact; exact on CUDA (the
+    Triton kernels)."""
+    if torch.device(device).type == "cuda":
+        return "exact"
+    try:
+        check_pipeline("decode-cpu", compiler or "none")
+    except PassError:
+        return "exact"
+    return "decode-cpu"
 
 
 def generation_pipeline(pipeline, cache_attention: bool = True, lean: bool = True) -> list[PassSpec]:

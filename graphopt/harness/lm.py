@@ -34,7 +34,7 @@ from lm_eval.api.model import TemplateLM
 from graphopt.env_checks import check_device
 from graphopt.errors import UserError
 from graphopt.generation.engine import DecodeEngine
-from graphopt.generation.step import auto_pipeline as decode_pipeline
+from graphopt.generation.step import decode_auto_pipeline
 from graphopt.harness.chat_template import ChatTemplate, find_chat_template
 from graphopt.harness.generate import answer_text, decode_text, eos_ids, until_request, warn_truncated
 from graphopt.harness.model_args import GraphoptArgs, with_lm_eval_flags
@@ -42,7 +42,7 @@ from graphopt.checkpoints.encode import prefix_token_id, tok_encode
 from graphopt.pipeline import PassError, check_pipeline
 from graphopt.scoring.batch import Request
 from graphopt.scoring.requests import fit_context
-from graphopt.scoring.scorer import Scorer, Sharding, auto_pipeline
+from graphopt.scoring.scorer import Scorer, Sharding
 from graphopt.time_line import Clock, time_columns, time_line
 
 _UNREPORTED: list = []  # GraphoptLM instances that scored and whose time line is not printed yet
@@ -255,11 +255,7 @@ class GraphoptLM(TemplateLM):
         if spec is None:  # pipeline=none: the eager model, reading its KV cache
             pipeline, compiler = None, self.scorer.compiler
         elif spec == "auto":  # the engine's own path of the device (decode-cpu on CPU), else the exact path
-            pipeline, compiler = decode_pipeline(self._device), cfg.compiler or "none"
-            try:
-                check_pipeline(pipeline, compiler)
-            except PassError:
-                pipeline, compiler = auto_pipeline(self._device, self.model.args, cfg.compiler, layout="per_pair")
+            pipeline, compiler = decode_auto_pipeline(self._device, cfg.compiler), cfg.compiler or "none"
         else:
             pipeline, compiler = list(self.scorer.pipeline.specs), self.scorer.compiler
         try:
