@@ -13,8 +13,8 @@ from graphopt.block_capture import BLOCK_OP
 from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import optimize
 from graphopt.scoring.batch import ScoreModule
-from tests.test_capture import distinct_score_inputs
-from tests.test_prune_criteria import _cut
+from tests._builders import distinct_score_inputs
+from tests._prune_oracles import cut
 
 RMS, ROPE, SWIGLU = (torch.ops.graphopt.rms_norm.default, torch.ops.graphopt.rope.default,
                      torch.ops.graphopt.swiglu.default)
@@ -35,7 +35,7 @@ def _model(preset, n_layers=3, **changes):
 def _per_layer_widths():
     """A globally pruned model: layers of three widths (FFN channels, kv groups / query heads)."""
     model = _model("tiny-gqa", n_layers=4)
-    return _cut(model, model.args, keep_ffn={1: list(range(0, 96, 2)), 3: list(range(40))},
+    return cut(model, model.args, keep_ffn={1: list(range(0, 96, 2)), 3: list(range(40))},
                 keep_heads={1: ([1], [2, 3]), 3: ([0], [0, 1])}).model
 
 

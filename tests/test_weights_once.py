@@ -11,7 +11,7 @@ from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import optimize
 from graphopt.runner.worker import count_params
 from graphopt.scoring.batch import ScoreModule
-from tests.test_capture import distinct_score_inputs
+from tests._builders import distinct_score_inputs
 
 
 @pytest.fixture(autouse=True)
