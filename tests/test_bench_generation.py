@@ -9,7 +9,8 @@ pytest.importorskip("transformers")
 
 from benchmarks._generation_peers import agreement, graphopt_run, hf_generate, hf_peer, weight_bytes  # noqa: E402
 from graphopt.generation.engine import DecodeEngine  # noqa: E402
-from graphopt.model import ModelArgs, Transformer, init_random_weights  # noqa: E402
+from graphopt.model import ModelArgs, Transformer  # noqa: E402
+from tests._builders import random_model  # noqa: E402
 
 
 def test_agreement_first_difference_and_margin():
@@ -22,7 +23,7 @@ def test_agreement_first_difference_and_margin():
 
 def test_hf_generate_batched_equals_the_engine():
     torch.manual_seed(0)
-    model = init_random_weights(Transformer(ModelArgs.from_name("tiny-gqa")), seed=3).eval()
+    model = random_model("tiny-gqa", seed=3)
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 500, (n,), generator=g).tolist() for n in (3, 9, 5, 12, 1)]
     hf = hf_peer(model)

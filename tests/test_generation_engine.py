@@ -9,7 +9,7 @@ import torch
 from graphopt.generation.engine import DecodeEngine
 from graphopt.generation.requests import GenerationRequest
 from graphopt.generation.step import build_generation_graph
-from graphopt.model import ModelArgs, Transformer, init_random_weights
+from tests._builders import random_model
 from tests._family_models import qwen3_score_module
 
 ATOL = 1e-5
@@ -20,7 +20,7 @@ ops = torch.ops.graphopt
 def family_model(name):
     if name == "tiny-qwen3":  # random q/k norm weights
         return qwen3_score_module().model
-    return init_random_weights(Transformer(ModelArgs.from_name(name)), seed=3).eval()
+    return random_model(name, seed=3)
 
 
 def prompts(spec, seed=1, vocab=512):

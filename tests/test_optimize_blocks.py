@@ -3,17 +3,15 @@ block, the result node for node what optimising the whole graph gives and bit fo
 on GQA / tied / Qwen3 / sliding-window (per-layer windows) / per-layer-width (globally pruned) models."""
 import copy
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 import torch
 
 import graphopt.optimize_blocks as optimize_blocks
 from graphopt.block_capture import BLOCK_OP
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import optimize
 from graphopt.scoring.batch import ScoreModule
-from tests._builders import distinct_score_inputs
+from tests._builders import distinct_score_inputs, random_model
 from tests._prune_oracles import cut
 
 RMS, ROPE, SWIGLU = (torch.ops.graphopt.rms_norm.default, torch.ops.graphopt.rope.default,
@@ -27,9 +25,7 @@ def _own_cache_folder(tmp_path, monkeypatch):  # optimised graphs kept by other 
 
 
 def _model(preset, n_layers=3, **changes):
-    args = replace(ModelArgs.from_name(preset), n_layers=n_layers, **changes)
-    torch.manual_seed(0)
-    return init_random_weights(Transformer(args)).eval()
+    return random_model(preset, n_layers=n_layers, **changes)
 
 
 def _per_layer_widths():

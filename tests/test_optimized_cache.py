@@ -2,18 +2,16 @@
 determines the graph, a kept graph scores bit for bit as a fresh one, and a damaged entry is ignored
 with one line and rebuilt."""
 import copy
-from dataclasses import replace
 
 import pytest
 import torch
 
 import graphopt.optimized_cache as oc
 from graphopt import cache_store
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.optimize_model import optimize
 from graphopt.pipeline import PassContext, parse_pipeline
 from graphopt.scoring.batch import ScoreModule
-from tests._builders import distinct_score_inputs
+from tests._builders import distinct_score_inputs, random_model
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +22,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 def _model(preset="tiny-gqa", **changes):
     torch.manual_seed(0)
-    return init_random_weights(Transformer(replace(ModelArgs.from_name(preset), **changes))).eval()
+    return random_model(preset, **changes)
 
 
 def _key(model=None, inputs=None, pipeline="exact-cpu", rank=0, world_size=1):

@@ -12,10 +12,10 @@ from graphopt.generation.requests import GenerationRequest
 from graphopt.generation.step import NextTokenModule, build_generation_graph, step_example_inputs
 from graphopt.graph_capture import capture
 from graphopt.kernels.linear_argmax import linear_argmax_reference
-from graphopt.model import ModelArgs, Transformer, init_random_weights
 from graphopt.pass_manager import run_passes
 from graphopt.pipeline import PassContext
 from graphopt.scoring.prefix_cache import KVLayout
+from tests._builders import random_model
 
 ops, aten = torch.ops.graphopt, torch.ops.aten
 EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up", "sdpa_attention",
@@ -23,7 +23,7 @@ EXACT = ["fuse_rmsnorm", "fuse_rope", "fuse_swiglu", "merge_qkv", "merge_gate_up
 
 
 def build(preset="tiny-gqa", seed=2):
-    return init_random_weights(Transformer(ModelArgs.from_name(preset)), seed=seed).eval()
+    return random_model(preset, seed=seed)
 
 
 @pytest.fixture(scope="module")
