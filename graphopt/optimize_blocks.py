@@ -72,7 +72,8 @@ def _run_part(gm: GraphModule, specs, ctx: PassContext, after_each=None):
 def _run_block(block, specs, ctx: PassContext, inputs: list):
     """The passes on one block graph; before pass k its inputs get the dtypes the layer call's inputs
     had after pass k ran on the outer graph (inputs[k + 1]), as in the whole graph."""
-    retype_inputs(block.gm, inputs[1])
+    if len(inputs) > 1:  # (no passes: nothing to retype)
+        retype_inputs(block.gm, inputs[1])
     done = []
 
     def next_inputs(record, gm):

@@ -187,3 +187,13 @@ def test_a_layer_called_with_an_object_is_captured_whole():
     with torch.no_grad():
         x = torch.randn(2, 8)  # (x is no input graphopt knows the dynamic dims of: its shape is static)
         torch.testing.assert_close(opt(x), net(x))
+
+
+def test_an_empty_pipeline_captures_block_by_block_and_changes_nothing():
+    """No passes (the captured graph as it is, e.g. a benchmark's plain graph): still block by block, and the
+    output equals the eager module's bit for bit."""
+    model, inputs = _model("tiny-gqa"), distinct_score_inputs(2, 12, 6)
+    opt = optimize(ScoreModule(copy.deepcopy(model)), inputs, [])
+    assert opt.setup["path"] == "blocks" and not opt.records
+    with torch.no_grad():
+        assert torch.equal(opt(*inputs), ScoreModule(model)(*inputs))
