@@ -145,8 +145,10 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
         try:
             if plan is None:
                 plan = plan_blocks(module, example_inputs, specs, ctx)
-                if key:
-                    store_plan(key, plan)
+                if key and store_plan(key, plan) and compiler != "none":
+                    # compile the graph as later runs will read it back: the same code, so the compile
+                    # cache's key is the same and the next run hits it
+                    plan = load_plan(key, module) or plan
         except NotBlockwise as e:
             why_whole = str(e)
         else:
