@@ -7,11 +7,15 @@ written by tests/_family_models.py and tests/_gguf_files.py. Fixtures of the ses
 a test that changes what it gets makes its own copy first."""
 import copy
 import os
+import tempfile
 import warnings
 
 # inductor compiles tiny graphs in-process: a pool of compile workers (2 on a 2-core machine) costs more to
 # start than it saves; set before torch._inductor is imported, and inherited by the tests' subprocesses
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# graphopt's cache folder (compiled code, kept optimised graphs): one of the session's own, never the user's,
+# and one per process when the suite runs on several (pytest -n): inherited by the tests' subprocesses
+os.environ["GRAPHOPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="graphopt-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
