@@ -157,14 +157,7 @@ def _packed_head(gm: GraphModule, node, dtypes: tuple, keep_plain: bool) -> int:
     with g.inserting_before(node):
         call = lambda f, *a: g.call_function(f, a)  # noqa: E731
         chunk_lse, chunk_picked, chunk_max, chunk_arg = [], [], [], []
-        for i, start in enumerate(range(0, weight.shape[0], HEAD_CHUNK)):
-            stop = min(start + HEAD_CHUNK, weight.shape[0])
-            if keep_plain:  # the table stays plain for its other reader: oneDNN reads a view of it
-                w_i = call(aten.slice.Tensor, w_node, 0, start, stop)
-            else:
-                w_i = g.get_attr(_register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:stop])))
-            logits = call(LINEAR_POINTWISE, hidden, w_i, None, "none", [], "")  # [N, chunk]
-            logits = call(aten.to.dtype, logits, torch.float32)
+        for start, stop, logits in _chunk_logits(gm, hidden, w_node, weight, keep_plain):
             chunk_lse.append(call(aten.logsumexp.default, logits, [-1]))  # [N]
             # the target's logit, from the chunk holding it (0 from the others): no plain copy of W for W[t]
             local = call(aten.unsqueeze.default, call(aten.clamp.default, call(aten.sub.Tensor, target, start),
@@ -200,6 +193,20 @@ def _packed_head(gm: GraphModule, node, dtypes: tuple, keep_plain: bool) -> int:
     return 1
 
 
+def _chunk_logits(gm: GraphModule, hidden, w_node, weight, keep_plain: bool):
+    """For each HEAD_CHUNK rows of the head W: (start, stop, the float32 [N, chunk] logits node), inserted
+    at the graph's current insertion point. Packed once per chunk, or (keep_plain) oneDNN on a view of W."""
+    g = gm.graph
+    for i, start in enumerate(range(0, weight.shape[0], HEAD_CHUNK)):
+        stop = min(start + HEAD_CHUNK, weight.shape[0])
+        if keep_plain:  # the table stays plain for its other reader: oneDNN reads a view of it
+            w_i = g.call_function(aten.slice.Tensor, (w_node, 0, start, stop))
+        else:
+            w_i = g.get_attr(_register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:stop])))
+        logits = g.call_function(LINEAR_POINTWISE, (hidden, w_i, None, "none", [], ""))  # [N, chunk]
+        yield start, stop, g.call_function(aten.to.dtype, (logits, torch.float32))
+
+
 def _packed_argmax(gm: GraphModule, node, dtypes: tuple, keep_plain: bool) -> int:
     """graphopt.linear_argmax(h, W) (the greedy next token) -> per packed vocabulary chunk its max and
     argmax, then the chunk holding the overall maximum (the first one among equal maxima, as torch.argmax).
@@ -214,14 +221,8 @@ def _packed_argmax(gm: GraphModule, node, dtypes: tuple, keep_plain: bool) -> in
     with g.inserting_before(node):
         call = lambda f, *a: g.call_function(f, a)  # noqa: E731
         chunk_max, chunk_arg = [], []
-        for i, start in enumerate(range(0, weight.shape[0], HEAD_CHUNK)):
-            stop = min(start + HEAD_CHUNK, weight.shape[0])
-            if keep_plain:  # the table stays plain for its other reader: oneDNN reads a view of it
-                w_i = call(aten.slice.Tensor, w_node, 0, start, stop)
-            else:
-                w_i = g.get_attr(_register_packed(gm, w_node.target, f"mkldnn_{i}", _pack(weight[start:stop])))
-            logits = call(LINEAR_POINTWISE, hidden, w_i, None, "none", [], "")  # [N, chunk]
-            top = call(aten.max.dim, call(aten.to.dtype, logits, torch.float32), -1)  # ([N] value, [N] index)
+        for start, _, logits in _chunk_logits(gm, hidden, w_node, weight, keep_plain):
+            top = call(aten.max.dim, logits, -1)  # ([N] value, [N] index)
             chunk_max.append(call(operator.getitem, top, 0))
             chunk_arg.append(call(aten.add.Tensor, call(operator.getitem, top, 1), start))
         which = call(aten.argmax.default, call(aten.stack.default, chunk_max, 0), 0)  # [N] winning chunk

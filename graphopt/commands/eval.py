@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from graphopt.cli_types import non_negative_int, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -39,11 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="validation", help="split to read from a --data directory (default: "
                                                               "%(default)s; the test split has no labels); a single "
                                                               "file is read whole")
-    parser.add_argument("--limit", type=_non_negative_int, default=None, metavar="N",
+    parser.add_argument("--limit", type=non_negative_int, default=None, metavar="N",
                         help="score only the first N rows (default: all)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="pairs per forward; 1 = each (context, ending) pair alone, lm-eval's reference "
                              "(default: %(default)s)")
     parser.add_argument("--strategy", default=None,
@@ -71,20 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="text", choices=("text", "json"),
                         help="text lines, or one JSON object on stdout (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def main(args) -> int:

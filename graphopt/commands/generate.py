@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from graphopt.cli_types import non_negative_int, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -27,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", default=None, metavar="PATH",
                         help="prompts from a file: .jsonl = one JSON object per line with a \"prompt\" string; "
                              "anything else = one prompt per line (blank lines skipped)")
-    parser.add_argument("--max-new-tokens", type=_non_negative_int, default=64, metavar="N",
+    parser.add_argument("--max-new-tokens", type=non_negative_int, default=64, metavar="N",
                         help="new tokens per prompt at most (default: %(default)s)")
     parser.add_argument("--stop", action="append", default=[], metavar="STR",
                         help="end a completion where its text first holds STR (cut there); repeatable")
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(cache_attention is added to any pipeline)")
     parser.add_argument("--compiler", default="none", choices=("none", "inductor", "inductor-frozen", "eager-fx"),
                         help="how the optimised graph runs (default: %(default)s)")
-    parser.add_argument("--slots", type=_positive_int, default=8, metavar="N",
+    parser.add_argument("--slots", type=positive_int, default=8, metavar="N",
                         help="prompts decoding together (rows of the static KV cache) (default: %(default)s)")
     bos = parser.add_mutually_exclusive_group()
     bos.add_argument("--add-bos", dest="add_bos", action="store_const", const=True, default=None,
@@ -56,20 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "prompt_tokens, new_tokens) instead of printing them")
     parser.add_argument("--force", action="store_true", help="replace an --out file that exists already")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def read_prompts(path: str) -> list[str]:
