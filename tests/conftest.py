@@ -189,3 +189,16 @@ def gguf_ids(gguf_tokenizer):
     from tests._gguf_files import TEXT
     fast = gguf_tokenizer[3]
     return torch.tensor([fast.encode(" ".join(TEXT[:2]), add_special_tokens=False)[:24]])
+
+
+# the files that take longest (measured: `pytest --durations`), run first: the two test processes take files
+# in collection order, and these met at the end of the alphabet, one process finishing minutes after the other
+LONGEST_FIRST = ("test_sharding_tied.py", "test_data_parallel.py", "test_lm_eval_backend.py", "test_compile_cache.py",
+                 "test_distributed_tp.py", "test_optimize_blocks.py", "test_distributed_pipeline.py",
+                 "test_family_passes.py", "test_torchrun.py", "test_bench_pruning_real.py", "test_runner_signals.py",
+                 "test_user_files.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
