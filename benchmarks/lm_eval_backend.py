@@ -34,7 +34,6 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import _ttr_setup as setup
-from benchmarks._ttr_setup import write_smollm2_dir
 from benchmarks._common import OFFLINE, cache_env, host, last_line, run_timed
 from graphopt.runner.report_table import markdown_table
 
