@@ -2,8 +2,7 @@
 (as a user waits for the printed accuracy), with a cold and a warm cache, on the same model and
 questions.
 
-    pip install "lm-eval[hf]==0.4.13"        # the peer; [hf] brings accelerate, which its hf model imports.
-                                             # Not a dependency of graphopt or of its test suite.
+    pip install "lm-eval[hf]==0.4.13"        # the peer ([hf]: accelerate, which its hf model imports)
     python -m benchmarks.time_to_result                        # sizes 20, 200, 2000 (2,000: about an hour on 2 cores)
     python -m benchmarks.time_to_result --quick                # 20 questions, lm-eval at batch size 8 only
     python -m benchmarks.time_to_result --skip lm_eval --sizes 20,200 --out ttr.json
