@@ -116,3 +116,17 @@ def test_model_args_device_and_batch_size_win_over_lm_eval_flags():
     assert lm.config.device == "cpu" and lm.config.batch_size == 8
     lm = GraphoptLM.create_from_arg_obj({"pretrained": "tiny", "device": "cpu", "progress": False}, flags)
     assert lm.config.device == "cpu" and lm.config.batch_size == 4  # the flag where model_args has no key
+
+
+def test_registering_graphopt_keeps_lm_eval_s_own_models():
+    """lm-eval binds its own names (`hf`, ...) only when it finds its registry empty: registering `graphopt`
+    first hid them from the rest of the process ("no model for this name found ... graphopt"). In a fresh
+    interpreter, so that no earlier test has filled the registry."""
+    import subprocess
+
+    code = ("from graphopt.harness import register; register(); register()\n"
+            "from lm_eval.api.registry import get_model\n"
+            "print(get_model('graphopt').__name__, get_model('hf').__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["GraphoptLM", "HFLM"]
