@@ -4,6 +4,7 @@ local tasks in the shapes of hellaswag, arc_easy, piqa and a wikitext-style perp
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 
 import pytest
@@ -239,20 +240,37 @@ def one_process_command(setup, tmp_path_factory):
 
     import graphopt.harness.lm as lm
     from graphopt.cli import main
+    from lm_eval.tasks._index import TaskIndex
     lm._UNREPORTED.clear()  # models other tests made in this process print at exit, not here
     out_dir, printed, said = tmp_path_factory.mktemp("one"), io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(said):
-        code = main(["lm-eval", *_command_args(setup), "--model_args",
-                     f"pretrained={setup[0]},pipeline=auto,progress=False", "--output_path", str(out_dir)])
-    return code, printed.getvalue(), said.getvalue(), out_dir
+    walk, walked = TaskIndex._iter_yaml_files, []
+    TaskIndex._iter_yaml_files = staticmethod(lambda root: walked.append(str(root)) or walk(root))
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(said):
+            code = main(["lm-eval", *_command_args(setup), "--model_args",
+                         f"pretrained={setup[0]},pipeline=auto,progress=False", "--output_path", str(out_dir)])
+    finally:
+        TaskIndex._iter_yaml_files = staticmethod(walk)
+    return code, printed.getvalue(), said.getvalue(), out_dir, walked
 
 
 def test_command_prints_lm_eval_table_and_writes_its_files(one_process_command):
-    code, out, err, out_dir = one_process_command
+    code, out, err, out_dir, walked = one_process_command
     assert code == 0 and "tiny_hellaswag" in out and "acc_norm" in out
     assert err.count("graphopt time: startup") == 1 and "scoring" in err, err  # where the time went, once
     results = list(out_dir.rglob("results_*.json"))
     assert len(results) == 1 and "tiny_hellaswag" in json.loads(results[0].read_text())["results"]
+
+
+def test_command_indexes_each_task_folder_once(one_process_command, setup):
+    """graphopt's check of the command's generative tasks and lm-eval's own run share one index of the task
+    folders (lm-eval's ~15000 built-in files: 6 s each time). Fails if lm-eval's private index method moves
+    (graphopt.harness.tasks.task_index_built_once then changes nothing, and the walk is made twice)."""
+    import lm_eval.tasks
+
+    walked = one_process_command[4]
+    builtin = str(Path(lm_eval.tasks.__file__).parent)
+    assert walked.count(builtin) == 1 and walked.count(str(setup[1])) == 1, walked
 
 
 def test_world_asked_for_is_checked_before_the_model_loads(setup, monkeypatch):
@@ -303,7 +321,7 @@ def test_data_parallel_x_tensor_parallel_under_torchrun(setup, one_process_comma
     assert done.stdout.count("|tiny_hellaswag") == 1, done.stdout  # one table: rank 0's
     assert len(list((tmp_path / "four").rglob("results_*.json"))) == 1
 
-    code, _, _, one_dir = one_process_command  # the same command in one process
+    code, _, _, one_dir, _ = one_process_command  # the same command in one process
     assert code == 0
     four = json.loads(next((tmp_path / "four").rglob("results_*.json")).read_text())["results"]
     one = json.loads(next(one_dir.rglob("results_*.json")).read_text())["results"]

@@ -45,18 +45,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # (graphopt.cli han
 
 def run(argv: list[str]) -> int:
     """lm-eval's CLI on argv (without the program name), graphopt registered."""
-    from graphopt.checkpoints import CheckpointError
-    from graphopt.errors import UserError
     from graphopt.harness import register
+    from graphopt.harness.tasks import task_index_built_once
 
     if argv[:1] in (["-h"], ["--help"]) or not argv:
         print(USAGE)
     register()
-    if _value(argv, "--model") == "graphopt":
-        from graphopt.harness.tasks import refuse_sampling_tasks
-        refuse_sampling_tasks(argv)
-    from graphopt.harness.lm import print_time_lines
+    with task_index_built_once():  # graphopt's task check and lm-eval's run share one index of the task folders
+        return _run_registered(argv)
 
+
+def _run_registered(argv: list[str]) -> int:
+    from graphopt.checkpoints import CheckpointError
+    from graphopt.errors import UserError
+    from graphopt.harness.lm import print_time_lines
+    from graphopt.harness.tasks import refuse_sampling_tasks
+
+    if _value(argv, "--model") == "graphopt":
+        refuse_sampling_tasks(argv)
     argv, quiet = rank0_writes(argv)
     try:
         with contextlib.redirect_stdout(quiet) if quiet is not None else contextlib.nullcontext():

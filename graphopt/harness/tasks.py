@@ -12,6 +12,36 @@ from graphopt.harness.generate import check_greedy
 LOGLIKELIHOOD_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice")
 
 
+@contextlib.contextmanager
+def task_index_built_once():
+    """Within this block lm-eval indexes a set of task folders once. Every lm-eval TaskManager walks and
+    parses its ~15000 built-in task files when it is made (6 s on 2 cores); `graphopt lm-eval` makes one to
+    check the command's generative tasks before lm-eval makes its own, which doubled that wait. The index
+    (lm-eval 0.4.13's `TaskIndex.build`, a static method of a private module) is kept per folder list;
+    both readers only read its entries (lm-eval deep-copies a config before it changes one). Where lm-eval
+    has no such method the block changes nothing (tests/test_lm_eval_backend.py counts the walks)."""
+    try:
+        from lm_eval.tasks._index import TaskIndex
+        build = TaskIndex.__dict__["build"].__func__
+    except (ImportError, KeyError, AttributeError):
+        yield
+        return
+    built = {}
+
+    def build_once(paths, **options):
+        paths = list(paths)
+        key = (tuple(str(p) for p in paths), tuple(sorted(options.items())))
+        if key not in built:
+            built[key] = build(paths, **options)
+        return dict(built[key])  # a caller may add names to its own mapping
+
+    TaskIndex.build = staticmethod(build_once)
+    try:
+        yield
+    finally:
+        TaskIndex.build = staticmethod(build)
+
+
 def generative_tasks(task_names: list[str], include_path: str | None = None) -> dict[str, dict]:
     """{task: its config's generation_kwargs} for the tasks among task_names (groups and tags expanded)
     whose output_type is generate_until (lm-eval's default when a config names none). Names lm-eval does
