@@ -155,19 +155,24 @@ def sleep_an_hour():
 
 
 def test_kill_9_of_a_launcher_ends_its_ranks():
-    """The ranks of a world_size > 1 run are spawned by its worker through launch(): they end with it too."""
+    """The ranks of a world_size > 1 run are forked by launch()'s fork server, a child of its worker: the
+    server ends with the worker and the ranks with the server."""
     code = ("from graphopt.distributed.launch import launch; from tests.test_runner_signals import sleep_an_hour; "
             "launch(sleep_an_hour, 2, timeout_s=3600)")
     launcher = subprocess.Popen([sys.executable, "-c", code])
     ranks = []
+
+    def started() -> list[int]:
+        servers = _workers_of(launcher.pid, b"forkserver")
+        return [pid for server in servers for pid in _workers_of(server, b"forkserver")]
     try:
-        _wait_for(lambda: len(_workers_of(launcher.pid, b"spawn_main")) == 2 or launcher.poll() is not None,
-                  "the ranks to start")
-        ranks = _workers_of(launcher.pid, b"spawn_main")
-        assert launcher.poll() is None and len(ranks) == 2
+        _wait_for(lambda: len(started()) == 2 or launcher.poll() is not None, "the ranks to start")
+        ranks = started() + _workers_of(launcher.pid, b"forkserver")
+        assert launcher.poll() is None and len(ranks) == 3
         launcher.kill()
         launcher.wait()
-        _wait_for(lambda: not any(map(_alive, ranks)), "the ranks to end with their launcher", limit_s=120)
+        _wait_for(lambda: not any(map(_alive, ranks)), "the fork server and the ranks to end with their launcher",
+                  limit_s=120)
     finally:
         for pid in ranks:
             if _alive(pid):
