@@ -10,7 +10,8 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from benchmarks.lm_eval_generate import TASK, markdown, parse_results, word_problems, write_task  # noqa: E402
+from benchmarks._gsm8k_data import word_problems  # noqa: E402
+from benchmarks.lm_eval_generate import TASK, markdown, parse_results, write_task  # noqa: E402
 
 
 def test_worked_answers_hold_their_arithmetic():

@@ -17,85 +17,12 @@ pytest.importorskip("transformers")
 from graphopt.errors import UserError  # noqa: E402
 from graphopt.generation.reference import ReferenceGenerator  # noqa: E402
 from graphopt.harness.lm import GraphoptLM  # noqa: E402
+from benchmarks._gsm8k_data import gsm8k_yaml, word_problems, write_rows  # noqa: E402
 from tests._tiny_hf_llama import write_tiny_hf_llama  # noqa: E402
 
-NAMES = ["Tom", "Ana", "Raj", "Mia", "Leo", "Zoe", "Sam", "Ivy"]
-THINGS = ["apples", "books", "coins", "pens", "eggs", "cards", "stamps", "shells"]
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}\n"
                  "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}\n{% else %}<|assistant|>{{ m['content'] }}"
                  "{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
-GSM8K_YAML = """\
-task: {task}
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    train: {train}
-    test: {test}
-output_type: generate_until
-training_split: train
-fewshot_split: train
-test_split: test
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: false
-    regexes_to_ignore: [",", "\\\\$", "(?s).*#### ", "\\\\.$"]
-generation_kwargs:
-  until: ["Question:", "</s>", "<|im_end|>"]
-  do_sample: false
-  temperature: 0.0
-  max_gen_toks: 24
-num_fewshot: 2
-{extra}filter_list:
-  - name: "strict-match"
-    filter:
-      - function: "regex"
-        regex_pattern: "#### (\\\\-?[0-9\\\\.\\\\,]+)"
-      - function: "take_first"
-  - name: "flexible-extract"
-    filter:
-      - function: "regex"
-        group_select: -1
-        regex_pattern: "(-?[$0-9.,]{{2,}})|(-?[0-9]+)"
-      - function: "take_first"
-"""
-
-
-def word_problems(rng: random.Random, n: int) -> list[dict]:
-    """gsm8k-shaped rows: a question and a worked answer ending in '#### N', the arithmetic computed."""
-    rows = []
-    for _ in range(n):
-        name, thing = rng.choice(NAMES), rng.choice(THINGS)
-        a, b, c = rng.randint(2, 40), rng.randint(2, 12), rng.randint(1, 9)
-        kind = rng.randrange(5)
-        if kind == 0:
-            q, work, ans = f"{name} has {a} {thing}. {name} buys {b} more. How many {thing} does {name} have now?", \
-                f"{name} has {a} + {b} = {a + b} {thing}.", a + b
-        elif kind == 1:
-            a += b
-            q, work, ans = f"{name} had {a} {thing} and gave {b} to a friend. How many {thing} are left?", \
-                f"{a} - {b} = {a - b} {thing} are left.", a - b
-        elif kind == 2:
-            q, work, ans = f"A box holds {a} {thing}. How many {thing} are in {b} boxes?", \
-                f"{b} boxes hold {a} * {b} = {a * b} {thing}.", a * b
-        elif kind == 3:
-            q, work, ans = f"{name} shares {a * b} {thing} equally among {b} friends. How many {thing} does each " \
-                f"friend get?", f"Each friend gets {a * b} / {b} = {a} {thing}.", a
-        else:
-            q, work, ans = f"{name} reads {a} pages a day for {b} days and then {c} more pages. How many pages did " \
-                f"{name} read?", f"{name} read {a} * {b} + {c} = {a * b + c} pages.", a * b + c
-        rows.append({"question": q, "answer": f"{work}\n#### {ans}"})
-    return rows
-
-
-def _write_rows(path, rows) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return json.dumps(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +63,11 @@ def setup(tmp_path_factory):
     stops = [first[:3], tok.decode(free[1].ids)[6:9]]  # an empty answer for the first doc; a cut in the second
     task_dir = root / "tasks"
     task_dir.mkdir()
-    train_f, test_f = _write_rows(task_dir / "train.jsonl", train), _write_rows(task_dir / "test.jsonl", test)
-    (task_dir / "tiny_gsm8k.yaml").write_text(GSM8K_YAML.format(task="tiny_gsm8k", train=train_f, test=test_f,
-                                                                extra=""))
-    (task_dir / "tiny_gsm8k_chat.yaml").write_text(GSM8K_YAML.format(
-        task="tiny_gsm8k_chat", train=train_f, test=test_f, extra="gen_prefix: 'The answer is'\n"))
-    stops_f = _write_rows(task_dir / "stops.jsonl", stops_docs)
+    train_f, test_f = write_rows(task_dir / "train.jsonl", train), write_rows(task_dir / "test.jsonl", test)
+    (task_dir / "tiny_gsm8k.yaml").write_text(gsm8k_yaml("tiny_gsm8k", train_f, test_f, shots=2, max_gen_toks=24))
+    (task_dir / "tiny_gsm8k_chat.yaml").write_text(gsm8k_yaml("tiny_gsm8k_chat", train_f, test_f, shots=2,
+                                                              max_gen_toks=24, extra="gen_prefix: 'The answer is'\n"))
+    stops_f = write_rows(task_dir / "stops.jsonl", stops_docs)
     common = ("dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
               "output_type: generate_until\ntest_split: test\ndoc_to_text: '{{{{text}}}}'\ndoc_to_target: ''\n"
               "metric_list:\n  - metric: exact_match\n")
