@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -67,28 +69,50 @@ def layer_param_counts(args) -> list[int]:
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+# Linux's peak resident set of a process (ru_maxrss) starts at the peak of the memory image it was forked
+# from: a command forked straight from this benchmark process (GBs once it has loaded a model) would report
+# at least this process's size. A small Python process forks the command instead and reports its own peak.
+_TRAMPOLINE = """\
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+if os.WIFSIGNALED(status):  # end as the command ended
+    if os.WTERMSIG(status) not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_timed(argv: list[str], env: dict, timeout: float | None) -> dict:
     """One command in a fresh process: {wall_s, rc, stdout, stderr, peak_rss_mb} (peak_rss_mb: the
-    process's own peak resident set, from its rusage when it is reaped)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    command's own peak resident set, from its rusage when it is reaped, forked from a small process)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".maxrss") as maxrss:
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
-        timer = threading.Timer(timeout, p.kill) if timeout else None
+        p = subprocess.Popen([sys.executable, "-c", _TRAMPOLINE, maxrss.name, *argv], env=env, stdout=out,
+                             stderr=err, text=True, start_new_session=True)
+        timer = threading.Timer(timeout, os.killpg, (p.pid, signal.SIGKILL)) if timeout else None
         if timer is not None:
             timer.start()
-        _, status, usage = os.wait4(p.pid, 0)
+        p.wait()
         wall = time.perf_counter() - t0
-        timed_out = timer is not None and not timer.is_alive() and status != 0
+        timed_out = timer is not None and not timer.is_alive() and p.returncode != 0
         if timer is not None:
             timer.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        kib = maxrss.read().strip()
     rc = "timeout" if timed_out else p.returncode
     if timed_out:
         stderr += f"\ntimed out after {timeout} s"
-    return {"wall_s": wall, "rc": rc, "stdout": stdout, "stderr": stderr, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"wall_s": wall, "rc": rc, "stdout": stdout, "stderr": stderr,
+            "peak_rss_mb": int(kib) / 1024 if kib.isdigit() else float("nan")}
 
 
 def cache_env(cache: Path) -> dict:
