@@ -69,8 +69,9 @@ def speed_rows(name: str, dtype: str, args, bandwidth: float) -> list[dict]:
     roofline = bandwidth * 1e9 / wbytes
     print(f"\n== {name} {dtype}: {wbytes / 1e6:.0f} MB of weights, roofline {roofline:.1f} tok/s at batch 1", flush=True)
     t0 = time.perf_counter()
-    engine = DecodeEngine(model, args.pipeline, slots=8)
+    engine = DecodeEngine(model, args.pipeline, args.compiler, slots=8)
     setup = time.perf_counter() - t0
+    system = f"graphopt {args.pipeline}" + (f" + {args.compiler}" if args.compiler != "none" else "")
     hf = hf_peer(model)
     rows = []
 
@@ -86,7 +87,7 @@ def speed_rows(name: str, dtype: str, args, bandwidth: float) -> list[dict]:
         engine.slots = batch
         graphopt_run(engine, prompts[:n], 4)  # warm-up at this batch (first calls of new shapes)
         res, peak = measure_peak_rss(lambda: graphopt_run(engine, prompts[:n], args.new_tokens))
-        add(f"graphopt {args.pipeline}", batch, res, peak)
+        add(system, batch, res, peak)
         if "hf" not in args.skip:
             hf_generate(hf, prompts[:n], 2, batch)
             res, peak = measure_peak_rss(lambda: hf_rates(hf, prompts[:n], args.new_tokens, batch))
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
                    "model presets (random weights) or checkpoint paths, comma-separated")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--pipeline", default=decode_auto_pipeline("cpu"), help="graphopt's pipeline (default: %(default)s)")
+    p.add_argument("--compiler", default="none", choices=("none", "inductor"),
+                   help="graphopt's compiler for the decode step (inductor: pair it with --pipeline exact)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--best-batches", default="32", help="batch sizes tried besides 1 and 8 (comma-separated)")
     p.add_argument("--suite", type=int, default=48, help="prompts of the suite row (0: none)")
