@@ -309,8 +309,12 @@ def capture_block(outer: OuterCapture, sig: tuple) -> BlockCapture:
                 sizes.append(s)
                 continue
             expr = s.node.expr
-            if not isinstance(expr, sympy.Symbol) or shape_env is None:
-                raise NotBlockwise(f"layer {first}'s input size {expr} is not a plain symbol")
+            if shape_env is None:
+                raise NotBlockwise(f"layer {first}'s input size {expr} has no shape environment")
+            if not isinstance(expr, sympy.Symbol):  # e.g. a KV cache's key length P + T: export derives it
+                entry[d] = Dim.AUTO
+                sizes.append(int(expr.xreplace(size_hints(shape_env))))
+                continue
             hint = int(size_hints(shape_env)[expr])
             if expr not in dims:
                 rng = shape_env.var_to_range.get(expr)

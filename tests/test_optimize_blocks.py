@@ -198,3 +198,30 @@ def test_an_empty_pipeline_captures_block_by_block_and_changes_nothing():
     assert opt.setup["path"] == "blocks" and not opt.records
     with torch.no_grad():
         assert torch.equal(opt(*inputs), ScoreModule(model)(*inputs))
+
+
+@pytest.mark.parametrize("preset", ["tiny-gqa", "tiny-window"])
+def test_the_kv_cache_graph_goes_block_by_block(preset):
+    """The prefix tree's graph that reads and returns a KV cache: its layers see the mask's key length
+    P + T, a sum of two sizes, which block capture leaves to export to derive (it went whole before: "layer
+    0's input size s18 + s41 is not a plain symbol"). Outputs bit for bit the whole graph's, the new tokens'
+    K/V included, at other B / T / P than the capture's."""
+    from torch.utils._pytree import tree_leaves
+
+    from graphopt.scoring.prefix_cache import KVLayout, cached_example_inputs, cached_score_module
+    model = _model(preset)
+    layout = KVLayout.of_args(model.args)
+    example = cached_example_inputs(layout, vocab_size=model.args.vocab_size)
+    blocks = optimize(cached_score_module(copy.deepcopy(model), return_cache=True), example, "exact-cpu")
+    whole = optimize(cached_score_module(copy.deepcopy(model), return_cache=True), example, "exact-cpu",
+                     after_each=lambda record, gm: None)
+    assert blocks.setup["path"] == "blocks" and blocks.setup["distinct_blocks"] == 1, blocks.setup
+    assert whole.setup["path"] == "whole"
+    for B, T, P, N in [(2, 5, 7, 4), (1, 3, 12, 2), (3, 6, 1, 5)]:
+        inputs = list(cached_example_inputs(layout, B, T, P, N, vocab_size=model.args.vocab_size))
+        torch.manual_seed(B * 100 + P)
+        inputs[0] = torch.randint(0, model.args.vocab_size, inputs[0].shape)
+        inputs[-1] = torch.randn_like(inputs[-1])  # a filled cache
+        with torch.no_grad():
+            got, want = tree_leaves(blocks(*inputs)), tree_leaves(whole(*inputs))
+        assert len(got) == len(want) >= 2 and all(torch.equal(g, w) for g, w in zip(got, want)), (B, T, P)
