@@ -1,7 +1,7 @@
 """Running graphopt on several devices / processes.
 
-- launch.py: `launch(fn, world_size, args=(), backend=None, timeout_s=120)` spawns ranks with
-  torchrun's env, nccl on CUDA / gloo on CPU, fail-fast with the failing rank's traceback.
+- launch.py: `launch(fn, world_size, args=(), backend=None, timeout_s=120)` starts ranks (forked
+  from a fork server that imported torch once) with torchrun's env, nccl on CUDA / gloo on CPU, fail-fast with the failing rank's traceback.
 - groups.py: `init_from_env()` (torchrun; names ranks that never join), `under_torchrun()`, `free_port()`,
   `world_group_name()`.
 - collectives.py: the functional collectives the sharding passes insert (all_reduce + wait_tensor).

@@ -1,4 +1,5 @@
-"""launch(fn, world_size): run fn(*args) on world_size spawned processes joined in one process group.
+"""launch(fn, world_size): run fn(*args) on world_size processes joined in one process group (forked from
+a fork server that has imported torch once: _rank_context).
 
 Each process gets torchrun's env (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT on a free
 port), so code written for torchrun runs unchanged; the group is nccl on CUDA, gloo on CPU, with a
