@@ -23,6 +23,8 @@ symbols map to the outer graph's (graphopt.block_splice uses it).
 """
 from __future__ import annotations
 
+import itertools
+
 from contextlib import contextmanager
 
 import sympy
@@ -109,6 +111,25 @@ def _dim_ref(size, inputs: list[Tensor]):
     return None
 
 
+def _memory_order(t: Tensor) -> tuple | None:
+    """The dims of `t` from outermost to innermost in memory when `t` is a permutation of a contiguous tensor
+    (a layer's K/V returned as a transposed view), else None. () for a contiguous tensor."""
+    if t.is_contiguous():
+        return ()
+    for order in itertools.permutations(range(t.dim())):
+        if t.permute(order).is_contiguous():
+            return order
+    return None
+
+
+def _empty_in_order(sizes: list, order: tuple, dtype, device) -> Tensor:
+    """An empty tensor of `sizes` laid out as _memory_order found: a contiguous one, permuted back."""
+    if not order:
+        return torch.empty(sizes, dtype=dtype, device=device)
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return torch.empty([sizes[d] for d in order], dtype=dtype, device=device).permute(inverse)
+
+
 class _Stand(nn.Module):
     """Layer `index` while the outer graph is captured: flattens its call, calls graphopt::decoder_block."""
 
@@ -175,16 +196,17 @@ class OuterCapture:
             flat, out_spec = tree_flatten(out)
             outs = [t for t in flat if isinstance(t, Tensor)]
             sizes = [[_dim_ref(s, inputs) for s in t.shape] for t in outs]
+            orders = [_memory_order(t) for t in outs]
             known = (out_spec, [_TENSOR if isinstance(t, Tensor) else t for t in flat],
-                     [(s, t.dtype, t.device) for s, t in zip(sizes, outs)])
-            if all(None not in s and t.is_contiguous() for s, t in zip(sizes, outs)):
-                self._outputs[key] = known  # sizes all rebuildable: later calls skip the layer
+                     [(s, t.dtype, t.device, order) for s, t, order in zip(sizes, outs, orders)])
+            if all(None not in s and order is not None for s, order in zip(sizes, orders)):
+                self._outputs[key] = known  # sizes and layouts all rebuildable: later calls skip the layer
             else:
                 self.out_specs[index] = known[:2]
                 return [t.clone() for t in outs]
         self.out_specs[index] = known[:2]
-        return [torch.empty([inputs[s[1]].shape[s[2]] if isinstance(s, tuple) else s for s in sizes],
-                            dtype=dtype, device=device) for sizes, dtype, device in known[2]]
+        return [_empty_in_order([inputs[s[1]].shape[s[2]] if isinstance(s, tuple) else s for s in sizes], order,
+                                dtype, device) for sizes, dtype, device, order in known[2]]
 
 
 def capture_outer(module: nn.Module, example_inputs: tuple) -> OuterCapture:
