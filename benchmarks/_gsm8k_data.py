@@ -84,7 +84,6 @@ def word_problems(rng: random.Random, n: int) -> list[dict]:
     return rows
 
 
-
 def write_rows(path: Path, rows: list[dict]) -> str:
     """rows as jsonl at path -> the path as a YAML-safe (JSON) string."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -24,7 +24,6 @@ symbols map to the outer graph's (graphopt.block_splice uses it).
 from __future__ import annotations
 
 import itertools
-
 from contextlib import contextmanager
 
 import sympy
