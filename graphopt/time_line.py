@@ -6,6 +6,8 @@
               from graphopt's cache folder (cached)
     scoring   the scoring itself, setup excluded; its first call said apart (a lazy compile, as
               torch.compile's, happens there; a small run may be that one call)
+    generation  generated text (lm-eval's generate_until), its graph's setup counted in setup; said only
+              where the run generated
 
     columns = time_columns(startup_s, load_s, scorer.setup_split(), scoring_s)
     print(time_line(columns), file=sys.stderr)
@@ -43,10 +45,12 @@ def merge_setups(setups: list[dict]) -> dict:
     return merged
 
 
-def time_columns(startup_s: float, load_s: float, setup: dict, setup_s: float, scoring_s: float) -> dict:
+def time_columns(startup_s: float, load_s: float, setup: dict, setup_s: float, scoring_s: float,
+                 generation_s: float = 0.0) -> dict:
     """The time line's figures as result columns. setup: merge_setups(...); setup_s: the setup's own
     wall time (capture .. compile, or the kept graph's load); scoring_s: the scoring's (its first call
-    included; first_call_s says how much of it that call took)."""
+    included; first_call_s says how much of it that call took); generation_s: generating text, its
+    graph's setup excluded (that is in setup_s)."""
     first = float(setup.get("first_call_s") or 0.0)
     return {
         "startup_s": startup_s, "load_s": load_s, "setup_s": setup_s,
@@ -54,6 +58,7 @@ def time_columns(startup_s: float, load_s: float, setup: dict, setup_s: float, s
         "capture_s": setup.get("capture_s", 0.0), "passes_s": setup.get("passes_s", 0.0),
         "weights_s": setup.get("weights_s", 0.0), "graph_compile_s": setup.get("compile_s", 0.0),
         "kept_graph_load_s": setup.get("load_s", 0.0), "first_call_s": first, "scoring_s": scoring_s,
+        "generation_s": generation_s,
     }
 
 
@@ -68,9 +73,12 @@ def time_line(c: dict) -> str:
         split = (f"capture {c['capture_s']:.1f}s, passes {c['passes_s']:.1f}s, weights {c['weights_s']:.1f}s, "
                  f"compile {c['graph_compile_s']:.1f}s")
     cached = " cached" if c["setup_cached"] else (" not cached" if c["setup_path"] != "none" else "")
-    total = c["startup_s"] + c["load_s"] + c["setup_s"] + c["scoring_s"]
+    generation = c.get("generation_s", 0.0)
+    total = c["startup_s"] + c["load_s"] + c["setup_s"] + c["scoring_s"] + generation
+    said = f", generation {generation:.1f}s" if generation else ""
     return (f"time: startup {c['startup_s']:.1f}s, load {c['load_s']:.1f}s, setup {c['setup_s']:.1f}s{cached} "
-            f"({split}), scoring {c['scoring_s']:.1f}s (first call {c['first_call_s']:.1f}s); total {total:.1f}s")
+            f"({split}), scoring {c['scoring_s']:.1f}s (first call {c['first_call_s']:.1f}s){said}; "
+            f"total {total:.1f}s")
 
 
 class Clock:

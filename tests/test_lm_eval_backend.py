@@ -13,7 +13,9 @@ import torch
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
 
+from graphopt import cache_store  # noqa: E402
 from graphopt.errors import UserError  # noqa: E402
+from graphopt.harness import task_index_cache  # noqa: E402
 from graphopt.harness.lm import GraphoptLM  # noqa: E402
 
 WORDS = ("the a man woman dog cat runs walks into house garden water ball then quickly slowly and takes "
@@ -243,19 +245,19 @@ def one_process_command(setup, tmp_path_factory):
     from lm_eval.tasks._index import TaskIndex
     lm._UNREPORTED.clear()  # models other tests made in this process print at exit, not here
     out_dir, printed, said = tmp_path_factory.mktemp("one"), io.StringIO(), io.StringIO()
-    walk, walked = TaskIndex._iter_yaml_files, []
-    TaskIndex._iter_yaml_files = staticmethod(lambda root: walked.append(str(root)) or walk(root))
+    build, built = TaskIndex.__dict__["build"], []  # the folders each build parses
+    TaskIndex.build = staticmethod(lambda paths, **kw: built.extend(map(str, paths)) or build.__func__(paths, **kw))
     try:
         with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(said):
             code = main(["lm-eval", *_command_args(setup), "--model_args",
                          f"pretrained={setup[0]},pipeline=auto,progress=False", "--output_path", str(out_dir)])
     finally:
-        TaskIndex._iter_yaml_files = staticmethod(walk)
-    return code, printed.getvalue(), said.getvalue(), out_dir, walked
+        TaskIndex.build = build
+    return code, printed.getvalue(), said.getvalue(), out_dir, built
 
 
 def test_command_prints_lm_eval_table_and_writes_its_files(one_process_command):
-    code, out, err, out_dir, walked = one_process_command
+    code, out, err, out_dir, _ = one_process_command
     assert code == 0 and "tiny_hellaswag" in out and "acc_norm" in out
     assert err.count("graphopt time: startup") == 1 and "scoring" in err, err  # where the time went, once
     results = list(out_dir.rglob("results_*.json"))
@@ -264,13 +266,16 @@ def test_command_prints_lm_eval_table_and_writes_its_files(one_process_command):
 
 def test_command_indexes_each_task_folder_once(one_process_command, setup):
     """graphopt's check of the command's generative tasks and lm-eval's own run share one index of the task
-    folders (lm-eval's ~15000 built-in files: 6 s each time). Fails if lm-eval's private index method moves
-    (graphopt.harness.tasks.task_index_built_once then changes nothing, and the walk is made twice)."""
+    folders, and lm-eval's ~14000 built-in files (5-6 s) are parsed at most once per cache folder (kept by
+    graphopt.harness.task_index_cache; tests/test_task_index_cache.py). Fails if lm-eval's private index
+    method moves (graphopt.harness.tasks.task_index_built_once then changes nothing: every folder is
+    parsed twice, in one build of both)."""
     import lm_eval.tasks
 
-    walked = one_process_command[4]
+    built = one_process_command[4]
     builtin = str(Path(lm_eval.tasks.__file__).parent)
-    assert walked.count(builtin) == 1 and walked.count(str(setup[1])) == 1, walked
+    assert built.count(builtin) <= 1 and built.count(str(setup[1])) == 1, built
+    assert task_index_cache.KIND in cache_store.entries()  # lm-eval's real index kept: JSON carries it whole
 
 
 def test_world_asked_for_is_checked_before_the_model_loads(setup, monkeypatch):

@@ -180,11 +180,13 @@ def test_chat_template_and_system_instruction_equal_lm_eval_hf(task_manager, lm,
     assert lm.tok_encode(prompt)[:2] != [0, 0]
 
 
-def test_command_writes_the_same_samples_as_lm_eval_hf(setup, hf_chat, tmp_path):
+def test_command_writes_the_same_samples_as_lm_eval_hf(setup, hf_chat, tmp_path, capsys):
     """`graphopt lm-eval --model graphopt ... --apply_chat_template --system_instruction` writes the samples
-    lm-eval's hf model gives."""
+    lm-eval's hf model gives, and says where the time went, generation included."""
+    import graphopt.harness.lm as lm_module
     from graphopt.cli import main
 
+    lm_module._UNREPORTED.clear()  # models other tests made in this process print at exit, not here
     model_dir, task_dir, _ = setup
     code = main(["lm-eval", "--model", "graphopt", "--model_args", f"pretrained={model_dir},progress=False",
                  "--tasks", "tiny_gsm8k_chat", "--include_path", str(task_dir), "--apply_chat_template",
@@ -196,6 +198,8 @@ def test_command_writes_the_same_samples_as_lm_eval_hf(setup, hf_chat, tmp_path)
     want = {s["doc_id"]: s["resps"] for s in hf_chat["samples"]["tiny_gsm8k_chat"]}
     assert {r["doc_id"] for r in rows} == set(want) and len(want) == 30  # (a row per doc and filter)
     assert all(r["resps"] == want[r["doc_id"]] for r in rows)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("graphopt time:")]
+    assert len(lines) == 1 and ", generation " in lines[0] and "setup 0.0s" not in lines[0], lines
 
 
 @pytest.mark.parametrize("task, why", [("tiny_sampling", r"ask for sampling \(do_sample: True, temperature: 0.7\)"),

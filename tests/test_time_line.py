@@ -27,3 +27,10 @@ def test_no_graph_and_process_age():
                                   0.0, 2.0))
     assert "setup 0.0s (no graph), scoring 2.0s (first call 0.1s)" in line
     assert 0.0 < process_age_s() < 24 * 3600
+
+
+def test_generation_is_said_and_counted_only_where_text_was_generated():
+    cols = time_columns(1.0, 1.0, merge_setups([FRESH, KEPT]), 2.0, 3.0, generation_s=4.5)
+    line = time_line(cols)
+    assert cols["generation_s"] == 4.5 and line.endswith("scoring 3.0s (first call 1.0s), generation 4.5s; total 11.5s")
+    assert "generation" not in time_line(time_columns(1.0, 1.0, merge_setups([FRESH]), 2.0, 3.0))

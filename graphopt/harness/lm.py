@@ -43,7 +43,7 @@ from graphopt.pipeline import PassError, check_pipeline
 from graphopt.scoring.batch import Request
 from graphopt.scoring.requests import fit_context
 from graphopt.scoring.scorer import Scorer, Sharding
-from graphopt.time_line import Clock, time_columns, time_line
+from graphopt.time_line import Clock, merge_setups, time_columns, time_line
 
 _UNREPORTED: list = []  # GraphoptLM instances that scored and whose time line is not printed yet
 
@@ -98,7 +98,7 @@ class GraphoptLM(TemplateLM):
         self._generator = None  # built on the first generate_until (_make_generator), then kept
         self._chat_template: ChatTemplate | None | bool = False  # False: not looked for yet
         self.stats = {"load_seconds": self.load_seconds, "setup_seconds": 0.0, "score_seconds": 0.0, "n_batches": 0,
-                      "generate_seconds": 0.0, "generated_tokens": 0}
+                      "generate_seconds": 0.0, "generated_tokens": 0, "generator_setup_seconds": 0.0}
 
     def _make_scorer(self, pipeline) -> Scorer:
         """Every request of every task goes through this one Scorer (its runnables are built once and kept):
@@ -224,13 +224,15 @@ class GraphoptLM(TemplateLM):
                     for r, (context, gen_kwargs) in ((r, r.args) for r in requests)]
         warn_truncated(prepared)
         show = not disable_tqdm and self.config.progress and (self.world is None or self.world.rank == 0)
+        generator = self.generator  # built (and timed as setup) on the first call
         start = time.perf_counter()
         try:
-            completions = self.generator.generate([p.request for p in prepared], progress=show)
+            completions = generator.generate([p.request for p in prepared], progress=show)
         except ValueError as e:  # a request the generator cannot take
             raise UserError(f"graphopt generate_until: {e}") from e
         self.stats["generate_seconds"] += time.perf_counter() - start
         self.stats["generated_tokens"] += sum(c.steps for c in completions)
+        self._list_time_line()
         answers = [answer_text(self.tok, c.ids, p.until) for c, p in zip(completions, prepared)]
         for r, answer in zip(requests, answers):
             self.cache_hook.add_partial("generate_until", r.args, answer)
@@ -243,7 +245,9 @@ class GraphoptLM(TemplateLM):
             if self._load_weights is not None:
                 raise UserError("generate_until with a tensor-parallel load (each rank holds a shard of the "
                                 "checkpoint) is not available; run generative tasks without tensor_parallel")
+            start = time.perf_counter()
             self._generator = self._make_generator()
+            self.stats["generator_setup_seconds"] = time.perf_counter() - start
         return self._generator
 
     def _make_generator(self):
@@ -292,9 +296,13 @@ class GraphoptLM(TemplateLM):
 
     def time_columns(self) -> dict:
         """startup, load, setup (its split), scoring so far: graphopt.time_line.time_columns."""
-        st = self.stats
-        return time_columns(self.clock.startup_s, self.load_seconds, self.scorer.setup_split(), st["setup_seconds"],
-                            st["score_seconds"])
+        st, setups = self.stats, list(self.scorer.setups)
+        graph = getattr(self._generator, "graph", None)
+        if getattr(graph, "optimized", None) is not None:
+            setups.append(graph.optimized.setup)
+        return time_columns(self.clock.startup_s, self.load_seconds, merge_setups(setups),
+                            st["setup_seconds"] + st["generator_setup_seconds"], st["score_seconds"],
+                            st["generate_seconds"])
 
     def time_line(self) -> str:
         return "graphopt " + time_line(self.time_columns())
@@ -310,7 +318,11 @@ class GraphoptLM(TemplateLM):
         self.stats["setup_seconds"] = self.scorer.setup_seconds
         self.stats["score_seconds"] += scores.seconds
         self.stats["n_batches"] += scores.n_batches
+        self._list_time_line()
+        return scores.loglik, scores.greedy
+
+    def _list_time_line(self) -> None:
+        """This model's time line is printed at the end (once, by rank 0)."""
         if not self._listed and (self.world is None or self.world.rank == 0):
             self._listed = True
             _UNREPORTED.append(self)
-        return scores.loglik, scores.greedy

@@ -18,8 +18,9 @@ def task_index_built_once():
     parses its ~15000 built-in task files when it is made (6 s on 2 cores); `graphopt lm-eval` makes one to
     check the command's generative tasks before lm-eval makes its own, which doubled that wait. The index
     (lm-eval 0.4.13's `TaskIndex.build`, a static method of a private module) is kept per folder list;
-    both readers only read its entries (lm-eval deep-copies a config before it changes one). Where lm-eval
-    has no such method the block changes nothing (tests/test_lm_eval_backend.py counts the walks)."""
+    both readers only read its entries (lm-eval deep-copies a config before it changes one), and lm-eval's
+    own folder is read from graphopt's cache folder after the first command (task_index_cache). Where
+    lm-eval has no such method the block changes nothing (tests/test_lm_eval_backend.py counts the walks)."""
     try:
         from lm_eval.tasks._index import TaskIndex
         build = TaskIndex.__dict__["build"].__func__
@@ -32,7 +33,7 @@ def task_index_built_once():
         paths = list(paths)
         key = (tuple(str(p) for p in paths), tuple(sorted(options.items())))
         if key not in built:
-            built[key] = build(paths, **options)
+            built[key] = _index_of_folders(build, paths, options)
         return dict(built[key])  # a caller may add names to its own mapping
 
     TaskIndex.build = staticmethod(build_once)
@@ -40,6 +41,28 @@ def task_index_built_once():
         yield
     finally:
         TaskIndex.build = staticmethod(build)
+
+
+def _index_of_folders(build, paths: list, options: dict) -> dict:
+    """TaskIndex.build(paths, **options) as lm-eval makes it (each folder indexed alone, a later folder's
+    names replacing an earlier one's, with lm-eval's warning), lm-eval's own folder read from graphopt's
+    cache folder when it was indexed before (graphopt.harness.task_index_cache)."""
+    from pathlib import Path
+
+    from lm_eval.tasks._index import log
+
+    from graphopt.harness.task_index_cache import builtin_tasks_folder, cached_folder_index
+    builtin = builtin_tasks_folder().resolve()
+    index = {}
+    for root in paths:
+        part = (cached_folder_index(build, Path(root), options) if Path(root).resolve() == builtin
+                else build([root], **options))
+        for name, entry in part.items():
+            if name in index:
+                log.warning("Task '%s' from %s overrides existing task from %s", name, entry.yaml_path,
+                            index[name].yaml_path)
+            index[name] = entry
+    return index
 
 
 def generative_tasks(task_names: list[str], include_path: str | None = None) -> dict[str, dict]:
