@@ -12,7 +12,7 @@ from lm_eval.tasks._index import TaskIndex  # noqa: E402
 
 import graphopt.harness.task_index_cache as tic  # noqa: E402
 from graphopt import cache_store  # noqa: E402
-from graphopt.harness.tasks import _index_of_folders, task_index_built_once  # noqa: E402
+from graphopt.harness.tasks import _index_of_folders  # noqa: E402
 
 FILES = {
     "a/_base.yaml": "dataset_path: json\noutput_type: multiple_choice\ndoc_to_choice: '{{choices}}'\n",
