@@ -34,13 +34,12 @@ from torch.fx import GraphModule, Node
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from graphopt.graph_capture import DIM_MAX, capture, export_with_shapes
+from graphopt.pipeline import NotBlockwise  # noqa: F401 (raised here; importers of this module catch it)
 
 _CAPTURING: list["OuterCapture"] = []  # the capture whose layers the fake implementation runs
 _PLAIN = (type(None), bool, int, float, str)
 
 
-class NotBlockwise(Exception):
-    """This module cannot be captured block by block (the message says why); capture it whole."""
 
 
 @torch.library.custom_op("graphopt::decoder_block", mutates_args=())

@@ -17,7 +17,9 @@ per layer.
 
 Which passes run where: a pass that declared `blockwise` (its rewrites are local: the fusions,
 merges, SDPA, casts, oneDNN packing, cse, dce; prune_lm_head and fused_logprob, whose head sits in
-the outer graph) runs on every part. A pipeline with any other pass (pipeline_split,
+the outer graph; cache_attention, which raises NotBlockwise for a change of the cache's dtype) runs
+on every part; lean_graph, which renames weights, runs once on the assembled graph (blockwise=ASSEMBLED,
+at the pipeline's end). A pipeline with any other pass (pipeline_split,
 tensor_parallel, prune_structured's global budgets and calibration, prefix_attention, a plug-in's
 pass) is optimised whole, as are captures that verify each pass or report each pass's whole graph
 (`blockwise_reason` says why).
@@ -31,12 +33,12 @@ from torch import Tensor, nn
 from torch.fx import GraphModule
 from torch.utils._pytree import tree_leaves
 
-from graphopt.block_capture import (BlockCapture, NotBlockwise, block_nodes, capture_block, capture_outer,
+from graphopt.block_capture import (BlockCapture, block_nodes, capture_block, capture_outer,
                                     group_layers, record_inputs, retype_inputs)
 from graphopt.block_splice import splice
 from graphopt.graph_attrs import attr
 from graphopt.pass_manager import PassRecord, run_passes
-from graphopt.pipeline import PassContext, PassSpec, runs_per_block
+from graphopt.pipeline import NotBlockwise, PassContext, PassSpec, runs_on_assembled, runs_per_block
 from graphopt.weight_program import WeightProgram, WeightRecorder, release_unheld
 
 
@@ -48,8 +50,20 @@ def blockwise_reason(specs: list[PassSpec], *, capture: str, verify: bool, after
         return "each pass's whole graph is asked for (verify / after_each)"
     if load_weights is not None:
         return "the model is captured weightless (its weights are filled after the passes)"
-    whole = [s.name for s in specs if not runs_per_block(s)]
-    return f"pass {whole[0]} needs the whole graph" if whole else None
+    whole = [s.name for s in specs if not runs_per_block(s) and not runs_on_assembled(s)]
+    if whole:
+        return f"pass {whole[0]} needs the whole graph"
+    tail = assembled_tail(specs)
+    early = [s.name for s in specs[:len(specs) - len(tail)] if runs_on_assembled(s)]
+    return f"pass {early[0]} runs on the assembled graph, before per-block passes" if early else None
+
+
+def assembled_tail(specs: list[PassSpec]) -> list[PassSpec]:
+    """The pipeline's last passes that run on the assembled graph (blockwise=ASSEMBLED: lean_graph)."""
+    n = 0
+    while n < len(specs) and runs_on_assembled(specs[len(specs) - 1 - n]):
+        n += 1
+    return specs[len(specs) - n:]
 
 
 def _weights(gm: GraphModule) -> dict:
@@ -138,7 +152,7 @@ def plan_blocks(module: nn.Module, example_inputs: tuple, specs: list[PassSpec],
     t0 = time.perf_counter()
     outer = capture_outer(module, example_inputs)
     capture_s = time.perf_counter() - t0
-    part_ctx = PassContext((), ctx.model_args, ctx.rank, ctx.world_size, tokenizer=ctx.tokenizer)
+    part_ctx = PassContext((), ctx.model_args, ctx.rank, ctx.world_size, tokenizer=ctx.tokenizer, part="outer")
     t1 = time.perf_counter()
     try:
         with outer.active():  # (a pass propagating fake values through a layer's node runs the layer on them)
@@ -152,7 +166,8 @@ def plan_blocks(module: nn.Module, example_inputs: tuple, specs: list[PassSpec],
         t1 = time.perf_counter()
         parts = [(outer_records, 1)]
         for block in blocks:
-            block.gm, records, block.program = _run_block(block, specs, part_ctx, outer.history[block.layers[0]])
+            block.gm, records, block.program = _run_block(block, specs, replace(part_ctx, part="block"),
+                                                          outer.history[block.layers[0]])
             check_outputs(outer, block)
             parts.append((records, len(block.layers)))
     except ValueError as e:  # a weight the recorder could not follow

@@ -19,13 +19,12 @@ from typing import Callable
 from torch import nn
 from torch.fx import GraphModule
 
-from graphopt.block_capture import NotBlockwise
 from graphopt.compilers import check_compiler, compile_for
-from graphopt.optimize_blocks import assemble, blockwise_reason, plan_blocks
+from graphopt.optimize_blocks import assemble, assembled_tail, blockwise_reason, plan_blocks
 from graphopt.optimize_graph import optimize_graph
 from graphopt.optimized_cache import load_plan, plan_key, store_plan
-from graphopt.pass_manager import PassRecord
-from graphopt.pipeline import PassContext, PassError, check_pipeline
+from graphopt.pass_manager import PassRecord, run_passes
+from graphopt.pipeline import NotBlockwise, PassContext, PassError, check_pipeline
 from graphopt.weight_program import release_unheld
 
 CAPTURES = ("export", "dynamo", "none")
@@ -143,8 +142,9 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
         plan = load_plan(key, module) if key else None  # kept by an earlier run: no capture, no passes
         cached = plan is not None
         try:
+            tail = assembled_tail(specs)
             if plan is None:
-                plan = plan_blocks(module, example_inputs, specs, ctx)
+                plan = plan_blocks(module, example_inputs, specs[:len(specs) - len(tail)], ctx)
                 if key and store_plan(key, plan) and compiler != "none":
                     # compile the graph as later runs will read it back: the same code, so the compile
                     # cache's key is the same and the next run hits it
@@ -154,11 +154,15 @@ def optimize(module: nn.Module, example_inputs: tuple, pipeline=(), compiler: st
         else:
             t1 = time.perf_counter()
             gm = assemble(plan, module, keep_module_weights)
+            gm, tail_records = run_passes(gm, tail, ctx) if tail else (gm, [])
             t2 = time.perf_counter()
             fn = compile_for(gm, compiler, dynamic=dynamic)
-            setup = {"path": "blocks", "cached": cached, **plan.split, "weights_s": t2 - t1,
+            tail_s = sum(r.seconds for r in tail_records)
+            setup = {"path": "blocks", "cached": cached, **plan.split, "weights_s": t2 - t1 - tail_s,
                      "compile_s": time.perf_counter() - t2}
-            return Optimized(fn, gm, plan.records, time.perf_counter() - t0, module=module, setup=setup)
+            setup["passes_s"] = setup.get("passes_s", 0.0) + tail_s
+            return Optimized(fn, gm, plan.records + tail_records, time.perf_counter() - t0, module=module,
+                             setup=setup)
     if weightless:  # the module is on the meta device: capture and rewrite without weights, then fill them
         from graphopt.distributed.load_shard import retarget_device
         gm = capture_graph(module, tuple(t.to("meta") for t in example_inputs))

@@ -4,13 +4,13 @@ protocol and registry it runs are in graphopt.pipeline."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 from torch.fx import GraphModule
 
-from graphopt.pipeline import PassContext, PassError, check_order, parse_pipeline
+from graphopt.pipeline import NotBlockwise, PassContext, PassError, check_order, parse_pipeline
 
 @dataclass
 class PassRecord:
@@ -85,6 +85,8 @@ def run_passes(gm: GraphModule, pipeline, ctx: PassContext | None = None, verify
             gm.recompile()
         except PassError as e:
             raise PassError(f"pass {info.name!r} (after {ran or 'no passes'}): {e}") from e
+        except NotBlockwise as e:  # (a block graph: the caller optimises the whole graph instead)
+            raise NotBlockwise(f"pass {info.name!r}: {e}") from e
         except Exception as e:
             raise PassError(f"pass {info.name!r} (after {ran or 'no passes'}) failed: {type(e).__name__}: {e}") from e
         gm.meta["graphopt_passes"] = history + [info.name]
@@ -105,7 +107,7 @@ def run_passes(gm: GraphModule, pipeline, ctx: PassContext | None = None, verify
 
 
 def _with_options(ctx: PassContext, options: dict) -> PassContext:
-    return PassContext(ctx.example_inputs, ctx.model_args, ctx.rank, ctx.world_size, options, ctx.tokenizer)
+    return replace(ctx, options=options)
 
 
 def _run(gm: GraphModule, inputs: tuple):

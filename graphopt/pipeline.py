@@ -44,6 +44,12 @@ class PassContext:
     world_size: int = 1
     options: dict = field(default_factory=dict)  # this pass's options, filled by the manager
     tokenizer: Any = None  # the model's tokenizer, when known (prune_structured's calibration text)
+    part: str = "whole"  # what the graph is: "whole", "outer" (around the blocks) or "block" (graphopt.optimize_blocks)
+
+
+class NotBlockwise(Exception):
+    """This module or pipeline cannot be optimised block by block (the message says why): optimise it whole.
+    A pass raises it on a block graph for a rewrite the graph around the blocks would have to follow."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,12 @@ class PassInfo:
     shards: str | None = None  # "tensor" | "pipeline": splits the model over ctx.world_size ranks
     compilers: tuple[str, ...] | None = None  # the compilers its output can run under (None: any)
     # True (or a function of its options giving True): its rewrites are local, so running it on each distinct
-    # decoder block's graph and on the graph around the blocks builds the model it builds on the whole graph
-    blockwise: bool | Callable[[dict], bool] = False
+    # decoder block's graph and on the graph around the blocks builds the model it builds on the whole graph;
+    # ASSEMBLED: it runs once on the graph the blocks were spliced into (after every per-block pass)
+    blockwise: bool | str | Callable[[dict], bool] = False
 
 
+ASSEMBLED = "assembled"  # register_pass(blockwise=ASSEMBLED): see PassInfo.blockwise
 _REGISTRY: dict[str, PassInfo] = {}
 _PIPELINES: dict[str, tuple[str, list]] = {}  # name -> (description, raw specs)
 
@@ -118,12 +126,14 @@ _PIPELINES: dict[str, tuple[str, list]] = {}  # name -> (description, raw specs)
 def register_pass(name: str, description: str, options: dict[str, PassOption] | None = None, exact: bool = True,
                   order: tuple | list = (), dtype: Callable[[dict, str], str] | None = None,
                   shards: str | None = None, compilers: tuple[str, ...] | None = None,
-                  blockwise: bool | Callable[[dict], bool] = False):
+                  blockwise: bool | str | Callable[[dict], bool] = False):
     """Decorator: register `fn(gm, ctx) -> PassResult` under `name` with a one-line description,
     its options, its order rules (`before(...)`, `after(...)`, `requires(...)`), the dtype it makes
     the model compute in (a function of its options and the dtype before it), what it shards and
     whether it may run block by block (graphopt.optimize_blocks; the default, False, keeps a pass
-    nobody has checked on the whole graph)."""
+    nobody has checked on the whole graph; ASSEMBLED: once, on the assembled graph)."""
+    if isinstance(blockwise, str) and blockwise != ASSEMBLED:
+        raise ValueError(f"pass {name!r}: blockwise must be a bool, a function or {ASSEMBLED!r}, got {blockwise!r}")
     if shards not in (None, "tensor", "pipeline"):
         raise ValueError(f"pass {name!r}: shards must be None, 'tensor' or 'pipeline', got {shards!r}")
     rules = []
@@ -388,7 +398,12 @@ def runs_per_block(spec: PassSpec) -> bool:
     """Whether this pass, with these options, may run on each distinct decoder block and on the graph
     around the blocks instead of on the whole graph (as it declared when it registered)."""
     blockwise = spec.info.blockwise
-    return bool(blockwise(spec.opts) if callable(blockwise) else blockwise)
+    return blockwise != ASSEMBLED and bool(blockwise(spec.opts) if callable(blockwise) else blockwise)
+
+
+def runs_on_assembled(spec: PassSpec) -> bool:
+    """Whether this pass runs once on the graph the optimised blocks were spliced into (blockwise=ASSEMBLED)."""
+    return spec.info.blockwise == ASSEMBLED
 
 
 def pipeline_shards(specs: list[PassSpec]) -> set[str]:

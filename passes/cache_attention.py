@@ -20,6 +20,11 @@ Then the cache input takes the dtype the attention reads it in: when every use o
 select cast to one dtype (cast_dtype: bfloat16), the placeholder is given that dtype, so a caller
 holds the cache in it (the casts become no-ops, not a converted copy of the cache per layer per call).
 KVLayout.of_graph(gm).dtype then says what to allocate. stats: matches, cache_dtype.
+
+Block by block (graphopt.optimize_blocks): a decoder block's graph gets its layer's cache as inputs
+(k, v [B, Hkv, P, D]); the keys read from one of its inputs in front of the new ones are the cache's.
+The cache's dtype belongs to the graph around the blocks, so where the cache would take another dtype
+the pass raises NotBlockwise and the graph is optimised whole.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import math
 import torch
 from torch.fx import GraphModule, Node
 
-from graphopt.pipeline import PassContext, PassResult, after, register_pass
+from graphopt.pipeline import NotBlockwise, PassContext, PassResult, after, register_pass
 from ._cache import cache_input
 from ._edit import fake_mode, insert_call, remove_dead
 from ._ops import ASSERT_META, aten, is_dim, is_op, real_users, val
@@ -49,14 +54,14 @@ def _peel_cast(node):
     return node, None
 
 
-def _from_cache(node, cache: Node) -> bool:
-    """node is the cache input seen through selects / slices / casts / expands."""
-    while isinstance(node, Node) and node is not cache and node.op == "call_function" and node.target in _VIEWS:
+def _from_cache(node, caches: set) -> Node | None:
+    """The cache input (one of `caches`) node is, seen through selects / slices / casts / expands; else None."""
+    while isinstance(node, Node) and node not in caches and node.op == "call_function" and node.target in _VIEWS:
         node = node.args[0]
-    return node is cache
+    return node if node in caches else None
 
 
-def _split_keys(node, cache: Node):
+def _split_keys(node, caches: set):
     """[to(]cat([c, x], 2)[, dt)] with c read from the cache -> (c without its casts, x, the dtype the
     attention reads the keys in); else None."""
     v = val(node)
@@ -67,7 +72,7 @@ def _split_keys(node, cache: Node):
     c, x = node.args[0]
     while _peel_cast(c)[1] is not None:  # the cache is read in the attention's dtype directly
         c = c.args[0]
-    if v.dim() != 4 or not is_dim(dim, v.dim(), 2) or not _from_cache(c, cache):
+    if v.dim() != 4 or not is_dim(dim, v.dim(), 2) or _from_cache(c, caches) is None:
         return None
     return c, x, v.dtype
 
@@ -111,6 +116,25 @@ def _cast_to(gm: GraphModule, before: Node, x: Node, dt, mode) -> Node:
 def _retype_cache(gm: GraphModule, cache: Node) -> torch.dtype | None:
     """Give the cache input the one dtype every use casts it to (see the module docstring); that dtype,
     or None when the uses disagree, some use reads the values uncast, or nothing changes."""
+    dt = _cast_dtype(cache)
+    if dt is None:
+        return None
+    v = val(cache)
+    with fake_mode(gm):
+        cache.meta["val"] = v.to(dt)
+    for n in [cache, *_descendants(cache)]:  # selects in the new dtype; the casts now no-ops
+        if n is not cache:
+            n.meta["val"] = n.target(*[a.meta["val"] if isinstance(a, Node) else a for a in n.args])
+        for a in [u for u in n.users if u.target in ASSERT_META]:
+            a.kwargs = {**a.kwargs, "dtype": n.meta["val"].dtype}
+    for guard in [n for n in gm.graph.find_nodes(op="call_module") if n.target == "_guards_fn"]:
+        gm.graph.erase_node(guard)  # export's input guard checks the captured dtype
+    return dt
+
+
+def _cast_dtype(cache: Node) -> torch.dtype | None:
+    """The one dtype, not the cache's own, that every use of the cache casts it to; None when the uses
+    disagree, some use reads the values uncast, or they read it in its own dtype."""
     casts, stack = [], [cache]
     while stack:
         n = stack.pop()
@@ -127,17 +151,7 @@ def _retype_cache(gm: GraphModule, cache: Node) -> torch.dtype | None:
     v = val(cache)
     if len(dtypes) != 1 or v is None or v.dtype in dtypes:
         return None
-    dt = dtypes.pop()
-    with fake_mode(gm):
-        cache.meta["val"] = v.to(dt)
-    for n in [cache, *_descendants(cache)]:  # selects in the new dtype; the casts now no-ops
-        if n is not cache:
-            n.meta["val"] = n.target(*[a.meta["val"] if isinstance(a, Node) else a for a in n.args])
-        for a in [u for u in n.users if u.target in ASSERT_META]:
-            a.kwargs = {**a.kwargs, "dtype": n.meta["val"].dtype}
-    for guard in [n for n in gm.graph.find_nodes(op="call_module") if n.target == "_guards_fn"]:
-        gm.graph.erase_node(guard)  # export's input guard checks the captured dtype
-    return dt
+    return dtypes.pop()
 
 
 def _descendants(cache: Node) -> list[Node]:
@@ -155,17 +169,21 @@ def _descendants(cache: Node) -> list[Node]:
 @register_pass("cache_attention", "attention over [KV cache | new tokens] -> graphopt.cache_attention: the cache "
                "read in place, not concatenated per layer; the cache input takes the attention's dtype",
                order=[after(p, _WHY) for p in ("sdpa_attention", "cast_dtype", "quantize_int8", "tensor_parallel",
-                                                "prune_structured")])
+                                                "prune_structured")],
+               blockwise=True)
 def cache_attention(gm: GraphModule, ctx: PassContext) -> PassResult:
     cache = cache_input(gm)
-    if cache is None:
+    block = cache is None and ctx.part == "block"  # the layer's cache: some of the block's inputs
+    caches = set(gm.graph.find_nodes(op="placeholder")) if block else {cache} - {None}
+    if not caches:
         return PassResult(gm, False, {"matches": 0})
-    mode, matches = fake_mode(gm), 0
+    mode, matches, read = fake_mode(gm), 0, set()
     for q, k, v, mask, scale, out in list(_attentions(gm)):
-        ks, vs = _split_keys(k, cache), _split_keys(v, cache)
+        ks, vs = _split_keys(k, caches), _split_keys(v, caches)
         if ks is None or vs is None or val(q) is None or val(q).dim() != 4:
             continue
         (ck, kn, kdt), (cv, vn, vdt) = ks, vs
+        read |= {_from_cache(ck, caches), _from_cache(cv, caches)}
         args = (q, *(_cast_to(gm, out, x, kdt, mode) for x in (ck, kn)),
                 *(_cast_to(gm, out, x, vdt, mode) for x in (cv, vn)))
         q_, ck_, kn_, cv_, vn_ = args
@@ -176,5 +194,12 @@ def cache_attention(gm: GraphModule, ctx: PassContext) -> PassResult:
     if not matches:
         return PassResult(gm, False, {"matches": 0})
     remove_dead(gm)
-    dt = _retype_cache(gm, cache)
-    return PassResult(gm, True, {"matches": matches, "cache_dtype": str(dt or val(cache).dtype).replace("torch.", "")})
+    if block:
+        for c in read:
+            if _cast_dtype(c) is not None:
+                raise NotBlockwise(f"the cache would be held in {_cast_dtype(c)}, a change to the graph around the "
+                                   "blocks")
+        dt = val(next(iter(read))).dtype
+    else:
+        dt = _retype_cache(gm, cache) or val(cache).dtype
+    return PassResult(gm, True, {"matches": matches, "cache_dtype": str(dt).replace("torch.", "")})

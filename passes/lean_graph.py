@@ -19,7 +19,7 @@ import torch
 from torch.fx import GraphModule
 
 from graphopt.graph_attrs import attr
-from graphopt.pipeline import PassContext, PassResult, after, register_pass
+from graphopt.pipeline import ASSEMBLED, PassContext, PassResult, after, register_pass
 from ._ops import ASSERT_META, aten, val
 
 _NOOP_CASTS = {aten.to.dtype, aten.type_as.default}
@@ -39,7 +39,8 @@ def _is_noop_cast(node) -> bool:
                "by flat root names: fewer Python calls per forward (a decode step's cost besides its matmuls)",
                order=[after(p, "it renames the weights other passes find by name") for p in
                       ("mkldnn_linear", "quantize_int8", "cast_dtype", "tensor_parallel", "prune_structured",
-                       "merge_qkv", "merge_gate_up", "cache_attention", "dce")])
+                       "merge_qkv", "merge_gate_up", "cache_attention", "dce")],
+               blockwise=ASSEMBLED)  # (block by block: once, on the graph the blocks were spliced into)
 def lean_graph(gm: GraphModule, ctx: PassContext) -> PassResult:
     g = gm.graph
     asserts = casts = 0

@@ -232,3 +232,64 @@ def test_the_kv_cache_graph_goes_block_by_block(preset):
         with torch.no_grad():
             got, want = tree_leaves(blocks(*inputs)), tree_leaves(whole(*inputs))
         assert len(got) == len(want) >= 2 and all(torch.equal(g, w) for g, w in zip(got, want)), (B, T, P)
+
+
+@pytest.mark.parametrize("preset", ["tiny-gqa", "tiny-qwen3", "tiny-window"])
+def test_the_decode_step_graph_goes_block_by_block(preset):
+    """Generation's step graph (NextTokenModule + cache_attention + lean_graph): cache_attention runs on each
+    block (the layer's cache is two of the block's inputs), lean_graph once on the assembled graph; next
+    tokens, logits and new K/V equal the whole graph's (fp32, 1e-5) at other B / T / P than the capture's."""
+    from torch.utils._pytree import tree_leaves
+
+    from graphopt.generation.step import build_generation_graph
+    from graphopt.scoring.prefix_cache import KVLayout
+    model = _model(preset)
+    blocks = build_generation_graph(copy.deepcopy(model), "decode-cpu", with_logits=True)
+    whole = build_generation_graph(copy.deepcopy(model), "decode-cpu", with_logits=True,
+                                   after_each=lambda record, gm: None)
+    assert blocks.optimized.setup["path"] == "blocks" and whole.optimized.setup["path"] == "whole"
+    matches = {r.name: r.matches for r in blocks.optimized.records}
+    assert matches["cache_attention"] == model.args.n_layers and matches["lean_graph"] > 0, matches
+    assert blocks.pass_names[-1] == "lean_graph"
+    targets = [n.target for n in blocks.optimized.graph.graph.nodes]
+    assert targets.count(torch.ops.graphopt.cache_attention.default) == model.args.n_layers
+    assert not any(n.op == "get_attr" and "." in n.target for n in blocks.optimized.graph.graph.nodes)  # flat names
+    layout = KVLayout.of_args(model.args)
+    for B, T, P in [(3, 1, 9), (1, 5, 4), (2, 1, 1)]:
+        g = torch.Generator().manual_seed(B * 10 + P)
+        ids = torch.randint(0, model.args.vocab_size, (B, T), generator=g)
+        pos = torch.arange(P, P + T).expand(B, T).contiguous()
+        mask = torch.ones(T, P + T, dtype=torch.bool).tril(P).expand(B, T, P + T).contiguous()
+        cache = torch.randn(layout.empty(B, P).shape, generator=g)
+        inputs = (ids, pos, mask, torch.arange(B * T), cache)
+        with torch.no_grad():
+            got, want = tree_leaves(blocks.run(*inputs)), tree_leaves(whole.run(*inputs))
+        assert len(got) == len(want) == 3
+        assert torch.equal(got[0], want[0]) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got[1:], want[1:]))
+
+
+def test_a_decode_step_whose_cache_changes_dtype_goes_whole():
+    """cast_dtype makes the attention read bfloat16: cache_attention would give the cache input that dtype,
+    a change the graph around the blocks would have to follow, so the step graph is optimised whole."""
+    from graphopt.generation.step import build_generation_graph
+    graph = build_generation_graph(_model("tiny-gqa"), ["cast_dtype", "sdpa_attention"])
+    setup = graph.optimized.setup
+    assert setup["path"] == "whole" and "cache would be held in torch.bfloat16" in setup["why_whole"], setup
+    assert graph.layout.dtype == torch.bfloat16  # the whole graph's cache input took the dtype
+
+
+def test_a_kept_decode_step_graph_is_read_back_and_decodes_the_same():
+    """A second build of the same step graph reads the kept one (no capture, no passes; lean_graph runs again on
+    the assembled graph) and gives the same outputs bit for bit."""
+    from torch.utils._pytree import tree_leaves
+
+    from graphopt.generation.step import build_generation_graph, step_example_inputs
+    model = _model("tiny-gqa")
+    first = build_generation_graph(copy.deepcopy(model), "decode-cpu", cache=True)
+    again = build_generation_graph(copy.deepcopy(model), "decode-cpu", cache=True)
+    assert not first.optimized.setup["cached"] and again.optimized.setup["cached"], again.optimized.setup
+    assert again.pass_names == first.pass_names and again.pass_names[-1] == "lean_graph"
+    inputs = list(step_example_inputs(first.layout, B=3, T=1, P=6, N=3))
+    inputs[-1] = torch.randn_like(inputs[-1])
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(tree_leaves(first.run(*inputs)), tree_leaves(again.run(*inputs))))
