@@ -161,38 +161,28 @@ def _describe(v: torch.Tensor) -> dict:
     return {"dtype": str(v.dtype).removeprefix("torch."), "device": str(v.device), "shape": sizes}
 
 
-def _fake_inputs(described: dict[str, dict]) -> dict[str, torch.Tensor]:
-    """Fake values for the inputs (one fresh fake mode; a symbol shared by inputs is one symbol), so
-    that what reads an optimised graph's inputs (their dtypes, their static sizes) reads them as a
-    fresh graph has them."""
-    from torch._dynamo.source import ConstantSource
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
-    env = ShapeEnv()
-    mode, symbols, out = FakeTensorMode(shape_env=env), {}, {}
+def _input_values(described: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Values for the inputs' meta["val"]: meta-device tensors of the dtype and the sizes they had when
+    the graph was captured (a symbolic size at its example), so that what reads an optimised graph's
+    inputs (their dtypes, their static sizes: KVLayout.of_graph) reads them as a fresh graph has them.
+    Not fake tensors: a fake mode or a shape environment imports torch._dynamo (~0.5 s) that a run from
+    a kept graph needs for nothing else, and nothing propagates shapes through a kept graph (a compile
+    traces it afresh)."""
+    out = {}
     for name, d in described.items():
-        sizes = []
-        for s in d["shape"]:
-            if isinstance(s, list):
-                if s[0] not in symbols:
-                    sym = env.create_symbol(s[1], ConstantSource(s[0]), dynamic_dim=DimDynamic.DYNAMIC)
-                    symbols[s[0]] = env.create_symintnode(sym, hint=s[1])
-                s = symbols[s[0]]
-            sizes.append(s)
         dtype = getattr(torch, d["dtype"])
         assert isinstance(dtype, torch.dtype), d["dtype"]
-        with mode:
-            out[name] = torch.empty(sizes, dtype=dtype, device=torch.device(d["device"]))
+        out[name] = torch.empty([s[1] if isinstance(s, list) else s for s in d["shape"]], dtype=dtype, device="meta")
     return out
 
 
 def graph_from_json(data: dict) -> Graph:
     """The Graph (no module: get_attr targets are filled by whoever builds the GraphModule). The inputs
-    get fake values again; no other node has one."""
+    get values again (_input_values); no other node has one."""
     g = Graph()
     nodes: dict[str, Node] = {}
     try:
-        fakes = _fake_inputs({d["name"]: d["val"] for d in data["nodes"] if "val" in d})
+        fakes = _input_values({d["name"]: d["val"] for d in data["nodes"] if "val" in d})
     except Exception:  # noqa: BLE001 - sizes a fresh shape environment will not take: inputs without values
         fakes = {}
     for d in data["nodes"]:

@@ -7,6 +7,7 @@ recomputed, since on the meta device they have no values.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,12 +62,32 @@ def check_shape(key: str, expected: tuple[int, ...], got: tuple[int, ...], where
             f"{where}: tensor {key!r} has shape {list(got)}, but {config} implies {list(expected)}")
 
 
+@contextlib.contextmanager
+def _no_initial_values():
+    """Modules made inside skip torch.nn.init's random fills: the checkpoint's tensors replace them, and on
+    the meta device a fill goes through torch's Python decompositions, whose first call imports dynamo
+    (~0.8 s of a process's start that nothing else here needs)."""
+    names = [n for n in _INIT_FILLS if hasattr(torch.nn.init, n)]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+_INIT_FILLS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+               "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
 def materialize(args: ModelArgs, sources: dict[str, TensorSource], dtype: torch.dtype, device,
                 origin: str, config: str) -> Transformer:
     """Return Transformer(args) in eval mode holding the tensors of `sources`.
 
     origin: the checkpoint (directory) for messages; config: the file the shapes come from."""
-    with torch.device("meta"):
+    with torch.device("meta"), _no_initial_values():
         model = Transformer(args)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if args.tie_embeddings:

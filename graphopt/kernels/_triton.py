@@ -111,3 +111,46 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     else a copy."""
     t = t.reshape(-1, t.shape[-1])
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _KernelsFoundLater(list):
+    """torch.library.triton_op's list of the Triton kernels inside an op, found when first read (by the
+    compile caches' keys) instead of when the op is registered: torch finds them by parsing the op's
+    source with inductor's helpers, and importing inductor (and dynamo with it) costs ~0.8 s of every
+    process's start, where a run from a kept graph never compiles or captures anything."""
+
+    def __init__(self, find, fn):
+        super().__init__()
+        self._find, self._fn = find, fn
+
+    def _found(self) -> list:
+        if self._find is not None:
+            find, self._find = self._find, None
+            super().extend(find(self._fn))
+        return self
+
+    def __iter__(self):
+        return super(_KernelsFoundLater, self._found()).__iter__()
+
+    def __len__(self):
+        return super(_KernelsFoundLater, self._found()).__len__()
+
+    def __getitem__(self, i):
+        return super(_KernelsFoundLater, self._found()).__getitem__(i)
+
+
+def triton_op(name: str, mutates_args):
+    """torch.library.triton_op(name, mutates_args=...), its kernels found when first asked for
+    (_KernelsFoundLater); torch's own decorator where its private finder has moved."""
+    import torch._library.triton as torch_triton
+    find = getattr(torch_triton, "get_inner_triton_kernels", None)
+
+    def dec(fn):
+        if find is None:
+            return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+        torch_triton.get_inner_triton_kernels = lambda f: _KernelsFoundLater(find, f)
+        try:
+            return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+        finally:
+            torch_triton.get_inner_triton_kernels = find
+    return dec

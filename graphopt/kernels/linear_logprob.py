@@ -11,9 +11,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op
 
-from graphopt.kernels._triton import dot_precision, for_device, upcast_dot, wrap_triton
+from graphopt.kernels._triton import dot_precision, for_device, upcast_dot, triton_op, wrap_triton
 
 
 @triton.jit

@@ -6,9 +6,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op
 
-from graphopt.kernels._triton import for_device, wrap_triton
+from graphopt.kernels._triton import for_device, triton_op, wrap_triton
 
 
 @triton.jit

@@ -6,9 +6,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op
 
-from graphopt.kernels._triton import as_rows, for_device, num_warps_for, wrap_triton
+from graphopt.kernels._triton import as_rows, for_device, num_warps_for, triton_op, wrap_triton
 
 MAX_BLOCK = 65536  # one row per program: wider rows would spill registers
 

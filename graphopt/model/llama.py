@@ -60,11 +60,12 @@ def scale_inv_freq(inv_freq: Tensor, scaling: RopeScaling) -> Tensor:
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float,
                 scaling: RopeScaling | None = None) -> tuple[Tensor, Tensor]:
-    """cos/sin tables [max_seq_len, head_dim // 2] in float32 (computed in float64)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))  # [D/2]
+    """cos/sin tables [max_seq_len, head_dim // 2] in float32 (computed in float64), on the CPU whatever the
+    default device (a model built on the meta device gets real tables, and no meta op runs)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim))  # [D/2]
     if scaling is not None:
         inv_freq = scale_inv_freq(inv_freq, scaling)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # [max_seq_len, D/2]
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64, device="cpu"), inv_freq)  # [max_seq_len, D/2]
     return angles.cos().float(), angles.sin().float()
 
 
