@@ -181,3 +181,22 @@ def test_eager_engine_and_too_long_prompt():
     with pytest.raises(ValueError, match=r"request 1: 250 prompt tokens \+ 8 new tokens need 257 positions, more "
                                          r"than the model's max_seq_len 256"):
         engine.generate([requests[0], too_long])
+
+
+def test_automatic_slots_fill_the_kv_budget_up_to_the_most():
+    """slots=None: as many rows as the KV budget holds at the call's cache width (1 .. AUTO_MAX_SLOTS); the
+    completions are the one-at-a-time ones."""
+    from graphopt.generation.engine import AUTO_MAX_SLOTS, auto_slots
+    assert auto_slots(1000, 100, 10**9) == AUTO_MAX_SLOTS and auto_slots(1000, 100, 250_000) == 2
+    assert auto_slots(10**6, 4096, 1) == 1
+    model = family_model("tiny-gqa")
+    graph = build_generation_graph(model, "exact")
+    requests = prompts([(4, 3), (9, 11), (2, 1), (17, 6), (6, 9)], seed=4)
+    auto = DecodeEngine(model, graph=graph)
+    got = auto.generate(requests)
+    assert auto.stats["slots"] == len(requests)  # every prompt at once (the budget holds far more)
+    one = DecodeEngine(model, slots=1, graph=graph)
+    assert [o.ids for o in got] == [o.ids for o in one.generate(requests)]
+    tight = DecodeEngine(model, graph=graph)
+    tight.kv_budget = 2 * tight.layout.bytes_per_token * 64  # two rows of a 64-wide cache
+    assert [o.ids for o in tight.generate(requests)] == [o.ids for o in got] and tight.stats["slots"] == 2

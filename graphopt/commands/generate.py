@@ -47,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(cache_attention is added to any pipeline)")
     parser.add_argument("--compiler", default="none", choices=("none", "inductor", "inductor-frozen", "eager-fx"),
                         help="how the optimised graph runs (default: %(default)s)")
-    parser.add_argument("--slots", type=positive_int, default=8, metavar="N",
-                        help="prompts decoding together (rows of the static KV cache) (default: %(default)s)")
+    parser.add_argument("--slots", type=positive_int, default=None, metavar="N",
+                        help="prompts decoding together (rows of the static KV cache) (default: as many as a KV "
+                             "budget of a quarter of the weights' bytes, at least 1 GiB, holds at the prompts' "
+                             "length, up to 32)")
     bos = parser.add_mutually_exclusive_group()
     bos.add_argument("--add-bos", dest="add_bos", action="store_const", const=True, default=None,
                      help="prepend BOS to every prompt (default: the tokenizer's own default)")

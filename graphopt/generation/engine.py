@@ -1,7 +1,7 @@
 """The decode engine: greedy completions through the optimised generation graph (graphopt.generation.step)
 over a static KV cache, with continuous batching.
 
-    engine = DecodeEngine(model, pipeline="exact-cpu", slots=8)
+    engine = DecodeEngine(model, pipeline="exact-cpu")                # slots: automatic (below)
     completions = engine.generate([GenerationRequest(prompt_ids, max_new_tokens=64, stop_ids=(eos,))])
     engine.stats  # prefill / decode tokens and seconds of that call (see `generate`)
 
@@ -12,6 +12,12 @@ all; a longer prompt alone, in chunks), the first new token from each one's last
 graphopt.generation.prefill); a row that finishes (finish_of: a stop id, the stop rule, max_new_tokens) frees
 its slot for the next prompt at once, so a suite is bound by its total tokens, not its longest
 answer. Prompts sharing a prefix prefill it once (graphopt.generation.shared_prompts).
+
+slots=None (the default) takes as many rows as a KV budget holds at the call's cache width, up to
+AUTO_MAX_SLOTS (auto_slots): a CPU decode step streams every weight once however many rows it has, so
+more rows are nearly free tokens until the matmuls are bound by arithmetic (~32 rows on a 2-core host),
+and the budget (a quarter of the weights' bytes, at least 1 GiB) keeps a large model's long answers
+from holding more cache than weights.
 
 Shapes: a step runs the first `rows` slots (up to the highest busy one) over the first `width`
 cache positions (the furthest row's, rounded up to `width_step`): views, no copy. With
@@ -54,21 +60,31 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+AUTO_MAX_SLOTS = 32  # rows of an automatic static cache (module docstring)
+AUTO_KV_BUDGET = 1 << 30  # bytes an automatic static cache may take at least
+
+
+def auto_slots(bytes_per_token: int, width: int, budget: int, most: int = AUTO_MAX_SLOTS) -> int:
+    """Rows of `width` cached tokens that `budget` bytes hold, between 1 and `most`."""
+    return max(1, min(most, budget // max(1, bytes_per_token * width)))
+
+
 class DecodeEngine:
     """See the module docstring. model: a graphopt Transformer (its args give the cache layout and the
     RoPE length); pipeline / compiler / optimize_kwargs: graphopt.optimize's (pipeline None: the
     eager model); graph: a GenerationGraph built already (then model only gives max_seq_len)."""
 
-    def __init__(self, model: nn.Module, pipeline="exact", compiler: str = "none", *, slots: int = 8,
+    def __init__(self, model: nn.Module, pipeline="exact", compiler: str = "none", *, slots: int | None = None,
                  device=None, share_prefix: bool = True, prefix_budget: int = DEFAULT_BUDGET,
                  min_shared_tokens: int = DEFAULT_MIN_SHARED, prefill_chunk: int = 1024, width_step: int = 64,
                  static_shapes: bool = False, cuda_graph: bool | None = None, graph: GenerationGraph | None = None,
                  **optimize_kwargs):
-        if slots < 1 or prefill_chunk < 1 or width_step < 1:
+        if (slots is not None and slots < 1) or prefill_chunk < 1 or width_step < 1:
             raise ValueError(f"slots, prefill_chunk and width_step must be >= 1; got {slots}, {prefill_chunk}, "
                              f"{width_step}")
         self.max_seq_len = model.args.max_seq_len
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.kv_budget = max(AUTO_KV_BUDGET, sum(p.numel() * p.element_size() for p in model.parameters()) // 4)
         self.graph = graph or build_generation_graph(model, pipeline, compiler, self.device, **optimize_kwargs)
         self.slots, self.share_prefix, self.prefix_budget = slots, share_prefix, prefix_budget
         self.min_shared_tokens, self.prefill_chunk, self.width_step = min_shared_tokens, prefill_chunk, width_step
@@ -104,7 +120,9 @@ class DecodeEngine:
         out: list[Completion | None] = [None] * len(requests)
         work = [r for r in requests if r.max_new_tokens > 0]
         width = max((len(r.prompt_ids) + r.max_new_tokens - 1 for r in work), default=1)
-        self._allocate(min(self.slots, max(len(work), 1)) if not self.static_shapes else self.slots, width)
+        slots = self.slots or auto_slots(self.layout.bytes_per_token, _round_up(max(width, MIN_KEYS), self.width_step),
+                                         self.kv_budget)
+        self._allocate(min(slots, max(len(work), 1)) if not self.static_shapes else slots, width)
         order, path = self._plan(requests)
         free, rows = list(range(self.cache.slots)), {}
         heapq.heapify(free)

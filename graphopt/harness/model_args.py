@@ -28,7 +28,8 @@ class GraphoptArgs:
     add_bos_token: bool | None = None  # None: the tokenizer's default, as lm-eval's hf model
     max_length: int | None = None  # the model's context window (default: its max_seq_len)
     max_gen_toks: int = 256  # new tokens of a generate_until request whose task sets none (lm-eval's hf default)
-    slots: int = 16  # generate_until prompts decoding together (rows of the decode engine's static KV cache)
+    slots: int | None = None  # generate_until prompts decoding together (the decode engine's static KV cache rows;
+    #                           None: as many as its KV budget holds at the requests' length, up to 32)
     progress: bool = True
     # under torchrun (graphopt.harness.world): replicas x tensor-parallel shards = WORLD_SIZE
     data_parallel: int | None = None  # replicas splitting the requests (default: WORLD_SIZE / tensor_parallel)
