@@ -14,8 +14,10 @@ Commands (`--tasks rt_gsm8k --include_path TASKDIR --device cpu --log_samples --
   lm_eval --model hf --model_args pretrained=DIR,dtype=float32 --batch_size B      (B in --batch-sizes)
   graphopt lm-eval --model graphopt --model_args pretrained=DIR,pipeline=auto      (fp32, the decode engine)
 
-Reported: wall s, × hf (the first hf command's wall / this one's), exact_match per filter, and how many of the
-responses are identical to the first hf command's (every response compared, by doc_id).
+Each command runs cold (fresh cache folders) and then warm (the same folders again: graphopt's kept graphs
+and lm-eval task index, the datasets cache; --warm 0: cold only). Reported: wall s, × hf (the first hf
+command's cold wall / this one's), exact_match per filter, and how many of the responses are identical to
+the first hf command's (every response compared, by doc_id); graphopt's time line is printed under its rows.
 """
 from __future__ import annotations
 
@@ -92,6 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None, help="model, task and outputs (default: a temporary directory, "
                                                    "removed at the end); a model directory there is reused")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per command")
+    p.add_argument("--warm", type=int, choices=(0, 1), default=1,
+                   help="1 (default): run each command a second time on the same cache folder (kept graphs, "
+                        "lm-eval's task index, the datasets cache): cold and warm rows")
     p.add_argument("--out", type=Path, default=None, help="write the records (without responses) as JSON here")
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lm_eval_generate-"))
@@ -104,13 +109,22 @@ def main(argv=None) -> int:
               flush=True)
         records = []
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        for i, (label, argv_) in enumerate(commands(model_dir, work / "tasks", batch_sizes)):
+        runs = [(i, label, argv_, phase) for i, (label, argv_) in enumerate(commands(model_dir, work / "tasks",
+                                                                                  batch_sizes))
+                for phase in ("cold", "warm")[:1 + args.warm]]
+        for i, label, argv_, phase in runs:
             run_dir = work / f"run-{i}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            (run_dir / "cache").mkdir(parents=True)
+            if phase == "cold":  # fresh caches; warm: the same folder again (kept graphs, task index, datasets)
+                shutil.rmtree(run_dir, ignore_errors=True)
+                (run_dir / "cache").mkdir(parents=True)
+            shutil.rmtree(run_dir / "out", ignore_errors=True)
+            label = f"{label}, {phase}" if args.warm else label
             env = cache_env(run_dir / "cache") | ({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})
             run = run_timed(argv_ + ["--output_path", str(run_dir / "out")], env, args.timeout)
-            rec = {"command": label, "argv": " ".join(argv_), "wall_s": run["wall_s"], "rc": run["rc"], "error": None}
+            rec = {"command": label, "argv": " ".join(argv_), "wall_s": run["wall_s"], "rc": run["rc"], "error": None,
+                   "time_line": next((line for line in run["stderr"].replace("\r", "\n").splitlines()
+                                      if line.startswith("graphopt time:")),
+                                     None)}
             if run["rc"] != 0:
                 rec["error"] = last_line(run["stderr"]) or f"exit {run['rc']}"
             else:
@@ -120,6 +134,8 @@ def main(argv=None) -> int:
                     rec["error"] = f"unreadable result: {e}"
             print(f"  {label}: {run['wall_s']:.1f} s" + (f"  ERROR {rec['error']}" if rec["error"] else
                                                           f"  exact_match {rec['exact_match']}"), flush=True)
+            if rec["time_line"]:
+                print(f"    {rec['time_line']}", flush=True)
             records.append(rec)
         print()
         print(markdown(records, args.prompts))
