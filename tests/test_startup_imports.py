@@ -24,6 +24,7 @@ def _fresh(code: str, env=None) -> dict:
 
 
 def test_triton_ops_register_without_inductor_and_find_their_kernels_when_asked():
+    """(Compiled kernels: torch's finder looks for @triton.jit functions, which TRITON_INTERPRET=1 replaces.)"""
     got = _fresh("""
         import json, sys, torch
         import graphopt.kernels
@@ -34,7 +35,7 @@ def test_triton_ops_register_without_inductor_and_find_their_kernels_when_asked(
         torch_finds = T.get_inner_triton_kernels(linear_logprob_triton)  # torch's own search, from the launcher
         print(json.dumps({"before": before, "found": [id(k) == id(_linear_logprob_kernel) for k in found],
                           "same_as_torch": [id(k) for k in found] == [id(k) for k in torch_finds]}))
-    """)
+    """, env={"TRITON_INTERPRET": "0"})
     assert got["before"] == [] and got["found"] == [True] and got["same_as_torch"], got
 
 
@@ -72,5 +73,5 @@ def test_a_model_built_without_initial_fills_loads_the_checkpoint_exactly(tmp_pa
     loaded, _ = graphopt.load_model(str(tmp_path / "m"))
     want, got = model.state_dict(), loaded.state_dict()
     assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
-    assert torch.equal(loaded.rope_cos, model.rope_cos) and loaded.rope_cos.device.type == "cpu"
+    assert torch.equal(loaded.rope_cos, model.rope_cos) and torch.equal(loaded.rope_sin, model.rope_sin)
     assert torch.nn.init.normal_.__module__ == "torch.nn.init"  # the fills are torch's own again

@@ -60,12 +60,11 @@ def scale_inv_freq(inv_freq: Tensor, scaling: RopeScaling) -> Tensor:
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float,
                 scaling: RopeScaling | None = None) -> tuple[Tensor, Tensor]:
-    """cos/sin tables [max_seq_len, head_dim // 2] in float32 (computed in float64), on the CPU whatever the
-    default device (a model built on the meta device gets real tables, and no meta op runs)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim))  # [D/2]
+    """cos/sin tables [max_seq_len, head_dim // 2] in float32 (computed in float64)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))  # [D/2]
     if scaling is not None:
         inv_freq = scale_inv_freq(inv_freq, scaling)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64, device="cpu"), inv_freq)  # [max_seq_len, D/2]
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # [max_seq_len, D/2]
     return angles.cos().float(), angles.sin().float()
 
 
@@ -171,7 +170,10 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = model_rope_tables(args)
+        if torch.get_default_device().type == "meta":  # shapes only (a meta op would import torch._dynamo)
+            cos, sin = (torch.empty(args.max_seq_len, args.head_dim // 2) for _ in range(2))
+        else:
+            cos, sin = model_rope_tables(args)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
