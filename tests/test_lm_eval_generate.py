@@ -200,6 +200,7 @@ def test_command_writes_the_same_samples_as_lm_eval_hf(setup, hf_chat, tmp_path,
     assert all(r["resps"] == want[r["doc_id"]] for r in rows)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("graphopt time:")]
     assert len(lines) == 1 and ", generation " in lines[0] and "(no graph)" not in lines[0], lines  # its graph counted
+    assert "scoring 0.0s (first call 0.0s)" in lines[0], lines  # nothing scored: the step graph's call is generation's
 
 
 @pytest.mark.parametrize("task, why", [("tiny_sampling", r"ask for sampling \(do_sample: True, temperature: 0.7\)"),

@@ -298,8 +298,8 @@ class GraphoptLM(TemplateLM):
         """startup, load, setup (its split), scoring so far: graphopt.time_line.time_columns."""
         st, setups = self.stats, list(self.scorer.setups)
         graph = getattr(self._generator, "graph", None)
-        if getattr(graph, "optimized", None) is not None:
-            setups.append(graph.optimized.setup)
+        if getattr(graph, "optimized", None) is not None:  # its first call is generation's, not scoring's
+            setups.append({**graph.optimized.setup, "first_call_s": 0.0})
         return time_columns(self.clock.startup_s, self.load_seconds, merge_setups(setups),
                             st["setup_seconds"] + st["generator_setup_seconds"], st["score_seconds"],
                             st["generate_seconds"])
