@@ -34,7 +34,7 @@ from torch.fx import GraphModule, Node
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from graphopt.graph_capture import DIM_MAX, capture, export_with_shapes
-from graphopt.pipeline import NotBlockwise  # noqa: F401 (raised here; importers of this module catch it)
+from graphopt.blockwise import NotBlockwise
 
 _CAPTURING: list["OuterCapture"] = []  # the capture whose layers the fake implementation runs
 _PLAIN = (type(None), bool, int, float, str)

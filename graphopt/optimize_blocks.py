@@ -38,7 +38,8 @@ from graphopt.block_capture import (BlockCapture, block_nodes, capture_block, ca
 from graphopt.block_splice import splice
 from graphopt.graph_attrs import attr
 from graphopt.pass_manager import PassRecord, run_passes
-from graphopt.pipeline import NotBlockwise, PassContext, PassSpec, runs_on_assembled, runs_per_block
+from graphopt.blockwise import NotBlockwise, runs_on_assembled, runs_per_block
+from graphopt.pipeline import PassContext, PassSpec
 from graphopt.weight_program import WeightProgram, WeightRecorder, release_unheld
 
 

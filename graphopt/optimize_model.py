@@ -24,7 +24,8 @@ from graphopt.optimize_blocks import assemble, assembled_tail, blockwise_reason,
 from graphopt.optimize_graph import optimize_graph
 from graphopt.optimized_cache import load_plan, plan_key, store_plan
 from graphopt.pass_manager import PassRecord, run_passes
-from graphopt.pipeline import NotBlockwise, PassContext, PassError, check_pipeline
+from graphopt.blockwise import NotBlockwise
+from graphopt.pipeline import PassContext, PassError, check_pipeline
 from graphopt.weight_program import release_unheld
 
 CAPTURES = ("export", "dynamo", "none")

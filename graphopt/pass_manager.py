@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 from torch.fx import GraphModule
 
-from graphopt.pipeline import NotBlockwise, PassContext, PassError, check_order, parse_pipeline
+from graphopt.blockwise import NotBlockwise
+from graphopt.pipeline import PassContext, PassError, check_order, parse_pipeline
 
 @dataclass
 class PassRecord:

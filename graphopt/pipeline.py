@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 from torch.fx import GraphModule
 
+from graphopt.blockwise import ASSEMBLED
+
 
 class PassError(Exception):
     """A pass could not be run or broke the graph; the message names the pass and those before it."""
@@ -45,11 +47,6 @@ class PassContext:
     options: dict = field(default_factory=dict)  # this pass's options, filled by the manager
     tokenizer: Any = None  # the model's tokenizer, when known (prune_structured's calibration text)
     part: str = "whole"  # what the graph is: "whole", "outer" (around the blocks) or "block" (graphopt.optimize_blocks)
-
-
-class NotBlockwise(Exception):
-    """This module or pipeline cannot be optimised block by block (the message says why): optimise it whole.
-    A pass raises it on a block graph for a rewrite the graph around the blocks would have to follow."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,6 @@ class PassInfo:
     blockwise: bool | str | Callable[[dict], bool] = False
 
 
-ASSEMBLED = "assembled"  # register_pass(blockwise=ASSEMBLED): see PassInfo.blockwise
 _REGISTRY: dict[str, PassInfo] = {}
 _PIPELINES: dict[str, tuple[str, list]] = {}  # name -> (description, raw specs)
 
@@ -393,17 +389,6 @@ def pipeline_dtype(specs: list[PassSpec], load_dtype: str) -> str:
             dtype = spec.info.dtype(spec.opts, dtype)
     return dtype
 
-
-def runs_per_block(spec: PassSpec) -> bool:
-    """Whether this pass, with these options, may run on each distinct decoder block and on the graph
-    around the blocks instead of on the whole graph (as it declared when it registered)."""
-    blockwise = spec.info.blockwise
-    return blockwise != ASSEMBLED and bool(blockwise(spec.opts) if callable(blockwise) else blockwise)
-
-
-def runs_on_assembled(spec: PassSpec) -> bool:
-    """Whether this pass runs once on the graph the optimised blocks were spliced into (blockwise=ASSEMBLED)."""
-    return spec.info.blockwise == ASSEMBLED
 
 
 def pipeline_shards(specs: list[PassSpec]) -> set[str]:

@@ -33,7 +33,8 @@ import math
 import torch
 from torch.fx import GraphModule, Node
 
-from graphopt.pipeline import NotBlockwise, PassContext, PassResult, after, register_pass
+from graphopt.blockwise import NotBlockwise
+from graphopt.pipeline import PassContext, PassResult, after, register_pass
 from ._cache import cache_input
 from ._edit import fake_mode, insert_call, remove_dead
 from ._ops import ASSERT_META, aten, is_dim, is_op, real_users, val

@@ -19,7 +19,8 @@ import torch
 from torch.fx import GraphModule
 
 from graphopt.graph_attrs import attr
-from graphopt.pipeline import ASSEMBLED, PassContext, PassResult, after, register_pass
+from graphopt.blockwise import ASSEMBLED
+from graphopt.pipeline import PassContext, PassResult, after, register_pass
 from ._ops import ASSERT_META, aten, val
 
 _NOOP_CASTS = {aten.to.dtype, aten.type_as.default}
