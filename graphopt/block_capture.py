@@ -33,8 +33,8 @@ from torch.export import Dim
 from torch.fx import GraphModule, Node
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
-from graphopt.graph_capture import DIM_MAX, capture, export_with_shapes
 from graphopt.blockwise import NotBlockwise
+from graphopt.graph_capture import DIM_MAX, capture, export_with_shapes
 
 _CAPTURING: list["OuterCapture"] = []  # the capture whose layers the fake implementation runs
 _PLAIN = (type(None), bool, int, float, str)

@@ -36,9 +36,9 @@ from torch.utils._pytree import tree_leaves
 from graphopt.block_capture import (BlockCapture, block_nodes, capture_block, capture_outer,
                                     group_layers, record_inputs, retype_inputs)
 from graphopt.block_splice import splice
+from graphopt.blockwise import NotBlockwise, runs_on_assembled, runs_per_block
 from graphopt.graph_attrs import attr
 from graphopt.pass_manager import PassRecord, run_passes
-from graphopt.blockwise import NotBlockwise, runs_on_assembled, runs_per_block
 from graphopt.pipeline import PassContext, PassSpec
 from graphopt.weight_program import WeightProgram, WeightRecorder, release_unheld
 

@@ -19,12 +19,12 @@ from typing import Callable
 from torch import nn
 from torch.fx import GraphModule
 
+from graphopt.blockwise import NotBlockwise
 from graphopt.compilers import check_compiler, compile_for
 from graphopt.optimize_blocks import assemble, assembled_tail, blockwise_reason, plan_blocks
 from graphopt.optimize_graph import optimize_graph
 from graphopt.optimized_cache import load_plan, plan_key, store_plan
 from graphopt.pass_manager import PassRecord, run_passes
-from graphopt.blockwise import NotBlockwise
 from graphopt.pipeline import PassContext, PassError, check_pipeline
 from graphopt.weight_program import release_unheld
 

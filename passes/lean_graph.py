@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule
 
-from graphopt.graph_attrs import attr
 from graphopt.blockwise import ASSEMBLED
+from graphopt.graph_attrs import attr
 from graphopt.pipeline import PassContext, PassResult, after, register_pass
 from ._ops import ASSERT_META, aten, val
 
