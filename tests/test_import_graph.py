@@ -30,7 +30,8 @@ PACKAGES = {"graphopt": ROOT / "graphopt", "graphopt.passes": ROOT / "passes"}
 # top-level module) and of parts on lower floors; never a part on its own floor or above.
 FLOORS = [
     ["graphopt.errors", "graphopt.model", "graphopt.kernels", "graphopt.graph_attrs", "graphopt.parent_death",
-     "graphopt.time_line", "graphopt.cli_types"],  # cli_types: argparse value types the commands share  # time_line: where a run's time went, one line and its columns
+     "graphopt.time_line", "graphopt.cli_types",  # cli_types: argparse value types the commands share  # time_line: where a run's time went, one line and its columns
+     "graphopt.blockwise"],  # blockwise: where a pass runs under block-by-block optimisation
     ["graphopt.cache_store", "graphopt.env_checks"],  # the cache folder; checks of the device and of folders
     ["graphopt.inductor_files"],  # inductor's own files, recorded in the cache folder and checked before use
     ["graphopt.checkpoints", "graphopt.data", "graphopt.compilers", "graphopt.compile_cache",
